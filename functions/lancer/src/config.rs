@@ -1,0 +1,251 @@
+//! Configuration, read once from `LANCER_*` environment variables with embedded defaults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::domain::validate::check_name;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `LANCER_LAKE`: the lake root, a local folder or an `s3://bucket/prefix` URL.
+    pub lake: String,
+    /// `LANCER_STORAGE_OPTIONS`: JSON object of object-store / Lance storage options.
+    pub storage_options: BTreeMap<String, String>,
+    /// `LANCER_DB`: the SQLite task table.
+    pub db: PathBuf,
+    /// `LANCER_HOST` and `LANCER_PORT`: where `lancer serve` listens.
+    pub host: IpAddr,
+    pub port: u16,
+    /// `LANCER_SCRIPTS`: the folder every task's `script` is resolved in.
+    pub scripts: PathBuf,
+    /// `LANCER_API_KEYS` (`key=tenant,...`) or `LANCER_API_KEYS_FILE` (a `key=tenant` per line).
+    pub api_keys: Option<ApiKeys>,
+    /// `LANCER_CONCURRENCY`: batch tasks the local dispatcher runs at once.
+    pub concurrency: usize,
+    /// `LANCER_LEASE_SECS`: a running task without a heartbeat for this long has lost its runner.
+    pub lease: Duration,
+    /// `LANCER_CANCEL_GRACE_SECS`: time between SIGTERM and SIGKILL on cancel.
+    pub cancel_grace: Duration,
+    /// `LANCER_RUNNER`: the runner binary (default: `lancer-runner` beside the current binary).
+    pub runner: Option<PathBuf>,
+    /// `LANCER_PYTHON`: the interpreter for `*.py` scripts.
+    pub python: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lake: "./lance_storage".into(),
+            storage_options: BTreeMap::new(),
+            db: "./lancer.db".into(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8000,
+            scripts: ".".into(),
+            api_keys: None,
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
+            runner: None,
+            python: "python3".into(),
+        }
+    }
+}
+
+/// API key -> tenant.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApiKeys(HashMap<String, String>);
+
+impl ApiKeys {
+    /// Parses `key=tenant` entries separated by commas or newlines; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut keys = HashMap::new();
+        for entry in text
+            .split([',', '\n'])
+            .map(|e| e.split('#').next().unwrap_or("").trim())
+        {
+            if entry.is_empty() {
+                continue;
+            }
+            let (key, tenant) = entry
+                .split_once('=')
+                .ok_or_else(|| Error::invalid("API keys are written key=tenant"))?;
+            let (key, tenant) = (key.trim(), tenant.trim());
+            if key.len() < 8 {
+                return Err(Error::invalid("an API key must be at least 8 characters"));
+            }
+            check_name("tenant", tenant)?;
+            keys.insert(key.to_owned(), tenant.to_owned());
+        }
+        if keys.is_empty() {
+            return Err(Error::invalid("API keys are configured but none was given"));
+        }
+        Ok(Self(keys))
+    }
+
+    pub fn tenant_of(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// The tenant of open single-tenant mode.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let defaults = Self::default();
+        let parse = |name: &str| -> Result<Option<u64>> {
+            get(name)
+                .map(|raw| {
+                    raw.parse::<u64>().map_err(|_| {
+                        Error::invalid(format!("{name} must be a whole number, not '{raw}'"))
+                    })
+                })
+                .transpose()
+        };
+        let api_keys = match (get("LANCER_API_KEYS"), get("LANCER_API_KEYS_FILE")) {
+            (Some(inline), _) => Some(ApiKeys::parse(&inline)?),
+            (None, Some(file)) => Some(ApiKeys::parse(&std::fs::read_to_string(&file).map_err(
+                |err| Error::invalid(format!("cannot read LANCER_API_KEYS_FILE '{file}': {err}")),
+            )?)?),
+            (None, None) => None,
+        };
+        let storage_options = match get("LANCER_STORAGE_OPTIONS") {
+            Some(json) => serde_json::from_str(&json).map_err(|err| {
+                Error::invalid(format!(
+                    "LANCER_STORAGE_OPTIONS must be a JSON object of strings: {err}"
+                ))
+            })?,
+            None => BTreeMap::new(),
+        };
+        let host = match get("LANCER_HOST") {
+            Some(raw) => raw.parse().map_err(|_| {
+                Error::invalid(format!("LANCER_HOST must be an IP address, not '{raw}'"))
+            })?,
+            None => defaults.host,
+        };
+        Ok(Self {
+            lake: get("LANCER_LAKE").unwrap_or(defaults.lake),
+            storage_options,
+            db: get("LANCER_DB").map(PathBuf::from).unwrap_or(defaults.db),
+            host,
+            port: match parse("LANCER_PORT")? {
+                Some(port) => u16::try_from(port)
+                    .map_err(|_| Error::invalid("LANCER_PORT must be at most 65535"))?,
+                None => defaults.port,
+            },
+            scripts: get("LANCER_SCRIPTS")
+                .map(PathBuf::from)
+                .unwrap_or(defaults.scripts),
+            api_keys,
+            concurrency: parse("LANCER_CONCURRENCY")?
+                .map_or(defaults.concurrency, |n| n.max(1) as usize),
+            lease: parse("LANCER_LEASE_SECS")?
+                .map_or(defaults.lease, |s| Duration::from_secs(s.max(1))),
+            cancel_grace: parse("LANCER_CANCEL_GRACE_SECS")?
+                .map_or(defaults.cancel_grace, Duration::from_secs),
+            runner: get("LANCER_RUNNER").map(PathBuf::from),
+            python: get("LANCER_PYTHON").unwrap_or(defaults.python),
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    pub fn multi_tenant(&self) -> bool {
+        self.api_keys.is_some()
+    }
+
+    /// How often a runner heartbeats: a third of the lease, so two may be lost.
+    pub fn heartbeat_every(&self) -> Duration {
+        (self.lease / 3).max(Duration::from_millis(500))
+    }
+
+    /// The variables a runner process needs to rebuild this configuration.
+    pub fn runner_env(&self) -> Vec<(String, String)> {
+        let absolute = |path: &PathBuf| {
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .to_string_lossy()
+                .into_owned()
+        };
+        let lake = if self.lake.contains("://") {
+            self.lake.clone()
+        } else {
+            absolute(&PathBuf::from(&self.lake))
+        };
+        vec![
+            ("LANCER_LAKE".into(), lake),
+            (
+                "LANCER_STORAGE_OPTIONS".into(),
+                serde_json::to_string(&self.storage_options).unwrap_or_else(|_| "{}".into()),
+            ),
+            ("LANCER_DB".into(), absolute(&self.db)),
+            ("LANCER_SCRIPTS".into(), absolute(&self.scripts)),
+            ("LANCER_LEASE_SECS".into(), self.lease.as_secs().to_string()),
+            (
+                "LANCER_CANCEL_GRACE_SECS".into(),
+                self.cancel_grace.as_secs().to_string(),
+            ),
+            ("LANCER_PYTHON".into(), self.python.clone()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn no_variables_give_the_embedded_defaults() {
+        assert_eq!(
+            Config::from_lookup(lookup(&[])).ok(),
+            Some(Config::default())
+        );
+    }
+
+    #[test]
+    fn variables_override_defaults() {
+        let config = Config::from_lookup(lookup(&[
+            ("LANCER_PORT", "9001"),
+            ("LANCER_LAKE", "s3://bucket/lake"),
+            ("LANCER_API_KEYS", "secret-key-1=acme, secret-key-2=globex"),
+            ("LANCER_STORAGE_OPTIONS", r#"{"allow_http":"true"}"#),
+        ]))
+        .expect("valid config");
+        assert_eq!(config.port, 9001);
+        assert_eq!(config.lake, "s3://bucket/lake");
+        let keys = config.api_keys.expect("keys");
+        assert_eq!(keys.tenant_of("secret-key-2"), Some("globex"));
+        assert_eq!(keys.tenant_of("nope"), None);
+        assert_eq!(
+            config.storage_options.get("allow_http").map(String::as_str),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_named() {
+        let err = Config::from_lookup(lookup(&[("LANCER_PORT", "eighty")])).expect_err("bad port");
+        assert!(err.to_string().contains("LANCER_PORT"));
+        assert!(Config::from_lookup(lookup(&[("LANCER_API_KEYS", "short=acme")])).is_err());
+        assert!(
+            Config::from_lookup(lookup(&[("LANCER_API_KEYS", "long-enough=Bad Tenant")])).is_err()
+        );
+    }
+}

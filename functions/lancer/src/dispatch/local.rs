@@ -1,0 +1,225 @@
+//! The local dispatcher of the embedded default: one runner subprocess per task.
+//! Batch tasks share `concurrency` slots; a task that reports an endpoint is a service
+//! and gives its slot back, so services run beside the batch queue.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+use super::{all_pending, sweep_expired};
+use crate::domain::task::{Task, TaskStatus};
+use crate::error::{Error, Result};
+use crate::ports::{Dispatcher, TaskStore};
+
+/// How to start a runner: its binary and the environment that carries the configuration.
+#[derive(Debug, Clone)]
+pub struct RunnerCommand {
+    pub program: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl RunnerCommand {
+    /// `lancer-runner` beside the running binary, unless configured.
+    pub fn locate(configured: Option<PathBuf>, env: Vec<(String, String)>) -> Result<Self> {
+        let program = match configured {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .map_err(Error::internal)?
+                .with_file_name("lancer-runner"),
+        };
+        if !program.exists() {
+            return Err(Error::invalid(format!(
+                "runner binary {} not found: build it (cargo build) or set LANCER_RUNNER",
+                program.display()
+            )));
+        }
+        Ok(Self { program, env })
+    }
+}
+
+struct Inner {
+    store: Arc<dyn TaskStore>,
+    runner: RunnerCommand,
+    slots: Arc<Semaphore>,
+    lease: Duration,
+    grace: Duration,
+    /// Tasks this dispatcher has taken and whose runner has not exited yet.
+    active: Mutex<HashSet<String>>,
+    /// Runner process ids, which are also their process-group ids.
+    runners: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Clone)]
+pub struct LocalDispatcher {
+    inner: Arc<Inner>,
+}
+
+impl LocalDispatcher {
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        runner: RunnerCommand,
+        concurrency: usize,
+        lease: Duration,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                runner,
+                slots: Arc::new(Semaphore::new(concurrency.max(1))),
+                lease,
+                grace,
+                active: Mutex::new(HashSet::new()),
+                runners: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Reconciles now and then every half lease, until the process ends.
+    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
+        let dispatcher = self.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval((dispatcher.inner.lease / 2).max(Duration::from_millis(500)));
+            loop {
+                tick.tick().await;
+                if let Err(err) = dispatcher.reconcile().await {
+                    error!(%err, "reconcile failed");
+                }
+            }
+        })
+    }
+}
+
+impl Inner {
+    /// Queues the task once; true if it was not already being handled.
+    fn take(&self, id: &str) -> bool {
+        self.active
+            .lock()
+            .map(|mut active| active.insert(id.to_owned()))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, id: &str) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(id);
+        }
+        if let Ok(mut runners) = self.runners.lock() {
+            runners.remove(id);
+        }
+    }
+
+    fn runner_pid(&self, id: &str) -> Option<u32> {
+        self.runners.lock().ok()?.get(id).copied()
+    }
+
+    async fn run(self: Arc<Self>, task_id: String) {
+        let mut slot = match self.slots.clone().acquire_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => return self.release(&task_id),
+        };
+        // It may have been cancelled while it waited for a slot.
+        match self.store.get(&task_id).await {
+            Ok(Some(task)) if task.status == TaskStatus::Pending => {}
+            Ok(_) => return self.release(&task_id),
+            Err(err) => {
+                error!(task = %task_id, %err, "cannot read task before starting it");
+                return self.release(&task_id);
+            }
+        }
+        let spawned = Command::new(&self.runner.program)
+            .arg(&task_id)
+            .envs(self.runner.env.iter().cloned())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                error!(task = %task_id, %err, "cannot start the runner");
+                return self.release(&task_id);
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        if let Ok(mut runners) = self.runners.lock() {
+            runners.insert(task_id.clone(), pid);
+        }
+        info!(task = %task_id, pid, "runner started");
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = poll.tick(), if slot.is_some() => {
+                    if let Ok(Some(task)) = self.store.get(&task_id).await
+                        && task.endpoint.is_some()
+                    {
+                        info!(task = %task_id, "task serves an endpoint; its batch slot is free");
+                        slot = None;
+                    }
+                }
+            }
+        };
+        match status {
+            Ok(status) if status.success() => info!(task = %task_id, "runner exited"),
+            Ok(status) => warn!(task = %task_id, %status, "runner ended abnormally"),
+            Err(err) => warn!(task = %task_id, %err, "lost track of the runner"),
+        }
+        // Whatever the runner left behind (its script, after a kill -9) goes with it.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        self.release(&task_id);
+    }
+}
+
+#[async_trait]
+impl Dispatcher for LocalDispatcher {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn submit(&self, task: &Task) -> Result<()> {
+        if self.inner.take(&task.id) {
+            tokio::spawn(self.inner.clone().run(task.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, task: &Task) -> Result<()> {
+        let Some(pid) = self.inner.runner_pid(&task.id) else {
+            return Ok(()); // queued only: the runner will find it cancelled and not start it
+        };
+        let group = Pid::from_raw(pid as i32);
+        // SIGTERM reaches the runner and its script; the runner forwards the grace period.
+        let _ = killpg(group, Signal::SIGTERM);
+        let inner = self.inner.clone();
+        let id = task.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(inner.grace + Duration::from_secs(2)).await;
+            if inner.runner_pid(&id) == Some(pid) {
+                warn!(task = %id, "runner outlived the grace period; killing it");
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        });
+        Ok(())
+    }
+
+    async fn reconcile(&self) -> Result<()> {
+        let store = self.inner.store.as_ref();
+        for task in sweep_expired(store, self.inner.lease).await? {
+            self.submit(&task).await?;
+        }
+        for task in all_pending(store).await? {
+            self.submit(&task).await?;
+        }
+        Ok(())
+    }
+}

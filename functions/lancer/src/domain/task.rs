@@ -1,0 +1,446 @@
+//! The task record and its state machine. Pure data and pure functions: no I/O.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Lifecycle of a task. Terminal states are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The edges of the state machine. `running -> pending` is the single recovery edge:
+    /// a runner whose heartbeat lease expired is retried while attempts remain.
+    pub fn can_become(self, next: TaskStatus) -> bool {
+        use TaskStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Pending, Cancelled)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Running, Pending)
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown status '{s}': expected pending, running, completed, failed or cancelled")
+            })
+    }
+}
+
+/// What a task may use while it runs. Dispatchers that schedule (Ray) honour all three;
+/// the local dispatcher runs one batch task per concurrency slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub cpus: f64,
+    pub gpus: f64,
+    pub memory_mb: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 1.0,
+            gpus: 0.0,
+            memory_mb: 0,
+        }
+    }
+}
+
+/// What a client submits: the design's task fields plus scheduling knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    /// A Python file with `run()` or an executable, relative to the scripts root.
+    pub script: String,
+    /// A dataset or model name, or a lake-relative path (`datasets/..`, `models/..`, `raw/..`).
+    #[serde(default)]
+    pub input: String,
+    /// A dataset name, or a lake-relative `datasets/..` or `models/..` path; empty for services.
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Map<String, Value>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn default_max_attempts() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The last progress line a script wrote to `LANCER_PROGRESS_FILE`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub metrics: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: String,
+    pub tenant: String,
+    pub spec: TaskSpec,
+    pub status: TaskStatus,
+    /// How many times a runner has claimed this task.
+    pub attempt: u32,
+    /// `input` resolved to a lake-relative path (tenant prefix included); empty when none.
+    pub input_path: String,
+    /// `output` resolved to a lake-relative path (tenant prefix included); empty when none.
+    pub output_path: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Object)]
+    pub result: Option<Value>,
+    pub error: Option<TaskError>,
+    pub progress: Option<Progress>,
+    pub backend: Option<String>,
+    /// URL of a serving task once its script reported one.
+    pub endpoint: Option<String>,
+    /// Lake-relative path of the task's log.
+    pub logs_uri: String,
+}
+
+impl Task {
+    pub fn new(
+        id: String,
+        tenant: String,
+        spec: TaskSpec,
+        input_path: String,
+        output_path: String,
+        logs_uri: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            spec,
+            status: TaskStatus::Pending,
+            attempt: 0,
+            input_path,
+            output_path,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            heartbeat_at: None,
+            result: None,
+            error: None,
+            progress: None,
+            backend: None,
+            endpoint: None,
+            logs_uri,
+        }
+    }
+
+    /// The precondition of a compare-and-set write against this record as it is now.
+    pub fn guard(&self) -> Guard {
+        Guard {
+            status: self.status,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// What a conditional write expects to find: the status and the attempt it read.
+/// Including the attempt stops a runner of an expired attempt from finishing a retried one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    pub status: TaskStatus,
+    pub attempt: u32,
+}
+
+/// A state change. `apply` turns one into the next record; stores write it under a `Guard`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// pending -> running: a runner claimed the task.
+    Start { backend: String },
+    /// running -> completed with the script's result.
+    Complete { result: Value },
+    /// running -> failed.
+    Fail { error: TaskError },
+    /// pending | running -> cancelled.
+    Cancel,
+    /// running -> pending: the lease expired and attempts remain.
+    Requeue { error: TaskError },
+}
+
+impl Change {
+    pub fn target(&self) -> TaskStatus {
+        match self {
+            Change::Start { .. } => TaskStatus::Running,
+            Change::Complete { .. } => TaskStatus::Completed,
+            Change::Fail { .. } => TaskStatus::Failed,
+            Change::Cancel => TaskStatus::Cancelled,
+            Change::Requeue { .. } => TaskStatus::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub from: TaskStatus,
+    pub to: TaskStatus,
+}
+
+/// The record after `change`, or why the state machine forbids it.
+pub fn apply(task: &Task, change: Change, now: DateTime<Utc>) -> Result<Task, IllegalTransition> {
+    let to = change.target();
+    if !task.status.can_become(to) {
+        return Err(IllegalTransition {
+            from: task.status,
+            to,
+        });
+    }
+    let mut next = task.clone();
+    next.status = to;
+    match change {
+        Change::Start { backend } => {
+            next.attempt += 1;
+            next.backend = Some(backend);
+            next.started_at = Some(now);
+            next.heartbeat_at = Some(now);
+            next.error = None;
+        }
+        Change::Complete { result } => next.result = Some(result),
+        Change::Fail { error } => next.error = Some(error),
+        Change::Cancel => {}
+        Change::Requeue { error } => {
+            next.error = Some(error);
+            next.heartbeat_at = None;
+            next.endpoint = None;
+        }
+    }
+    if to.is_terminal() {
+        next.finished_at = Some(now);
+        next.endpoint = None;
+    }
+    Ok(next)
+}
+
+/// A live update from a running task: heartbeat, progress, endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heartbeat {
+    pub progress: Option<Progress>,
+    pub endpoint: Option<String>,
+}
+
+pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Task {
+    let mut next = task.clone();
+    next.heartbeat_at = Some(now);
+    if let Some(progress) = &beat.progress {
+        next.progress = Some(progress.clone());
+    }
+    if let Some(endpoint) = &beat.endpoint {
+        next.endpoint = Some(endpoint.clone());
+    }
+    next
+}
+
+/// What the lease sweep does with a running task whose heartbeat is older than the lease.
+pub fn expire(task: &Task) -> Change {
+    let error = TaskError::new(
+        "LEASE_EXPIRED",
+        format!(
+            "the runner of attempt {} stopped sending heartbeats (it crashed or was killed)",
+            task.attempt
+        ),
+    );
+    if task.attempt < task.spec.max_attempts {
+        Change::Requeue { error }
+    } else {
+        Change::Fail { error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_in(status: TaskStatus) -> Task {
+        let spec = TaskSpec {
+            name: "t".into(),
+            script: "s.py".into(),
+            input: String::new(),
+            output: String::new(),
+            params: Map::new(),
+            resources: Resources::default(),
+            max_attempts: 2,
+            idempotency_key: None,
+        };
+        let mut task = Task::new(
+            "id".into(),
+            "default".into(),
+            spec,
+            String::new(),
+            String::new(),
+            "logs/id.log".into(),
+            Utc::now(),
+        );
+        task.status = status;
+        task
+    }
+
+    fn change_to(status: TaskStatus) -> Change {
+        match status {
+            TaskStatus::Pending => Change::Requeue {
+                error: TaskError::new("E", "e"),
+            },
+            TaskStatus::Running => Change::Start {
+                backend: "local".into(),
+            },
+            TaskStatus::Completed => Change::Complete {
+                result: Value::Null,
+            },
+            TaskStatus::Failed => Change::Fail {
+                error: TaskError::new("E", "e"),
+            },
+            TaskStatus::Cancelled => Change::Cancel,
+        }
+    }
+
+    #[test]
+    fn every_pair_of_states_follows_the_state_machine() {
+        use TaskStatus::*;
+        let allowed = [
+            (Pending, Running),
+            (Pending, Cancelled),
+            (Running, Completed),
+            (Running, Failed),
+            (Running, Cancelled),
+            (Running, Pending),
+        ];
+        for from in TaskStatus::ALL {
+            for to in TaskStatus::ALL {
+                let expected = allowed.contains(&(from, to));
+                let outcome = apply(&task_in(from), change_to(to), Utc::now());
+                assert_eq!(outcome.is_ok(), expected, "{from} -> {to}");
+                if let Ok(next) = outcome {
+                    assert_eq!(next.status, to);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for from in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in TaskStatus::ALL {
+                assert!(!from.can_become(to), "{from} -> {to} must be refused");
+            }
+        }
+    }
+
+    #[test]
+    fn starting_counts_an_attempt_and_finishing_stamps_the_time() {
+        let started = apply(
+            &task_in(TaskStatus::Pending),
+            change_to(TaskStatus::Running),
+            Utc::now(),
+        )
+        .expect("pending -> running");
+        assert_eq!(started.attempt, 1);
+        assert!(started.started_at.is_some() && started.finished_at.is_none());
+        let done = apply(
+            &started,
+            Change::Complete {
+                result: serde_json::json!({"a": 1}),
+            },
+            Utc::now(),
+        )
+        .expect("running -> completed");
+        assert!(done.finished_at.is_some());
+        assert_eq!(done.result, Some(serde_json::json!({"a": 1})));
+    }
+
+    #[test]
+    fn an_expired_lease_is_retried_while_attempts_remain_then_failed() {
+        let mut task = task_in(TaskStatus::Running);
+        task.attempt = 1;
+        assert!(matches!(expire(&task), Change::Requeue { .. }));
+        task.attempt = 2;
+        assert!(matches!(expire(&task), Change::Fail { .. }));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>(), Ok(status));
+        }
+        assert!("done".parse::<TaskStatus>().is_err());
+    }
+}

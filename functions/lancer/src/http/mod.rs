@@ -1,0 +1,107 @@
+//! The REST API: one function builds the axum `Router` that the local server and the
+//! Lambda entrypoint both serve.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::config::ApiKeys;
+use crate::domain::validate::MAX_BODY_BYTES;
+use crate::ports::{Dispatcher, Lake, TaskStore};
+
+pub mod auth;
+pub mod error;
+mod lake;
+mod tasks;
+
+pub use auth::Tenant;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub store: Arc<dyn TaskStore>,
+    pub lake: Arc<dyn Lake>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub scripts: PathBuf,
+    pub api_keys: Option<ApiKeys>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lancer", description = "ML tasks on a Lance data lake: ingest, train, serve."),
+    paths(
+        tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
+        lake::list_datasets, lake::get_dataset, lake::delete_dataset,
+        lake::list_models, lake::get_model, lake::delete_model,
+        health,
+    ),
+    components(schemas(error::ErrorBody, tasks::TaskList)),
+    modifiers(&BearerAuth),
+    tags((name = "tasks"), (name = "datasets"), (name = "models"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let state = Arc::new(state);
+    let api = Router::new()
+        .route("/tasks", post(tasks::submit).get(tasks::list))
+        .route("/tasks/{id}", get(tasks::get_task))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/logs", get(tasks::logs))
+        .route("/datasets", get(lake::list_datasets))
+        .route(
+            "/datasets/{id}",
+            get(lake::get_dataset).delete(lake::delete_dataset),
+        )
+        .route("/models", get(lake::list_models))
+        .route(
+            "/models/{id}",
+            get(lake::get_model).delete(lake::delete_model),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .route("/openapi.json", get(openapi_json));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health))
+        .merge(Scalar::with_url("/docs", ApiDoc::openapi()))
+        .fallback(error::route_not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up")))]
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}

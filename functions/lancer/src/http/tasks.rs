@@ -1,0 +1,263 @@
+//! `/api/v1/tasks`: submit, list, get, cancel, logs.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiJson, ApiQuery, ErrorBody};
+use super::{AppState, Tenant};
+use crate::dispatch::cancel_in_store;
+use crate::domain::task::{Task, TaskSpec, TaskStatus};
+use crate::domain::validate::{
+    ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
+};
+use crate::error::{Error, Resource, Result};
+use crate::lake::log_path;
+use crate::ports::{Created, ListQuery};
+use crate::scripts::resolve_script;
+
+impl AppState {
+    /// Validates, resolves and stores a task, then hands it to the dispatcher.
+    pub async fn submit_task(&self, tenant: &Tenant, spec: TaskSpec) -> Result<Created> {
+        check_spec(&spec)?;
+        resolve_script(&self.scripts, &spec.script)?;
+        let input_path = match parse_input(&spec.input)? {
+            InputRef::None => String::new(),
+            InputRef::Path(path) => format!("{}{path}", tenant.prefix),
+            InputRef::Name(name) => self.resolve_input_name(tenant, &name).await?,
+        };
+        let output_path = match resolve_output(&spec.output)? {
+            path if path.is_empty() => path,
+            path => format!("{}{path}", tenant.prefix),
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let logs_uri = log_path(&tenant.prefix, &id);
+        let task = Task::new(
+            id,
+            tenant.name.clone(),
+            spec,
+            input_path,
+            output_path,
+            logs_uri,
+            chrono::Utc::now(),
+        );
+        let created = self.store.create(task).await?;
+        if let Created::New(task) = &created {
+            // The task is safely stored; a dispatcher hiccup is healed by reconcile.
+            if let Err(err) = self.dispatcher.submit(task).await {
+                tracing::error!(task = %task.id, %err, "dispatch failed; reconcile will retry");
+            }
+        }
+        Ok(created)
+    }
+
+    async fn resolve_input_name(&self, tenant: &Tenant, name: &str) -> Result<String> {
+        for kind in [ArtifactKind::Dataset, ArtifactKind::Model] {
+            if self
+                .lake
+                .describe(&tenant.prefix, kind, name)
+                .await?
+                .is_some()
+            {
+                return Ok(format!("{}{}", tenant.prefix, kind.path_of(name)));
+            }
+        }
+        Err(Error::not_found(Resource::Dataset, name))
+    }
+
+    /// The task if it exists and belongs to the tenant; another tenant's task is not found.
+    async fn owned_task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
+        match self.store.get(id).await? {
+            Some(task) if task.tenant == tenant.name => Ok(task),
+            _ => Err(Error::not_found(Resource::Task, id)),
+        }
+    }
+}
+
+/// Submit a task. A repeat with the same `Idempotency-Key` returns the first task (200).
+#[utoipa::path(
+    post, path = "/api/v1/tasks", tag = "tasks",
+    request_body = TaskSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses(
+        (status = 201, description = "Created", body = Task),
+        (status = 200, description = "The task already submitted with this idempotency key", body = Task),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "The input dataset or model does not exist", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused for another request", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    ApiJson(mut spec): ApiJson<TaskSpec>,
+) -> Result<Response> {
+    if let Some(header) = headers.get("idempotency-key") {
+        let key = header
+            .to_str()
+            .map_err(|_| Error::invalid("Idempotency-Key must be printable ASCII"))?
+            .to_owned();
+        check_idempotency_key(&key)?;
+        if spec
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|field| *field != key)
+        {
+            return Err(Error::invalid(
+                "Idempotency-Key header and idempotency_key field differ",
+            ));
+        }
+        spec.idempotency_key = Some(key);
+    }
+    Ok(match state.submit_task(&tenant, spec).await? {
+        Created::New(task) => (StatusCode::CREATED, Json(task)).into_response(),
+        Created::Existing(task) => (StatusCode::OK, Json(task)).into_response(),
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only tasks in this status.
+    status: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<usize>,
+    /// `next_page_token` of the previous page.
+    page_token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    /// Newest first.
+    tasks: Vec<Task>,
+    next_page_token: Option<String>,
+}
+
+/// List the caller's tasks, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/tasks", tag = "tasks", params(ListParams),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<TaskList>> {
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()
+        .map_err(Error::InvalidRequest)?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=crate::store::MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid("limit must be between 1 and 1000"));
+    }
+    let page = state
+        .store
+        .list(&ListQuery {
+            tenant: Some(tenant.name),
+            status,
+            limit,
+            page_token: params.page_token,
+        })
+        .await?;
+    Ok(Json(TaskList {
+        tasks: page.tasks,
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// A task's status, progress, result or error.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}", tag = "tasks",
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody))
+)]
+pub async fn get_task(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>> {
+    Ok(Json(state.owned_task(&tenant, &id).await?))
+}
+
+/// Cancel a pending or running task.
+#[utoipa::path(
+    post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+    responses(
+        (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 409, description = "The task already finished", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>> {
+    let mut task = state.owned_task(&tenant, &id).await?;
+    // A runner may move it (pending -> running) between our read and our write: read again.
+    let cancelled = loop {
+        match cancel_in_store(state.store.as_ref(), &task).await {
+            Err(Error::Conflict(_)) if !task.status.is_terminal() => {
+                task = state.owned_task(&tenant, &id).await?;
+            }
+            other => break other?,
+        }
+    };
+    state.dispatcher.cancel(&cancelled).await?;
+    Ok(Json(cancelled))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// Byte offset to read from (the `X-Next-Offset` of the previous call).
+    offset: Option<u64>,
+}
+
+/// A task's stdout and stderr, from `offset`. `X-Next-Offset` says where to continue.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/logs", tag = "tasks", params(LogParams),
+    responses((status = 200, description = "Log text", body = String, content_type = "text/plain"), (status = 404, body = ErrorBody))
+)]
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LogParams>,
+) -> Result<Response> {
+    let task = state.owned_task(&tenant, &id).await?;
+    let offset = params.offset.unwrap_or(0);
+    let (bytes, next_offset) = match state.lake.read_from(&task.logs_uri, offset).await? {
+        Some(chunk) => (chunk.bytes, chunk.next_offset),
+        None => match state.dispatcher.logs(&task).await? {
+            Some(text) => {
+                let all = text.into_bytes();
+                let start = (offset as usize).min(all.len());
+                let next = all.len() as u64;
+                (all[start..].to_vec(), next)
+            }
+            None => (Vec::new(), 0),
+        },
+    };
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-next-offset", HeaderValue::from(next_offset));
+    headers.insert(
+        "x-task-status",
+        HeaderValue::from_static(task.status.as_str()),
+    );
+    Ok(response)
+}

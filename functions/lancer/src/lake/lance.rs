@@ -1,0 +1,306 @@
+//! The Lance lake: datasets and models are Lance datasets under one object-store root,
+//! logs and raw uploads are plain objects beside them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ::lance::Dataset;
+use ::lance::dataset::builder::DatasetBuilder;
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::Schema as ArrowSchema;
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::domain::validate::{ArtifactKind, is_valid_name};
+use crate::error::{Error, Result};
+use crate::ports::{ArtifactDetail, ArtifactSummary, Field, Lake, LogChunk, ModelInfo, Version};
+
+/// Columns of a model row that `describe` reports (weights stay unread).
+const MODEL_INFO_COLUMNS: [&str; 3] = ["metrics", "params", "created_at"];
+
+pub struct LanceLake {
+    /// The root as scripts and Lance see it: an absolute local path or an `s3://` URL.
+    root: String,
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    storage_options: BTreeMap<String, String>,
+}
+
+impl LanceLake {
+    /// Opens the lake at a local path (created if missing) or an object-store URL.
+    pub fn open(root: &str, storage_options: BTreeMap<String, String>) -> Result<Self> {
+        match Url::parse(root) {
+            Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
+                let (store, base) = object_store::parse_url_opts(&url, storage_options.iter())
+                    .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
+                Ok(Self {
+                    root: root.trim_end_matches('/').to_owned(),
+                    store: Arc::from(store),
+                    base,
+                    storage_options,
+                })
+            }
+            _ => {
+                let local = root.strip_prefix("file://").unwrap_or(root);
+                std::fs::create_dir_all(local).map_err(|err| {
+                    Error::invalid(format!("cannot create the lake folder '{local}': {err}"))
+                })?;
+                let absolute = std::fs::canonicalize(local).map_err(Error::internal)?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&absolute)
+                    .map_err(Error::internal)?;
+                Ok(Self {
+                    root: absolute.to_string_lossy().into_owned(),
+                    store: Arc::new(store),
+                    base: Path::default(),
+                    storage_options,
+                })
+            }
+        }
+    }
+
+    fn object_path(&self, relative: &str) -> Path {
+        self.base
+            .parts()
+            .chain(Path::from(relative).parts())
+            .collect()
+    }
+
+    async fn open_dataset(&self, relative: &str) -> Result<Option<Dataset>> {
+        let storage_options: HashMap<String, String> =
+            self.storage_options.clone().into_iter().collect();
+        let opened = DatasetBuilder::from_uri(self.uri_of(relative))
+            .with_storage_options(storage_options)
+            .load()
+            .await;
+        match opened {
+            Ok(dataset) => Ok(Some(dataset)),
+            Err(::lance::Error::DatasetNotFound { .. }) => Ok(None),
+            Err(err) if err.to_string().contains("not found") => Ok(None),
+            Err(err) => Err(Error::internal(err)),
+        }
+    }
+
+    async fn summarize(
+        &self,
+        name: &str,
+        relative: &str,
+        dataset: &Dataset,
+    ) -> Result<ArtifactSummary> {
+        let schema = ArrowSchema::from(dataset.schema());
+        let num_rows = dataset.count_rows(None).await.map_err(Error::internal)? as u64;
+        Ok(ArtifactSummary {
+            id: name.to_owned(),
+            path: self.uri_of(relative),
+            schema: schema
+                .fields()
+                .iter()
+                .map(|field| (field.name().clone(), field.data_type().to_string()))
+                .collect(),
+            num_rows,
+        })
+    }
+
+    async fn size_of(&self, relative: &str) -> Result<u64> {
+        let prefix = self.object_path(relative);
+        self.store
+            .list(Some(&prefix))
+            .try_fold(0u64, |total, meta| async move { Ok(total + meta.size) })
+            .await
+            .map_err(Error::internal)
+    }
+
+    /// The newest row's metrics, params and created_at (rows are appended per version).
+    async fn model_info(&self, dataset: &Dataset) -> Result<ModelInfo> {
+        let present: Vec<&str> = MODEL_INFO_COLUMNS
+            .into_iter()
+            .filter(|column| dataset.schema().field(column).is_some())
+            .collect();
+        if present.is_empty() {
+            return Ok(ModelInfo {
+                metrics: None,
+                params: None,
+                created_at: None,
+            });
+        }
+        let mut scan = dataset.scan();
+        scan.project(&present).map_err(Error::internal)?;
+        let batch = scan.try_into_batch().await.map_err(Error::internal)?;
+        let last_row = batch.num_rows().checked_sub(1);
+        let text = |column: &str| last_row.and_then(|row| string_at(&batch, column, row));
+        let json = |column: &str| {
+            text(column)
+                .map(|raw| serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw)))
+        };
+        Ok(ModelInfo {
+            metrics: json("metrics"),
+            params: json("params"),
+            created_at: text("created_at"),
+        })
+    }
+}
+
+fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
+    let array = batch.column_by_name(column)?;
+    if let Some(strings) = array.as_any().downcast_ref::<StringArray>() {
+        return strings.is_valid(row).then(|| strings.value(row).to_owned());
+    }
+    let casted = arrow_cast_to_string(array.as_ref())?;
+    casted.is_valid(row).then(|| casted.value(row).to_owned())
+}
+
+/// Large strings and timestamps are shown as text too.
+fn arrow_cast_to_string(array: &dyn Array) -> Option<StringArray> {
+    let formatter = arrow_array::cast::AsArray::as_string_opt::<i64>(array)?;
+    Some(formatter.iter().collect())
+}
+
+#[async_trait]
+impl Lake for LanceLake {
+    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
+        let folder = self.object_path(&format!("{prefix}{}", kind.folder()));
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&folder))
+            .await
+            .map_err(Error::internal)?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|path| path.filename()?.strip_suffix(".lance").map(str::to_owned))
+            .filter(|name| is_valid_name(name))
+            .collect();
+        names.sort();
+        let mut summaries = Vec::with_capacity(names.len());
+        for name in names {
+            let relative = format!("{prefix}{}", kind.path_of(&name));
+            // A folder that is not (or no longer) a Lance dataset is skipped, not an error.
+            if let Some(dataset) = self.open_dataset(&relative).await? {
+                summaries.push(self.summarize(&name, &relative, &dataset).await?);
+            }
+        }
+        Ok(summaries)
+    }
+
+    async fn describe(
+        &self,
+        prefix: &str,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Option<ArtifactDetail>> {
+        let relative = format!("{prefix}{}", kind.path_of(name));
+        let Some(dataset) = self.open_dataset(&relative).await? else {
+            return Ok(None);
+        };
+        let summary = self.summarize(name, &relative, &dataset).await?;
+        let schema = ArrowSchema::from(dataset.schema());
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|field| Field {
+                name: field.name().clone(),
+                data_type: field.data_type().to_string(),
+                nullable: field.is_nullable(),
+            })
+            .collect();
+        let versions = dataset
+            .versions()
+            .await
+            .map_err(Error::internal)?
+            .into_iter()
+            .map(|version| Version {
+                version: version.version,
+                timestamp: version.timestamp,
+            })
+            .collect();
+        let model = match kind {
+            ArtifactKind::Model => Some(self.model_info(&dataset).await?),
+            ArtifactKind::Dataset => None,
+        };
+        Ok(Some(ArtifactDetail {
+            summary,
+            fields,
+            version: dataset.version().version,
+            versions,
+            size_bytes: self.size_of(&relative).await?,
+            model,
+        }))
+    }
+
+    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool> {
+        let folder = self.object_path(&format!("{prefix}{}", kind.path_of(name)));
+        let locations = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let deleted: Vec<Path> = self
+            .store
+            .delete_stream(locations)
+            .try_collect()
+            .await
+            .map_err(Error::internal)?;
+        if let Some(local_root) = self.local_root() {
+            // Local disk keeps the emptied folders; remove them so the name is free again.
+            let dir = local_root.join(folder.as_ref());
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(Error::internal)?;
+            }
+        }
+        Ok(!deleted.is_empty())
+    }
+
+    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.object_path(path), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(Error::internal)
+    }
+
+    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>> {
+        let location = self.object_path(path);
+        let size = match self.store.head(&location).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(Error::internal(err)),
+        };
+        if offset >= size {
+            return Ok(Some(LogChunk {
+                bytes: Vec::new(),
+                next_offset: size,
+            }));
+        }
+        let bytes = self
+            .store
+            .get_range(&location, offset..size)
+            .await
+            .map_err(Error::internal)?;
+        Ok(Some(LogChunk {
+            bytes: bytes.to_vec(),
+            next_offset: size,
+        }))
+    }
+
+    fn uri_of(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{}", self.root, path.trim_end_matches('/'))
+        }
+    }
+
+    fn storage_options(&self) -> BTreeMap<String, String> {
+        self.storage_options.clone()
+    }
+}
+
+impl LanceLake {
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        self.root
+            .starts_with('/')
+            .then(|| std::path::PathBuf::from(&self.root))
+    }
+}

@@ -1,0 +1,102 @@
+//! The in-memory Lake: a fake for tests of callers that need no real Lance data.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::domain::validate::ArtifactKind;
+use crate::error::{Error, Result};
+use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk};
+
+#[derive(Default)]
+pub struct MemoryLake {
+    /// Artifacts and objects by lake-relative path.
+    artifacts: Mutex<BTreeMap<String, ArtifactDetail>>,
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryLake {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an artifact as a script would have written it.
+    pub fn insert(&self, prefix: &str, kind: ArtifactKind, detail: ArtifactDetail) -> Result<()> {
+        let path = format!("{prefix}{}", kind.path_of(&detail.summary.id));
+        self.artifacts
+            .lock()
+            .map_err(poisoned)?
+            .insert(path, detail);
+        Ok(())
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::internal("memory lake lock poisoned")
+}
+
+#[async_trait]
+impl Lake for MemoryLake {
+    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
+        let folder = format!("{prefix}{}/", kind.folder());
+        Ok(self
+            .artifacts
+            .lock()
+            .map_err(poisoned)?
+            .iter()
+            .filter(|(path, _)| {
+                path.strip_prefix(&folder)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .map(|(_, detail)| detail.summary.clone())
+            .collect())
+    }
+
+    async fn describe(
+        &self,
+        prefix: &str,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Option<ArtifactDetail>> {
+        let path = format!("{prefix}{}", kind.path_of(name));
+        Ok(self.artifacts.lock().map_err(poisoned)?.get(&path).cloned())
+    }
+
+    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool> {
+        let path = format!("{prefix}{}", kind.path_of(name));
+        Ok(self
+            .artifacts
+            .lock()
+            .map_err(poisoned)?
+            .remove(&path)
+            .is_some())
+    }
+
+    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.objects
+            .lock()
+            .map_err(poisoned)?
+            .insert(path.to_owned(), bytes);
+        Ok(())
+    }
+
+    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>> {
+        let objects = self.objects.lock().map_err(poisoned)?;
+        Ok(objects.get(path).map(|bytes| {
+            let start = (offset as usize).min(bytes.len());
+            LogChunk {
+                bytes: bytes[start..].to_vec(),
+                next_offset: bytes.len() as u64,
+            }
+        }))
+    }
+
+    fn uri_of(&self, path: &str) -> String {
+        format!("memory:///{path}")
+    }
+
+    fn storage_options(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+}

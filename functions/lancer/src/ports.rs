@@ -1,0 +1,172 @@
+//! The ports: small async traits the domain talks through. Each has an in-memory fake
+//! and real adapters, and one conformance suite (in `tests/`) runs against all of them.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::domain::validate::ArtifactKind;
+use crate::error::Result;
+
+/// The outcome of `TaskStore::create`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Task),
+    /// A task with the same tenant and idempotency key already existed.
+    Existing(Task),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    /// `None` lists every tenant's tasks (dispatchers and sweepers only).
+    pub tenant: Option<String>,
+    pub status: Option<TaskStatus>,
+    pub limit: usize,
+    /// Opaque token from a previous page.
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPage {
+    /// Newest first.
+    pub tasks: Vec<Task>,
+    pub next_page_token: Option<String>,
+}
+
+/// Where task records live. Every state change is a compare-and-set on `Guard`,
+/// so of two writers racing from the same state exactly one wins.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Stores a new pending task; with an idempotency key taken by the same tenant,
+    /// returns the task that holds it instead.
+    async fn create(&self, task: Task) -> Result<Created>;
+
+    async fn get(&self, id: &str) -> Result<Option<Task>>;
+
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage>;
+
+    /// Applies `change` if the record still matches `guard`; `Error::Conflict` if it
+    /// moved on, `Error::NotFound` if there is no such task.
+    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task>;
+
+    /// Records a heartbeat (and progress or endpoint) of a running attempt;
+    /// `Error::Conflict` once the task is no longer running that attempt.
+    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task>;
+
+    /// Running tasks whose last heartbeat is older than `cutoff`, across tenants.
+    async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>>;
+}
+
+/// One field of an artifact's Arrow schema.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Field {
+    pub name: String,
+    /// Arrow data type, e.g. `Int64` or `FixedSizeList(784 x Float32)`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Version {
+    pub version: u64,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// A dataset or model as `GET /datasets` and `GET /models` list it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ArtifactSummary {
+    pub id: String,
+    /// The lake URI of the Lance dataset.
+    pub path: String,
+    /// Column name -> Arrow type.
+    #[schema(value_type = Object)]
+    pub schema: BTreeMap<String, String>,
+    pub num_rows: u64,
+}
+
+/// The newest row of a model: what it scored and how it was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ModelInfo {
+    #[schema(value_type = Object)]
+    pub metrics: Option<Value>,
+    #[schema(value_type = Object)]
+    pub params: Option<Value>,
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ArtifactDetail {
+    #[serde(flatten)]
+    pub summary: ArtifactSummary,
+    pub fields: Vec<Field>,
+    pub version: u64,
+    pub versions: Vec<Version>,
+    pub size_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInfo>,
+}
+
+/// A slice of a task's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogChunk {
+    pub bytes: Vec<u8>,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+}
+
+/// The data lake: Lance datasets and models, and task logs, under one root.
+/// `prefix` is the tenant's folder in the lake ("" in single-tenant mode).
+#[async_trait]
+pub trait Lake: Send + Sync {
+    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>>;
+
+    async fn describe(
+        &self,
+        prefix: &str,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Option<ArtifactDetail>>;
+
+    /// Removes the artifact; false if it did not exist.
+    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool>;
+
+    /// Replaces the object at a lake-relative path (logs are rewritten whole as they grow).
+    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()>;
+
+    /// Bytes of the object at a lake-relative path from `offset`; `None` if it does not exist.
+    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>>;
+
+    /// The URI a script receives for a lake-relative path (a local path or `s3://...`).
+    fn uri_of(&self, path: &str) -> String;
+
+    /// Storage options a script needs to open `uri_of` paths with Lance (empty on local disk).
+    fn storage_options(&self) -> BTreeMap<String, String>;
+}
+
+/// Runs tasks somewhere: local subprocesses, Ray jobs.
+#[async_trait]
+pub trait Dispatcher: Send + Sync {
+    /// The backend name recorded on tasks it runs.
+    fn backend(&self) -> &'static str;
+
+    /// Queues a pending task for a runner.
+    async fn submit(&self, task: &Task) -> Result<()>;
+
+    /// Stops the runner of a task the store already marked cancelled.
+    async fn cancel(&self, task: &Task) -> Result<()>;
+
+    /// Brings the backend in line with the store: re-queues pending tasks it does not know,
+    /// and ends running tasks whose runner is gone.
+    async fn reconcile(&self) -> Result<()>;
+
+    /// Backend logs of a task, for when the lake has none.
+    async fn logs(&self, _task: &Task) -> Result<Option<String>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,119 @@
+//! The in-memory TaskStore: the fake every test of a caller can use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    decode_page_token, encode_page_token, existing_for_key, next_heartbeat, next_record,
+    page_limit, task_not_found,
+};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::error::{Error, Result};
+use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
+
+#[derive(Default)]
+struct State {
+    tasks: BTreeMap<String, Task>,
+    keys: HashMap<(String, String), String>,
+}
+
+#[derive(Default)]
+pub struct MemoryTaskStore {
+    state: Mutex<State>,
+}
+
+impl MemoryTaskStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::internal("memory task store lock poisoned"))
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryTaskStore {
+    async fn create(&self, task: Task) -> Result<Created> {
+        let mut state = self.lock()?;
+        if let Some(key) = &task.spec.idempotency_key {
+            let slot = (task.tenant.clone(), key.clone());
+            if let Some(existing) = state.keys.get(&slot).and_then(|id| state.tasks.get(id)) {
+                return existing_for_key(existing.clone(), &task);
+            }
+            state.keys.insert(slot, task.id.clone());
+        }
+        if state.tasks.contains_key(&task.id) {
+            return Err(Error::Conflict(format!("task {} already exists", task.id)));
+        }
+        state.tasks.insert(task.id.clone(), task.clone());
+        Ok(Created::New(task))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Task>> {
+        Ok(self.lock()?.tasks.get(id).cloned())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
+        let state = self.lock()?;
+        let before = query
+            .page_token
+            .as_deref()
+            .map(decode_page_token)
+            .transpose()?;
+        let limit = page_limit(query.limit);
+        let mut matching = state
+            .tasks
+            .values()
+            .rev()
+            .filter(|task| before.as_deref().is_none_or(|last| task.id.as_str() < last))
+            .filter(|task| {
+                query
+                    .tenant
+                    .as_deref()
+                    .is_none_or(|tenant| task.tenant == tenant)
+            })
+            .filter(|task| query.status.is_none_or(|status| task.status == status));
+        let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
+        let next_page_token = match (tasks.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(encode_page_token(&last.id)),
+            _ => None,
+        };
+        Ok(TaskPage {
+            tasks,
+            next_page_token,
+        })
+    }
+
+    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {
+        let mut state = self.lock()?;
+        let current = state.tasks.get_mut(id).ok_or_else(|| task_not_found(id))?;
+        let next = next_record(current, guard, change)?;
+        *current = next.clone();
+        Ok(next)
+    }
+
+    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task> {
+        let mut state = self.lock()?;
+        let current = state.tasks.get_mut(id).ok_or_else(|| task_not_found(id))?;
+        let next = next_heartbeat(current, attempt, &beat)?;
+        *current = next.clone();
+        Ok(next)
+    }
+
+    async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>> {
+        Ok(self
+            .lock()?
+            .tasks
+            .values()
+            .filter(|task| task.status == TaskStatus::Running)
+            .filter(|task| task.heartbeat_at.is_none_or(|beat| beat < cutoff))
+            .cloned()
+            .collect())
+    }
+}

@@ -1,0 +1,68 @@
+//! TaskStore adapters: in-memory (tests, fakes) and SQLite (the embedded default).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::domain::task::{Change, Guard, Heartbeat, Task, apply, apply_heartbeat};
+use crate::error::{Error, Resource, Result};
+use crate::ports::Created;
+
+pub mod memory;
+pub mod sqlite;
+
+pub const MAX_PAGE: usize = 1000;
+
+/// Page tokens are opaque to clients: the base64 of the last id served.
+pub fn encode_page_token(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last_id)
+}
+
+pub fn decode_page_token(token: &str) -> Result<String> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| Error::invalid("page_token is not a token this server issued"))
+}
+
+/// What `create` answers when the idempotency key is already held: the same request
+/// gets the existing task back, a different request under the same key is a conflict.
+pub fn existing_for_key(existing: Task, requested: &Task) -> Result<Created> {
+    if existing.spec == requested.spec {
+        Ok(Created::Existing(existing))
+    } else {
+        Err(Error::Conflict(format!(
+            "idempotency key is already used by task {} with a different request",
+            existing.id
+        )))
+    }
+}
+
+/// The CAS decision every adapter shares: the next record if `current` still matches.
+pub fn next_record(current: &Task, guard: Guard, change: Change) -> Result<Task> {
+    if current.guard() != guard {
+        return Err(Error::Conflict(format!(
+            "task {} is {} (attempt {}), not {} (attempt {})",
+            current.id, current.status, current.attempt, guard.status, guard.attempt
+        )));
+    }
+    Ok(apply(current, change, chrono::Utc::now())?)
+}
+
+pub fn next_heartbeat(current: &Task, attempt: u32, beat: &Heartbeat) -> Result<Task> {
+    if current.status != crate::domain::task::TaskStatus::Running || current.attempt != attempt {
+        return Err(Error::Conflict(format!(
+            "task {} is {} (attempt {}), no longer running attempt {attempt}",
+            current.id, current.status, current.attempt
+        )));
+    }
+    Ok(apply_heartbeat(current, beat, chrono::Utc::now()))
+}
+
+pub fn task_not_found(id: &str) -> Error {
+    Error::not_found(Resource::Task, id)
+}
+
+pub fn page_limit(limit: usize) -> usize {
+    limit.clamp(1, MAX_PAGE)
+}

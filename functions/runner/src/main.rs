@@ -1,0 +1,33 @@
+//! `lancer-runner <task-id>`: one task, one process. Exit status 0 when the task was run
+//! (whatever its outcome) or was not ours to run; 1 when the runner itself could not work.
+
+use lancer::app::{init_tracing, runner_context};
+use lancer::config::Config;
+use lancer::runner::{Outcome, run_task};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_tracing();
+    let Some(task_id) = std::env::args().nth(1) else {
+        eprintln!("usage: lancer-runner <task-id>");
+        return std::process::ExitCode::from(2);
+    };
+    let backend = std::env::var("LANCER_BACKEND").unwrap_or_else(|_| "local".into());
+    let outcome = async {
+        let config = Config::from_env()?;
+        let ctx = runner_context(&config, &backend)?;
+        run_task(&ctx, &task_id).await
+    }
+    .await;
+    match outcome {
+        Ok(Outcome::NotClaimed(status)) => {
+            tracing::info!(task = %task_id, %status, "not claimed: the task is not pending");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(task = %task_id, %err, "runner failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! An in-process API over a router: a memory task store, a real Lance lake on a temp dir,
+//! and a dispatcher that records what it was asked.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use lancer::config::ApiKeys;
+use lancer::dispatch::memory::RecordingDispatcher;
+use lancer::http::{AppState, router};
+use lancer::lake::lance::LanceLake;
+use lancer::ports::{Lake, TaskStore};
+use lancer::store::memory::MemoryTaskStore;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct TestApp {
+    pub router: Router,
+    pub store: Arc<dyn TaskStore>,
+    pub lake: Arc<dyn Lake>,
+    pub dispatcher: Arc<RecordingDispatcher>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+            .to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestApp {
+    /// `keys` like `"key-for-acme-1=acme"`; `None` for open single-tenant mode.
+    pub fn new(keys: Option<&str>) -> Self {
+        Self::with_store(keys, Arc::new(MemoryTaskStore::new()))
+    }
+
+    pub fn with_store(keys: Option<&str>, store: Arc<dyn TaskStore>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir_all(scripts.join("jobs")).expect("mkdir");
+        std::fs::write(
+            scripts.join("jobs/noop.py"),
+            "def run(i, o, p):\n    return {}\n",
+        )
+        .expect("write");
+        let lake: Arc<dyn Lake> = Arc::new(
+            LanceLake::open(
+                &dir.path().join("lake").to_string_lossy(),
+                Default::default(),
+            )
+            .expect("lake"),
+        );
+        let dispatcher = Arc::new(RecordingDispatcher::new());
+        let router = router(AppState {
+            store: store.clone(),
+            lake: lake.clone(),
+            dispatcher: dispatcher.clone(),
+            scripts,
+            api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
+        });
+        Self {
+            router,
+            store,
+            lake,
+            dispatcher,
+            dir,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .expect("request");
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible router");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body")
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.call(Method::GET, path, None, headers).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+        self.call(
+            Method::POST,
+            path,
+            Some(serde_json::to_vec(body).expect("json")),
+            headers,
+        )
+        .await
+    }
+}

@@ -1,0 +1,398 @@
+//! The Lake conformance suite, and real Lance datasets to run it on.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{BinaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use lancer::domain::validate::ArtifactKind;
+use lancer::ports::{ArtifactDetail, ArtifactSummary, Lake, ModelInfo, Version};
+use serde_json::json;
+
+/// A lake under test, how to put artifacts into it, and what keeps it alive.
+pub struct LakeFixture {
+    pub lake: Arc<dyn Lake>,
+    pub seed: Box<dyn Seeder>,
+    pub keep: Box<dyn Any + Send>,
+}
+
+/// Writes artifacts the way a task's script would.
+#[async_trait::async_trait]
+pub trait Seeder: Send + Sync {
+    /// A dataset of `rows` rows with columns index (int64), label (int64), split (string).
+    async fn dataset(&self, prefix: &str, name: &str, rows: usize);
+    /// A model with one row per `accuracies` entry, newest last.
+    async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]);
+}
+
+fn dataset_batch(rows: usize) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("index", DataType::Int64, false),
+        Field::new("label", DataType::Int64, false),
+        Field::new("split", DataType::Utf8, false),
+    ]));
+    let index: Vec<i64> = (0..rows as i64).collect();
+    let label: Vec<i64> = index.iter().map(|i| i % 10).collect();
+    let split: Vec<&str> = index
+        .iter()
+        .map(|i| if i % 7 == 0 { "test" } else { "train" })
+        .collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(index)),
+            Arc::new(Int64Array::from(label)),
+            Arc::new(StringArray::from(split)),
+        ],
+    )
+    .expect("a valid batch")
+}
+
+fn model_batch(accuracy: f64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("weights", DataType::Binary, false),
+        Field::new("metrics", DataType::Utf8, false),
+        Field::new("params", DataType::Utf8, false),
+        Field::new("created_at", DataType::Utf8, false),
+    ]));
+    let metrics = json!({"accuracy": accuracy}).to_string();
+    let params = json!({"epochs": 3}).to_string();
+    let created_at = chrono::Utc::now().to_rfc3339();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(BinaryArray::from_vec(vec![&[1u8, 2, 3, 4][..]])),
+            Arc::new(StringArray::from(vec![metrics])),
+            Arc::new(StringArray::from(vec![params])),
+            Arc::new(StringArray::from(vec![created_at])),
+        ],
+    )
+    .expect("a valid batch")
+}
+
+/// Writes (or appends to) a real Lance dataset at `uri`.
+pub async fn write_lance(uri: &str, batch: RecordBatch, storage_options: &HashMap<String, String>) {
+    use lance::dataset::{WriteMode, WriteParams};
+    use lance::io::ObjectStoreParams;
+    let schema = batch.schema();
+    let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+    let store_params = ObjectStoreParams {
+        storage_options_accessor: Some(Arc::new(
+            lance::io::StorageOptionsAccessor::with_static_options(storage_options.clone()),
+        )),
+        ..Default::default()
+    };
+    let params = WriteParams {
+        mode: WriteMode::Append,
+        store_params: Some(store_params),
+        ..Default::default()
+    };
+    lance::Dataset::write(reader, uri, Some(params))
+        .await
+        .expect("write a Lance dataset");
+}
+
+/// Seeds a LanceLake through the lake's own URIs.
+pub struct LanceSeeder {
+    pub lake: Arc<dyn Lake>,
+}
+
+#[async_trait::async_trait]
+impl Seeder for LanceSeeder {
+    async fn dataset(&self, prefix: &str, name: &str, rows: usize) {
+        let uri = self
+            .lake
+            .uri_of(&format!("{prefix}{}", ArtifactKind::Dataset.path_of(name)));
+        let options = self.lake.storage_options().into_iter().collect();
+        write_lance(&uri, dataset_batch(rows), &options).await;
+    }
+
+    async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]) {
+        let uri = self
+            .lake
+            .uri_of(&format!("{prefix}{}", ArtifactKind::Model.path_of(name)));
+        let options = self.lake.storage_options().into_iter().collect();
+        for accuracy in accuracies {
+            write_lance(&uri, model_batch(*accuracy), &options).await;
+        }
+    }
+}
+
+/// Seeds a MemoryLake with what the Lance seeder would have produced.
+pub struct MemorySeeder {
+    pub lake: Arc<lancer::lake::memory::MemoryLake>,
+}
+
+fn detail(
+    name: &str,
+    path: String,
+    batch: &RecordBatch,
+    rows: u64,
+    versions: usize,
+    model: Option<ModelInfo>,
+) -> ArtifactDetail {
+    let schema = batch.schema();
+    ArtifactDetail {
+        summary: ArtifactSummary {
+            id: name.into(),
+            path,
+            schema: schema
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().to_string()))
+                .collect(),
+            num_rows: rows,
+        },
+        fields: schema
+            .fields()
+            .iter()
+            .map(|f| lancer::ports::Field {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
+            .collect(),
+        version: versions as u64,
+        versions: (1..=versions as u64)
+            .map(|version| Version {
+                version,
+                timestamp: chrono::Utc::now(),
+            })
+            .collect(),
+        size_bytes: 1,
+        model,
+    }
+}
+
+#[async_trait::async_trait]
+impl Seeder for MemorySeeder {
+    async fn dataset(&self, prefix: &str, name: &str, rows: usize) {
+        let path = self
+            .lake
+            .uri_of(&format!("{prefix}{}", ArtifactKind::Dataset.path_of(name)));
+        let batch = dataset_batch(rows);
+        let detail = detail(name, path, &batch, rows as u64, 1, None);
+        self.lake
+            .insert(prefix, ArtifactKind::Dataset, detail)
+            .expect("insert");
+    }
+
+    async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]) {
+        let path = self
+            .lake
+            .uri_of(&format!("{prefix}{}", ArtifactKind::Model.path_of(name)));
+        let newest = accuracies.last().copied().unwrap_or_default();
+        let info = ModelInfo {
+            metrics: Some(json!({"accuracy": newest})),
+            params: Some(json!({"epochs": 3})),
+            created_at: Some(chrono::Utc::now().to_rfc3339()),
+        };
+        let batch = model_batch(newest);
+        let detail = detail(
+            name,
+            path,
+            &batch,
+            accuracies.len() as u64,
+            accuracies.len(),
+            Some(info),
+        );
+        self.lake
+            .insert(prefix, ArtifactKind::Model, detail)
+            .expect("insert");
+    }
+}
+
+pub async fn a_written_dataset_is_listed_with_schema_and_row_count(f: LakeFixture) {
+    f.seed.dataset("", "digits", 42).await;
+    let listed = f.lake.list("", ArtifactKind::Dataset).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, "digits");
+    assert_eq!(listed[0].num_rows, 42);
+    assert_eq!(
+        listed[0].schema.get("label").map(String::as_str),
+        Some("Int64")
+    );
+    assert_eq!(
+        listed[0].schema.get("split").map(String::as_str),
+        Some("Utf8")
+    );
+    assert!(
+        f.lake
+            .list("", ArtifactKind::Model)
+            .await
+            .expect("list")
+            .is_empty(),
+        "a dataset is no model"
+    );
+}
+
+pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
+    f.seed.dataset("", "digits", 10).await;
+    let detail = f
+        .lake
+        .describe("", ArtifactKind::Dataset, "digits")
+        .await
+        .expect("describe")
+        .expect("exists");
+    let names: Vec<&str> = detail.fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["index", "label", "split"]);
+    assert!(!detail.versions.is_empty());
+    assert_eq!(
+        detail.version,
+        detail
+            .versions
+            .last()
+            .map(|v| v.version)
+            .unwrap_or_default()
+    );
+    assert!(detail.size_bytes > 0);
+    assert!(detail.model.is_none());
+    assert_eq!(
+        f.lake
+            .describe("", ArtifactKind::Dataset, "absent")
+            .await
+            .expect("describe"),
+        None
+    );
+}
+
+pub async fn a_model_reports_its_newest_metrics(f: LakeFixture) {
+    f.seed.model("", "cnn", &[0.91, 0.98]).await;
+    let detail = f
+        .lake
+        .describe("", ArtifactKind::Model, "cnn")
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert_eq!(detail.summary.num_rows, 2);
+    assert_eq!(detail.versions.len(), 2, "one version per saved row");
+    let model = detail.model.expect("model info");
+    assert_eq!(model.metrics, Some(json!({"accuracy": 0.98})));
+    assert_eq!(model.params, Some(json!({"epochs": 3})));
+    assert!(model.created_at.is_some());
+}
+
+pub async fn delete_removes_an_artifact_once(f: LakeFixture) {
+    f.seed.dataset("", "doomed", 3).await;
+    assert!(
+        f.lake
+            .delete("", ArtifactKind::Dataset, "doomed")
+            .await
+            .expect("delete")
+    );
+    assert_eq!(
+        f.lake
+            .describe("", ArtifactKind::Dataset, "doomed")
+            .await
+            .expect("describe"),
+        None
+    );
+    assert!(
+        f.lake
+            .list("", ArtifactKind::Dataset)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        !f.lake
+            .delete("", ArtifactKind::Dataset, "doomed")
+            .await
+            .expect("delete again")
+    );
+}
+
+pub async fn tenants_see_only_their_own_prefix(f: LakeFixture) {
+    f.seed.dataset("tenants/acme/", "mine", 5).await;
+    f.seed.dataset("tenants/globex/", "theirs", 6).await;
+    let acme = f
+        .lake
+        .list("tenants/acme/", ArtifactKind::Dataset)
+        .await
+        .expect("list");
+    assert_eq!(
+        acme.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["mine"]
+    );
+    assert_eq!(
+        f.lake
+            .describe("tenants/acme/", ArtifactKind::Dataset, "theirs")
+            .await
+            .expect("describe"),
+        None
+    );
+    assert!(
+        !f.lake
+            .delete("tenants/acme/", ArtifactKind::Dataset, "theirs")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        f.lake
+            .describe("tenants/globex/", ArtifactKind::Dataset, "theirs")
+            .await
+            .expect("d")
+            .is_some()
+    );
+}
+
+pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
+    assert_eq!(
+        f.lake.read_from("logs/none.log", 0).await.expect("read"),
+        None
+    );
+    f.lake
+        .put("logs/t.log", b"hello ".to_vec())
+        .await
+        .expect("put");
+    f.lake
+        .put("logs/t.log", b"hello world\n".to_vec())
+        .await
+        .expect("put");
+    let all = f
+        .lake
+        .read_from("logs/t.log", 0)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(all.bytes, b"hello world\n");
+    assert_eq!(all.next_offset, 12);
+    let tail = f
+        .lake
+        .read_from("logs/t.log", 6)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(tail.bytes, b"world\n");
+    let past = f
+        .lake
+        .read_from("logs/t.log", 99)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(past.bytes.is_empty());
+    assert_eq!(past.next_offset, 12);
+}
+
+#[macro_export]
+macro_rules! lake_conformance {
+    ($make:path) => {
+        $crate::lake_conformance!(@tests $make;
+            a_written_dataset_is_listed_with_schema_and_row_count,
+            describe_gives_fields_versions_and_size,
+            a_model_reports_its_newest_metrics,
+            delete_removes_an_artifact_once,
+            tenants_see_only_their_own_prefix,
+            objects_are_read_back_from_any_offset,
+        );
+    };
+    (@tests $make:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::lake::$name($make().await).await;
+            }
+        )*
+    };
+}

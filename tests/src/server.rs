@@ -1,0 +1,210 @@
+//! A real `lancer serve` on port 0 in a temp folder, and the HTTP calls tests make to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where cargo put the workspace's binaries: next to this test's `deps/` folder.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    for bin in ["lancer", "lancer-runner"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build --workspace --bins` before the tests",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// The Python interpreter for script tasks: `LANCER_PYTHON`, else the repo's `.venv`.
+pub fn python() -> String {
+    if let Ok(python) = std::env::var("LANCER_PYTHON") {
+        return python;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".into()
+    }
+}
+
+pub struct Server {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a server whose scripts folder holds `scripts` (name, body, executable?).
+    pub async fn start(scripts: &[(&str, &str, bool)], extra_env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scripts_dir = dir.path().join("scripts");
+        std::fs::create_dir_all(&scripts_dir).expect("mkdir");
+        for (name, body, executable) in scripts {
+            let path = scripts_dir.join(name);
+            std::fs::write(&path, body).expect("write script");
+            if *executable {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+        }
+        let mut command = Command::new(bin_dir().join("lancer"));
+        command
+            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .arg("--lake")
+            .arg(dir.path().join("lake"))
+            .arg("--db")
+            .arg(dir.path().join("lancer.db"))
+            .arg("--scripts")
+            .arg(&scripts_dir)
+            .env("LANCER_PYTHON", python())
+            .env("LANCER_LEASE_SECS", "3")
+            .env("LANCER_CANCEL_GRACE_SECS", "2")
+            .env_remove("LANCER_API_KEYS")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start lancer serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(url) = line.strip_prefix("lancer listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("lancer serve exited before listening");
+        })
+        .await
+        .expect("lancer serve listens within a minute");
+        Server {
+            url,
+            dir,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    pub async fn submit(&self, spec: &Value) -> Value {
+        let response = self
+            .http
+            .post(self.api("/tasks"))
+            .json(spec)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), 201, "submit {spec}");
+        response.json().await.expect("task json")
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        self.http
+            .get(self.api(&format!("/tasks/{id}")))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.http.post(self.api(path)).send().await.expect("post")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(self.api(path))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn logs(&self, id: &str) -> String {
+        self.http
+            .get(self.api(&format!("/tasks/{id}/logs")))
+            .send()
+            .await
+            .expect("logs")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Polls the task until `done` holds for it, or panics after `within`.
+    pub async fn wait_until(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let task = self.task(id).await;
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task never reached the expected state: {task:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        self.wait_until(id, Duration::from_secs(90), |task| task["status"] == status)
+            .await
+    }
+
+    /// Stops the server the way a user's Ctrl-C would.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// The pid of the runner working on a task.
+pub async fn runner_pid(task_id: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("lancer-runner {task_id}")])
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,622 @@
+//! The REST API through the Router: every route, every documented error code.
+
+use axum::http::{Method, StatusCode};
+use lancer_tests::app::TestApp;
+use lancer_tests::lake::{LanceSeeder, Seeder};
+use serde_json::{Value, json};
+
+fn noop(name: &str) -> Value {
+    json!({"name": name, "script": "jobs/noop.py"})
+}
+
+#[tokio::test]
+async fn submitting_a_task_answers_201_with_a_pending_task_and_dispatches_it() {
+    let app = TestApp::new(None);
+    let answer = app
+        .post(
+            "/api/v1/tasks",
+            &json!({
+                "name": "ingest", "script": "jobs/noop.py", "output": "digits",
+                "params": {"normalize": true}, "resources": {"cpus": 2}
+            }),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    let task = answer.json();
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["spec"]["params"]["normalize"], true);
+    assert_eq!(task["spec"]["resources"]["cpus"], 2.0);
+    assert_eq!(task["output_path"], "datasets/digits.lance");
+    assert_eq!(
+        app.dispatcher.submitted(),
+        vec![task["id"].as_str().expect("id").to_owned()]
+    );
+    let read = app
+        .get(
+            &format!("/api/v1/tasks/{}", task["id"].as_str().expect("id")),
+            &[],
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.json(), task);
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_answers_200_with_the_first_task() {
+    let app = TestApp::new(None);
+    let first = app
+        .post(
+            "/api/v1/tasks",
+            &noop("once"),
+            &[("Idempotency-Key", "abc-123")],
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = app
+        .post(
+            "/api/v1/tasks",
+            &noop("once"),
+            &[("Idempotency-Key", "abc-123")],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    let field = app
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "once", "script": "jobs/noop.py", "idempotency_key": "abc-123"}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        field.status,
+        StatusCode::OK,
+        "the body field is the same key"
+    );
+    assert_eq!(field.json()["id"], first.json()["id"]);
+    let reused = app
+        .post(
+            "/api/v1/tasks",
+            &noop("different"),
+            &[("Idempotency-Key", "abc-123")],
+        )
+        .await;
+    assert_eq!(
+        (reused.status, reused.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+    assert_eq!(app.dispatcher.submitted().len(), 1, "dispatched once");
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_exact_4xx_code() {
+    let app = TestApp::new(None);
+    let big_params: String = "x".repeat(70 * 1024);
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"name\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "not an object",
+            b"[1,2]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "unknown field",
+            br#"{"name":"a","script":"jobs/noop.py","colour":"red"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "missing script",
+            br#"{"name":"a"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "params not an object",
+            br#"{"name":"a","script":"jobs/noop.py","params":[1]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "bad task name",
+            br#"{"name":"../a","script":"jobs/noop.py"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "script traversal",
+            br#"{"name":"a","script":"../../etc/passwd"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "absolute script",
+            br#"{"name":"a","script":"/bin/sh"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "missing script file",
+            br#"{"name":"a","script":"jobs/none.py"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "output traversal",
+            br#"{"name":"a","script":"jobs/noop.py","output":"../../x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "output in a foreign scheme",
+            br#"{"name":"a","script":"jobs/noop.py","output":"s3://other/x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "output outside datasets and models",
+            br#"{"name":"a","script":"jobs/noop.py","output":"logs/x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "absolute input",
+            br#"{"name":"a","script":"jobs/noop.py","input":"/data/raw/mnist"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "input traversal",
+            br#"{"name":"a","script":"jobs/noop.py","input":"raw/../../etc"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "unknown input dataset",
+            br#"{"name":"a","script":"jobs/noop.py","input":"nothing_here"}"#.to_vec(),
+            StatusCode::NOT_FOUND,
+            "DATASET_NOT_FOUND",
+        ),
+        (
+            "zero attempts",
+            br#"{"name":"a","script":"jobs/noop.py","max_attempts":0}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "negative cpus",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"cpus":-1}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "oversized params",
+            serde_json::to_vec(
+                &json!({"name":"a","script":"jobs/noop.py","params":{"blob": big_params}}),
+            )
+            .expect("json"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "oversized body",
+            vec![b' '; 1024 * 1024 + 10],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let answer = app
+            .call(Method::POST, "/api/v1/tasks", Some(body), &[])
+            .await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code.to_owned()),
+            "{what}: {}",
+            answer.text()
+        );
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what} has a message"
+        );
+    }
+    assert!(
+        app.dispatcher.submitted().is_empty(),
+        "nothing bad was dispatched"
+    );
+    let listed = app.get("/api/v1/tasks", &[]).await.json();
+    assert_eq!(listed["tasks"], json!([]), "nothing half-written");
+}
+
+#[tokio::test]
+async fn unknown_ids_and_bad_names_are_404_and_400() {
+    let app = TestApp::new(None);
+    let cases = [
+        (
+            "/api/v1/tasks/00000000-0000-0000-0000-000000000000",
+            StatusCode::NOT_FOUND,
+            "TASK_NOT_FOUND",
+        ),
+        (
+            "/api/v1/tasks/whatever/logs",
+            StatusCode::NOT_FOUND,
+            "TASK_NOT_FOUND",
+        ),
+        (
+            "/api/v1/datasets/absent",
+            StatusCode::NOT_FOUND,
+            "DATASET_NOT_FOUND",
+        ),
+        (
+            "/api/v1/models/absent",
+            StatusCode::NOT_FOUND,
+            "MODEL_NOT_FOUND",
+        ),
+        (
+            "/api/v1/datasets/..",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/datasets/%2E%2E%2Fsecrets",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/models/UPPER",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        ("/api/v1/nothing", StatusCode::NOT_FOUND, "NOT_FOUND"),
+        (
+            "/api/v1/tasks?status=done",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/tasks?limit=0",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/tasks?limit=many",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/tasks?page_token=%21%21",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "/api/v1/tasks?colour=red",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let answer = app.get(path, &[]).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code.to_owned()),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    let delete = app
+        .call(Method::DELETE, "/api/v1/datasets/absent", None, &[])
+        .await;
+    assert_eq!(
+        (delete.status, delete.code().as_str()),
+        (StatusCode::NOT_FOUND, "DATASET_NOT_FOUND")
+    );
+    let cancel = app
+        .call(Method::POST, "/api/v1/tasks/nope/cancel", None, &[])
+        .await;
+    assert_eq!(
+        (cancel.status, cancel.code().as_str()),
+        (StatusCode::NOT_FOUND, "TASK_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_pending_task_stops_it_and_a_second_cancel_is_409() {
+    let app = TestApp::new(None);
+    let task = app
+        .post("/api/v1/tasks", &noop("stop-me"), &[])
+        .await
+        .json();
+    let id = task["id"].as_str().expect("id");
+    let cancelled = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/cancel"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    assert!(cancelled.json()["finished_at"].is_string());
+    assert_eq!(app.dispatcher.cancelled(), vec![id.to_owned()]);
+    let again = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/cancel"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+}
+
+#[tokio::test]
+async fn listing_filters_by_status_and_pages_with_a_token() {
+    let app = TestApp::new(None);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            app.post("/api/v1/tasks", &noop(&format!("job-{n}")), &[])
+                .await
+                .json()["id"]
+                .clone(),
+        );
+    }
+    app.call(
+        Method::POST,
+        &format!("/api/v1/tasks/{}/cancel", ids[0].as_str().expect("id")),
+        None,
+        &[],
+    )
+    .await;
+    let cancelled = app.get("/api/v1/tasks?status=cancelled", &[]).await.json();
+    assert_eq!(cancelled["tasks"].as_array().map(Vec::len), Some(1));
+    let first = app.get("/api/v1/tasks?limit=3", &[]).await.json();
+    assert_eq!(first["tasks"].as_array().map(Vec::len), Some(3));
+    assert_eq!(first["tasks"][0]["id"], ids[4], "newest first");
+    let token = first["next_page_token"].as_str().expect("a next page");
+    let second = app
+        .get(&format!("/api/v1/tasks?limit=3&page_token={token}"), &[])
+        .await
+        .json();
+    assert_eq!(second["tasks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(second["next_page_token"], Value::Null);
+}
+
+#[tokio::test]
+async fn api_keys_are_required_and_tenants_are_isolated() {
+    let app = TestApp::new(Some("acme-secret-key=acme,globex-secret-key=globex"));
+    let acme = [("Authorization", "Bearer acme-secret-key")];
+    let globex = [("Authorization", "Bearer globex-secret-key")];
+    for headers in [
+        &[][..],
+        &[("Authorization", "Bearer wrong-key-123")][..],
+        &[("Authorization", "Basic abc")][..],
+    ] {
+        let answer = app.get("/api/v1/tasks", headers).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            "{headers:?}"
+        );
+        let submit = app.post("/api/v1/tasks", &noop("x"), headers).await;
+        assert_eq!(submit.status, StatusCode::UNAUTHORIZED);
+    }
+    let task = app
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "mine", "script": "jobs/noop.py", "output": "d"}),
+            &acme,
+        )
+        .await;
+    assert_eq!(task.status, StatusCode::CREATED);
+    let task = task.json();
+    assert_eq!(task["tenant"], "acme");
+    assert_eq!(
+        task["output_path"], "tenants/acme/datasets/d.lance",
+        "outputs land in the tenant's lake"
+    );
+    let id = task["id"].as_str().expect("id");
+    for path in [
+        format!("/api/v1/tasks/{id}"),
+        format!("/api/v1/tasks/{id}/logs"),
+    ] {
+        let answer = app.get(&path, &globex).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (StatusCode::NOT_FOUND, "TASK_NOT_FOUND"),
+            "{path}"
+        );
+    }
+    let cancel = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/cancel"),
+            None,
+            &globex,
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/api/v1/tasks", &globex).await.json()["tasks"],
+        json!([])
+    );
+    assert_eq!(
+        app.get("/api/v1/tasks", &acme).await.json()["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        app.get("/healthz", &[]).await.status,
+        StatusCode::OK,
+        "health needs no key"
+    );
+}
+
+#[tokio::test]
+async fn datasets_and_models_are_listed_described_and_deleted() {
+    let app = TestApp::new(None);
+    let seed = LanceSeeder {
+        lake: app.lake.clone(),
+    };
+    seed.dataset("", "digits", 12).await;
+    seed.model("", "cnn", &[0.97]).await;
+    let listed = app.get("/api/v1/datasets", &[]).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.json()[0]["id"], "digits");
+    assert_eq!(listed.json()[0]["num_rows"], 12);
+    assert_eq!(listed.json()[0]["schema"]["label"], "Int64");
+    let detail = app.get("/api/v1/datasets/digits", &[]).await.json();
+    assert_eq!(detail["fields"][0]["name"], "index");
+    assert!(detail["size_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(detail["versions"][0]["timestamp"].is_string());
+    let model = app.get("/api/v1/models/cnn", &[]).await.json();
+    assert_eq!(model["model"]["metrics"]["accuracy"], 0.97);
+    // A task may name the dataset as its input now that it exists.
+    let task = app.post("/api/v1/tasks", &json!({"name": "train", "script": "jobs/noop.py", "input": "digits", "output": "models/cnn2"}), &[]).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{}", task.text());
+    assert_eq!(task.json()["input_path"], "datasets/digits.lance");
+    assert_eq!(task.json()["output_path"], "models/cnn2.lance");
+    let model_input = app
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "serve", "script": "jobs/noop.py", "input": "cnn"}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        model_input.json()["input_path"],
+        "models/cnn.lance",
+        "a bare name falls back to a model"
+    );
+    let deleted = app
+        .call(Method::DELETE, "/api/v1/datasets/digits", None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/datasets", &[]).await.json(), json!([]));
+}
+
+#[tokio::test]
+async fn logs_are_served_from_an_offset_with_the_next_offset() {
+    let app = TestApp::new(None);
+    let task = app.post("/api/v1/tasks", &noop("chatty"), &[]).await.json();
+    let id = task["id"].as_str().expect("id");
+    let empty = app.get(&format!("/api/v1/tasks/{id}/logs"), &[]).await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert!(empty.body.is_empty());
+    app.lake
+        .put(
+            task["logs_uri"].as_str().expect("logs uri"),
+            b"line one\nline two\n".to_vec(),
+        )
+        .await
+        .expect("put");
+    let all = app.get(&format!("/api/v1/tasks/{id}/logs"), &[]).await;
+    assert_eq!(all.text(), "line one\nline two\n");
+    assert_eq!(all.headers["x-next-offset"], "18");
+    assert_eq!(all.headers["x-task-status"], "pending");
+    let rest = app
+        .get(&format!("/api/v1/tasks/{id}/logs?offset=9"), &[])
+        .await;
+    assert_eq!(rest.text(), "line two\n");
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_page_are_served() {
+    let app = TestApp::new(Some("acme-secret-key=acme"));
+    let spec = app.get("/api/v1/openapi.json", &[]).await;
+    assert_eq!(spec.status, StatusCode::OK);
+    let spec = spec.json();
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        spec["openapi"]
+    );
+    for path in [
+        "/api/v1/tasks",
+        "/api/v1/tasks/{id}",
+        "/api/v1/tasks/{id}/cancel",
+        "/api/v1/tasks/{id}/logs",
+        "/api/v1/datasets/{id}",
+        "/api/v1/models",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(spec["components"]["schemas"]["TaskSpec"].is_object());
+    let docs = app.get("/docs", &[]).await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(
+        docs.text().contains("openapi") || docs.text().contains("scalar"),
+        "a docs page"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_keyed_submissions_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        lancer::store::sqlite::SqliteTaskStore::open(dir.path().join("tasks.db")).expect("sqlite");
+    let app = std::sync::Arc::new(TestApp::with_store(None, std::sync::Arc::new(store)));
+    // 100 keys, each sent twice at once: 200 requests, 100 tasks.
+    let requests = (0..200).map(|n| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let key = format!("key-{}", n % 100);
+            let answer = app
+                .post(
+                    "/api/v1/tasks",
+                    &noop(&format!("job-{}", n % 100)),
+                    &[("Idempotency-Key", &key)],
+                )
+                .await;
+            (
+                key,
+                answer.status,
+                answer.json()["id"].as_str().map(str::to_owned),
+            )
+        })
+    });
+    let mut ids = std::collections::HashMap::new();
+    let mut created = 0;
+    for request in requests {
+        let (key, status, id) = request.await.expect("join");
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status}"
+        );
+        created += usize::from(status == StatusCode::CREATED);
+        let id = id.expect("a task id");
+        assert_eq!(
+            ids.entry(key).or_insert_with(|| id.clone()),
+            &id,
+            "one task per key"
+        );
+    }
+    assert_eq!((ids.len(), created), (100, 100));
+    let listed = app.get("/api/v1/tasks?limit=1000", &[]).await.json();
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(100),
+        "no task lost, none duplicated"
+    );
+    assert_eq!(
+        app.dispatcher.submitted().len(),
+        100,
+        "each dispatched once"
+    );
+}

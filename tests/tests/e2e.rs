@@ -1,0 +1,381 @@
+//! End to end through a real `lancer serve`: runner subprocesses, SQLite, Lance on disk.
+
+use std::time::Duration;
+
+use lancer_tests::server::{Server, bin_dir, runner_pid};
+use serde_json::json;
+
+const INGEST_PY: &str = r#"
+import json, os
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    n = params["rows"]
+    table = pa.table({"index": list(range(n)), "label": [i % 10 for i in range(n)]})
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    lance.write_dataset(table, output_path, mode="overwrite", storage_options=options)
+    print(f"wrote {n} rows", flush=True)
+    return {"total_records": n, "task": os.environ["LANCER_TASK_ID"]}
+"#;
+
+const SLOW_PY: &str = r#"
+import json, os, time
+
+def run(input_path, output_path, params):
+    steps = params.get("steps", 600)
+    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
+        for step in range(steps):
+            print(f"step {step}", flush=True)
+            line = {"fraction": step / steps, "message": f"step {step}", "metrics": {"step": step}}
+            progress.write(json.dumps(line) + "\n")
+            progress.flush()
+            time.sleep(0.1)
+    return {"steps": steps}
+"#;
+
+const FAIL_PY: &str = r#"
+def run(input_path, output_path, params):
+    print("about to fail")
+    raise ValueError(f"bad params: {params}")
+"#;
+
+const CONTRACT_SH: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --input) input=$2 ;; --output) output=$2 ;;
+    --params-file) params=$2 ;; --result-file) result=$2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+echo "executable got params $(cat "$params")"
+printf '{"echo": %s, "output": "%s", "input": "%s"}' "$(cat "$params")" "$output" "$input" > "$result"
+"#;
+
+const SERVE_PY: &str = r#"
+import http.server, json, os, threading
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"hello": "lancer"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+def run(input_path, output_path, params):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", params.get("port", 0)), Hello)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
+        progress.write(json.dumps({"endpoint": url, "message": "serving"}) + "\n")
+    print(f"serving on {url}", flush=True)
+    server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn a_python_run_script_completes_with_its_result_and_its_lance_dataset_is_listed() {
+    let server = Server::start(&[("ingest.py", INGEST_PY, false)], &[]).await;
+    let task = server
+        .submit(&json!({"name": "ingest", "script": "ingest.py", "output": "numbers", "params": {"rows": 25}}))
+        .await;
+    let id = task["id"].as_str().expect("id");
+    let done = server
+        .wait_until(id, Duration::from_secs(90), |t| {
+            t["status"] != "pending" && t["status"] != "running"
+        })
+        .await;
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done:#}\nlogs:\n{}",
+        server.logs(id).await
+    );
+    assert_eq!(done["result"], json!({"total_records": 25, "task": id}));
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(done["backend"], "local");
+    assert!(server.logs(id).await.contains("wrote 25 rows"));
+    let datasets = server.get_json("/datasets").await;
+    assert_eq!(datasets[0]["id"], "numbers");
+    assert_eq!(datasets[0]["num_rows"], 25);
+    assert_eq!(datasets[0]["schema"]["label"], "Int64");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_executable_following_the_contract_completes_with_its_result() {
+    let server = Server::start(&[("contract.sh", CONTRACT_SH, true)], &[]).await;
+    let task = server
+        .submit(&json!({"name": "exec", "script": "contract.sh", "input": "raw/uploads/", "output": "out", "params": {"k": [1, 2]}}))
+        .await;
+    let id = task["id"].as_str().expect("id");
+    let done = server
+        .wait_until(id, Duration::from_secs(60), |t| {
+            t["finished_at"].is_string()
+        })
+        .await;
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done:#}\nlogs:\n{}",
+        server.logs(id).await
+    );
+    assert_eq!(done["result"]["echo"], json!({"k": [1, 2]}));
+    let lake = std::fs::canonicalize(server.lake()).expect("lake path");
+    assert_eq!(
+        done["result"]["output"],
+        format!("{}/datasets/out.lance", lake.display())
+    );
+    assert_eq!(
+        done["result"]["input"],
+        format!("{}/raw/uploads", lake.display())
+    );
+    assert!(server.logs(id).await.contains("executable got params"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_script_ends_failed_with_its_error() {
+    let server = Server::start(&[("fail.py", FAIL_PY, false)], &[]).await;
+    let id = server
+        .submit(&json!({"name": "fails", "script": "fail.py", "params": {"x": 1}}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = server
+        .wait_until(&id, Duration::from_secs(60), |t| {
+            t["finished_at"].is_string()
+        })
+        .await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["code"], "SCRIPT_FAILED");
+    let message = done["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("status 1") && message.contains("ValueError: bad params"),
+        "{message}"
+    );
+    assert!(server.logs(&id).await.contains("about to fail"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn progress_and_logs_show_while_running_and_cancel_stops_the_script() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let id = server
+        .submit(&json!({"name": "slow", "script": "slow.py"}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let running = server
+        .wait_until(&id, Duration::from_secs(60), |t| {
+            t["status"] == "running" && t["progress"]["fraction"].as_f64().is_some_and(|f| f > 0.0)
+        })
+        .await;
+    assert!(
+        running["progress"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("step "))
+    );
+    assert!(running["progress"]["metrics"]["step"].as_u64().is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.logs(&id).await.contains("step 1\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs never showed while running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(runner_pid(&id).await.is_some(), "a runner works on it");
+    let cancelled = server.post(&format!("/tasks/{id}/cancel")).await;
+    assert_eq!(cancelled.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while runner_pid(&id).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner outlived the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let task = server.task(&id).await;
+    assert_eq!(
+        task["status"], "cancelled",
+        "the script's exit never overwrites cancelled"
+    );
+    assert!(server.logs(&id).await.contains("[lancer] task stopped"));
+    let again = server.post(&format!("/tasks/{id}/cancel")).await;
+    assert_eq!(again.status(), 409);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_with_sigkill_leaves_its_task_failed_after_the_lease() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let id = server
+        .submit(&json!({"name": "doomed", "script": "slow.py"}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    server.wait_for_status(&id, "running").await;
+    let pid = runner_pid(&id).await.expect("runner pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let done = server
+        .wait_until(&id, Duration::from_secs(30), |t| t["status"] != "running")
+        .await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "LEASE_EXPIRED");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_runner_is_retried_while_attempts_remain() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let id = server
+        .submit(&json!({"name": "retry", "script": "slow.py", "params": {"steps": 20}, "max_attempts": 2}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    server.wait_for_status(&id, "running").await;
+    let pid = runner_pid(&id).await.expect("runner pid");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let done = server
+        .wait_until(&id, Duration::from_secs(60), |t| {
+            t["finished_at"].is_string()
+        })
+        .await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["result"], json!({"steps": 20}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
+    let server = Server::start(
+        &[("serve.py", SERVE_PY, false), ("slow.py", SLOW_PY, false)],
+        &[],
+    )
+    .await;
+    let service = server
+        .submit(&json!({"name": "hello-svc", "script": "serve.py"}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let serving = server
+        .wait_until(&service, Duration::from_secs(60), |t| {
+            t["endpoint"].is_string()
+        })
+        .await;
+    let endpoint = serving["endpoint"].as_str().expect("endpoint");
+    let hello: serde_json::Value = reqwest::get(endpoint)
+        .await
+        .expect("reach the service")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(hello, json!({"hello": "lancer"}));
+    // Concurrency is 1: this batch task runs only because the service gave its slot back.
+    let batch = server
+        .submit(&json!({"name": "beside", "script": "slow.py", "params": {"steps": 3}}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = server
+        .wait_until(&batch, Duration::from_secs(60), |t| {
+            t["finished_at"].is_string()
+        })
+        .await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(server.task(&service).await["status"], "running");
+    assert_eq!(
+        server
+            .post(&format!("/tasks/{service}/cancel"))
+            .await
+            .status(),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(endpoint).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service outlived its cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ended = server.task(&service).await;
+    assert_eq!(ended["status"], "cancelled");
+    assert_eq!(
+        ended["endpoint"],
+        serde_json::Value::Null,
+        "a stopped service has no endpoint"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_submits_waits_lists_and_reads_logs() {
+    let server = Server::start(&[("ingest.py", INGEST_PY, false)], &[]).await;
+    let lancer = |args: &[&str]| {
+        let out = std::process::Command::new(bin_dir().join("lancer"))
+            .args(args)
+            .env("LANCER_URL", &server.url)
+            .output()
+            .expect("run lancer");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = lancer(&[
+        "tasks",
+        "submit",
+        "--name",
+        "cli-ingest",
+        "--script",
+        "ingest.py",
+        "--output",
+        "cli_numbers",
+        "--param",
+        "rows=7",
+        "--wait",
+    ]);
+    assert!(ok, "submit --wait failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("\"total_records\": 7"), "{stdout}");
+    let (ok, stdout, _) = lancer(&["datasets", "list"]);
+    assert!(
+        ok && stdout.contains("cli_numbers") && stdout.contains(" 7 "),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = lancer(&["tasks", "list", "--status", "completed"]);
+    assert!(
+        ok && stdout.contains("cli-ingest") && stdout.contains("completed"),
+        "{stdout}"
+    );
+    let id = stdout
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().next())
+        .expect("a task row")
+        .to_owned();
+    let (ok, stdout, _) = lancer(&["tasks", "logs", &id]);
+    assert!(ok && stdout.contains("wrote 7 rows"), "{stdout}");
+    let (ok, _, stderr) = lancer(&["tasks", "get", "no-such-task"]);
+    assert!(!ok && stderr.contains("TASK_NOT_FOUND"), "{stderr}");
+    let (ok, _, stderr) = lancer(&["tasks", "submit", "--name", "x", "--script", "../escape.py"]);
+    assert!(!ok && stderr.contains("INVALID_REQUEST"), "{stderr}");
+    server.stop().await;
+}
