@@ -61,6 +61,11 @@ impl Server {
                     .expect("chmod");
             }
         }
+        Self::start_in(dir, &scripts_dir, extra_env).await
+    }
+
+    /// Starts a server in `dir` whose scripts folder is `scripts_dir`.
+    pub async fn start_in(dir: tempfile::TempDir, scripts_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(bin_dir().join("lancer"));
         command
             .args(["serve", "--port", "0", "--host", "127.0.0.1"])
@@ -154,6 +159,15 @@ impl Server {
             .text()
             .await
             .expect("text")
+    }
+
+    /// Submits a task and waits for it to end; panics with its logs unless it completed.
+    pub async fn run_to_completion(&self, spec: &Value, within: Duration) -> Value {
+        let task = self.submit(spec).await;
+        let id = task["id"].as_str().expect("id").to_owned();
+        let done = self.wait_until(&id, within, |t| t["finished_at"].is_string()).await;
+        assert_eq!(done["status"], "completed", "{done:#}\nlogs:\n{}", self.logs(&id).await);
+        done
     }
 
     /// Polls the task until `done` holds for it, or panics after `within`.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
+mod bench;
 mod client;
 mod serve;
 
@@ -34,6 +35,20 @@ enum Command {
     Datasets(ArtifactArgs),
     /// Models in the lake.
     Models(ArtifactArgs),
+    /// Print throughput and latency figures of a running lancer (tasks it submits do run).
+    Bench {
+        #[command(flatten)]
+        remote: Remote,
+        /// POST+GET pairs per concurrency level.
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+        /// A no-op script in the server's scripts folder.
+        #[arg(long, default_value = "tests/bench/noop.py")]
+        script: String,
+        /// No-op tasks timed from submit to completed.
+        #[arg(long, default_value_t = 20)]
+        noop_tasks: usize,
+    },
 }
 
 #[derive(Args)]
@@ -209,6 +224,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tasks(command) => tasks(command).await,
         Command::Datasets(args) => artifacts("datasets", args.command).await,
         Command::Models(args) => artifacts("models", args.command).await,
+        Command::Bench { remote, requests, script, noop_tasks } => {
+            let client = remote.client()?;
+            let options = bench::BenchOptions { requests, script, noop_tasks };
+            bench::api(&client, &options).await?;
+            bench::submit_to_completed(&client, &options).await
+        }
     }
 }
 

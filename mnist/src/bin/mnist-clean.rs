@@ -1,0 +1,54 @@
+//! `mnist-clean`: the design's ingestion step. MNIST IDX files (plain or gzip) in,
+//! a Lance dataset of `index`, `image`, `label`, `split` out, streamed batch by batch.
+//!
+//! Params: `normalize` (default true), `flatten` (default true), `test_ratio` (optional),
+//! `batch_rows` (default 4096). Result: `{total_records, train, test, dropped}`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use mnist::clean::{CleanBatches, CleanOptions, find_parts};
+use mnist::contract::{Invocation, Progress, init_logging, storage_options};
+use serde_json::json;
+
+// The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
+// where the system allocator hands it back to the kernel and faults it in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_logging();
+    let task = Invocation::from_args()?;
+    if task.input.is_empty() || task.output.is_empty() {
+        bail!("mnist-clean needs an input folder of IDX files and an output dataset");
+    }
+    if task.input.contains("://") {
+        bail!("mnist-clean reads IDX files from a local folder; {} is not one", task.input);
+    }
+    let defaults = CleanOptions::default();
+    let options = CleanOptions {
+        normalize: task.bool_param("normalize", defaults.normalize)?,
+        flatten: task.bool_param("flatten", defaults.flatten)?,
+        test_ratio: task.f64_param("test_ratio")?,
+        batch_rows: task.u64_param("batch_rows")?.map_or(defaults.batch_rows, |n| n.max(1) as usize),
+    };
+    let parts = find_parts(Path::new(&task.input))?;
+    let mut progress = Progress::from_env();
+    progress.report(json!({"fraction": 0.0, "message": format!("cleaning {} IDX parts", parts.len())}));
+    let started = std::time::Instant::now();
+    let batches = CleanBatches::new(parts, options)?;
+    let report = batches.report.clone();
+    let dataset = mnist::lake::overwrite(batches, &task.output, &storage_options()).await?;
+    let report = report.lock().map_err(|_| anyhow::anyhow!("report lock poisoned"))?.clone();
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        rows = report.total_records,
+        dropped = report.dropped,
+        version = dataset.version().version,
+        rows_per_second = report.total_records as f64 / seconds,
+        "cleaned"
+    );
+    progress.report(json!({"fraction": 1.0, "message": "cleaned", "metrics": {"rows_per_second": report.total_records as f64 / seconds}}));
+    task.finish(&serde_json::to_value(&report).context("report")?)
+}

@@ -1,0 +1,96 @@
+//! `mnist-train`: the design's training step. Trains PyTorch's MNIST example CNN on the
+//! dataset's train split, evaluates on its test split, and appends a version to the model.
+//!
+//! Params: `epochs` (5), `learning_rate` (0.001), `batch_size` (64), `seed` (42),
+//! `device` (cpu|cuda), `optimizer` (adam|adamw|sgd). Result: `{accuracy, loss}`.
+
+use anyhow::{Result, bail};
+use mnist::contract::{Invocation, Progress, init_logging, storage_options};
+use mnist::lake::{ModelRow, append_model, read_splits};
+use mnist::model::ARCHITECTURE;
+use mnist::train::{EpochStats, Observer, TrainOptions, train};
+use serde_json::json;
+
+struct Report {
+    progress: Progress,
+    epochs: usize,
+    last_sent: std::time::Instant,
+}
+
+impl Observer for Report {
+    fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64) {
+        // Enough to move a progress bar, not a line per step.
+        if self.last_sent.elapsed().as_millis() < 500 && done != total {
+            return;
+        }
+        self.last_sent = std::time::Instant::now();
+        let fraction = ((epoch - 1) as f64 + done as f64 / total as f64) / self.epochs as f64;
+        self.progress.report(json!({
+            "fraction": fraction,
+            "message": format!("epoch {epoch}/{} batch {done}/{total}", self.epochs),
+            "metrics": {"epoch": epoch, "batch_loss": loss},
+        }));
+    }
+
+    fn epoch(&mut self, stats: &EpochStats) {
+        tracing::info!(
+            epoch = stats.epoch,
+            loss = stats.loss,
+            accuracy = stats.accuracy,
+            seconds = stats.seconds,
+            "epoch done"
+        );
+        self.progress.report(json!({
+            "fraction": stats.epoch as f64 / self.epochs as f64,
+            "message": format!("epoch {}/{}: accuracy {:.4}", stats.epoch, self.epochs, stats.accuracy),
+            "metrics": {"epoch": stats.epoch, "loss": stats.loss, "accuracy": stats.accuracy, "seconds": stats.seconds},
+        }));
+    }
+}
+
+// The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
+// where the system allocator hands it back to the kernel and faults it in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_logging();
+    let task = Invocation::from_args()?;
+    if task.input.is_empty() || task.output.is_empty() {
+        bail!("mnist-train needs an input dataset and an output model");
+    }
+    let defaults = TrainOptions::default();
+    let options = TrainOptions {
+        epochs: task.u64_param("epochs")?.map_or(defaults.epochs, |n| n as usize),
+        learning_rate: task.f64_param("learning_rate")?.unwrap_or(defaults.learning_rate),
+        batch_size: task.u64_param("batch_size")?.map_or(defaults.batch_size, |n| n as usize),
+        seed: task.u64_param("seed")?.unwrap_or(defaults.seed),
+        device: task.str_param("device")?.unwrap_or(defaults.device),
+        optimizer: task.str_param("optimizer")?.unwrap_or(defaults.optimizer),
+    };
+    let storage = storage_options();
+    let (train_split, test_split, version) = read_splits(&task.input, &storage).await?;
+    tracing::info!(train = train_split.len(), test = test_split.len(), version, "dataset loaded");
+    let mut report = Report { progress: Progress::from_env(), epochs: options.epochs, last_sent: std::time::Instant::now() };
+    let (net, history) = train(&train_split, &test_split, &options, &mut report)?;
+    let last = history.last().cloned().ok_or_else(|| anyhow::anyhow!("no epoch ran"))?;
+    let metrics = json!({
+        "accuracy": last.accuracy,
+        "loss": last.loss,
+        "correct": last.correct,
+        "test_rows": test_split.len(),
+        "train_rows": train_split.len(),
+        "history": history,
+    });
+    let row = ModelRow {
+        weights: net.to_safetensors()?,
+        architecture: ARCHITECTURE.into(),
+        metrics,
+        params: serde_json::to_value(&options)?,
+        dataset: json!({"input": task.input, "version": version}),
+        created_at: chrono::Utc::now().to_rfc3339(),
+    };
+    let model_version = append_model(&task.output, &row, &storage).await?;
+    task.finish(&json!({"accuracy": last.accuracy, "loss": last.loss, "model_version": model_version}))
+}

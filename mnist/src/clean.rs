@@ -1,0 +1,236 @@
+//! `mnist-clean`: IDX files in, a Lance dataset out, streamed in record batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow_array::builder::Float32Builder;
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+
+use crate::idx::{ImageReader, PIXELS, SIDE, read_labels};
+
+/// The params of a cleaning run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanOptions {
+    /// Pixels as [0, 1] floats, else 0-255.
+    pub normalize: bool,
+    /// `image` as 784 floats, else 28 lists of 28.
+    pub flatten: bool,
+    /// A deterministic split by this share of test rows instead of the files' own.
+    pub test_ratio: Option<f64>,
+    pub batch_rows: usize,
+}
+
+impl Default for CleanOptions {
+    fn default() -> Self {
+        Self { normalize: true, flatten: true, test_ratio: None, batch_rows: 4096 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CleanReport {
+    pub total_records: u64,
+    pub train: u64,
+    pub test: u64,
+    pub dropped: u64,
+}
+
+/// One IDX image file with its labels, and the split its name gives it.
+pub struct Part {
+    pub images: PathBuf,
+    pub labels: PathBuf,
+    pub split: &'static str,
+}
+
+/// Finds `train-*` and `t10k-*` image and label files (plain or `.gz`) in a folder.
+pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the input folder {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    let find = |prefix: &str, kind: &str| {
+        entries.iter().find(|path| {
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
+                name.starts_with(prefix) && name.contains(kind)
+            })
+        })
+    };
+    let mut parts = Vec::new();
+    for (prefix, split) in [("train", "train"), ("t10k", "test")] {
+        match (find(prefix, "images"), find(prefix, "labels")) {
+            (Some(images), Some(labels)) => {
+                parts.push(Part { images: images.clone(), labels: labels.clone(), split })
+            }
+            (None, None) => {}
+            _ => bail!("{} has {prefix} images or labels but not both", dir.display()),
+        }
+    }
+    if parts.is_empty() {
+        bail!(
+            "no MNIST IDX files in {}: expected train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] (and t10k-*)",
+            dir.display()
+        );
+    }
+    Ok(parts)
+}
+
+pub fn schema(options: &CleanOptions) -> SchemaRef {
+    let pixel = Arc::new(Field::new("item", DataType::Float32, false));
+    let image_type = if options.flatten {
+        DataType::FixedSizeList(pixel, PIXELS as i32)
+    } else {
+        let row = Arc::new(Field::new("item", DataType::FixedSizeList(pixel, SIDE as i32), false));
+        DataType::FixedSizeList(row, SIDE as i32)
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("index", DataType::Int64, false),
+        Field::new("image", image_type, false),
+        Field::new("label", DataType::Int64, false),
+        Field::new("split", DataType::Utf8, false),
+    ]))
+}
+
+/// Whether a row goes to test under `test_ratio`: a hash of its index, so reruns agree.
+fn in_test(index: u64, ratio: f64) -> bool {
+    let mut x = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x as f64 / u64::MAX as f64) < ratio
+}
+
+/// Pulls batches from the IDX files one at a time, so memory stays at one batch.
+pub struct CleanBatches {
+    parts: std::vec::IntoIter<Part>,
+    current: Option<(ImageReader, Vec<u8>, usize, &'static str)>,
+    options: CleanOptions,
+    schema: SchemaRef,
+    next_index: u64,
+    pub report: Arc<std::sync::Mutex<CleanReport>>,
+    raw: Vec<u8>,
+}
+
+impl CleanBatches {
+    pub fn new(parts: Vec<Part>, options: CleanOptions) -> Result<Self> {
+        if let Some(ratio) = options.test_ratio
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            bail!("test_ratio must be between 0 and 1, not {ratio}");
+        }
+        Ok(Self {
+            parts: parts.into_iter(),
+            current: None,
+            schema: schema(&options),
+            options,
+            next_index: 0,
+            report: Default::default(),
+            raw: Vec::new(),
+        })
+    }
+
+    fn open_next_part(&mut self) -> Result<bool> {
+        let Some(part) = self.parts.next() else { return Ok(false) };
+        let reader = ImageReader::open(&part.images)?;
+        let labels = read_labels(&part.labels)?;
+        if labels.len() != reader.count {
+            bail!(
+                "{} holds {} images but {} holds {} labels",
+                part.images.display(),
+                reader.count,
+                part.labels.display(),
+                labels.len()
+            );
+        }
+        self.current = Some((reader, labels, 0, part.split));
+        Ok(true)
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.current.is_none() && !self.open_next_part()? {
+                return Ok(None);
+            }
+            let Some((reader, labels, position, split)) = self.current.as_mut() else { continue };
+            self.raw.clear();
+            let n = reader.read_chunk(self.options.batch_rows, &mut self.raw)?;
+            if n == 0 {
+                self.current = None;
+                continue;
+            }
+            let scale = if self.options.normalize { 1.0 / 255.0 } else { 1.0 };
+            let mut index = Vec::with_capacity(n);
+            let mut label = Vec::with_capacity(n);
+            let mut splits = Vec::with_capacity(n);
+            let mut pixels = Float32Builder::with_capacity(n * PIXELS);
+            let mut report = self.report.lock().map_err(|_| anyhow::anyhow!("report lock poisoned"))?;
+            for (row, image) in self.raw.chunks_exact(PIXELS).enumerate() {
+                let value = labels[*position + row];
+                let row_index = self.next_index;
+                self.next_index += 1;
+                if value > 9 {
+                    report.dropped += 1;
+                    continue;
+                }
+                let row_split = match self.options.test_ratio {
+                    Some(ratio) if in_test(row_index, ratio) => "test",
+                    Some(_) => "train",
+                    None => split,
+                };
+                if row_split == "test" { report.test += 1 } else { report.train += 1 }
+                report.total_records += 1;
+                index.push(row_index as i64);
+                label.push(i64::from(value));
+                splits.push(row_split);
+                for &byte in image {
+                    pixels.append_value(f32::from(byte) * scale);
+                }
+            }
+            drop(report);
+            *position += n;
+            if index.is_empty() {
+                continue;
+            }
+            let image = self.image_array(pixels)?;
+            let batch = RecordBatch::try_new(
+                self.schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(index)),
+                    image,
+                    Arc::new(Int64Array::from(label)),
+                    Arc::new(StringArray::from(splits)),
+                ],
+            )?;
+            return Ok(Some(batch));
+        }
+    }
+
+    fn image_array(&self, mut pixels: Float32Builder) -> Result<ArrayRef> {
+        let values = Arc::new(pixels.finish());
+        let pixel = Arc::new(Field::new("item", DataType::Float32, false));
+        if self.options.flatten {
+            return Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(pixel, PIXELS as i32, values, None)?));
+        }
+        let rows = arrow_array::FixedSizeListArray::try_new(pixel.clone(), SIDE as i32, values, None)?;
+        let row_field = Arc::new(Field::new("item", DataType::FixedSizeList(pixel, SIDE as i32), false));
+        Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(row_field, SIDE as i32, Arc::new(rows), None)?))
+    }
+}
+
+impl Iterator for CleanBatches {
+    type Item = std::result::Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_batch() {
+            Ok(Some(batch)) => Some(Ok(batch)),
+            Ok(None) => None,
+            Err(err) => Some(Err(ArrowError::ExternalError(err.into()))),
+        }
+    }
+}
+
+impl arrow_array::RecordBatchReader for CleanBatches {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

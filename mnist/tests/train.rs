@@ -1,0 +1,69 @@
+//! The CNN trains, learns, and repeats itself exactly under the same seed on the CPU.
+
+use mnist::lake::Split;
+use mnist::model::{Net, images_tensor};
+use mnist::train::{EpochStats, Observer, TrainOptions, evaluate, train};
+
+struct Quiet;
+
+impl Observer for Quiet {
+    fn batch(&mut self, _: usize, _: usize, _: usize, _: f64) {}
+    fn epoch(&mut self, _: &EpochStats) {}
+}
+
+/// Two easy classes: a bright top half (label 0) or a bright bottom half (label 1).
+fn halves(n: usize) -> Split {
+    let mut split = Split::default();
+    for i in 0..n {
+        let label = (i % 2) as u8;
+        split.images.extend((0..784).map(|p| if (p < 392) == (label == 0) { 0.9 } else { 0.0 }));
+        split.labels.push(label);
+    }
+    split
+}
+
+#[test]
+fn the_same_seed_trains_the_same_model() {
+    let options = TrainOptions { epochs: 1, batch_size: 16, ..Default::default() };
+    let (first, history_a) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
+    let (second, history_b) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
+    assert_eq!(history_a[0].train_loss, history_b[0].train_loss);
+    assert_eq!(history_a[0].loss, history_b[0].loss);
+    assert_eq!(first.to_safetensors().expect("bytes"), second.to_safetensors().expect("bytes"));
+    let other = TrainOptions { seed: 1, ..options };
+    let (_, history_c) = train(&halves(64), &halves(16), &other, &mut Quiet).expect("train");
+    assert_ne!(history_a[0].train_loss, history_c[0].train_loss, "another seed, another run");
+}
+
+#[test]
+fn training_learns_a_separable_task_and_the_weights_round_trip() {
+    let options = TrainOptions { epochs: 2, batch_size: 8, ..Default::default() };
+    let test = halves(20);
+    let (net, history) = train(&halves(96), &test, &options, &mut Quiet).expect("train");
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].accuracy, 1.0, "{history:?}");
+    let bytes = net.to_safetensors().expect("bytes");
+    let loaded = Net::from_safetensors(&bytes, &candle_core::Device::Cpu).expect("load");
+    let (loss, correct) = evaluate(&loaded, &test, &candle_core::Device::Cpu).expect("evaluate");
+    assert_eq!(correct, 20);
+    assert!((loss - history[1].loss).abs() < 1e-6);
+    let probabilities = loaded
+        .probabilities(&images_tensor(&test.images[..784], &candle_core::Device::Cpu).expect("tensor"))
+        .expect("forward")
+        .to_vec2::<f32>()
+        .expect("vec");
+    assert!((probabilities[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let data = halves(4);
+    for options in [
+        TrainOptions { optimizer: "adadelta".into(), ..Default::default() },
+        TrainOptions { device: "tpu".into(), ..Default::default() },
+        TrainOptions { batch_size: 0, ..Default::default() },
+    ] {
+        assert!(train(&data, &data, &options, &mut Quiet).is_err(), "{options:?}");
+    }
+    assert!(train(&data, &Split::default(), &TrainOptions::default(), &mut Quiet).is_err(), "no test rows");
+}
