@@ -24,7 +24,12 @@ pub struct CleanOptions {
 
 impl Default for CleanOptions {
     fn default() -> Self {
-        Self { normalize: true, flatten: true, test_ratio: None, batch_rows: 4096 }
+        Self {
+            normalize: true,
+            flatten: true,
+            test_ratio: None,
+            batch_rows: 4096,
+        }
     }
 }
 
@@ -51,19 +56,24 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
         .collect();
     let find = |prefix: &str, kind: &str| {
         entries.iter().find(|path| {
-            path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
-                name.starts_with(prefix) && name.contains(kind)
-            })
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|name| name.starts_with(prefix) && name.contains(kind))
         })
     };
     let mut parts = Vec::new();
     for (prefix, split) in [("train", "train"), ("t10k", "test")] {
         match (find(prefix, "images"), find(prefix, "labels")) {
-            (Some(images), Some(labels)) => {
-                parts.push(Part { images: images.clone(), labels: labels.clone(), split })
-            }
+            (Some(images), Some(labels)) => parts.push(Part {
+                images: images.clone(),
+                labels: labels.clone(),
+                split,
+            }),
             (None, None) => {}
-            _ => bail!("{} has {prefix} images or labels but not both", dir.display()),
+            _ => bail!(
+                "{} has {prefix} images or labels but not both",
+                dir.display()
+            ),
         }
     }
     if parts.is_empty() {
@@ -80,7 +90,11 @@ pub fn schema(options: &CleanOptions) -> SchemaRef {
     let image_type = if options.flatten {
         DataType::FixedSizeList(pixel, PIXELS as i32)
     } else {
-        let row = Arc::new(Field::new("item", DataType::FixedSizeList(pixel, SIDE as i32), false));
+        let row = Arc::new(Field::new(
+            "item",
+            DataType::FixedSizeList(pixel, SIDE as i32),
+            false,
+        ));
         DataType::FixedSizeList(row, SIDE as i32)
     };
     Arc::new(Schema::new(vec![
@@ -130,7 +144,9 @@ impl CleanBatches {
     }
 
     fn open_next_part(&mut self) -> Result<bool> {
-        let Some(part) = self.parts.next() else { return Ok(false) };
+        let Some(part) = self.parts.next() else {
+            return Ok(false);
+        };
         let reader = ImageReader::open(&part.images)?;
         let labels = read_labels(&part.labels)?;
         if labels.len() != reader.count {
@@ -151,19 +167,28 @@ impl CleanBatches {
             if self.current.is_none() && !self.open_next_part()? {
                 return Ok(None);
             }
-            let Some((reader, labels, position, split)) = self.current.as_mut() else { continue };
+            let Some((reader, labels, position, split)) = self.current.as_mut() else {
+                continue;
+            };
             self.raw.clear();
             let n = reader.read_chunk(self.options.batch_rows, &mut self.raw)?;
             if n == 0 {
                 self.current = None;
                 continue;
             }
-            let scale = if self.options.normalize { 1.0 / 255.0 } else { 1.0 };
+            let scale = if self.options.normalize {
+                1.0 / 255.0
+            } else {
+                1.0
+            };
             let mut index = Vec::with_capacity(n);
             let mut label = Vec::with_capacity(n);
             let mut splits = Vec::with_capacity(n);
             let mut pixels = Float32Builder::with_capacity(n * PIXELS);
-            let mut report = self.report.lock().map_err(|_| anyhow::anyhow!("report lock poisoned"))?;
+            let mut report = self
+                .report
+                .lock()
+                .map_err(|_| anyhow::anyhow!("report lock poisoned"))?;
             for (row, image) in self.raw.chunks_exact(PIXELS).enumerate() {
                 let value = labels[*position + row];
                 let row_index = self.next_index;
@@ -177,7 +202,11 @@ impl CleanBatches {
                     Some(_) => "train",
                     None => split,
                 };
-                if row_split == "test" { report.test += 1 } else { report.train += 1 }
+                if row_split == "test" {
+                    report.test += 1
+                } else {
+                    report.train += 1
+                }
                 report.total_records += 1;
                 index.push(row_index as i64);
                 label.push(i64::from(value));
@@ -209,11 +238,26 @@ impl CleanBatches {
         let values = Arc::new(pixels.finish());
         let pixel = Arc::new(Field::new("item", DataType::Float32, false));
         if self.options.flatten {
-            return Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(pixel, PIXELS as i32, values, None)?));
+            return Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(
+                pixel,
+                PIXELS as i32,
+                values,
+                None,
+            )?));
         }
-        let rows = arrow_array::FixedSizeListArray::try_new(pixel.clone(), SIDE as i32, values, None)?;
-        let row_field = Arc::new(Field::new("item", DataType::FixedSizeList(pixel, SIDE as i32), false));
-        Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(row_field, SIDE as i32, Arc::new(rows), None)?))
+        let rows =
+            arrow_array::FixedSizeListArray::try_new(pixel.clone(), SIDE as i32, values, None)?;
+        let row_field = Arc::new(Field::new(
+            "item",
+            DataType::FixedSizeList(pixel, SIDE as i32),
+            false,
+        ));
+        Ok(Arc::new(arrow_array::FixedSizeListArray::try_new(
+            row_field,
+            SIDE as i32,
+            Arc::new(rows),
+            None,
+        )?))
     }
 }
 

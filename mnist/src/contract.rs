@@ -26,17 +26,22 @@ impl Invocation {
         let mut flags = HashMap::new();
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
-            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--input" | "--output" | "--params-file" | "--result-file" => {
                     flags.insert(flag, value);
                 }
-                other => bail!("unknown flag {other}: expected --input, --output, --params-file, --result-file"),
+                other => bail!(
+                    "unknown flag {other}: expected --input, --output, --params-file, --result-file"
+                ),
             }
         }
         let params = match flags.get("--params-file") {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
                 match serde_json::from_str(&text).context("params file is not JSON")? {
                     Value::Object(map) => map,
                     _ => bail!("params must be a JSON object"),
@@ -63,7 +68,10 @@ impl Invocation {
     pub fn f64_param(&self, name: &str) -> Result<Option<f64>> {
         match self.params.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(value) => value.as_f64().map(Some).with_context(|| format!("param {name} must be a number")),
+            Some(value) => value
+                .as_f64()
+                .map(Some)
+                .with_context(|| format!("param {name} must be a number")),
         }
     }
 
@@ -88,7 +96,9 @@ impl Invocation {
     /// Writes the task's result where the runner reads it.
     pub fn finish(&self, result: &Value) -> Result<()> {
         match &self.result_file {
-            Some(path) => std::fs::write(path, serde_json::to_vec(result)?).context("writing the result file"),
+            Some(path) => {
+                std::fs::write(path, serde_json::to_vec(result)?).context("writing the result file")
+            }
             None => {
                 println!("{result}");
                 Ok(())
@@ -112,8 +122,13 @@ pub struct Progress {
 
 impl Progress {
     pub fn from_env() -> Self {
-        let file = std::env::var_os("LANCER_PROGRESS_FILE")
-            .and_then(|path| std::fs::OpenOptions::new().append(true).create(true).open(path).ok());
+        let file = std::env::var_os("LANCER_PROGRESS_FILE").and_then(|path| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .ok()
+        });
         Self { file }
     }
 

@@ -12,7 +12,8 @@ pub const SIDE: usize = 28;
 pub const PIXELS: usize = SIDE * SIDE;
 
 fn open(path: &Path) -> Result<Box<dyn Read + Send>> {
-    let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let mut file =
+        BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let gzip = {
         use std::io::BufRead;
         let head = file.fill_buf()?;
@@ -28,7 +29,9 @@ fn open(path: &Path) -> Result<Box<dyn Read + Send>> {
 
 fn read_u32(reader: &mut impl Read, what: &str) -> Result<u32> {
     let mut bytes = [0u8; 4];
-    reader.read_exact(&mut bytes).with_context(|| format!("{what}: header is truncated"))?;
+    reader
+        .read_exact(&mut bytes)
+        .with_context(|| format!("{what}: header is truncated"))?;
     Ok(u32::from_be_bytes(bytes))
 }
 
@@ -46,13 +49,23 @@ impl ImageReader {
         let mut reader = open(path)?;
         let magic = read_u32(&mut reader, &name)?;
         if magic != IMAGE_MAGIC {
-            bail!("{name} is not an IDX image file (magic {magic:#010x}, expected {IMAGE_MAGIC:#010x})");
+            bail!(
+                "{name} is not an IDX image file (magic {magic:#010x}, expected {IMAGE_MAGIC:#010x})"
+            );
         }
         let count = read_u32(&mut reader, &name)? as usize;
         let rows = read_u32(&mut reader, &name)? as usize;
         let cols = read_u32(&mut reader, &name)? as usize;
-        ensure!(rows == SIDE && cols == SIDE, "{name} holds {rows}x{cols} images; MNIST images are 28x28");
-        Ok(Self { reader, count, remaining: count, name })
+        ensure!(
+            rows == SIDE && cols == SIDE,
+            "{name} holds {rows}x{cols} images; MNIST images are 28x28"
+        );
+        Ok(Self {
+            reader,
+            count,
+            remaining: count,
+            name,
+        })
     }
 
     /// Up to `max` more images, appended to `into` as raw bytes; 0 at the end.
@@ -60,9 +73,14 @@ impl ImageReader {
         let n = max.min(self.remaining);
         let start = into.len();
         into.resize(start + n * PIXELS, 0);
-        self.reader.read_exact(&mut into[start..]).with_context(|| {
-            format!("{} is truncated: it announces {} images but ends early", self.name, self.count)
-        })?;
+        self.reader
+            .read_exact(&mut into[start..])
+            .with_context(|| {
+                format!(
+                    "{} is truncated: it announces {} images but ends early",
+                    self.name, self.count
+                )
+            })?;
         self.remaining -= n;
         Ok(n)
     }
@@ -74,13 +92,15 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     let mut reader = open(path)?;
     let magic = read_u32(&mut reader, &name)?;
     if magic != LABEL_MAGIC {
-        bail!("{name} is not an IDX label file (magic {magic:#010x}, expected {LABEL_MAGIC:#010x})");
+        bail!(
+            "{name} is not an IDX label file (magic {magic:#010x}, expected {LABEL_MAGIC:#010x})"
+        );
     }
     let count = read_u32(&mut reader, &name)? as usize;
     let mut labels = vec![0u8; count];
-    reader
-        .read_exact(&mut labels)
-        .with_context(|| format!("{name} is truncated: it announces {count} labels but ends early"))?;
+    reader.read_exact(&mut labels).with_context(|| {
+        format!("{name} is truncated: it announces {count} labels but ends early")
+    })?;
     Ok(labels)
 }
 

@@ -37,25 +37,30 @@ impl CustomOp1 for Im2Col {
         let input = contiguous_f32(storage, layout)?;
         let patch = k * k * c;
         let mut out = vec![0f32; n * oh * ow * patch];
-        out.par_chunks_mut(oh * ow * patch).enumerate().for_each(|(b, image_cols)| {
-            let image = &input[b * h * w * c..(b + 1) * h * w * c];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let col = &mut image_cols[(oy * ow + ox) * patch..][..patch];
-                    for ky in 0..k {
-                        // In NHWC the k pixels of one patch row, all channels, are contiguous.
-                        let from = ((oy + ky) * w + ox) * c;
-                        col[ky * k * c..(ky + 1) * k * c].copy_from_slice(&image[from..from + k * c]);
+        out.par_chunks_mut(oh * ow * patch)
+            .enumerate()
+            .for_each(|(b, image_cols)| {
+                let image = &input[b * h * w * c..(b + 1) * h * w * c];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let col = &mut image_cols[(oy * ow + ox) * patch..][..patch];
+                        for ky in 0..k {
+                            // In NHWC the k pixels of one patch row, all channels, are contiguous.
+                            let from = ((oy + ky) * w + ox) * c;
+                            col[ky * k * c..(ky + 1) * k * c]
+                                .copy_from_slice(&image[from..from + k * c]);
+                        }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, oh * ow, patch))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, h, w, c) = arg.dims4()?;
-        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im { k: self.k, h, w, c })?;
+        let grad = grad_res
+            .contiguous()?
+            .apply_op1_no_bwd(&Col2Im { k: self.k, h, w, c })?;
         Ok(Some(grad))
     }
 }
@@ -74,21 +79,23 @@ impl CustomOp1 for Col2Im {
         }
         let cols = contiguous_f32(storage, layout)?;
         let mut out = vec![0f32; n * h * w * c];
-        out.par_chunks_mut(h * w * c).enumerate().for_each(|(b, image)| {
-            let image_cols = &cols[b * positions * patch..(b + 1) * positions * patch];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let col = &image_cols[(oy * ow + ox) * patch..][..patch];
-                    for ky in 0..k {
-                        let to = ((oy + ky) * w + ox) * c;
-                        let source = &col[ky * k * c..(ky + 1) * k * c];
-                        for (acc, g) in image[to..to + k * c].iter_mut().zip(source) {
-                            *acc += g;
+        out.par_chunks_mut(h * w * c)
+            .enumerate()
+            .for_each(|(b, image)| {
+                let image_cols = &cols[b * positions * patch..(b + 1) * positions * patch];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let col = &image_cols[(oy * ow + ox) * patch..][..patch];
+                        for ky in 0..k {
+                            let to = ((oy + ky) * w + ox) * c;
+                            let source = &col[ky * k * c..(ky + 1) * k * c];
+                            for (acc, g) in image[to..to + k * c].iter_mut().zip(source) {
+                                *acc += g;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
     }
 }
@@ -102,12 +109,18 @@ pub fn conv_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let (oh, ow) = (h - k + 1, w - k + 1);
     let out = if x.device().is_cpu() {
-        let cols = x.contiguous()?.apply_op1(Im2Col { k })?.reshape((n * oh * ow, k * k * c))?;
+        let cols = x
+            .contiguous()?
+            .apply_op1(Im2Col { k })?
+            .reshape((n * oh * ow, k * k * c))?;
         let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))?;
         cols.matmul(&kernel.t()?)?.reshape((n, oh, ow, o))?
     } else {
         // GPUs have their own convolution kernels.
-        x.permute((0, 3, 1, 2))?.contiguous()?.conv2d(weight, 0, 1, 1, 1)?.permute((0, 2, 3, 1))?
+        x.permute((0, 3, 1, 2))?
+            .contiguous()?
+            .conv2d(weight, 0, 1, 1, 1)?
+            .permute((0, 2, 3, 1))?
     };
     out.broadcast_add(bias)
 }
@@ -119,7 +132,8 @@ mod tests {
     use super::conv_nhwc;
 
     #[test]
-    fn im2col_convolution_matches_candles_convolution_and_its_gradients() -> candle_core::Result<()> {
+    fn im2col_convolution_matches_candles_convolution_and_its_gradients() -> candle_core::Result<()>
+    {
         let device = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 7, 6, 3), &device)?)?;
         let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device)?)?;

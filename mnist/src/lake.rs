@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type};
-use arrow_array::{Array, BinaryArray, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray};
+use arrow_array::{
+    Array, BinaryArray, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray,
+};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use lance::Dataset;
@@ -43,9 +45,13 @@ pub async fn overwrite(
     uri: &str,
     storage_options: &HashMap<String, String>,
 ) -> Result<Dataset> {
-    Dataset::write(reader, uri, Some(write_params(WriteMode::Overwrite, storage_options)))
-        .await
-        .with_context(|| format!("writing the Lance dataset {uri}"))
+    Dataset::write(
+        reader,
+        uri,
+        Some(write_params(WriteMode::Overwrite, storage_options)),
+    )
+    .await
+    .with_context(|| format!("writing the Lance dataset {uri}"))
 }
 
 /// Images and labels of one split, images flattened to 784 floats in [0, 1].
@@ -66,22 +72,41 @@ impl Split {
 }
 
 /// The train and test rows of a cleaned dataset, and the version read.
-pub async fn read_splits(uri: &str, storage_options: &HashMap<String, String>) -> Result<(Split, Split, u64)> {
+pub async fn read_splits(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<(Split, Split, u64)> {
     let dataset = open(uri, storage_options).await?;
     let version = dataset.version().version;
     let mut scan = dataset.scan();
-    scan.project(&["image", "label", "split"]).context("the dataset needs image, label and split columns")?;
+    scan.project(&["image", "label", "split"])
+        .context("the dataset needs image, label and split columns")?;
     let mut stream = scan.try_into_stream().await?;
     let (mut train, mut test) = (Split::default(), Split::default());
     let mut max_pixel = 0f32;
     while let Some(batch) = stream.try_next().await? {
-        let pixels = flat_pixels(batch.column_by_name("image").context("no image column")?.as_ref())?;
-        let labels = batch.column_by_name("label").context("no label column")?.as_primitive_opt::<Int64Type>()
+        let pixels = flat_pixels(
+            batch
+                .column_by_name("image")
+                .context("no image column")?
+                .as_ref(),
+        )?;
+        let labels = batch
+            .column_by_name("label")
+            .context("no label column")?
+            .as_primitive_opt::<Int64Type>()
             .context("label must be int64")?;
-        let splits = batch.column_by_name("split").context("no split column")?.as_string_opt::<i32>()
+        let splits = batch
+            .column_by_name("split")
+            .context("no split column")?
+            .as_string_opt::<i32>()
             .context("split must be a string")?;
         for row in 0..batch.num_rows() {
-            let target = if splits.value(row) == "test" { &mut test } else { &mut train };
+            let target = if splits.value(row) == "test" {
+                &mut test
+            } else {
+                &mut train
+            };
             let image = &pixels[row * PIXELS..(row + 1) * PIXELS];
             max_pixel = image.iter().fold(max_pixel, |m, &p| m.max(p));
             target.images.extend_from_slice(image);
@@ -106,7 +131,10 @@ fn flat_pixels(column: &dyn Array) -> Result<Vec<f32>> {
     let mut pixels = Vec::with_capacity(column.len() * PIXELS);
     push_pixels(column, &mut pixels)?;
     if pixels.len() != column.len() * PIXELS {
-        bail!("image rows must hold 784 pixels, not {}", pixels.len() / column.len().max(1));
+        bail!(
+            "image rows must hold 784 pixels, not {}",
+            pixels.len() / column.len().max(1)
+        );
     }
     Ok(pixels)
 }
@@ -120,7 +148,9 @@ fn push_pixels(array: &dyn Array, out: &mut Vec<f32>) -> Result<()> {
                 push_pixels(list.value(row).as_ref(), out)?;
             }
         }
-        other => bail!("image must be fixed_size_list<float32, 784> or 28x28 nested lists, not {other}"),
+        other => {
+            bail!("image must be fixed_size_list<float32, 784> or 28x28 nested lists, not {other}")
+        }
     }
     Ok(())
 }
@@ -148,7 +178,11 @@ fn model_schema() -> Arc<Schema> {
 }
 
 /// Appends a model version (creating the dataset on the first save).
-pub async fn append_model(uri: &str, row: &ModelRow, storage_options: &HashMap<String, String>) -> Result<u64> {
+pub async fn append_model(
+    uri: &str,
+    row: &ModelRow,
+    storage_options: &HashMap<String, String>,
+) -> Result<u64> {
     let schema = model_schema();
     let batch = RecordBatch::try_new(
         schema.clone(),
@@ -162,28 +196,54 @@ pub async fn append_model(uri: &str, row: &ModelRow, storage_options: &HashMap<S
         ],
     )?;
     let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
-    let dataset = Dataset::write(reader, uri, Some(write_params(WriteMode::Append, storage_options)))
-        .await
-        .with_context(|| format!("saving the model to {uri}"))?;
+    let dataset = Dataset::write(
+        reader,
+        uri,
+        Some(write_params(WriteMode::Append, storage_options)),
+    )
+    .await
+    .with_context(|| format!("saving the model to {uri}"))?;
     Ok(dataset.version().version)
 }
 
 /// The newest model row, or the newest as of Lance `version`.
-pub async fn load_model(uri: &str, version: Option<u64>, storage_options: &HashMap<String, String>) -> Result<(ModelRow, u64)> {
+pub async fn load_model(
+    uri: &str,
+    version: Option<u64>,
+    storage_options: &HashMap<String, String>,
+) -> Result<(ModelRow, u64)> {
     let mut dataset = open(uri, storage_options).await?;
     if let Some(version) = version {
-        dataset = dataset.checkout_version(version).await.with_context(|| format!("model version {version}"))?;
+        dataset = dataset
+            .checkout_version(version)
+            .await
+            .with_context(|| format!("model version {version}"))?;
     }
     let version = dataset.version().version;
     let batch = dataset.scan().try_into_batch().await?;
-    let last = batch.num_rows().checked_sub(1).with_context(|| format!("{uri} holds no model"))?;
+    let last = batch
+        .num_rows()
+        .checked_sub(1)
+        .with_context(|| format!("{uri} holds no model"))?;
     let text = |name: &str| -> Result<String> {
-        let column = batch.column_by_name(name).with_context(|| format!("model has no {name} column"))?;
-        Ok(column.as_string_opt::<i32>().with_context(|| format!("{name} must be a string"))?.value(last).to_owned())
+        let column = batch
+            .column_by_name(name)
+            .with_context(|| format!("model has no {name} column"))?;
+        Ok(column
+            .as_string_opt::<i32>()
+            .with_context(|| format!("{name} must be a string"))?
+            .value(last)
+            .to_owned())
     };
-    let json = |name: &str| -> Result<serde_json::Value> { Ok(serde_json::from_str(&text(name)?)?) };
-    let weights = batch.column_by_name("weights").context("model has no weights")?.as_binary_opt::<i32>()
-        .context("weights must be binary")?.value(last).to_vec();
+    let json =
+        |name: &str| -> Result<serde_json::Value> { Ok(serde_json::from_str(&text(name)?)?) };
+    let weights = batch
+        .column_by_name("weights")
+        .context("model has no weights")?
+        .as_binary_opt::<i32>()
+        .context("weights must be binary")?
+        .value(last)
+        .to_vec();
     Ok((
         ModelRow {
             weights,

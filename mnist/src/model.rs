@@ -53,8 +53,14 @@ impl Net {
     pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self> {
         let tensors = candle_core::safetensors::load_buffer(bytes, device)?;
         for (name, shape, _) in PARAMETERS {
-            let tensor = tensors.get(name).with_context(|| format!("weights lack {name}"))?;
-            anyhow::ensure!(tensor.dims() == shape, "{name} has shape {:?}, expected {shape:?}", tensor.dims());
+            let tensor = tensors
+                .get(name)
+                .with_context(|| format!("weights lack {name}"))?;
+            anyhow::ensure!(
+                tensor.dims() == shape,
+                "{name} has shape {:?}, expected {shape:?}",
+                tensor.dims()
+            );
         }
         Ok(Self { tensors })
     }
@@ -68,7 +74,9 @@ impl Net {
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).with_context(|| format!("missing parameter {name}"))
+        self.tensors
+            .get(name)
+            .with_context(|| format!("missing parameter {name}"))
     }
 
     /// Logits for a batch of images `[n, 784]` in [0, 1]. With `dropout`, a training pass.
@@ -83,13 +91,16 @@ impl Net {
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
         let x = linear(&x, self.get("fc1.weight")?, self.get("fc1.bias")?)?.relu()?;
-        let x = drop(&x, 0.5, rng.as_deref_mut())?;
+        let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
     }
 
     /// Softmax probabilities for a batch of images.
     pub fn probabilities(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax(&self.forward(images, None)?, D::Minus1)?)
+        Ok(candle_nn::ops::softmax(
+            &self.forward(images, None)?,
+            D::Minus1,
+        )?)
     }
 }
 
@@ -105,13 +116,19 @@ fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 fn drop(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect();
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f32() < p { 0.0 } else { keep })
+        .collect();
     Ok(x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)?)
 }
 
 /// Images `[n, 784]` as a tensor.
 pub fn images_tensor(pixels: &[f32], device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(pixels, (pixels.len() / PIXELS, PIXELS), device)?)
+    Ok(Tensor::from_slice(
+        pixels,
+        (pixels.len() / PIXELS, PIXELS),
+        device,
+    )?)
 }
 
 pub fn device(name: &str) -> Result<Device> {

@@ -46,7 +46,10 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_stream_and_floats_stay_in_range() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        assert_eq!((0..100).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..100).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..100).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..100).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
         let mut r = Rng::new(1);
         let samples: Vec<f32> = (0..10_000).map(|_| r.next_f32()).collect();
         assert!(samples.iter().all(|x| (0.0..1.0).contains(x)));

@@ -18,6 +18,8 @@ pub struct TrainOptions {
     pub seed: u64,
     pub device: String,
     pub optimizer: String,
+    /// The learning rate is multiplied by this after every epoch (PyTorch's StepLR gamma).
+    pub lr_decay: f64,
 }
 
 impl Default for TrainOptions {
@@ -29,6 +31,7 @@ impl Default for TrainOptions {
             seed: 42,
             device: "cpu".into(),
             optimizer: "adam".into(),
+            lr_decay: 1.0,
         }
     }
 }
@@ -57,6 +60,13 @@ enum Opt {
 }
 
 impl Opt {
+    fn set_learning_rate(&mut self, lr: f64) {
+        match self {
+            Opt::Adam(opt) => opt.set_learning_rate(lr),
+            Opt::Sgd(opt) => opt.set_learning_rate(lr),
+        }
+    }
+
     fn step(&mut self, loss: &Tensor) -> Result<()> {
         match self {
             Opt::Adam(opt) => opt.backward_step(loss)?,
@@ -66,18 +76,43 @@ impl Opt {
     }
 }
 
-pub fn train(train: &Split, test: &Split, options: &TrainOptions, observer: &mut dyn Observer) -> Result<(Net, Vec<EpochStats>)> {
+pub fn train(
+    train: &Split,
+    test: &Split,
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+) -> Result<(Net, Vec<EpochStats>)> {
     if train.is_empty() || test.is_empty() {
-        bail!("the dataset needs train and test rows (train {}, test {})", train.len(), test.len());
+        bail!(
+            "the dataset needs train and test rows (train {}, test {})",
+            train.len(),
+            test.len()
+        );
     }
     if options.batch_size == 0 || options.epochs == 0 {
         bail!("epochs and batch_size must be at least 1");
     }
+    if !(options.lr_decay > 0.0 && options.lr_decay <= 1.0) {
+        bail!("lr_decay must be in (0, 1], not {}", options.lr_decay);
+    }
     let device = crate::model::device(&options.device)?;
     let (net, vars) = Net::init(options.seed, &device)?;
     let mut optimizer = match options.optimizer.as_str() {
-        "adam" => Opt::Adam(AdamW::new(vars, ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..Default::default() })?),
-        "adamw" => Opt::Adam(AdamW::new(vars, ParamsAdamW { lr: options.learning_rate, ..Default::default() })?),
+        "adam" => Opt::Adam(AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: options.learning_rate,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?),
+        "adamw" => Opt::Adam(AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: options.learning_rate,
+                ..Default::default()
+            },
+        )?),
         "sgd" => Opt::Sgd(SGD::new(vars, options.learning_rate)?),
         other => bail!("optimizer must be adam, adamw or sgd, not {other}"),
     };
@@ -87,6 +122,8 @@ pub fn train(train: &Split, test: &Split, options: &TrainOptions, observer: &mut
     let mut history = Vec::new();
     let mut pixels = Vec::with_capacity(options.batch_size * PIXELS);
     for epoch in 1..=options.epochs {
+        optimizer
+            .set_learning_rate(options.learning_rate * options.lr_decay.powi(epoch as i32 - 1));
         let started = std::time::Instant::now();
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
@@ -95,7 +132,10 @@ pub fn train(train: &Split, test: &Split, options: &TrainOptions, observer: &mut
             for &row in rows {
                 pixels.extend_from_slice(&train.images[row * PIXELS..(row + 1) * PIXELS]);
             }
-            let labels: Vec<u32> = rows.iter().map(|&row| u32::from(train.labels[row])).collect();
+            let labels: Vec<u32> = rows
+                .iter()
+                .map(|&row| u32::from(train.labels[row]))
+                .collect();
             let x = images_tensor(&pixels, &device)?;
             let y = Tensor::from_vec(labels, rows.len(), &device)?;
             let logits = net.forward(&x, Some(&mut rng))?;
@@ -124,13 +164,26 @@ pub fn train(train: &Split, test: &Split, options: &TrainOptions, observer: &mut
 pub fn evaluate(net: &Net, split: &Split, device: &Device) -> Result<(f64, usize)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
-    for (chunk, labels) in split.images.chunks(1000 * PIXELS).zip(split.labels.chunks(1000)) {
+    for (chunk, labels) in split
+        .images
+        .chunks(1000 * PIXELS)
+        .zip(split.labels.chunks(1000))
+    {
         let x = images_tensor(chunk, device)?;
-        let y = Tensor::from_vec(labels.iter().map(|&l| u32::from(l)).collect::<Vec<_>>(), labels.len(), device)?;
+        let y = Tensor::from_vec(
+            labels.iter().map(|&l| u32::from(l)).collect::<Vec<_>>(),
+            labels.len(),
+            device,
+        )?;
         let logits = net.forward(&x, None)?;
-        loss_sum += f64::from(candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()?) * labels.len() as f64;
+        loss_sum += f64::from(candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()?)
+            * labels.len() as f64;
         let predicted = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        correct += predicted.iter().zip(labels).filter(|(p, l)| **p == u32::from(**l)).count();
+        correct += predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == u32::from(**l))
+            .count();
     }
     Ok((loss_sum / split.len() as f64, correct))
 }

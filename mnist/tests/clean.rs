@@ -2,28 +2,44 @@
 
 use std::path::Path;
 
-use arrow_array::{Array, RecordBatchReader};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type};
+use arrow_array::{Array, RecordBatchReader};
 use mnist::clean::{CleanBatches, CleanOptions, CleanReport, find_parts};
 use mnist::idx::{IMAGE_MAGIC, LABEL_MAGIC, write_idx};
 
 /// Writes `labels.len()` images whose pixels all equal their label * 20.
 fn write_part(dir: &Path, prefix: &str, labels: &[u8], gzip: bool) {
-    let images: Vec<u8> = labels.iter().flat_map(|&l| std::iter::repeat_n(l.saturating_mul(20), 784)).collect();
+    let images: Vec<u8> = labels
+        .iter()
+        .flat_map(|&l| std::iter::repeat_n(l.saturating_mul(20), 784))
+        .collect();
     let images_path = dir.join(format!("{prefix}-images-idx3-ubyte"));
     let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte"));
-    write_idx(&images_path, IMAGE_MAGIC, &[labels.len() as u32, 28, 28], &images).expect("write");
+    write_idx(
+        &images_path,
+        IMAGE_MAGIC,
+        &[labels.len() as u32, 28, 28],
+        &images,
+    )
+    .expect("write");
     write_idx(&labels_path, LABEL_MAGIC, &[labels.len() as u32], labels).expect("write");
     if gzip {
         for path in [images_path, labels_path] {
-            let status = std::process::Command::new("gzip").arg("-f").arg(&path).status().expect("gzip");
+            let status = std::process::Command::new("gzip")
+                .arg("-f")
+                .arg(&path)
+                .status()
+                .expect("gzip");
             assert!(status.success());
         }
     }
 }
 
-fn clean(dir: &Path, options: CleanOptions) -> anyhow::Result<(Vec<arrow_array::RecordBatch>, CleanReport)> {
+fn clean(
+    dir: &Path,
+    options: CleanOptions,
+) -> anyhow::Result<(Vec<arrow_array::RecordBatch>, CleanReport)> {
     let batches = CleanBatches::new(find_parts(dir)?, options)?;
     let report = batches.report.clone();
     let collected = batches.collect::<Result<Vec<_>, _>>()?;
@@ -36,19 +52,50 @@ fn train_and_t10k_files_become_rows_with_their_own_split() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_part(dir.path(), "train", &[1, 2, 3, 4, 5], true);
     write_part(dir.path(), "t10k", &[6, 7], false);
-    let (batches, report) = clean(dir.path(), CleanOptions { batch_rows: 2, ..Default::default() }).expect("clean");
-    assert_eq!(report, CleanReport { total_records: 7, train: 5, test: 2, dropped: 0 });
+    let (batches, report) = clean(
+        dir.path(),
+        CleanOptions {
+            batch_rows: 2,
+            ..Default::default()
+        },
+    )
+    .expect("clean");
+    assert_eq!(
+        report,
+        CleanReport {
+            total_records: 7,
+            train: 5,
+            test: 2,
+            dropped: 0
+        }
+    );
     assert!(batches.iter().all(|b| b.num_rows() <= 2), "bounded batches");
-    let labels: Vec<i64> = batches.iter().flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec()).collect();
+    let labels: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
     assert_eq!(labels, [1, 2, 3, 4, 5, 6, 7]);
-    let splits: Vec<String> = batches.iter().flat_map(|b| {
-        b.column(3).as_string::<i32>().iter().map(|s| s.unwrap_or_default().to_owned()).collect::<Vec<_>>()
-    }).collect();
-    assert_eq!(splits, ["train", "train", "train", "train", "train", "test", "test"]);
+    let splits: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(3)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        splits,
+        ["train", "train", "train", "train", "train", "test", "test"]
+    );
     let first = batches[0].column(1).as_fixed_size_list().value(0);
     let pixels = first.as_primitive::<Float32Type>();
     assert_eq!(pixels.len(), 784);
-    assert!((pixels.value(0) - 20.0 / 255.0).abs() < 1e-6, "normalised to [0, 1]");
+    assert!(
+        (pixels.value(0) - 20.0 / 255.0).abs() < 1e-6,
+        "normalised to [0, 1]"
+    );
 }
 
 #[test]
@@ -56,7 +103,15 @@ fn labels_outside_zero_to_nine_are_dropped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_part(dir.path(), "train", &[1, 12, 3, 255], false);
     let (batches, report) = clean(dir.path(), CleanOptions::default()).expect("clean");
-    assert_eq!(report, CleanReport { total_records: 2, train: 2, test: 0, dropped: 2 });
+    assert_eq!(
+        report,
+        CleanReport {
+            total_records: 2,
+            train: 2,
+            test: 0,
+            dropped: 2
+        }
+    );
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 }
 
@@ -64,7 +119,11 @@ fn labels_outside_zero_to_nine_are_dropped_and_counted() {
 fn without_normalize_and_flatten_images_are_28_by_28_in_0_to_255() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_part(dir.path(), "train", &[9], false);
-    let options = CleanOptions { normalize: false, flatten: false, ..Default::default() };
+    let options = CleanOptions {
+        normalize: false,
+        flatten: false,
+        ..Default::default()
+    };
     let (batches, _) = clean(dir.path(), options).expect("clean");
     let image = batches[0].column(1).as_fixed_size_list().value(0);
     let rows = image.as_fixed_size_list();
@@ -79,12 +138,28 @@ fn a_test_ratio_splits_deterministically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let labels: Vec<u8> = (0..1000).map(|i| (i % 10) as u8).collect();
     write_part(dir.path(), "train", &labels, false);
-    let options = CleanOptions { test_ratio: Some(0.2), ..Default::default() };
+    let options = CleanOptions {
+        test_ratio: Some(0.2),
+        ..Default::default()
+    };
     let (_, first) = clean(dir.path(), options.clone()).expect("clean");
     let (_, second) = clean(dir.path(), options).expect("clean");
     assert_eq!(first, second, "the same split every run");
-    assert!((150..250).contains(&first.test), "about 20% test: {}", first.test);
-    assert!(clean(dir.path(), CleanOptions { test_ratio: Some(1.5), ..Default::default() }).is_err());
+    assert!(
+        (150..250).contains(&first.test),
+        "about 20% test: {}",
+        first.test
+    );
+    assert!(
+        clean(
+            dir.path(),
+            CleanOptions {
+                test_ratio: Some(1.5),
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -99,10 +174,19 @@ fn truncated_and_foreign_files_get_clear_errors() {
 
     std::fs::write(&images, b"PK\x03\x04 this is a zip file, not IDX").expect("write");
     let err = clean(dir.path(), CleanOptions::default()).expect_err("foreign");
-    assert!(format!("{err:#}").contains("not an IDX image file"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("not an IDX image file"),
+        "{err:#}"
+    );
 
     write_part(dir.path(), "train", &[1, 2, 3], false);
-    write_idx(&dir.path().join("train-labels-idx1-ubyte"), LABEL_MAGIC, &[2], &[1, 2]).expect("write");
+    write_idx(
+        &dir.path().join("train-labels-idx1-ubyte"),
+        LABEL_MAGIC,
+        &[2],
+        &[1, 2],
+    )
+    .expect("write");
     let err = clean(dir.path(), CleanOptions::default()).expect_err("count mismatch");
     assert!(format!("{err:#}").contains("3 images but"), "{err:#}");
 
@@ -115,7 +199,11 @@ fn truncated_and_foreign_files_get_clear_errors() {
 fn the_batches_carry_the_schema_they_promise() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_part(dir.path(), "train", &[1], false);
-    let batches = CleanBatches::new(find_parts(dir.path()).expect("parts"), CleanOptions::default()).expect("new");
+    let batches = CleanBatches::new(
+        find_parts(dir.path()).expect("parts"),
+        CleanOptions::default(),
+    )
+    .expect("new");
     let schema = batches.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["index", "image", "label", "split"]);

@@ -16,7 +16,9 @@ fn halves(n: usize) -> Split {
     let mut split = Split::default();
     for i in 0..n {
         let label = (i % 2) as u8;
-        split.images.extend((0..784).map(|p| if (p < 392) == (label == 0) { 0.9 } else { 0.0 }));
+        split
+            .images
+            .extend((0..784).map(|p| if (p < 392) == (label == 0) { 0.9 } else { 0.0 }));
         split.labels.push(label);
     }
     split
@@ -24,20 +26,34 @@ fn halves(n: usize) -> Split {
 
 #[test]
 fn the_same_seed_trains_the_same_model() {
-    let options = TrainOptions { epochs: 1, batch_size: 16, ..Default::default() };
+    let options = TrainOptions {
+        epochs: 1,
+        batch_size: 16,
+        ..Default::default()
+    };
     let (first, history_a) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
     let (second, history_b) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
     assert_eq!(history_a[0].train_loss, history_b[0].train_loss);
     assert_eq!(history_a[0].loss, history_b[0].loss);
-    assert_eq!(first.to_safetensors().expect("bytes"), second.to_safetensors().expect("bytes"));
+    assert_eq!(
+        first.to_safetensors().expect("bytes"),
+        second.to_safetensors().expect("bytes")
+    );
     let other = TrainOptions { seed: 1, ..options };
     let (_, history_c) = train(&halves(64), &halves(16), &other, &mut Quiet).expect("train");
-    assert_ne!(history_a[0].train_loss, history_c[0].train_loss, "another seed, another run");
+    assert_ne!(
+        history_a[0].train_loss, history_c[0].train_loss,
+        "another seed, another run"
+    );
 }
 
 #[test]
 fn training_learns_a_separable_task_and_the_weights_round_trip() {
-    let options = TrainOptions { epochs: 2, batch_size: 8, ..Default::default() };
+    let options = TrainOptions {
+        epochs: 2,
+        batch_size: 8,
+        ..Default::default()
+    };
     let test = halves(20);
     let (net, history) = train(&halves(96), &test, &options, &mut Quiet).expect("train");
     assert_eq!(history.len(), 2);
@@ -48,7 +64,9 @@ fn training_learns_a_separable_task_and_the_weights_round_trip() {
     assert_eq!(correct, 20);
     assert!((loss - history[1].loss).abs() < 1e-6);
     let probabilities = loaded
-        .probabilities(&images_tensor(&test.images[..784], &candle_core::Device::Cpu).expect("tensor"))
+        .probabilities(
+            &images_tensor(&test.images[..784], &candle_core::Device::Cpu).expect("tensor"),
+        )
         .expect("forward")
         .to_vec2::<f32>()
         .expect("vec");
@@ -59,11 +77,32 @@ fn training_learns_a_separable_task_and_the_weights_round_trip() {
 fn bad_options_are_refused() {
     let data = halves(4);
     for options in [
-        TrainOptions { optimizer: "adadelta".into(), ..Default::default() },
-        TrainOptions { device: "tpu".into(), ..Default::default() },
-        TrainOptions { batch_size: 0, ..Default::default() },
+        TrainOptions {
+            optimizer: "adadelta".into(),
+            ..Default::default()
+        },
+        TrainOptions {
+            device: "tpu".into(),
+            ..Default::default()
+        },
+        TrainOptions {
+            batch_size: 0,
+            ..Default::default()
+        },
     ] {
-        assert!(train(&data, &data, &options, &mut Quiet).is_err(), "{options:?}");
+        assert!(
+            train(&data, &data, &options, &mut Quiet).is_err(),
+            "{options:?}"
+        );
     }
-    assert!(train(&data, &Split::default(), &TrainOptions::default(), &mut Quiet).is_err(), "no test rows");
+    assert!(
+        train(
+            &data,
+            &Split::default(),
+            &TrainOptions::default(),
+            &mut Quiet
+        )
+        .is_err(),
+        "no test rows"
+    );
 }

@@ -65,7 +65,11 @@ impl Server {
     }
 
     /// Starts a server in `dir` whose scripts folder is `scripts_dir`.
-    pub async fn start_in(dir: tempfile::TempDir, scripts_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        scripts_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Server {
         let mut command = Command::new(bin_dir().join("lancer"));
         command
             .args(["serve", "--port", "0", "--host", "127.0.0.1"])
@@ -74,7 +78,7 @@ impl Server {
             .arg("--db")
             .arg(dir.path().join("lancer.db"))
             .arg("--scripts")
-            .arg(&scripts_dir)
+            .arg(scripts_dir)
             .env("LANCER_PYTHON", python())
             .env("LANCER_LEASE_SECS", "3")
             .env("LANCER_CANCEL_GRACE_SECS", "2")
@@ -165,8 +169,15 @@ impl Server {
     pub async fn run_to_completion(&self, spec: &Value, within: Duration) -> Value {
         let task = self.submit(spec).await;
         let id = task["id"].as_str().expect("id").to_owned();
-        let done = self.wait_until(&id, within, |t| t["finished_at"].is_string()).await;
-        assert_eq!(done["status"], "completed", "{done:#}\nlogs:\n{}", self.logs(&id).await);
+        let done = self
+            .wait_until(&id, within, |t| t["finished_at"].is_string())
+            .await;
+        assert_eq!(
+            done["status"],
+            "completed",
+            "{done:#}\nlogs:\n{}",
+            self.logs(&id).await
+        );
         done
     }
 

@@ -9,7 +9,10 @@ use mnist::idx::{ImageReader, PIXELS, read_labels};
 use serde_json::{Value, json};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 fn fetch_data(lake: &Path) {
@@ -27,7 +30,10 @@ fn test_digits(lake: &Path, n: usize) -> (Vec<Vec<f32>>, Vec<u8>) {
     let mut reader = ImageReader::open(&raw.join("t10k-images-idx3-ubyte.gz")).expect("images");
     let mut bytes = Vec::new();
     reader.read_chunk(n, &mut bytes).expect("read");
-    let images = bytes.chunks(PIXELS).map(|image| image.iter().map(|&p| f32::from(p) / 255.0).collect()).collect();
+    let images = bytes
+        .chunks(PIXELS)
+        .map(|image| image.iter().map(|&p| f32::from(p) / 255.0).collect())
+        .collect();
     let labels = read_labels(&raw.join("t10k-labels-idx1-ubyte.gz")).expect("labels");
     (images, labels[..n].to_vec())
 }
@@ -36,7 +42,12 @@ fn test_digits(lake: &Path, n: usize) -> (Vec<Vec<f32>>, Vec<u8>) {
 async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bins = bin_dir();
-    let server = Server::start_in(dir, &repo_root(), &[("LANCER_MNIST_BIN", bins.to_str().expect("utf-8"))]).await;
+    let server = Server::start_in(
+        dir,
+        &repo_root(),
+        &[("LANCER_MNIST_BIN", bins.to_str().expect("utf-8"))],
+    )
+    .await;
     fetch_data(&server.lake());
 
     let clean = server
@@ -46,14 +57,29 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
             Duration::from_secs(120),
         )
         .await;
-    assert_eq!(clean["result"], json!({"total_records": 10000, "train": 8600, "test": 1400, "dropped": 0}));
+    assert_eq!(
+        clean["result"],
+        json!({"total_records": 10000, "train": 8600, "test": 1400, "dropped": 0})
+    );
     let dataset = server.get_json("/datasets/mnist_clean").await;
     assert_eq!(dataset["num_rows"], 10000);
     assert_eq!(
-        dataset["fields"].as_array().map(|f| f.iter().map(|f| f["name"].clone()).collect::<Vec<_>>()),
-        Some(vec![json!("index"), json!("image"), json!("label"), json!("split")])
+        dataset["fields"]
+            .as_array()
+            .map(|f| f.iter().map(|f| f["name"].clone()).collect::<Vec<_>>()),
+        Some(vec![
+            json!("index"),
+            json!("image"),
+            json!("label"),
+            json!("split")
+        ])
     );
-    assert!(dataset["schema"]["image"].as_str().is_some_and(|t| t.contains("784") && t.contains("Float32")), "{dataset}");
+    assert!(
+        dataset["schema"]["image"]
+            .as_str()
+            .is_some_and(|t| t.contains("784") && t.contains("Float32")),
+        "{dataset}"
+    );
     let version_before = dataset["version"].as_u64().expect("version");
 
     let features = server
@@ -64,11 +90,23 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
         .await;
     assert_eq!(features["result"]["rows"], 10000);
     let enriched = server.get_json("/datasets/mnist_clean").await;
-    for column in ["ink_mass", "bbox_top", "bbox_left", "bbox_bottom", "bbox_right"] {
-        assert!(enriched["schema"][column].is_string(), "{column} added: {enriched}");
+    for column in [
+        "ink_mass",
+        "bbox_top",
+        "bbox_left",
+        "bbox_bottom",
+        "bbox_right",
+    ] {
+        assert!(
+            enriched["schema"][column].is_string(),
+            "{column} added: {enriched}"
+        );
     }
     assert_eq!(enriched["num_rows"], 10000);
-    assert!(enriched["version"].as_u64().expect("version") > version_before, "a new version, same rows");
+    assert!(
+        enriched["version"].as_u64().expect("version") > version_before,
+        "a new version, same rows"
+    );
 
     let train = server
         .run_to_completion(
@@ -78,44 +116,105 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
         )
         .await;
     let accuracy = train["result"]["accuracy"].as_f64().expect("accuracy");
-    assert!(accuracy > 0.9, "one epoch already reads most digits: {accuracy}");
+    assert!(
+        accuracy > 0.9,
+        "one epoch already reads most digits: {accuracy}"
+    );
     assert_eq!(train["progress"]["metrics"]["epoch"], 1);
     let model = server.get_json("/models/mnist_cnn").await;
-    assert_eq!(model["model"]["metrics"]["accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(
+        model["model"]["metrics"]["accuracy"].as_f64(),
+        Some(accuracy)
+    );
     assert_eq!(model["model"]["params"]["seed"], 7);
-    assert_eq!(model["model"]["metrics"]["history"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        model["model"]["metrics"]["history"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 
     let serve = server
         .submit(&json!({"name": "mnist-serve", "script": "mnist/bin/mnist-serve", "input": "mnist_cnn", "params": {"port": 0}}))
         .await;
     let serve_id = serve["id"].as_str().expect("id").to_owned();
-    let serving = server.wait_until(&serve_id, Duration::from_secs(60), |t| t["endpoint"].is_string()).await;
+    let serving = server
+        .wait_until(&serve_id, Duration::from_secs(60), |t| {
+            t["endpoint"].is_string()
+        })
+        .await;
     let endpoint = serving["endpoint"].as_str().expect("endpoint").to_owned();
     let http = reqwest::Client::new();
 
     let (images, labels) = test_digits(&server.lake(), 200);
-    let single: Value = http.post(format!("{endpoint}/predict")).json(&json!({"image": images[0]})).send().await
-        .expect("predict").json().await.expect("json");
+    let single: Value = http
+        .post(format!("{endpoint}/predict"))
+        .json(&json!({"image": images[0]}))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(single["probabilities"].as_array().map(Vec::len), Some(10));
-    assert!(single["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0));
-    let batch: Value = http.post(format!("{endpoint}/predict")).json(&json!({"images": images})).send().await
-        .expect("predict").json().await.expect("json");
+    assert!(
+        single["confidence"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0 && c <= 1.0)
+    );
+    let batch: Value = http
+        .post(format!("{endpoint}/predict"))
+        .json(&json!({"images": images}))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
     let answers = batch.as_array().expect("one answer per image");
     assert_eq!(answers.len(), 200);
     assert_eq!(answers[0]["prediction"], single["prediction"]);
-    let correct = answers.iter().zip(&labels).filter(|(a, l)| a["prediction"] == u64::from(**l)).count();
-    assert!(correct >= 180, "the served model reads held-out digits: {correct}/200");
-    let bad = http.post(format!("{endpoint}/predict")).json(&json!({"image": [0.5, 0.5]})).send().await.expect("post");
+    let correct = answers
+        .iter()
+        .zip(&labels)
+        .filter(|(a, l)| a["prediction"] == u64::from(**l))
+        .count();
+    assert!(
+        correct >= 180,
+        "the served model reads held-out digits: {correct}/200"
+    );
+    let bad = http
+        .post(format!("{endpoint}/predict"))
+        .json(&json!({"image": [0.5, 0.5]}))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(bad.status(), 400);
-    let page = http.get(format!("{endpoint}/")).send().await.expect("page").text().await.expect("html");
+    let page = http
+        .get(format!("{endpoint}/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
     assert!(page.contains("<canvas id=\"pad\""));
 
     draw_in_a_real_browser(&endpoint);
 
-    assert_eq!(server.post(&format!("/tasks/{serve_id}/cancel")).await.status(), 200);
+    assert_eq!(
+        server
+            .post(&format!("/tasks/{serve_id}/cancel"))
+            .await
+            .status(),
+        200
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while http.get(format!("{endpoint}/healthz")).send().await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "mnist-serve outlived its cancel");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mnist-serve outlived its cancel"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.stop().await;
@@ -138,6 +237,10 @@ fn draw_in_a_real_browser(endpoint: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let shown: Value = serde_json::from_slice(output.stdout.trim_ascii()).expect("the page's prediction");
-    assert!(shown["prediction"].as_u64().is_some_and(|p| p <= 9), "{shown}");
+    let shown: Value =
+        serde_json::from_slice(output.stdout.trim_ascii()).expect("the page's prediction");
+    assert!(
+        shown["prediction"].as_u64().is_some_and(|p| p <= 9),
+        "{shown}"
+    );
 }

@@ -28,7 +28,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One worker's share: submit a task then read it back, timing each request.
-async fn worker(client: Client, script: String, count: usize, tag: String) -> Result<Vec<Duration>> {
+async fn worker(
+    client: Client,
+    script: String,
+    count: usize,
+    tag: String,
+) -> Result<Vec<Duration>> {
     let mut latencies = Vec::with_capacity(count * 2);
     for n in 0..count {
         let spec = json!({"name": format!("bench-{tag}-{n}"), "script": script});
@@ -44,13 +49,26 @@ async fn worker(client: Client, script: String, count: usize, tag: String) -> Re
 }
 
 pub async fn api(client: &Client, options: &BenchOptions) -> Result<()> {
-    println!("lancer bench: {} POST+GET pairs per level, script {}", options.requests, options.script);
-    println!("{:>11} {:>10} {:>10} {:>10} {:>10}", "concurrency", "requests", "req/s", "p50 ms", "p99 ms");
+    println!(
+        "lancer bench: {} POST+GET pairs per level, script {}",
+        options.requests, options.script
+    );
+    println!(
+        "{:>11} {:>10} {:>10} {:>10} {:>10}",
+        "concurrency", "requests", "req/s", "p50 ms", "p99 ms"
+    );
     for concurrency in [1usize, 32] {
         let per_worker = options.requests.div_ceil(concurrency);
         let started = Instant::now();
         let workers: Vec<_> = (0..concurrency)
-            .map(|w| tokio::spawn(worker(client.clone(), options.script.clone(), per_worker, format!("c{concurrency}w{w}"))))
+            .map(|w| {
+                tokio::spawn(worker(
+                    client.clone(),
+                    options.script.clone(),
+                    per_worker,
+                    format!("c{concurrency}w{w}"),
+                ))
+            })
             .collect();
         let mut latencies = Vec::new();
         for handle in workers {
@@ -73,7 +91,9 @@ pub async fn api(client: &Client, options: &BenchOptions) -> Result<()> {
 pub async fn submit_to_completed(client: &Client, options: &BenchOptions) -> Result<()> {
     let drain_started = Instant::now();
     loop {
-        let busy = ["pending", "running"].iter().map(|status| client.list_tasks(Some(status), 1, None));
+        let busy = ["pending", "running"]
+            .iter()
+            .map(|status| client.list_tasks(Some(status), 1, None));
         let mut idle = true;
         for page in futures::future::join_all(busy).await {
             idle &= page?["tasks"].as_array().is_none_or(Vec::is_empty);
@@ -83,17 +103,27 @@ pub async fn submit_to_completed(client: &Client, options: &BenchOptions) -> Res
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("queue drained in {:.1} s", drain_started.elapsed().as_secs_f64());
+    println!(
+        "queue drained in {:.1} s",
+        drain_started.elapsed().as_secs_f64()
+    );
     let mut latencies = Vec::new();
     for n in 0..options.noop_tasks {
         let started = Instant::now();
-        let task = client.submit(&json!({"name": format!("bench-noop-{n}"), "script": options.script}), None).await?;
+        let task = client
+            .submit(
+                &json!({"name": format!("bench-noop-{n}"), "script": options.script}),
+                None,
+            )
+            .await?;
         let id = task["id"].as_str().context("task id")?.to_owned();
         loop {
             let task = client.task(&id).await?;
             match task["status"].as_str() {
                 Some("completed") => break,
-                Some("failed" | "cancelled") => anyhow::bail!("no-op task {id} ended {}", task["status"]),
+                Some("failed" | "cancelled") => {
+                    anyhow::bail!("no-op task {id} ended {}", task["status"])
+                }
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }

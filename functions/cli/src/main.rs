@@ -224,9 +224,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tasks(command) => tasks(command).await,
         Command::Datasets(args) => artifacts("datasets", args.command).await,
         Command::Models(args) => artifacts("models", args.command).await,
-        Command::Bench { remote, requests, script, noop_tasks } => {
+        Command::Bench {
+            remote,
+            requests,
+            script,
+            noop_tasks,
+        } => {
             let client = remote.client()?;
-            let options = bench::BenchOptions { requests, script, noop_tasks };
+            let options = bench::BenchOptions {
+                requests,
+                script,
+                noop_tasks,
+            };
             bench::api(&client, &options).await?;
             bench::submit_to_completed(&client, &options).await
         }

@@ -24,23 +24,32 @@ async fn main() -> Result<()> {
         bail!("mnist-clean needs an input folder of IDX files and an output dataset");
     }
     if task.input.contains("://") {
-        bail!("mnist-clean reads IDX files from a local folder; {} is not one", task.input);
+        bail!(
+            "mnist-clean reads IDX files from a local folder; {} is not one",
+            task.input
+        );
     }
     let defaults = CleanOptions::default();
     let options = CleanOptions {
         normalize: task.bool_param("normalize", defaults.normalize)?,
         flatten: task.bool_param("flatten", defaults.flatten)?,
         test_ratio: task.f64_param("test_ratio")?,
-        batch_rows: task.u64_param("batch_rows")?.map_or(defaults.batch_rows, |n| n.max(1) as usize),
+        batch_rows: task
+            .u64_param("batch_rows")?
+            .map_or(defaults.batch_rows, |n| n.max(1) as usize),
     };
     let parts = find_parts(Path::new(&task.input))?;
     let mut progress = Progress::from_env();
-    progress.report(json!({"fraction": 0.0, "message": format!("cleaning {} IDX parts", parts.len())}));
+    progress
+        .report(json!({"fraction": 0.0, "message": format!("cleaning {} IDX parts", parts.len())}));
     let started = std::time::Instant::now();
     let batches = CleanBatches::new(parts, options)?;
     let report = batches.report.clone();
     let dataset = mnist::lake::overwrite(batches, &task.output, &storage_options()).await?;
-    let report = report.lock().map_err(|_| anyhow::anyhow!("report lock poisoned"))?.clone();
+    let report = report
+        .lock()
+        .map_err(|_| anyhow::anyhow!("report lock poisoned"))?
+        .clone();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         rows = report.total_records,

@@ -38,29 +38,45 @@ impl IntoResponse for BadRequest {
 }
 
 fn pixels_of(value: &Value, what: &str, into: &mut Vec<f32>) -> Result<(), BadRequest> {
-    let values = value.as_array().ok_or_else(|| BadRequest(format!("{what} must be an array of 784 numbers")))?;
+    let values = value
+        .as_array()
+        .ok_or_else(|| BadRequest(format!("{what} must be an array of 784 numbers")))?;
     if values.len() != PIXELS {
-        return Err(BadRequest(format!("{what} has {} values; an image has 784 (28x28, row by row)", values.len())));
+        return Err(BadRequest(format!(
+            "{what} has {} values; an image has 784 (28x28, row by row)",
+            values.len()
+        )));
     }
     for pixel in values {
         match pixel.as_f64() {
             Some(p) if p.is_finite() => into.push(p as f32),
-            _ => return Err(BadRequest(format!("{what} holds a value that is not a finite number"))),
+            _ => {
+                return Err(BadRequest(format!(
+                    "{what} holds a value that is not a finite number"
+                )));
+            }
         }
     }
     Ok(())
 }
 
 fn answer(probabilities: &[f32]) -> Value {
-    let (prediction, confidence) = probabilities
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, f32::MIN), |best, (digit, p)| if p > best.1 { (digit, p) } else { best });
+    let (prediction, confidence) =
+        probabilities
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f32::MIN),
+                |best, (digit, p)| if p > best.1 { (digit, p) } else { best },
+            );
     json!({"prediction": prediction, "confidence": confidence, "probabilities": probabilities})
 }
 
-async fn predict(State(model): State<Arc<Model>>, body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> Result<Json<Value>, BadRequest> {
+async fn predict(
+    State(model): State<Arc<Model>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, BadRequest> {
     let Json(body) = body.map_err(|rejection| BadRequest(rejection.body_text()))?;
     let mut pixels = Vec::new();
     let batch = match (body.get("image"), body.get("images")) {
@@ -74,8 +90,16 @@ async fn predict(State(model): State<Arc<Model>>, body: Result<Json<Value>, axum
             }
             true
         }
-        (None, Some(_)) => return Err(BadRequest(format!("images must be a list of 1 to {MAX_IMAGES} images"))),
-        _ => return Err(BadRequest("send {\"image\": [784 numbers]} or {\"images\": [[784 numbers], ...]}".into())),
+        (None, Some(_)) => {
+            return Err(BadRequest(format!(
+                "images must be a list of 1 to {MAX_IMAGES} images"
+            )));
+        }
+        _ => {
+            return Err(BadRequest(
+                "send {\"image\": [784 numbers]} or {\"images\": [[784 numbers], ...]}".into(),
+            ));
+        }
     };
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<f32>>> {
         let x = images_tensor(&pixels, &model.device)?;
@@ -85,7 +109,11 @@ async fn predict(State(model): State<Arc<Model>>, body: Result<Json<Value>, axum
     .map_err(|err| BadRequest(format!("prediction failed: {err}")))?
     .map_err(|err| BadRequest(format!("prediction failed: {err}")))?;
     let answers: Vec<Value> = rows.iter().map(|p| answer(p)).collect();
-    Ok(Json(if batch { Value::Array(answers) } else { answers.into_iter().next().unwrap_or(Value::Null) }))
+    Ok(Json(if batch {
+        Value::Array(answers)
+    } else {
+        answers.into_iter().next().unwrap_or(Value::Null)
+    }))
 }
 
 async fn health(State(model): State<Arc<Model>>) -> Json<Value> {
@@ -107,27 +135,42 @@ async fn main() -> Result<()> {
     let port = task.u64_param("port")?.unwrap_or(0);
     let port = u16::try_from(port).context("port must be at most 65535")?;
     let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
-    let (row, version) = mnist::lake::load_model(&task.input, task.u64_param("version")?, &storage_options()).await?;
+    let (row, version) =
+        mnist::lake::load_model(&task.input, task.u64_param("version")?, &storage_options())
+            .await?;
     let net = Net::from_safetensors(&row.weights, &device)?;
-    let model = Arc::new(Model { net, device, version, metrics: row.metrics });
+    let model = Arc::new(Model {
+        net,
+        device,
+        version,
+        metrics: row.metrics,
+    });
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/predict", post(predict))
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(model);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.context("binding the port")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .context("binding the port")?;
     let url = format!("http://{}", listener.local_addr()?);
-    Progress::from_env().report(json!({"endpoint": url, "message": format!("serving model version {version}")}));
+    Progress::from_env()
+        .report(json!({"endpoint": url, "message": format!("serving model version {version}")}));
     println!("mnist-serve: model version {version} at {url}");
-    axum::serve(listener, app).with_graceful_shutdown(stopped()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn stopped() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -2,7 +2,8 @@
 //! dataset's train split, evaluates on its test split, and appends a version to the model.
 //!
 //! Params: `epochs` (5), `learning_rate` (0.001), `batch_size` (64), `seed` (42),
-//! `device` (cpu|cuda), `optimizer` (adam|adamw|sgd). Result: `{accuracy, loss}`.
+//! `device` (cpu|cuda), `optimizer` (adam|adamw|sgd), `lr_decay` (1.0: none; multiplies the rate after each epoch).
+//! Result: `{accuracy, loss, model_version}`.
 
 use anyhow::{Result, bail};
 use mnist::contract::{Invocation, Progress, init_logging, storage_options};
@@ -62,19 +63,38 @@ async fn main() -> Result<()> {
     }
     let defaults = TrainOptions::default();
     let options = TrainOptions {
-        epochs: task.u64_param("epochs")?.map_or(defaults.epochs, |n| n as usize),
-        learning_rate: task.f64_param("learning_rate")?.unwrap_or(defaults.learning_rate),
-        batch_size: task.u64_param("batch_size")?.map_or(defaults.batch_size, |n| n as usize),
+        epochs: task
+            .u64_param("epochs")?
+            .map_or(defaults.epochs, |n| n as usize),
+        learning_rate: task
+            .f64_param("learning_rate")?
+            .unwrap_or(defaults.learning_rate),
+        batch_size: task
+            .u64_param("batch_size")?
+            .map_or(defaults.batch_size, |n| n as usize),
         seed: task.u64_param("seed")?.unwrap_or(defaults.seed),
         device: task.str_param("device")?.unwrap_or(defaults.device),
         optimizer: task.str_param("optimizer")?.unwrap_or(defaults.optimizer),
+        lr_decay: task.f64_param("lr_decay")?.unwrap_or(defaults.lr_decay),
     };
     let storage = storage_options();
     let (train_split, test_split, version) = read_splits(&task.input, &storage).await?;
-    tracing::info!(train = train_split.len(), test = test_split.len(), version, "dataset loaded");
-    let mut report = Report { progress: Progress::from_env(), epochs: options.epochs, last_sent: std::time::Instant::now() };
+    tracing::info!(
+        train = train_split.len(),
+        test = test_split.len(),
+        version,
+        "dataset loaded"
+    );
+    let mut report = Report {
+        progress: Progress::from_env(),
+        epochs: options.epochs,
+        last_sent: std::time::Instant::now(),
+    };
     let (net, history) = train(&train_split, &test_split, &options, &mut report)?;
-    let last = history.last().cloned().ok_or_else(|| anyhow::anyhow!("no epoch ran"))?;
+    let last = history
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no epoch ran"))?;
     let metrics = json!({
         "accuracy": last.accuracy,
         "loss": last.loss,
@@ -92,5 +112,7 @@ async fn main() -> Result<()> {
         created_at: chrono::Utc::now().to_rfc3339(),
     };
     let model_version = append_model(&task.output, &row, &storage).await?;
-    task.finish(&json!({"accuracy": last.accuracy, "loss": last.loss, "model_version": model_version}))
+    task.finish(
+        &json!({"accuracy": last.accuracy, "loss": last.loss, "model_version": model_version}),
+    )
 }
