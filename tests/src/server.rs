@@ -80,7 +80,7 @@ impl Server {
             .arg("--scripts")
             .arg(scripts_dir)
             .env("LANCER_PYTHON", python())
-            .env("LANCER_LEASE_SECS", "3")
+            .env("LANCER_LEASE_SECS", "5")
             .env("LANCER_CANCEL_GRACE_SECS", "2")
             .env_remove("LANCER_API_KEYS")
             .envs(extra_env.iter().copied())
