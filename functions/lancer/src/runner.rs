@@ -251,23 +251,30 @@ async fn supervise(ctx: &RunnerContext, task: &Task, workdir: &Path) -> Result<O
             _ = terminate.recv() => break Stop::Lost("the runner was asked to stop".into()),
         }
     };
-    let status = match stop {
-        Stop::Exited(status) => status.map_err(Error::internal)?,
+    let lost = match stop {
+        Stop::Exited(status) => {
+            let status = status.map_err(Error::internal)?;
+            drain(&mut lines_rx, &mut log).await;
+            // A cancel signals the script and the runner at once, so the script's exit can
+            // arrive first: the last heartbeat says whether the task is still ours.
+            match send_heartbeat(ctx, task, progress.read_new().unwrap_or_default()).await {
+                Ok(()) => {
+                    log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+                    return Ok(Some(outcome(status, &result_file, &log)));
+                }
+                Err(why) => why,
+            }
+        }
         Stop::Lost(why) => {
             info!(task = %task.id, %why, "stopping the script");
             stop_child(&mut child, ctx.cancel_grace).await;
             drain(&mut lines_rx, &mut log).await;
-            log.push(true, format!("[lancer] task stopped: {why}\n").as_bytes());
-            log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
-            return Ok(None);
+            why
         }
     };
-    drain(&mut lines_rx, &mut log).await;
-    if let Some(update) = progress.read_new() {
-        let _ = send_heartbeat(ctx, task, update).await;
-    }
+    log.push(true, format!("[lancer] task stopped: {lost}\n").as_bytes());
     log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
-    Ok(Some(outcome(status, &result_file, &log)))
+    Ok(None)
 }
 
 fn path_or_empty(lake: &dyn Lake, relative: &str) -> String {
