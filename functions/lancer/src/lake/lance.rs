@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::Schema as ArrowSchema;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -142,19 +143,18 @@ impl LanceLake {
     }
 }
 
+/// A row of a Utf8 or LargeUtf8 column as text.
 fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
     let array = batch.column_by_name(column)?;
-    if let Some(strings) = array.as_any().downcast_ref::<StringArray>() {
-        return strings.is_valid(row).then(|| strings.value(row).to_owned());
+    if !array.is_valid(row) {
+        return None;
     }
-    let casted = arrow_cast_to_string(array.as_ref())?;
-    casted.is_valid(row).then(|| casted.value(row).to_owned())
-}
-
-/// Large strings and timestamps are shown as text too.
-fn arrow_cast_to_string(array: &dyn Array) -> Option<StringArray> {
-    let formatter = arrow_array::cast::AsArray::as_string_opt::<i64>(array)?;
-    Some(formatter.iter().collect())
+    if let Some(strings) = array.as_string_opt::<i32>() {
+        return Some(strings.value(row).to_owned());
+    }
+    array
+        .as_string_opt::<i64>()
+        .map(|strings| strings.value(row).to_owned())
 }
 
 #[async_trait]
