@@ -3,6 +3,8 @@
 use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
+
+use crate::adadelta::{Adadelta, ParamsAdadelta};
 use serde::Serialize;
 
 use crate::idx::PIXELS;
@@ -13,7 +15,8 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainOptions {
     pub epochs: usize,
-    pub learning_rate: f64,
+    /// `None`: the optimizer's own default (adadelta 1.0, adam and adamw 0.001, sgd 0.01).
+    pub learning_rate: Option<f64>,
     pub batch_size: usize,
     pub seed: u64,
     pub device: String,
@@ -25,13 +28,13 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            epochs: 5,
-            learning_rate: 0.001,
+            epochs: 8,
+            learning_rate: None,
             batch_size: 64,
             seed: 42,
             device: "cpu".into(),
-            optimizer: "adam".into(),
-            lr_decay: 1.0,
+            optimizer: "adadelta".into(),
+            lr_decay: 0.7,
         }
     }
 }
@@ -54,14 +57,62 @@ pub trait Observer {
     fn epoch(&mut self, stats: &EpochStats);
 }
 
+/// The rate each optimizer starts from unless `learning_rate` is given.
+pub fn default_learning_rate(optimizer: &str) -> f64 {
+    match optimizer {
+        "adadelta" => 1.0,
+        "sgd" => 0.01,
+        _ => 0.001,
+    }
+}
+
 enum Opt {
+    Adadelta(Adadelta),
     Adam(AdamW),
     Sgd(SGD),
 }
 
 impl Opt {
+    fn new(options: &TrainOptions, vars: Vec<candle_core::Var>) -> Result<Self> {
+        let lr = options
+            .learning_rate
+            .unwrap_or_else(|| default_learning_rate(&options.optimizer));
+        let adam = |weight_decay: f64| -> Result<Opt> {
+            Ok(Opt::Adam(AdamW::new(
+                vars.clone(),
+                ParamsAdamW {
+                    lr,
+                    weight_decay,
+                    ..Default::default()
+                },
+            )?))
+        };
+        Ok(match options.optimizer.as_str() {
+            "adadelta" => Opt::Adadelta(Adadelta::new(
+                vars,
+                ParamsAdadelta {
+                    lr,
+                    ..Default::default()
+                },
+            )?),
+            "adam" => adam(0.0)?,
+            "adamw" => adam(ParamsAdamW::default().weight_decay)?,
+            "sgd" => Opt::Sgd(SGD::new(vars, lr)?),
+            other => bail!("optimizer must be adadelta, adam, adamw or sgd, not {other}"),
+        })
+    }
+
+    fn learning_rate(&self) -> f64 {
+        match self {
+            Opt::Adadelta(opt) => opt.learning_rate(),
+            Opt::Adam(opt) => opt.learning_rate(),
+            Opt::Sgd(opt) => opt.learning_rate(),
+        }
+    }
+
     fn set_learning_rate(&mut self, lr: f64) {
         match self {
+            Opt::Adadelta(opt) => opt.set_learning_rate(lr),
             Opt::Adam(opt) => opt.set_learning_rate(lr),
             Opt::Sgd(opt) => opt.set_learning_rate(lr),
         }
@@ -69,6 +120,7 @@ impl Opt {
 
     fn step(&mut self, loss: &Tensor) -> Result<()> {
         match self {
+            Opt::Adadelta(opt) => opt.backward_step(loss)?,
             Opt::Adam(opt) => opt.backward_step(loss)?,
             Opt::Sgd(opt) => opt.backward_step(loss)?,
         }
@@ -97,33 +149,15 @@ pub fn train(
     }
     let device = crate::model::device(&options.device)?;
     let (net, vars) = Net::init(options.seed, &device)?;
-    let mut optimizer = match options.optimizer.as_str() {
-        "adam" => Opt::Adam(AdamW::new(
-            vars,
-            ParamsAdamW {
-                lr: options.learning_rate,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )?),
-        "adamw" => Opt::Adam(AdamW::new(
-            vars,
-            ParamsAdamW {
-                lr: options.learning_rate,
-                ..Default::default()
-            },
-        )?),
-        "sgd" => Opt::Sgd(SGD::new(vars, options.learning_rate)?),
-        other => bail!("optimizer must be adam, adamw or sgd, not {other}"),
-    };
+    let mut optimizer = Opt::new(options, vars)?;
+    let base_lr = optimizer.learning_rate();
     let mut rng = Rng::new(options.seed.wrapping_add(1));
     let mut order: Vec<usize> = (0..train.len()).collect();
     let batches = train.len().div_ceil(options.batch_size);
     let mut history = Vec::new();
     let mut pixels = Vec::with_capacity(options.batch_size * PIXELS);
     for epoch in 1..=options.epochs {
-        optimizer
-            .set_learning_rate(options.learning_rate * options.lr_decay.powi(epoch as i32 - 1));
+        optimizer.set_learning_rate(base_lr * options.lr_decay.powi(epoch as i32 - 1));
         let started = std::time::Instant::now();
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;

@@ -208,3 +208,41 @@ fn the_batches_carry_the_schema_they_promise() {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["index", "image", "label", "split"]);
 }
+
+/// Debian's `dataset-fashion-mnist`: the 70,000 images of full MNIST's size, as standard
+/// IDX gz files (`tests/run` installs it).
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+#[test]
+fn all_70000_fashion_mnist_images_stream_through_in_bounded_batches() {
+    let dir = Path::new(FASHION_MNIST);
+    assert!(
+        dir.exists(),
+        "{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist (tests/run does)"
+    );
+    let batches = CleanBatches::new(find_parts(dir).expect("parts"), CleanOptions::default())
+        .expect("batches");
+    let report = batches.report.clone();
+    let batch_rows = CleanOptions::default().batch_rows;
+    let (mut rows, mut label_sum, mut largest) = (0usize, 0i64, 0usize);
+    for batch in batches {
+        // One batch at a time: nothing is collected, so memory stays at one batch.
+        let batch = batch.expect("batch");
+        largest = largest.max(batch.num_rows());
+        rows += batch.num_rows();
+        let labels = batch
+            .column_by_name("label")
+            .expect("label")
+            .as_primitive::<Int64Type>();
+        label_sum += labels.values().iter().sum::<i64>();
+    }
+    let report = report.lock().expect("report").clone();
+    assert_eq!(
+        (report.train, report.test, report.dropped),
+        (60_000, 10_000, 0)
+    );
+    assert_eq!(rows, 70_000);
+    assert_eq!(largest, batch_rows);
+    // Fashion-MNIST is balanced: 7,000 of each of the ten classes.
+    assert_eq!(label_sum, 7_000 * (0..10).sum::<i64>());
+}

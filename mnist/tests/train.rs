@@ -78,7 +78,7 @@ fn bad_options_are_refused() {
     let data = halves(4);
     for options in [
         TrainOptions {
-            optimizer: "adadelta".into(),
+            optimizer: "lbfgs".into(),
             ..Default::default()
         },
         TrainOptions {

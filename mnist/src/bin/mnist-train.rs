@@ -1,15 +1,17 @@
 //! `mnist-train`: the design's training step. Trains PyTorch's MNIST example CNN on the
 //! dataset's train split, evaluates on its test split, and appends a version to the model.
 //!
-//! Params: `epochs` (5), `learning_rate` (0.001), `batch_size` (64), `seed` (42),
-//! `device` (cpu|cuda), `optimizer` (adam|adamw|sgd), `lr_decay` (1.0: none; multiplies the rate after each epoch).
+//! Params: `epochs` (8), `optimizer` (adadelta|adam|adamw|sgd, default adadelta as in
+//! PyTorch's example), `learning_rate` (the optimizer's default: adadelta 1.0, adam 0.001,
+//! sgd 0.01), `lr_decay` (0.7: multiplies the rate after each epoch, PyTorch's StepLR gamma),
+//! `batch_size` (64), `seed` (42), `device` (cpu|cuda).
 //! Result: `{accuracy, loss, model_version}`.
 
 use anyhow::{Result, bail};
 use mnist::contract::{Invocation, Progress, init_logging, storage_options};
 use mnist::lake::{ModelRow, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
-use mnist::train::{EpochStats, Observer, TrainOptions, train};
+use mnist::train::{EpochStats, Observer, TrainOptions, default_learning_rate, train};
 use serde_json::json;
 
 struct Report {
@@ -66,9 +68,7 @@ async fn main() -> Result<()> {
         epochs: task
             .u64_param("epochs")?
             .map_or(defaults.epochs, |n| n as usize),
-        learning_rate: task
-            .f64_param("learning_rate")?
-            .unwrap_or(defaults.learning_rate),
+        learning_rate: task.f64_param("learning_rate")?,
         batch_size: task
             .u64_param("batch_size")?
             .map_or(defaults.batch_size, |n| n as usize),
@@ -76,6 +76,15 @@ async fn main() -> Result<()> {
         device: task.str_param("device")?.unwrap_or(defaults.device),
         optimizer: task.str_param("optimizer")?.unwrap_or(defaults.optimizer),
         lr_decay: task.f64_param("lr_decay")?.unwrap_or(defaults.lr_decay),
+    };
+    // The model row records the rate it really started from.
+    let options = TrainOptions {
+        learning_rate: Some(
+            options
+                .learning_rate
+                .unwrap_or_else(|| default_learning_rate(&options.optimizer)),
+        ),
+        ..options
     };
     let storage = storage_options();
     let (train_split, test_split, version) = read_splits(&task.input, &storage).await?;
