@@ -2,77 +2,9 @@
 
 use std::time::Duration;
 
+use lancer_tests::scripts::{CONTRACT_SH, FAIL_PY, INGEST_PY, SERVE_PY, SLOW_PY};
 use lancer_tests::server::{Server, bin_dir, runner_pid};
 use serde_json::json;
-
-const INGEST_PY: &str = r#"
-import json, os
-import lance
-import pyarrow as pa
-
-def run(input_path, output_path, params):
-    n = params["rows"]
-    table = pa.table({"index": list(range(n)), "label": [i % 10 for i in range(n)]})
-    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
-    lance.write_dataset(table, output_path, mode="overwrite", storage_options=options)
-    print(f"wrote {n} rows", flush=True)
-    return {"total_records": n, "task": os.environ["LANCER_TASK_ID"]}
-"#;
-
-const SLOW_PY: &str = r#"
-import json, os, time
-
-def run(input_path, output_path, params):
-    steps = params.get("steps", 600)
-    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
-        for step in range(steps):
-            print(f"step {step}", flush=True)
-            line = {"fraction": step / steps, "message": f"step {step}", "metrics": {"step": step}}
-            progress.write(json.dumps(line) + "\n")
-            progress.flush()
-            time.sleep(0.1)
-    return {"steps": steps}
-"#;
-
-const FAIL_PY: &str = r#"
-def run(input_path, output_path, params):
-    print("about to fail")
-    raise ValueError(f"bad params: {params}")
-"#;
-
-const CONTRACT_SH: &str = r#"#!/usr/bin/env bash
-set -euo pipefail
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --input) input=$2 ;; --output) output=$2 ;;
-    --params-file) params=$2 ;; --result-file) result=$2 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-  shift 2
-done
-echo "executable got params $(cat "$params")"
-printf '{"echo": %s, "output": "%s", "input": "%s"}' "$(cat "$params")" "$output" "$input" > "$result"
-"#;
-
-const SERVE_PY: &str = r#"
-import http.server, json, os, threading
-
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"hello": "lancer"}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-def run(input_path, output_path, params):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", params.get("port", 0)), Hello)
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
-        progress.write(json.dumps({"endpoint": url, "message": "serving"}) + "\n")
-    print(f"serving on {url}", flush=True)
-    server.serve_forever()
-"#;
 
 #[tokio::test]
 async fn a_python_run_script_completes_with_its_result_and_its_lance_dataset_is_listed() {

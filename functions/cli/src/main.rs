@@ -39,7 +39,7 @@ enum Command {
     Bench {
         #[command(flatten)]
         remote: Remote,
-        /// POST+GET pairs per concurrency level.
+        /// POST+GET pairs per concurrency level (0 skips the API benchmark).
         #[arg(long, default_value_t = 400)]
         requests: usize,
         /// A no-op script in the server's scripts folder.
@@ -236,7 +236,9 @@ async fn run(cli: Cli) -> Result<()> {
                 script,
                 noop_tasks,
             };
-            bench::api(&client, &options).await?;
+            if requests > 0 {
+                bench::api(&client, &options).await?;
+            }
             bench::submit_to_completed(&client, &options).await
         }
     }

@@ -42,6 +42,9 @@ with open(result_file, "w") as f:
     json.dump(result, f, default=str)
 "#;
 
+/// How long a runner whose script died of a signal waits for a stop signal of its own.
+const SIGNAL_SETTLE: Duration = Duration::from_millis(300);
+
 /// Lines of stderr kept to explain a failure.
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -255,6 +258,21 @@ async fn supervise(ctx: &RunnerContext, task: &Task, workdir: &Path) -> Result<O
         Stop::Exited(status) => {
             let status = status.map_err(Error::internal)?;
             drain(&mut lines_rx, &mut log).await;
+            // A backend stopping the job (Ray's stop) signals the whole process group: a
+            // script killed by a signal may be reported before the runner's own signal is.
+            // Then the runner was stopped, and the backend, not the script, says why.
+            if std::os::unix::process::ExitStatusExt::signal(&status).is_some()
+                && tokio::time::timeout(SIGNAL_SETTLE, terminate.recv())
+                    .await
+                    .is_ok()
+            {
+                log.push(
+                    true,
+                    b"[lancer] task stopped: the runner was asked to stop\n",
+                );
+                log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+                return Ok(None);
+            }
             // A cancel signals the script and the runner at once, so the script's exit can
             // arrive first: the last heartbeat says whether the task is still ours.
             match send_heartbeat(ctx, task, progress.read_new().unwrap_or_default()).await {

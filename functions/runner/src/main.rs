@@ -12,10 +12,9 @@ async fn main() -> std::process::ExitCode {
         eprintln!("usage: lancer-runner <task-id>");
         return std::process::ExitCode::from(2);
     };
-    let backend = std::env::var("LANCER_BACKEND").unwrap_or_else(|_| "local".into());
     let outcome = async {
         let config = Config::from_env()?;
-        let ctx = runner_context(&config, &backend)?;
+        let ctx = runner_context(&config).await?;
         run_task(&ctx, &task_id).await
     }
     .await;

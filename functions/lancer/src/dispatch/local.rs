@@ -15,7 +15,7 @@ use tokio::process::Command;
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
-use super::{all_pending, sweep_expired};
+use super::{sweep_expired, tasks_with_status};
 use crate::domain::task::{Task, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
@@ -82,21 +82,6 @@ impl LocalDispatcher {
                 runners: Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    /// Reconciles now and then every half lease, until the process ends.
-    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
-        let dispatcher = self.clone();
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval((dispatcher.inner.lease / 2).max(Duration::from_millis(500)));
-            loop {
-                tick.tick().await;
-                if let Err(err) = dispatcher.reconcile().await {
-                    error!(%err, "reconcile failed");
-                }
-            }
-        })
     }
 }
 
@@ -217,7 +202,7 @@ impl Dispatcher for LocalDispatcher {
         for task in sweep_expired(store, self.inner.lease).await? {
             self.submit(&task).await?;
         }
-        for task in all_pending(store).await? {
+        for task in tasks_with_status(store, TaskStatus::Pending).await? {
             self.submit(&task).await?;
         }
         Ok(())

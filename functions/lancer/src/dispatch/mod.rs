@@ -1,16 +1,34 @@
-//! Dispatcher adapters (local subprocesses, an in-memory fake) and the lease sweep
-//! every backend shares.
+//! Dispatcher adapters (local subprocesses, Ray jobs, an in-memory fake) and what every
+//! backend shares: the lease sweep and the reconcile loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::domain::task::{Change, Task, TaskStatus, expire};
 use crate::error::{Error, Result};
-use crate::ports::{ListQuery, TaskStore};
+use crate::ports::{Dispatcher, ListQuery, TaskStore};
 
 pub mod local;
 pub mod memory;
+pub mod ray;
+
+/// Reconciles now and then every half lease, until the process ends.
+pub fn spawn_reconciler(
+    dispatcher: Arc<dyn Dispatcher>,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval((lease / 2).max(Duration::from_millis(500)));
+        loop {
+            tick.tick().await;
+            if let Err(err) = dispatcher.reconcile().await {
+                error!(%err, backend = dispatcher.backend(), "reconcile failed");
+            }
+        }
+    })
+}
 
 /// Ends the running tasks whose runner stopped heartbeating for longer than `lease`:
 /// requeued while attempts remain (returned, to be dispatched again), else failed.
@@ -33,24 +51,24 @@ pub async fn sweep_expired(store: &dyn TaskStore, lease: Duration) -> Result<Vec
     Ok(requeued)
 }
 
-/// Every pending task across tenants, oldest first, for a dispatcher to pick up again.
-pub async fn all_pending(store: &dyn TaskStore) -> Result<Vec<Task>> {
+/// Every task in `status` across tenants, oldest first, for a dispatcher to look after.
+pub async fn tasks_with_status(store: &dyn TaskStore, status: TaskStatus) -> Result<Vec<Task>> {
     let mut query = ListQuery {
-        status: Some(TaskStatus::Pending),
+        status: Some(status),
         limit: 500,
         ..Default::default()
     };
-    let mut pending = Vec::new();
+    let mut tasks = Vec::new();
     loop {
         let page = store.list(&query).await?;
-        pending.extend(page.tasks);
+        tasks.extend(page.tasks);
         match page.next_page_token {
             Some(token) => query.page_token = Some(token),
             None => break,
         }
     }
-    pending.reverse();
-    Ok(pending)
+    tasks.reverse();
+    Ok(tasks)
 }
 
 /// Cancels a task the way every entry point does: CAS to cancelled from the state read.

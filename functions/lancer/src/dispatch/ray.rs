@@ -1,0 +1,406 @@
+//! The Ray dispatcher: every attempt of a task is one Ray job, submitted through the Jobs
+//! REST API of a Ray head, whose entrypoint is the same `lancer-runner` the local
+//! dispatcher starts. It keeps no state: an attempt's job is named `<task id>-<attempt>`,
+//! so the store and Ray together say everything, a resubmit is idempotent and any
+//! `lancer serve` (or sweeper) can reconcile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::{sweep_expired, tasks_with_status};
+use crate::domain::task::{Change, Guard, Task, TaskError, TaskStatus};
+use crate::error::{Error, Result};
+use crate::ports::{Dispatcher, TaskStore};
+
+/// Ray's Jobs API answers in milliseconds; anything slower is a head in trouble.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+const BACKEND: &str = "ray";
+
+/// Ray's error bodies are Python tracebacks; the end of one is enough for a task's error.
+const MAX_BODY_SHOWN: usize = 2_000;
+
+/// A Ray job's lifecycle, as `GET /api/jobs/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum JobStatus {
+    Pending,
+    Running,
+    Stopped,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobInfo {
+    status: JobStatus,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Why Ray did not take or answer a request; becomes the task's error.
+#[derive(Debug)]
+enum RayError {
+    Unreachable(String),
+    Rejected(StatusCode, String),
+    Broken(StatusCode, String),
+}
+
+impl RayError {
+    fn task_error(&self, address: &str) -> TaskError {
+        match self {
+            RayError::Unreachable(why) => TaskError::new(
+                "BACKEND_UNAVAILABLE",
+                format!("the Ray head at {address} cannot be reached: {why}"),
+            ),
+            RayError::Rejected(status, body) => TaskError::new(
+                "BACKEND_REJECTED",
+                format!(
+                    "the Ray head at {address} refused the job ({status}): {}",
+                    truncate(body, MAX_BODY_SHOWN)
+                ),
+            ),
+            RayError::Broken(status, body) => TaskError::new(
+                "BACKEND_ERROR",
+                format!(
+                    "the Ray head at {address} failed ({status}): {}",
+                    truncate(body, MAX_BODY_SHOWN)
+                ),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for RayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RayError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            RayError::Rejected(status, body) | RayError::Broken(status, body) => {
+                write!(f, "{status}: {}", truncate(body, MAX_BODY_SHOWN))
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RayDispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn TaskStore>,
+    http: reqwest::Client,
+    /// The head's dashboard URL, without a trailing slash.
+    address: String,
+    /// The runner binary as Ray's nodes see it.
+    runner: String,
+    /// The configuration runners rebuild theirs from.
+    env: BTreeMap<String, String>,
+    lease: Duration,
+}
+
+impl RayDispatcher {
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        address: String,
+        runner: String,
+        env: BTreeMap<String, String>,
+        lease: Duration,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(Error::internal)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                http,
+                address,
+                runner,
+                env,
+                lease,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn jobs_url(&self, rest: &str) -> String {
+        format!("{}/api/jobs/{rest}", self.address)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, RayError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+        if status.is_success() {
+            return serde_json::from_str(&body).map_err(|err| {
+                RayError::Broken(status, format!("unreadable answer ({err}): {body}"))
+            });
+        }
+        if status.is_client_error() {
+            Err(RayError::Rejected(status, body))
+        } else {
+            Err(RayError::Broken(status, body))
+        }
+    }
+
+    /// The job's state; `None` if Ray has no such job.
+    async fn job(&self, submission_id: &str) -> Result<Option<JobInfo>, RayError> {
+        match self.send(self.http.get(self.jobs_url(submission_id))).await {
+            Ok(info) => serde_json::from_value(info.clone())
+                .map(Some)
+                .map_err(|err| {
+                    RayError::Broken(
+                        StatusCode::OK,
+                        format!("unexpected job info ({err}): {info}"),
+                    )
+                }),
+            Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn submit_job(&self, task: &Task) -> Result<(), RayError> {
+        let submission_id = submission_id(task);
+        let resources = &task.spec.resources;
+        let mut body = json!({
+            "submission_id": submission_id,
+            "entrypoint": format!("{} {}", shell_quote(&self.runner), task.id),
+            "entrypoint_num_cpus": resources.cpus,
+            "entrypoint_num_gpus": resources.gpus,
+            "runtime_env": { "env_vars": self.env },
+            "metadata": {
+                "lancer_task_id": task.id,
+                "lancer_task_name": task.spec.name,
+                "lancer_tenant": task.tenant,
+            },
+        });
+        if resources.memory_mb > 0 {
+            body["entrypoint_memory"] = json!(resources.memory_mb * 1024 * 1024);
+        }
+        match self
+            .send(self.http.post(self.jobs_url("")).json(&body))
+            .await
+        {
+            Ok(_) => {
+                info!(task = %task.id, %submission_id, "submitted to Ray");
+                Ok(())
+            }
+            // Ray answers a duplicate submission id with a 500: the job is already there.
+            Err(RayError::Broken(_, body)) if body.contains("already exists") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Ends a task Ray could not run. A pending task is claimed first, so the record goes
+    /// through the one state machine (pending -> running -> failed) and counts the attempt.
+    async fn fail(&self, task: &Task, error: TaskError) -> Result<()> {
+        warn!(task = %task.id, code = %error.code, message = %error.message, "task failed on Ray");
+        let running = match task.status {
+            TaskStatus::Pending => {
+                let start = Change::Start {
+                    backend: BACKEND.into(),
+                };
+                match self.store.transition(&task.id, task.guard(), start).await {
+                    Ok(running) => running,
+                    Err(Error::Conflict(_)) => return Ok(()), // its runner claimed it meanwhile
+                    Err(err) => return Err(err),
+                }
+            }
+            _ => task.clone(),
+        };
+        let guard = Guard {
+            status: TaskStatus::Running,
+            attempt: running.attempt,
+        };
+        match self
+            .store
+            .transition(&task.id, guard, Change::Fail { error })
+            .await
+        {
+            Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Submits a pending task, or fails it with Ray's answer when Ray will not take it.
+    async fn dispatch(&self, task: &Task) -> Result<()> {
+        match self.submit_job(task).await {
+            Ok(()) => Ok(()),
+            Err(err) => self.fail(task, err.task_error(&self.address)).await,
+        }
+    }
+
+    /// Fails the task if its job ended without the runner writing the outcome back.
+    async fn settle(&self, task: &Task, job: &JobInfo) -> Result<()> {
+        let code = match job.status {
+            JobStatus::Failed => "RAY_JOB_FAILED",
+            JobStatus::Stopped => "RAY_JOB_STOPPED",
+            // Still going; or done, when the runner's own write-back is what counts.
+            JobStatus::Pending | JobStatus::Running | JobStatus::Succeeded => return Ok(()),
+        };
+        let message = format!(
+            "Ray job {} ended {:?} before its runner reported: {}",
+            submission_id(task),
+            job.status,
+            job.message.as_deref().unwrap_or("no message")
+        );
+        self.fail(task, TaskError::new(code, message)).await
+    }
+}
+
+#[async_trait]
+impl Dispatcher for RayDispatcher {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// Hands the task to Ray in the background, so a slow or dead head never holds up the
+    /// API; a job Ray refuses fails its task.
+    async fn submit(&self, task: &Task) -> Result<()> {
+        let inner = self.inner.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            if let Err(err) = inner.dispatch(&task).await {
+                warn!(task = %task.id, %err, "dispatch to Ray failed; reconcile will retry");
+            }
+        });
+        Ok(())
+    }
+
+    async fn cancel(&self, task: &Task) -> Result<()> {
+        let inner = &self.inner;
+        let submission_id = submission_id(task);
+        match inner
+            .send(
+                inner
+                    .http
+                    .post(inner.jobs_url(&format!("{submission_id}/stop"))),
+            )
+            .await
+        {
+            Ok(_) | Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(()),
+            Err(err) => Err(Error::internal(format!(
+                "cannot stop Ray job {submission_id}: {err}"
+            ))),
+        }
+    }
+
+    async fn reconcile(&self) -> Result<()> {
+        let inner = &self.inner;
+        let store = inner.store.as_ref();
+        let unreachable =
+            |err: RayError| Error::internal(format!("Ray head at {}: {err}", inner.address));
+        for task in sweep_expired(store, inner.lease).await? {
+            inner.dispatch(&task).await?;
+        }
+        for task in tasks_with_status(store, TaskStatus::Pending).await? {
+            match inner.job(&submission_id(&task)).await {
+                Ok(None) => inner.dispatch(&task).await?,
+                Ok(Some(job)) => inner.settle(&task, &job).await?,
+                // Ray is down: nothing is decided on a guess; the next round looks again.
+                Err(err) => return Err(unreachable(err)),
+            }
+        }
+        for task in tasks_with_status(store, TaskStatus::Running).await? {
+            if task.backend.as_deref() != Some(BACKEND) {
+                continue;
+            }
+            match inner.job(&submission_id(&task)).await {
+                Ok(Some(job)) => inner.settle(&task, &job).await?,
+                // A job Ray forgot is left to the lease: its runner may still be heartbeating.
+                Ok(None) => {}
+                Err(err) => return Err(unreachable(err)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, task: &Task) -> Result<Option<String>> {
+        let inner = &self.inner;
+        let submission_id = submission_id(task);
+        match inner
+            .send(
+                inner
+                    .http
+                    .get(inner.jobs_url(&format!("{submission_id}/logs"))),
+            )
+            .await
+        {
+            Ok(body) => Ok(body["logs"].as_str().map(str::to_owned)),
+            Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err(err) => Err(Error::internal(format!(
+                "cannot read the logs of Ray job {submission_id}: {err}"
+            ))),
+        }
+    }
+}
+
+/// The Ray job of the attempt a task is waiting for (pending) or running.
+pub fn submission_id(task: &Task) -> String {
+    let attempt = match task.status {
+        TaskStatus::Pending => task.attempt + 1,
+        _ => task.attempt.max(1),
+    };
+    format!("{}-{attempt}", task.id)
+}
+
+/// An error with its causes, which is where reqwest says "connection refused".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The last `max` characters: a traceback's last lines say what went wrong.
+fn truncate(text: &str, max: usize) -> String {
+    let text = text.trim_end();
+    match text.char_indices().rev().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if cut > 0 => format!("...{}", &text[cut..]),
+        _ => text.to_owned(),
+    }
+}
+
+/// Single-quotes a path for the shell Ray runs the entrypoint with.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_entrypoint_shell() {
+        assert_eq!(shell_quote("/opt/lancer runner"), "'/opt/lancer runner'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn long_error_bodies_keep_their_end() {
+        assert_eq!(truncate("abcdef\n", 3), "...def");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("ab", 3), "ab");
+    }
+}

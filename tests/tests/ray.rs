@@ -1,0 +1,346 @@
+//! The Ray backend end to end: a real `lancer serve` with `LANCER_BACKEND=ray` against the
+//! real local Ray head that `tests/run` starts (`scripts/ray up`), and against stand-in
+//! heads that answer badly or not at all.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use lancer_tests::scripts::{CONTRACT_SH, INGEST_PY, SERVE_PY, SLOW_PY};
+use lancer_tests::server::Server;
+use serde_json::{Value, json};
+
+/// The real head's dashboard URL.
+fn ray_address() -> String {
+    std::env::var("RAY_ADDRESS").unwrap_or_else(|_| {
+        panic!("RAY_ADDRESS is not set: start a local head with `eval \"$(scripts/ray up)\"` (tests/run does)")
+    })
+}
+
+/// Records when it ran, so overlapping tasks can be counted.
+const WINDOW_PY: &str = r#"
+import time
+
+def run(input_path, output_path, params):
+    start = time.time()
+    time.sleep(params["seconds"])
+    return {"start": start, "end": time.time()}
+"#;
+
+async fn ray_server(scripts: &[(&str, &str, bool)], address: &str) -> Server {
+    Server::start(
+        scripts,
+        &[("LANCER_BACKEND", "ray"), ("RAY_ADDRESS", address)],
+    )
+    .await
+}
+
+async fn ray_job(submission_id: &str) -> Value {
+    reqwest::get(format!("{}/api/jobs/{submission_id}", ray_address()))
+        .await
+        .expect("Ray answers")
+        .json()
+        .await
+        .expect("job json")
+}
+
+async fn wait_for_ray_status(submission_id: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = ray_job(submission_id).await;
+        if job["status"] == wanted {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ray job never became {wanted}: {job:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn id_of(task: &Value) -> String {
+    task["id"].as_str().expect("task id").to_owned()
+}
+
+async fn wait_finished(server: &Server, id: &str, within: Duration) -> Value {
+    server
+        .wait_until(id, within, |task| task["finished_at"].is_string())
+        .await
+}
+
+#[tokio::test]
+async fn python_and_executable_tasks_complete_as_ray_jobs_with_results_and_logs() {
+    let server = ray_server(
+        &[
+            ("ingest.py", INGEST_PY, false),
+            ("contract.sh", CONTRACT_SH, true),
+        ],
+        &ray_address(),
+    )
+    .await;
+    let python = server
+        .submit(
+            &json!({"name": "ingest", "script": "ingest.py", "output": "numbers",
+                        "params": {"rows": 12}, "resources": {"cpus": 0.5}}),
+        )
+        .await;
+    let executable = server
+        .submit(
+            &json!({"name": "exec", "script": "contract.sh", "output": "out",
+                        "params": {"k": 7}, "resources": {"cpus": 0.5}}),
+        )
+        .await;
+    for (task, line) in [
+        (&python, "wrote 12 rows"),
+        (&executable, "executable got params"),
+    ] {
+        let id = id_of(task);
+        let done = wait_finished(&server, &id, Duration::from_secs(120)).await;
+        assert_eq!(
+            done["status"],
+            "completed",
+            "{done:#}\nlogs:\n{}",
+            server.logs(&id).await
+        );
+        assert_eq!(done["backend"], "ray");
+        assert!(server.logs(&id).await.contains(line));
+        let job = ray_job(&format!("{id}-1")).await;
+        assert_eq!(job["status"], "SUCCEEDED", "{job:#}");
+        assert_eq!(job["metadata"]["lancer_task_id"], id.as_str());
+    }
+    let python = server.task(&id_of(&python)).await;
+    assert_eq!(python["result"]["total_records"], 12);
+    let executable = server.task(&id_of(&executable)).await;
+    assert_eq!(executable["result"]["echo"], json!({"k": 7}));
+    assert_eq!(server.get_json("/datasets").await[0]["num_rows"], 12);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_stops_its_ray_job() {
+    let server = ray_server(&[("slow.py", SLOW_PY, false)], &ray_address()).await;
+    let id = id_of(
+        &server
+            .submit(&json!({"name": "slow", "script": "slow.py", "resources": {"cpus": 0.5}}))
+            .await,
+    );
+    server
+        .wait_until(&id, Duration::from_secs(90), |t| t["progress"].is_object())
+        .await;
+    assert_eq!(
+        server.post(&format!("/tasks/{id}/cancel")).await.status(),
+        200
+    );
+    wait_for_ray_status(&format!("{id}-1"), "STOPPED").await;
+    let task = server.task(&id).await;
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ray_job_stopped_outside_lancer_ends_its_task_failed_with_rays_message() {
+    let server = ray_server(&[("slow.py", SLOW_PY, false)], &ray_address()).await;
+    let id = id_of(
+        &server
+            .submit(&json!({"name": "slow", "script": "slow.py", "resources": {"cpus": 0.5}}))
+            .await,
+    );
+    server
+        .wait_until(&id, Duration::from_secs(90), |t| t["progress"].is_object())
+        .await;
+    let stopped = reqwest::Client::new()
+        .post(format!("{}/api/jobs/{id}-1/stop", ray_address()))
+        .send()
+        .await
+        .expect("stop");
+    assert!(stopped.status().is_success());
+    let done = wait_finished(&server, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "RAY_JOB_STOPPED");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{id}-1"))),
+        "{done:#}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_submitted_together_never_use_more_cpus_than_the_head_has() {
+    let server = ray_server(&[("window.py", WINDOW_PY, false)], &ray_address()).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let task = server
+            .submit(
+                &json!({"name": format!("window-{n}"), "script": "window.py",
+                            "params": {"seconds": 3}, "resources": {"cpus": 1}}),
+            )
+            .await;
+        ids.push(id_of(&task));
+    }
+    let mut windows = Vec::new();
+    for id in &ids {
+        let done = wait_finished(&server, id, Duration::from_secs(180)).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+        let result = &done["result"];
+        windows.push((
+            result["start"].as_f64().expect("start"),
+            result["end"].as_f64().expect("end"),
+        ));
+    }
+    // The head has 2 CPUs: at no moment did more than two of these run.
+    let most_at_once = windows
+        .iter()
+        .map(|(start, _)| {
+            windows
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&most_at_once),
+        "{most_at_once} tasks ran at once: {windows:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_serving_task_runs_as_a_ray_job_and_reports_its_endpoint() {
+    let server = ray_server(&[("serve.py", SERVE_PY, false)], &ray_address()).await;
+    let id = id_of(
+        &server
+            .submit(&json!({"name": "hello", "script": "serve.py", "resources": {"cpus": 0.5}}))
+            .await,
+    );
+    let serving = server
+        .wait_until(&id, Duration::from_secs(90), |t| t["endpoint"].is_string())
+        .await;
+    assert_eq!(serving["backend"], "ray");
+    let endpoint = serving["endpoint"].as_str().expect("endpoint");
+    let hello: Value = reqwest::get(endpoint)
+        .await
+        .expect("service answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(hello, json!({"hello": "lancer"}));
+    assert_eq!(ray_job(&format!("{id}-1")).await["status"], "RUNNING");
+    assert_eq!(
+        server.post(&format!("/tasks/{id}/cancel")).await.status(),
+        200
+    );
+    wait_for_ray_status(&format!("{id}-1"), "STOPPED").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_ray_cannot_start_fails_the_task_and_its_logs_come_from_ray() {
+    let server = Server::start(
+        &[("ingest.py", INGEST_PY, false)],
+        &[
+            ("LANCER_BACKEND", "ray"),
+            ("RAY_ADDRESS", &ray_address()),
+            ("LANCER_RAY_RUNNER", "/nonexistent/lancer-runner"),
+        ],
+    )
+    .await;
+    let id = id_of(
+        &server
+            .submit(
+                &json!({"name": "ingest", "script": "ingest.py", "output": "n",
+                            "params": {"rows": 1}, "resources": {"cpus": 0.5}}),
+            )
+            .await,
+    );
+    let done = wait_finished(&server, &id, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "RAY_JOB_FAILED");
+    let logs = server.logs(&id).await;
+    assert!(logs.contains("/nonexistent/lancer-runner"), "{logs}");
+    server.stop().await;
+}
+
+/// A stand-in head whose Jobs API answers every submission with `status` and `body`.
+async fn bad_head(status: StatusCode, body: &'static str) -> String {
+    let app = Router::new().route("/api/jobs/", post(move || async move { (status, body) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn failure_of_a_task_sent_to(address: &str) -> Value {
+    let server = ray_server(&[("ingest.py", INGEST_PY, false)], address).await;
+    let id = id_of(
+        &server
+            .submit(&json!({"name": "ingest", "script": "ingest.py", "params": {"rows": 1}}))
+            .await,
+    );
+    let done = wait_finished(&server, &id, Duration::from_secs(60)).await;
+    server.stop().await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    done["error"].clone()
+}
+
+#[tokio::test]
+async fn an_unreachable_ray_head_fails_the_task_with_a_clear_error() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let error = failure_of_a_task_sent_to(&format!("http://{closed}")).await;
+    assert_eq!(error["code"], "BACKEND_UNAVAILABLE");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&closed.to_string()))
+    );
+}
+
+#[tokio::test]
+async fn a_ray_head_refusing_the_job_fails_the_task_with_its_answer() {
+    let head = bad_head(StatusCode::BAD_REQUEST, "runtime_env is invalid").await;
+    let error = failure_of_a_task_sent_to(&head).await;
+    assert_eq!(error["code"], "BACKEND_REJECTED");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runtime_env is invalid"))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_ray_head_fails_the_task_with_its_answer() {
+    let head = bad_head(StatusCode::SERVICE_UNAVAILABLE, "GCS is down").await;
+    let error = failure_of_a_task_sent_to(&head).await;
+    assert_eq!(error["code"], "BACKEND_ERROR");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("GCS is down"))
+    );
+}
+
+#[tokio::test]
+async fn a_ray_head_that_never_answers_fails_the_task_instead_of_hanging() {
+    // Accepts connections and reads nothing: the request times out.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let error = failure_of_a_task_sent_to(&format!("http://{addr}")).await;
+    assert_eq!(error["code"], "BACKEND_UNAVAILABLE");
+}
