@@ -256,3 +256,40 @@ pub async fn load_model(
         version,
     ))
 }
+
+/// Copies the objects directly under an `s3://bucket/prefix/` into `into`, streaming each to
+/// disk; credentials, region and endpoint come from the environment, then `storage_options`.
+/// Returns how many files it wrote.
+pub async fn fetch_folder(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+    into: &std::path::Path,
+) -> Result<usize> {
+    use futures::StreamExt;
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use tokio::io::AsyncWriteExt;
+
+    let url = url::Url::parse(uri)?;
+    let mut builder = AmazonS3Builder::from_env().with_url(uri);
+    for (key, value) in storage_options {
+        builder = builder.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
+    }
+    let store = builder.build()?;
+    let prefix = object_store::path::Path::from(url.path());
+    let listing = store.list_with_delimiter(Some(&prefix)).await?;
+    let mut fetched = 0;
+    for object in listing.objects {
+        let Some(name) = object.location.filename() else {
+            continue;
+        };
+        let mut file = tokio::fs::File::create(into.join(name)).await?;
+        let mut body = store.get(&object.location).await?.into_stream();
+        while let Some(chunk) = body.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+        fetched += 1;
+    }
+    Ok(fetched)
+}

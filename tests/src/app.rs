@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use lancer::config::ApiKeys;
 use lancer::dispatch::memory::RecordingDispatcher;
+use lancer::domain::ingest::IngestRules;
 use lancer::http::{AppState, router};
 use lancer::lake::lance::LanceLake;
 use lancer::ports::{Lake, TaskStore};
@@ -54,6 +55,16 @@ impl TestApp {
     }
 
     pub fn with_store(keys: Option<&str>, store: Arc<dyn TaskStore>) -> Self {
+        Self::build(keys, store, IngestRules::default())
+    }
+
+    /// An app whose uploads run `rules` (a `LANCER_INGEST_RULES` JSON array).
+    pub fn with_ingest_rules(keys: Option<&str>, rules: &str) -> Self {
+        let rules = IngestRules::parse(rules).expect("valid rules");
+        Self::build(keys, Arc::new(MemoryTaskStore::new()), rules)
+    }
+
+    fn build(keys: Option<&str>, store: Arc<dyn TaskStore>, ingest_rules: IngestRules) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let scripts = dir.path().join("scripts");
         std::fs::create_dir_all(scripts.join("jobs")).expect("mkdir");
@@ -76,6 +87,7 @@ impl TestApp {
             dispatcher: dispatcher.clone(),
             scripts,
             api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
+            ingest_rules,
         });
         Self {
             router,

@@ -375,6 +375,40 @@ pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
     assert_eq!(past.next_offset, 12);
 }
 
+pub async fn stat_gives_size_and_a_version_that_changes_with_the_content(f: LakeFixture) {
+    assert_eq!(f.lake.stat("raw/none.csv").await.expect("stat"), None);
+    f.lake
+        .put("raw/a.csv", b"x,y\n".to_vec())
+        .await
+        .expect("put");
+    let first = f
+        .lake
+        .stat("raw/a.csv")
+        .await
+        .expect("stat")
+        .expect("exists");
+    assert_eq!(first.size, 4);
+    assert_eq!(
+        f.lake.stat("raw/a.csv").await.expect("stat"),
+        Some(first.clone()),
+        "an unchanged object keeps its version"
+    );
+    // Local files version by modification time: let the clock move on.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    f.lake
+        .put("raw/a.csv", b"x,y\n1,2\n".to_vec())
+        .await
+        .expect("put");
+    let second = f
+        .lake
+        .stat("raw/a.csv")
+        .await
+        .expect("stat")
+        .expect("exists");
+    assert_eq!(second.size, 8);
+    assert_ne!(second.version, first.version);
+}
+
 #[macro_export]
 macro_rules! lake_conformance {
     ($make:path) => {
@@ -385,6 +419,7 @@ macro_rules! lake_conformance {
             delete_removes_an_artifact_once,
             tenants_see_only_their_own_prefix,
             objects_are_read_back_from_any_offset,
+            stat_gives_size_and_a_version_that_changes_with_the_content,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {

@@ -1,6 +1,9 @@
 //! Shared helpers and conformance suites for lancer's black-box tests.
 
 pub mod app;
+pub mod aws;
 pub mod lake;
+pub mod lambda;
+pub mod scripts;
 pub mod server;
 pub mod task_store;

@@ -1,4 +1,5 @@
-//! The Lake conformance suite on the in-memory fake and on real Lance datasets.
+//! The Lake conformance suite on the in-memory fake and on real Lance datasets, on local
+//! disk and on S3 (the local AWS stack).
 
 mod memory {
     use std::sync::Arc;
@@ -82,4 +83,30 @@ mod lance_on_local_disk {
         );
         assert!(detail.versions[1].timestamp >= before - chrono::Duration::seconds(1));
     }
+}
+
+mod lance_on_s3 {
+    use std::sync::Arc;
+
+    use lancer::lake::lance::LanceLake;
+    use lancer::ports::Lake;
+    use lancer_tests::aws::{create_bucket, unique_name};
+    use lancer_tests::lake::{LakeFixture, LanceSeeder};
+
+    /// A fresh bucket per test; credentials, region, endpoint and plain HTTP come from the
+    /// environment `localstack/up` prints, as they would from a user's AWS set-up.
+    async fn make() -> LakeFixture {
+        let bucket = unique_name("lake");
+        create_bucket(&bucket).await;
+        let lake: Arc<dyn Lake> = Arc::new(
+            LanceLake::open(&format!("s3://{bucket}/lake"), Default::default()).expect("open"),
+        );
+        LakeFixture {
+            lake: lake.clone(),
+            seed: Box::new(LanceSeeder { lake }),
+            keep: Box::new(()),
+        }
+    }
+
+    lancer_tests::lake_conformance!(make);
 }

@@ -1,4 +1,5 @@
-//! The TaskStore conformance suite on every embedded adapter.
+//! The TaskStore conformance suite on every adapter: in memory, SQLite, and DynamoDB on the
+//! local AWS stack.
 
 mod memory {
     use std::sync::Arc;
@@ -28,6 +29,29 @@ mod sqlite {
         Fixture {
             store: Arc::new(store),
             keep: Box::new(dir),
+        }
+    }
+
+    lancer_tests::task_store_conformance!(make);
+}
+
+mod dynamodb {
+    use std::sync::Arc;
+
+    use lancer::store::dynamodb::DynamoTaskStore;
+    use lancer_tests::aws::{dynamodb_client, unique_name};
+    use lancer_tests::task_store::Fixture;
+
+    /// A fresh table per test, so listings across tenants see only that test's tasks.
+    async fn make() -> Fixture {
+        let client = dynamodb_client().await;
+        let table = unique_name("tasks");
+        DynamoTaskStore::create_table(&client, &table)
+            .await
+            .expect("create table");
+        Fixture {
+            store: Arc::new(DynamoTaskStore::new(client, table)),
+            keep: Box::new(()),
         }
     }
 

@@ -2,16 +2,30 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
+use crate::dispatch::ray::RayDispatcher;
 use crate::error::Result;
+use crate::http::AppState;
 use crate::lake::lance::LanceLake;
-use crate::ports::{Lake, TaskStore};
+use crate::ports::{Dispatcher, Lake, TaskStore};
 use crate::runner::RunnerContext;
+use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
 
-pub fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>> {
-    Ok(Arc::new(SqliteTaskStore::open(&config.db)?))
+/// DynamoDB when `LANCER_TASK_TABLE` names a table (AWS credentials, region and endpoint
+/// from the standard chain), else the SQLite file.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>> {
+    Ok(match &config.task_table {
+        Some(table) => {
+            let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            Arc::new(DynamoTaskStore::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                table.clone(),
+            ))
+        }
+        None => Arc::new(SqliteTaskStore::open(&config.db)?),
+    })
 }
 
 pub fn open_lake(config: &Config) -> Result<Arc<dyn Lake>> {
@@ -21,24 +35,64 @@ pub fn open_lake(config: &Config) -> Result<Arc<dyn Lake>> {
     )?))
 }
 
-pub fn local_dispatcher(config: &Config, store: Arc<dyn TaskStore>) -> Result<LocalDispatcher> {
-    let runner = RunnerCommand::locate(config.runner.clone(), config.runner_env())?;
-    Ok(LocalDispatcher::new(
-        store,
-        runner,
-        config.concurrency,
-        config.lease,
-        config.cancel_grace,
-    ))
+/// The dispatcher `LANCER_BACKEND` selects.
+pub fn open_dispatcher(config: &Config, store: Arc<dyn TaskStore>) -> Result<Arc<dyn Dispatcher>> {
+    Ok(match &config.backend {
+        Backend::Local => {
+            let runner = RunnerCommand::locate(config.runner.clone(), config.runner_env())?;
+            Arc::new(LocalDispatcher::new(
+                store,
+                runner,
+                config.concurrency,
+                config.lease,
+                config.cancel_grace,
+            ))
+        }
+        Backend::Ray(ray) => {
+            // A path on Ray's nodes need not exist here; the local default must.
+            let runner = match &ray.runner {
+                Some(path) => path.clone(),
+                None => RunnerCommand::locate(config.runner.clone(), Vec::new())?.program,
+            };
+            let mut env: std::collections::BTreeMap<_, _> =
+                config.runner_env().into_iter().collect();
+            env.extend(ray.env.clone());
+            Arc::new(RayDispatcher::new(
+                store,
+                ray.address.clone(),
+                runner.to_string_lossy().into_owned(),
+                env,
+                config.lease,
+            )?)
+        }
+    })
 }
 
-pub fn runner_context(config: &Config, backend: &str) -> Result<RunnerContext> {
+/// Everything the API and the ingestion handler need, from the configuration.
+pub async fn app_state(config: &Config) -> Result<AppState> {
+    let store = open_store(config).await?;
+    Ok(AppState {
+        lake: open_lake(config)?,
+        dispatcher: open_dispatcher(config, store.clone())?,
+        store,
+        scripts: config.scripts.clone(),
+        api_keys: config.api_keys.clone(),
+        ingest_rules: config.ingest_rules.clone(),
+    })
+}
+
+/// True inside AWS Lambda (or an emulator of its Runtime API).
+pub fn on_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+pub async fn runner_context(config: &Config) -> Result<RunnerContext> {
     Ok(RunnerContext {
-        store: open_store(config)?,
+        store: open_store(config).await?,
         lake: open_lake(config)?,
         scripts: config.scripts.clone(),
         python: config.python.clone(),
-        backend: backend.to_owned(),
+        backend: config.backend_name().to_owned(),
         multi_tenant: config.multi_tenant(),
         heartbeat_every: config.heartbeat_every(),
         cancel_grace: config.cancel_grace,

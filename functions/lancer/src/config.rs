@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::domain::ingest::IngestRules;
 use crate::domain::validate::check_name;
 use crate::error::{Error, Result};
 
@@ -16,6 +17,8 @@ pub struct Config {
     pub storage_options: BTreeMap<String, String>,
     /// `LANCER_DB`: the SQLite task table.
     pub db: PathBuf,
+    /// `LANCER_TASK_TABLE`: a DynamoDB table for tasks instead of SQLite (AWS level).
+    pub task_table: Option<String>,
     /// `LANCER_HOST` and `LANCER_PORT`: where `lancer serve` listens.
     pub host: IpAddr,
     pub port: u16,
@@ -33,6 +36,31 @@ pub struct Config {
     pub runner: Option<PathBuf>,
     /// `LANCER_PYTHON`: the interpreter for `*.py` scripts.
     pub python: String,
+    /// `LANCER_BACKEND` (`local` or `ray`): where runners run.
+    pub backend: Backend,
+    /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
+    pub ingest_rules: IngestRules,
+}
+
+/// Where runners run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// Subprocesses of `lancer serve`.
+    Local,
+    /// Ray jobs, submitted through the Jobs REST API of a Ray head.
+    Ray(RayConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RayConfig {
+    /// `RAY_ADDRESS`: the head's dashboard URL (default `http://127.0.0.1:8265`).
+    pub address: String,
+    /// `LANCER_RAY_RUNNER`: the runner binary's path on Ray's nodes (default: the local one,
+    /// right for a local Ray head; `/usr/local/bin/lancer-runner` in the runner image).
+    pub runner: Option<PathBuf>,
+    /// `LANCER_RAY_ENV`: a JSON object of variables that replace the runner's defaults on
+    /// Ray's nodes, where paths differ from this machine's (`LANCER_SCRIPTS`, `LANCER_PYTHON`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -41,6 +69,7 @@ impl Default for Config {
             lake: "./lance_storage".into(),
             storage_options: BTreeMap::new(),
             db: "./lancer.db".into(),
+            task_table: None,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8000,
             scripts: ".".into(),
@@ -50,6 +79,8 @@ impl Default for Config {
             cancel_grace: Duration::from_secs(5),
             runner: None,
             python: "python3".into(),
+            backend: Backend::Local,
+            ingest_rules: IngestRules::default(),
         }
     }
 }
@@ -116,14 +147,7 @@ impl Config {
             )?)?),
             (None, None) => None,
         };
-        let storage_options = match get("LANCER_STORAGE_OPTIONS") {
-            Some(json) => serde_json::from_str(&json).map_err(|err| {
-                Error::invalid(format!(
-                    "LANCER_STORAGE_OPTIONS must be a JSON object of strings: {err}"
-                ))
-            })?,
-            None => BTreeMap::new(),
-        };
+        let storage_options = json_object(get("LANCER_STORAGE_OPTIONS"), "LANCER_STORAGE_OPTIONS")?;
         let host = match get("LANCER_HOST") {
             Some(raw) => raw.parse().map_err(|_| {
                 Error::invalid(format!("LANCER_HOST must be an IP address, not '{raw}'"))
@@ -134,6 +158,7 @@ impl Config {
             lake: get("LANCER_LAKE").unwrap_or(defaults.lake),
             storage_options,
             db: get("LANCER_DB").map(PathBuf::from).unwrap_or(defaults.db),
+            task_table: get("LANCER_TASK_TABLE"),
             host,
             port: match parse("LANCER_PORT")? {
                 Some(port) => u16::try_from(port)
@@ -152,7 +177,32 @@ impl Config {
                 .map_or(defaults.cancel_grace, Duration::from_secs),
             runner: get("LANCER_RUNNER").map(PathBuf::from),
             python: get("LANCER_PYTHON").unwrap_or(defaults.python),
+            ingest_rules: match get("LANCER_INGEST_RULES") {
+                Some(json) => IngestRules::parse(&json)?,
+                None => IngestRules::default(),
+            },
+            backend: match get("LANCER_BACKEND").as_deref() {
+                None | Some("local") => Backend::Local,
+                Some("ray") => Backend::Ray(RayConfig {
+                    address: ray_address(get("RAY_ADDRESS"))?,
+                    runner: get("LANCER_RAY_RUNNER").map(PathBuf::from),
+                    env: json_object(get("LANCER_RAY_ENV"), "LANCER_RAY_ENV")?,
+                }),
+                Some(other) => {
+                    return Err(Error::invalid(format!(
+                        "LANCER_BACKEND must be local or ray, not '{other}'"
+                    )));
+                }
+            },
         })
+    }
+
+    /// The name runners record as the task's backend.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Local => "local",
+            Backend::Ray(_) => "ray",
+        }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -181,7 +231,7 @@ impl Config {
         } else {
             absolute(&PathBuf::from(&self.lake))
         };
-        vec![
+        let mut env = vec![
             ("LANCER_LAKE".into(), lake),
             (
                 "LANCER_STORAGE_OPTIONS".into(),
@@ -195,8 +245,41 @@ impl Config {
                 self.cancel_grace.as_secs().to_string(),
             ),
             ("LANCER_PYTHON".into(), self.python.clone()),
-        ]
+            ("LANCER_BACKEND".into(), self.backend_name().into()),
+        ];
+        if let Some(table) = &self.task_table {
+            env.push(("LANCER_TASK_TABLE".into(), table.clone()));
+        }
+        env
     }
+}
+
+/// A variable holding a JSON object of strings; empty when unset.
+fn json_object(raw: Option<String>, name: &str) -> Result<BTreeMap<String, String>> {
+    match raw {
+        Some(json) => serde_json::from_str(&json).map_err(|err| {
+            Error::invalid(format!("{name} must be a JSON object of strings: {err}"))
+        }),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// The Jobs API URL from `RAY_ADDRESS`; `host:port` without a scheme means plain HTTP.
+fn ray_address(raw: Option<String>) -> Result<String> {
+    let raw = raw.unwrap_or_else(|| "http://127.0.0.1:8265".into());
+    let with_scheme = if raw.contains("://") {
+        raw.clone()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = url::Url::parse(&with_scheme)
+        .map_err(|err| Error::invalid(format!("RAY_ADDRESS '{raw}' is not a URL: {err}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::invalid(format!(
+            "RAY_ADDRESS must be the head's dashboard URL (http://host:8265), not '{raw}'"
+        )));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]
@@ -246,6 +329,47 @@ mod tests {
         assert!(Config::from_lookup(lookup(&[("LANCER_API_KEYS", "short=acme")])).is_err());
         assert!(
             Config::from_lookup(lookup(&[("LANCER_API_KEYS", "long-enough=Bad Tenant")])).is_err()
+        );
+        let err = Config::from_lookup(lookup(&[("LANCER_BACKEND", "slurm")])).expect_err("backend");
+        assert!(err.to_string().contains("LANCER_BACKEND"));
+        let err = Config::from_lookup(lookup(&[
+            ("LANCER_BACKEND", "ray"),
+            ("RAY_ADDRESS", "ray://head:10001"),
+        ]))
+        .expect_err("ray client address");
+        assert!(err.to_string().contains("RAY_ADDRESS"));
+    }
+
+    #[test]
+    fn the_ray_backend_takes_the_dashboard_address_with_or_without_a_scheme() {
+        let ray = |address: Option<&str>| {
+            let mut pairs = vec![("LANCER_BACKEND", "ray")];
+            pairs.extend(address.map(|a| ("RAY_ADDRESS", a)));
+            match Config::from_lookup(lookup(&pairs)).expect("valid").backend {
+                Backend::Ray(ray) => ray.address,
+                Backend::Local => panic!("ray was asked for"),
+            }
+        };
+        assert_eq!(ray(None), "http://127.0.0.1:8265");
+        let config = Config::from_lookup(lookup(&[
+            ("LANCER_BACKEND", "ray"),
+            (
+                "LANCER_RAY_ENV",
+                r#"{"LANCER_SCRIPTS": "/opt/lancer/scripts"}"#,
+            ),
+        ]))
+        .expect("valid");
+        let Backend::Ray(ray_config) = config.backend else {
+            panic!("ray was asked for")
+        };
+        assert_eq!(
+            ray_config.env.get("LANCER_SCRIPTS").map(String::as_str),
+            Some("/opt/lancer/scripts")
+        );
+        assert_eq!(ray(Some("10.0.0.5:8265")), "http://10.0.0.5:8265");
+        assert_eq!(
+            ray(Some("https://ray.example.com/")),
+            "https://ray.example.com"
         );
     }
 }

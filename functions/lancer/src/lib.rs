@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod lake;
 pub mod ports;

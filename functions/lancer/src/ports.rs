@@ -120,6 +120,14 @@ pub struct LogChunk {
     pub next_offset: u64,
 }
 
+/// An object's size and version: its ETag where the store keeps one, so a rewritten
+/// object has a new version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStat {
+    pub size: u64,
+    pub version: String,
+}
+
 /// The data lake: Lance datasets and models, and task logs, under one root.
 /// `prefix` is the tenant's folder in the lake ("" in single-tenant mode).
 #[async_trait]
@@ -141,6 +149,9 @@ pub trait Lake: Send + Sync {
 
     /// Bytes of the object at a lake-relative path from `offset`; `None` if it does not exist.
     async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>>;
+
+    /// Size and version of the object at a lake-relative path; `None` if it does not exist.
+    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>>;
 
     /// The URI a script receives for a lake-relative path (a local path or `s3://...`).
     fn uri_of(&self, path: &str) -> String;

@@ -1,5 +1,6 @@
 //! `mnist-clean`: the design's ingestion step. MNIST IDX files (plain or gzip) in,
 //! a Lance dataset of `index`, `image`, `label`, `split` out, streamed batch by batch.
+//! The input is a local folder or an `s3://` prefix.
 //!
 //! Params: `normalize` (default true), `flatten` (default true), `test_ratio` (optional),
 //! `batch_rows` (default 4096). Result: `{total_records, train, test, dropped}`.
@@ -23,12 +24,23 @@ async fn main() -> Result<()> {
     if task.input.is_empty() || task.output.is_empty() {
         bail!("mnist-clean needs an input folder of IDX files and an output dataset");
     }
-    if task.input.contains("://") {
+    // Raw files on object storage are fetched to a scratch folder first: IDX files are
+    // read front to back, and gzip streams cannot be read from the middle anyway.
+    let scratch = tempfile::Builder::new().prefix("mnist-raw-").tempdir()?;
+    let input_dir = if task.input.starts_with("s3://") {
+        let fetched = mnist::lake::fetch_folder(&task.input, &storage_options(), scratch.path())
+            .await
+            .with_context(|| format!("fetching {}", task.input))?;
+        tracing::info!(files = fetched, from = %task.input, "raw files fetched");
+        scratch.path().to_path_buf()
+    } else if task.input.contains("://") {
         bail!(
-            "mnist-clean reads IDX files from a local folder; {} is not one",
+            "mnist-clean reads IDX files from a local folder or s3://; {} is neither",
             task.input
         );
-    }
+    } else {
+        Path::new(&task.input).to_path_buf()
+    };
     let defaults = CleanOptions::default();
     let options = CleanOptions {
         normalize: task.bool_param("normalize", defaults.normalize)?,
@@ -38,7 +50,7 @@ async fn main() -> Result<()> {
             .u64_param("batch_rows")?
             .map_or(defaults.batch_rows, |n| n.max(1) as usize),
     };
-    let parts = find_parts(Path::new(&task.input))?;
+    let parts = find_parts(&input_dir)?;
     let mut progress = Progress::from_env();
     progress
         .report(json!({"fraction": 0.0, "message": format!("cleaning {} IDX parts", parts.len())}));

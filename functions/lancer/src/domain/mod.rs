@@ -1,4 +1,6 @@
-//! The domain: the task model, its state machine and request validation. No I/O here.
+//! The domain: the task model, its state machine, request validation and ingestion rules.
+//! No I/O here.
 
+pub mod ingest;
 pub mod task;
 pub mod validate;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
 
 use crate::config::ApiKeys;
+use crate::domain::ingest::IngestRules;
 use crate::domain::validate::MAX_BODY_BYTES;
 use crate::ports::{Dispatcher, Lake, TaskStore};
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod error;
 mod lake;
 mod tasks;
+pub mod uploads;
 
 pub use auth::Tenant;
 
@@ -28,6 +30,8 @@ pub struct AppState {
     pub dispatcher: Arc<dyn Dispatcher>,
     pub scripts: PathBuf,
     pub api_keys: Option<ApiKeys>,
+    /// What to run when raw data arrives (`LANCER_INGEST_RULES`).
+    pub ingest_rules: IngestRules,
 }
 
 #[derive(OpenApi)]
@@ -37,11 +41,11 @@ pub struct AppState {
         tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
         lake::list_models, lake::get_model, lake::delete_model,
-        health,
+        uploads::upload, health,
     ),
     components(schemas(error::ErrorBody, tasks::TaskList)),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "datasets"), (name = "models"))
+    tags((name = "tasks"), (name = "datasets"), (name = "models"), (name = "uploads"))
 )]
 pub struct ApiDoc;
 
@@ -75,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/datasets/{id}",
             get(lake::get_dataset).delete(lake::delete_dataset),
+        )
+        .route(
+            "/uploads/{*key}",
+            put(uploads::upload).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
         )
         .route("/models", get(lake::list_models))
         .route(

@@ -11,13 +11,16 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::Schema as ArrowSchema;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 use crate::domain::validate::{ArtifactKind, is_valid_name};
 use crate::error::{Error, Result};
-use crate::ports::{ArtifactDetail, ArtifactSummary, Field, Lake, LogChunk, ModelInfo, Version};
+use crate::ports::{
+    ArtifactDetail, ArtifactSummary, Field, Lake, LogChunk, ModelInfo, ObjectStat, Version,
+};
 
 /// Columns of a model row that `describe` reports (weights stay unread).
 const MODEL_INFO_COLUMNS: [&str; 3] = ["metrics", "params", "created_at"];
@@ -34,6 +37,26 @@ impl LanceLake {
     /// Opens the lake at a local path (created if missing) or an object-store URL.
     pub fn open(root: &str, storage_options: BTreeMap<String, String>) -> Result<Self> {
         match Url::parse(root) {
+            Ok(url) if url.scheme() == "s3" => {
+                // The environment first (AWS_* keys, region, endpoint, web identity), then
+                // the configured options on top, as Lance and pylance resolve them too.
+                let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+                for (key, value) in &storage_options {
+                    let key: AmazonS3ConfigKey = key.parse().map_err(|err| {
+                        Error::invalid(format!("LANCER_STORAGE_OPTIONS key '{key}': {err}"))
+                    })?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder
+                    .build()
+                    .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
+                Ok(Self {
+                    root: root.trim_end_matches('/').to_owned(),
+                    store: Arc::new(store),
+                    base: Path::from(url.path()),
+                    storage_options,
+                })
+            }
             Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
                 let (store, base) = object_store::parse_url_opts(&url, storage_options.iter())
                     .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
@@ -282,6 +305,24 @@ impl Lake for LanceLake {
             bytes: bytes.to_vec(),
             next_offset: size,
         }))
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>> {
+        match self.store.head(&self.object_path(path)).await {
+            Ok(meta) => Ok(Some(ObjectStat {
+                size: meta.size,
+                // Local files have no ETag; size and modification time stand in for one.
+                version: meta.e_tag.or(meta.version).unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        meta.size,
+                        meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
+                    )
+                }),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(Error::internal(err)),
+        }
     }
 
     fn uri_of(&self, path: &str) -> String {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
-use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk};
+use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk, ObjectStat};
 
 #[derive(Default)]
 pub struct MemoryLake {
@@ -88,6 +88,20 @@ impl Lake for MemoryLake {
             LogChunk {
                 bytes: bytes[start..].to_vec(),
                 next_offset: bytes.len() as u64,
+            }
+        }))
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>> {
+        use std::hash::{Hash, Hasher};
+        let objects = self.objects.lock().map_err(poisoned)?;
+        Ok(objects.get(path).map(|bytes| {
+            // Content-derived, like an ETag of a single-part upload.
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            ObjectStat {
+                size: bytes.len() as u64,
+                version: format!("{:016x}", hasher.finish()),
             }
         }))
     }

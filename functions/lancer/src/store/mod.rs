@@ -1,4 +1,5 @@
-//! TaskStore adapters: in-memory (tests, fakes) and SQLite (the embedded default).
+//! TaskStore adapters: in-memory (tests, fakes), SQLite (the embedded default) and
+//! DynamoDB (the AWS level).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -7,6 +8,7 @@ use crate::domain::task::{Change, Guard, Heartbeat, Task, apply, apply_heartbeat
 use crate::error::{Error, Resource, Result};
 use crate::ports::Created;
 
+pub mod dynamodb;
 pub mod memory;
 pub mod sqlite;
 

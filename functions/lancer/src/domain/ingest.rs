@@ -1,0 +1,252 @@
+//! Ingestion on upload: rules map a folder under a lake's `raw/` to the task that ingests
+//! it. Pure decisions only; `http::uploads` and the `ingest` function do the I/O.
+//!
+//! An upload is often several objects (MNIST is four files) and S3 may deliver an event
+//! twice (a multipart upload emits two): a rule names the files it `requires`, a task is
+//! created only once all of them are present, and its idempotency key is derived from
+//! their versions, so every event of one upload names the same task.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::task::TaskSpec;
+use super::validate::check_relative_path;
+use crate::error::{Error, Result};
+
+/// One rule of `LANCER_INGEST_RULES` (a JSON array).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRule {
+    /// Names the rule in task names and idempotency keys.
+    pub name: String,
+    /// A folder under `raw/` (lake-relative, tenant prefix excluded), e.g. `raw/mnist/`.
+    pub prefix: String,
+    /// File names under `prefix` that make a complete upload; empty: any one object is.
+    #[serde(default)]
+    pub require: Vec<String>,
+    pub script: String,
+    pub output: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestRules(Vec<IngestRule>);
+
+impl IngestRules {
+    pub fn parse(json: &str) -> Result<Self> {
+        let rules: Vec<IngestRule> = serde_json::from_str(json)
+            .map_err(|err| Error::invalid(format!("LANCER_INGEST_RULES: {err}")))?;
+        for rule in &rules {
+            check_relative_path(&format!("ingest rule {} prefix", rule.name), &rule.prefix)?;
+            if !rule.prefix.starts_with("raw/") || !rule.prefix.ends_with('/') {
+                return Err(Error::invalid(format!(
+                    "ingest rule {}: prefix must be a folder under raw/, like raw/mnist/",
+                    rule.name
+                )));
+            }
+            if rule
+                .require
+                .iter()
+                .any(|file| file.contains('/') || file.is_empty())
+            {
+                return Err(Error::invalid(format!(
+                    "ingest rule {}: require lists file names inside the prefix",
+                    rule.name
+                )));
+            }
+        }
+        Ok(Self(rules))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The rule whose prefix holds `key` (lake-relative, tenant prefix excluded); the
+    /// longest prefix wins.
+    pub fn rule_for(&self, key: &str) -> Option<&IngestRule> {
+        self.0
+            .iter()
+            .filter(|rule| key.starts_with(&rule.prefix) && key.len() > rule.prefix.len())
+            .max_by_key(|rule| rule.prefix.len())
+    }
+}
+
+impl IngestRule {
+    /// The objects that must exist before the task is created: the required files, or
+    /// the uploaded object alone.
+    pub fn required_keys(&self, uploaded: &str) -> Vec<String> {
+        if self.require.is_empty() {
+            vec![uploaded.to_owned()]
+        } else {
+            self.require
+                .iter()
+                .map(|file| format!("{}{file}", self.prefix))
+                .collect()
+        }
+    }
+
+    /// The task for a complete upload; `present` holds each required key with its version
+    /// (ETag or version id).
+    pub fn task_for(&self, uploaded: &str, present: &[(String, String)]) -> TaskSpec {
+        let mut parts: Vec<String> = present
+            .iter()
+            .map(|(key, version)| format!("{key}@{version}"))
+            .collect();
+        parts.sort();
+        let fingerprint = parts.join("\n");
+        let input = if self.require.is_empty() {
+            uploaded.to_owned()
+        } else {
+            self.prefix.clone()
+        };
+        TaskSpec {
+            name: format!("ingest-{}", self.name),
+            script: self.script.clone(),
+            input,
+            output: self.output.clone(),
+            params: self.params.clone(),
+            resources: Default::default(),
+            max_attempts: 1,
+            idempotency_key: Some(format!(
+                "ingest:{}:{:016x}{:016x}",
+                self.name,
+                fnv1a(fingerprint.as_bytes(), FNV_OFFSET),
+                fnv1a(fingerprint.as_bytes(), FNV_OFFSET ^ 0x5bd1_e995)
+            )),
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: stable across builds and releases, as a stored key must be.
+fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(seed, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Splits an object key of the lake into its tenant (multi-tenant lakes keep each tenant
+/// under `tenants/<name>/`) and the key within that tenant's folder.
+pub fn split_tenant(key: &str) -> (Option<&str>, &str) {
+    match key
+        .strip_prefix("tenants/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((tenant, rest)) => (Some(tenant), rest),
+        None => (None, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> IngestRules {
+        IngestRules::parse(
+            r#"[
+              {"name": "mnist", "prefix": "raw/mnist/", "script": "mnist/bin/mnist-clean",
+               "output": "mnist_clean", "params": {"normalize": true},
+               "require": ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]},
+              {"name": "any", "prefix": "raw/", "script": "ingest.py", "output": "things"}
+            ]"#,
+        )
+        .expect("valid rules")
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_picks_the_rule() {
+        let rules = rules();
+        assert_eq!(
+            rules
+                .rule_for("raw/mnist/train-images-idx3-ubyte.gz")
+                .map(|r| r.name.as_str()),
+            Some("mnist")
+        );
+        assert_eq!(
+            rules.rule_for("raw/other.csv").map(|r| r.name.as_str()),
+            Some("any")
+        );
+        assert_eq!(rules.rule_for("datasets/x.lance/data"), None);
+        assert_eq!(
+            rules.rule_for("raw/mnist/").map(|r| r.name.as_str()),
+            Some("any")
+        );
+    }
+
+    #[test]
+    fn every_event_of_one_upload_names_the_same_task_and_a_new_upload_another() {
+        let rules = rules();
+        let rule = rules.rule_for("raw/mnist/x").expect("rule");
+        let present = vec![
+            (
+                "raw/mnist/train-images-idx3-ubyte.gz".to_owned(),
+                "etag-1".to_owned(),
+            ),
+            (
+                "raw/mnist/train-labels-idx1-ubyte.gz".to_owned(),
+                "etag-2".to_owned(),
+            ),
+        ];
+        let reversed: Vec<_> = present.iter().rev().cloned().collect();
+        let first = rule.task_for("raw/mnist/train-images-idx3-ubyte.gz", &present);
+        let second = rule.task_for("raw/mnist/train-labels-idx1-ubyte.gz", &reversed);
+        assert_eq!(first.idempotency_key, second.idempotency_key);
+        assert_eq!(first.input, "raw/mnist/");
+        assert_eq!(first.output, "mnist_clean");
+        assert_eq!(first.params["normalize"], true);
+        let mut reuploaded = present.clone();
+        reuploaded[0].1 = "etag-3".into();
+        assert_ne!(
+            rule.task_for("raw/mnist/x", &reuploaded).idempotency_key,
+            first.idempotency_key
+        );
+        let key = first.idempotency_key.expect("key");
+        assert!(key.len() <= 255 && key.starts_with("ingest:mnist:"));
+    }
+
+    #[test]
+    fn a_rule_without_requirements_ingests_each_object() {
+        let rules = rules();
+        let rule = rules.rule_for("raw/a.csv").expect("rule");
+        assert_eq!(rule.required_keys("raw/a.csv"), ["raw/a.csv"]);
+        assert_eq!(rule.task_for("raw/a.csv", &[]).input, "raw/a.csv");
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_reason() {
+        for (json, why) in [
+            (
+                r#"[{"name":"x","prefix":"datasets/","script":"s","output":"o"}]"#,
+                "under raw/",
+            ),
+            (
+                r#"[{"name":"x","prefix":"raw/a","script":"s","output":"o"}]"#,
+                "under raw/",
+            ),
+            (
+                r#"[{"name":"x","prefix":"raw/a/","script":"s","output":"o","require":["b/c"]}]"#,
+                "file names",
+            ),
+            (
+                r#"[{"name":"x","prefix":"raw/../","script":"s","output":"o"}]"#,
+                "..",
+            ),
+            (r#"{"name":"x"}"#, "LANCER_INGEST_RULES"),
+        ] {
+            let err = IngestRules::parse(json).expect_err(json);
+            assert!(err.to_string().contains(why), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_folders_are_split_off_keys() {
+        assert_eq!(
+            split_tenant("tenants/acme/raw/a.csv"),
+            (Some("acme"), "raw/a.csv")
+        );
+        assert_eq!(split_tenant("raw/a.csv"), (None, "raw/a.csv"));
+    }
+}

@@ -1,0 +1,446 @@
+//! The DynamoDB TaskStore of the AWS level. One table keyed by task id holds the records
+//! (the whole task as JSON in `body`, plus the attributes the indexes and conditions need);
+//! `by_tenant` (tenant, id) lists a tenant's tasks newest first, `by_status` (status, id)
+//! serves dispatchers and sweepers across tenants. Task ids are UUIDv7, so id order is
+//! creation order. Idempotency keys are reserved by items `key#<tenant>#<key>` written in
+//! the same transaction as the task; they carry no tenant or status, so no index sees them.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem,
+};
+use chrono::{DateTime, Utc};
+
+use super::{
+    decode_page_token, encode_page_token, existing_for_key, next_heartbeat, next_record,
+    page_limit, task_not_found,
+};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::error::{Error, Result};
+use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
+
+pub const BY_TENANT: &str = "by_tenant";
+pub const BY_STATUS: &str = "by_status";
+/// Finished tasks carry `expires_at` (epoch seconds) for the table's TTL.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+const FINISHED_TASK_TTL_DAYS: i64 = 90;
+
+type Item = HashMap<String, AttributeValue>;
+
+pub struct DynamoTaskStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoTaskStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Creates the table with its two indexes and TTL, as `infra/template.yaml` declares it
+    /// (for the local stack and tests; on AWS the template owns the table).
+    pub async fn create_table(client: &Client, table: &str) -> Result<()> {
+        let string_key = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(Error::internal)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(Error::internal)
+        };
+        let index = |name: &str, hash: &str| -> Result<GlobalSecondaryIndex> {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(hash, KeyType::Hash)?)
+                .key_schema(key("id", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(Error::internal)
+        };
+        client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(string_key("id")?)
+            .attribute_definitions(string_key("tenant")?)
+            .attribute_definitions(string_key("status")?)
+            .key_schema(key("id", KeyType::Hash)?)
+            .global_secondary_indexes(index(BY_TENANT, "tenant")?)
+            .global_secondary_indexes(index(BY_STATUS, "status")?)
+            .send()
+            .await
+            .map_err(|err| aws_error("CreateTable", err))?;
+        client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .build()
+                    .map_err(Error::internal)?,
+            )
+            .send()
+            .await
+            .map_err(|err| aws_error("UpdateTimeToLive", err))?;
+        Ok(())
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<Task>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", AttributeValue::S(id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| aws_error("GetItem", err))?;
+        output.item().map(task_of).transpose()
+    }
+
+    /// Reads, decides, and writes the record only if it still has the status and attempt
+    /// it was read with.
+    async fn update<F>(&self, id: &str, decide: F) -> Result<Task>
+    where
+        F: FnOnce(&Task) -> Result<Task>,
+    {
+        let current = self.read(id).await?.ok_or_else(|| task_not_found(id))?;
+        let next = decide(&current)?;
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_of(&next)?))
+            .condition_expression("#status = :status AND attempt = :attempt")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(current.status.as_str()))
+            .expression_attribute_values(":attempt", n(current.attempt))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(next),
+            Err(err) if is_condition_failure(&err) => Err(Error::Conflict(format!(
+                "task {id} changed during the update"
+            ))),
+            Err(err) => Err(aws_error("PutItem", err)),
+        }
+    }
+
+    async fn create_keyed(&self, task: Task, key: &str) -> Result<Created> {
+        let reservation = key_item_id(&task.tenant, key);
+        let put = |item: Item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(id)")
+                .build()
+                .map_err(Error::internal)
+        };
+        let reserve = HashMap::from([
+            ("id".to_owned(), s(&reservation)),
+            ("task_id".to_owned(), s(&task.id)),
+        ]);
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put(reserve)?).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(put(item_of(&task)?)?)
+                    .build(),
+            )
+            .send()
+            .await;
+        let err = match written {
+            Ok(_) => return Ok(Created::New(task)),
+            Err(err) => err,
+        };
+        let canceled = err
+            .as_service_error()
+            .is_some_and(|e| e.is_transaction_canceled_exception());
+        if !canceled {
+            return Err(aws_error("TransactWriteItems", err));
+        }
+        // The key (or, never in practice, the id) is taken: answer with its holder.
+        let holder = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", s(&reservation))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| aws_error("GetItem", err))?;
+        let holder_id = holder
+            .item()
+            .and_then(|item| item.get("task_id"))
+            .and_then(|value| value.as_s().ok())
+            .cloned();
+        match holder_id {
+            Some(id) => match self.read(&id).await? {
+                Some(existing) => existing_for_key(existing, &task),
+                None => Err(Error::internal(format!(
+                    "idempotency key of task {id} outlived its task"
+                ))),
+            },
+            None => Err(Error::Conflict(format!("task {} already exists", task.id))),
+        }
+    }
+
+    /// One index query, newest first, below `before`; the filter applies after DynamoDB's
+    /// page limit, so pages are read until `want` records are found or none are left.
+    async fn query_index(
+        &self,
+        index: &str,
+        hash: (&str, &str),
+        before: Option<&str>,
+        status_filter: Option<TaskStatus>,
+        want: usize,
+    ) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .scan_index_forward(false)
+                .limit(want.min(MAX_QUERY_PAGE) as i32)
+                .expression_attribute_names("#hash", hash.0)
+                .expression_attribute_values(":hash", s(hash.1))
+                .set_exclusive_start_key(start.take());
+            query = match before {
+                Some(before) => query
+                    .key_condition_expression("#hash = :hash AND id < :before")
+                    .expression_attribute_values(":before", s(before)),
+                None => query.key_condition_expression("#hash = :hash"),
+            };
+            if let Some(status) = status_filter {
+                query = query
+                    .filter_expression("#status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()));
+            }
+            let page = query.send().await.map_err(|err| aws_error("Query", err))?;
+            for item in page.items() {
+                tasks.push(task_of(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if tasks.len() < want => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        tasks.truncate(want);
+        Ok(tasks)
+    }
+
+    /// Every task, newest first: a scan, for the rare listing across tenants and states.
+    async fn scan_all(&self, before: Option<&str>) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("attribute_exists(tenant)")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|err| aws_error("Scan", err))?;
+            for item in page.items() {
+                tasks.push(task_of(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        tasks.retain(|task| before.is_none_or(|before| task.id.as_str() < before));
+        tasks.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(tasks)
+    }
+}
+
+/// DynamoDB reads at most 1 MB per page anyway; this bounds each round trip.
+const MAX_QUERY_PAGE: usize = 500;
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn key_item_id(tenant: &str, key: &str) -> String {
+    format!("key#{tenant}#{key}")
+}
+
+fn item_of(task: &Task) -> Result<Item> {
+    let mut item = HashMap::from([
+        ("id".to_owned(), s(&task.id)),
+        ("tenant".to_owned(), s(&task.tenant)),
+        ("status".to_owned(), s(task.status.as_str())),
+        ("attempt".to_owned(), n(task.attempt)),
+        (
+            "body".to_owned(),
+            s(&serde_json::to_string(task).map_err(Error::internal)?),
+        ),
+    ]);
+    if let Some(at) = task.heartbeat_at {
+        item.insert("heartbeat_ms".into(), n(at.timestamp_millis()));
+    }
+    if let Some(finished) = task.finished_at {
+        let expires = finished + chrono::Duration::days(FINISHED_TASK_TTL_DAYS);
+        item.insert(TTL_ATTRIBUTE.into(), n(expires.timestamp()));
+    }
+    Ok(item)
+}
+
+fn task_of(item: &Item) -> Result<Task> {
+    let body = item
+        .get("body")
+        .and_then(|value| value.as_s().ok())
+        .ok_or_else(|| Error::internal("task item without a body"))?;
+    serde_json::from_str(body).map_err(Error::internal)
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
+/// AWS failures are internal: the detail goes to the log, never to a client.
+fn aws_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+    operation: &str,
+    err: SdkError<E, R>,
+) -> Error {
+    Error::internal(format!(
+        "DynamoDB {operation}: {}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(err)
+    ))
+}
+
+#[async_trait]
+impl TaskStore for DynamoTaskStore {
+    async fn create(&self, task: Task) -> Result<Created> {
+        if let Some(key) = task.spec.idempotency_key.clone() {
+            return self.create_keyed(task, &key).await;
+        }
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_of(&task)?))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(Created::New(task)),
+            Err(err) if is_condition_failure(&err) => {
+                Err(Error::Conflict(format!("task {} already exists", task.id)))
+            }
+            Err(err) => Err(aws_error("PutItem", err)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Task>> {
+        if id.starts_with("key#") {
+            return Ok(None); // a reservation, not a task
+        }
+        self.read(id).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
+        let before = query
+            .page_token
+            .as_deref()
+            .map(decode_page_token)
+            .transpose()?;
+        let limit = page_limit(query.limit);
+        // One more than asked tells whether another page exists.
+        let want = limit + 1;
+        let mut tasks = match (&query.tenant, query.status) {
+            (Some(tenant), status) => {
+                self.query_index(
+                    BY_TENANT,
+                    ("tenant", tenant),
+                    before.as_deref(),
+                    status,
+                    want,
+                )
+                .await?
+            }
+            (None, Some(status)) => {
+                self.query_index(
+                    BY_STATUS,
+                    ("status", status.as_str()),
+                    before.as_deref(),
+                    None,
+                    want,
+                )
+                .await?
+            }
+            (None, None) => self.scan_all(before.as_deref()).await?,
+        };
+        let next_page_token = if tasks.len() > limit {
+            tasks.truncate(limit);
+            tasks.last().map(|last| encode_page_token(&last.id))
+        } else {
+            None
+        };
+        Ok(TaskPage {
+            tasks,
+            next_page_token,
+        })
+    }
+
+    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {
+        self.update(id, move |current| next_record(current, guard, change))
+            .await
+    }
+
+    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task> {
+        self.update(id, move |current| next_heartbeat(current, attempt, &beat))
+            .await
+    }
+
+    async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>> {
+        let running = self
+            .query_index(
+                BY_STATUS,
+                ("status", TaskStatus::Running.as_str()),
+                None,
+                None,
+                usize::MAX,
+            )
+            .await?;
+        Ok(running
+            .into_iter()
+            .filter(|task| task.heartbeat_at.is_none_or(|at| at < cutoff))
+            .collect())
+    }
+}

@@ -1,0 +1,206 @@
+//! The AWS level end to end: the real `lancer-api`, `lancer-ingest` and `lancer-sweeper`
+//! binaries run as Lambda functions against a Runtime API emulator, with a DynamoDB task
+//! table and a Lance lake on S3 in the local AWS stack (`eval "$(localstack/up)"`), and S3's
+//! own event notifications delivered through SQS.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lancer::domain::task::{Change, Task, TaskSpec};
+use lancer::ports::TaskStore;
+use lancer::store::dynamodb::DynamoTaskStore;
+use lancer_tests::aws::{
+    create_bucket, drain_queue, dynamodb_client, notify_queue_of_uploads, put_object, sqs_event,
+    unique_name,
+};
+use lancer_tests::lambda::LambdaFunction;
+use lancer_tests::server::{bin_dir, python};
+use serde_json::{Value, json};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// A fresh table and bucket, and the environment every function of this deployment shares.
+async fn deployment() -> (DynamoTaskStore, String, Vec<(&'static str, String)>) {
+    let client = dynamodb_client().await;
+    let table = unique_name("tasks");
+    DynamoTaskStore::create_table(&client, &table)
+        .await
+        .expect("create table");
+    let bucket = unique_name("lake");
+    create_bucket(&bucket).await;
+    let runner = bin_dir().join("lancer-runner");
+    let env = vec![
+        ("LANCER_TASK_TABLE", table.clone()),
+        ("LANCER_LAKE", format!("s3://{bucket}")),
+        ("LANCER_SCRIPTS", repo_root().to_string_lossy().into_owned()),
+        ("LANCER_RUNNER", runner.to_string_lossy().into_owned()),
+        ("LANCER_PYTHON", python()),
+        ("LANCER_MNIST_BIN", bin_dir().to_string_lossy().into_owned()),
+        ("LANCER_LEASE_SECS", "5".into()),
+    ];
+    (DynamoTaskStore::new(client, table), bucket, env)
+}
+
+async fn wait_for_task(api: &LambdaFunction, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, task) = api.http("GET", &format!("/api/v1/tasks/{id}"), None).await;
+        assert_eq!(status, 200, "{task}");
+        if task["finished_at"].is_string() {
+            return task;
+        }
+        assert!(Instant::now() < deadline, "task never finished: {task:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_api_function_answers_api_gateway_events_from_dynamodb() {
+    let (_store, _bucket, env) = deployment().await;
+    let api = LambdaFunction::start(&bin_dir().join("lancer-api"), "api", &env).await;
+    let spec = json!({"name": "noop", "script": "tests/bench/noop.py"});
+    let (status, created) = api.http("POST", "/api/v1/tasks", Some(&spec)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let (status, listed) = api.http("GET", "/api/v1/tasks?limit=10", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["tasks"][0]["id"], id);
+    let (status, missing) = api.http("GET", "/api/v1/tasks/nope", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "TASK_NOT_FOUND");
+    let (status, bad) = api
+        .http("POST", "/api/v1/tasks", Some(&json!({"name": "x"})))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["code"], "INVALID_REQUEST");
+    // The task was dispatched by the function and ran: DynamoDB shows the runner's outcome.
+    let done = wait_for_task(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_scheduled_sweeper_fails_a_task_whose_runner_went_silent() {
+    let (store, _bucket, env) = deployment().await;
+    let spec: TaskSpec =
+        serde_json::from_value(json!({"name": "lost", "script": "x.py"})).expect("spec");
+    let task = Task::new(
+        "01900000-0000-7000-8000-000000000001".into(),
+        "default".into(),
+        spec,
+        String::new(),
+        String::new(),
+        "logs/lost.log".into(),
+        chrono::Utc::now(),
+    );
+    store.create(task.clone()).await.expect("create");
+    let running = store
+        .transition(
+            &task.id,
+            task.guard(),
+            Change::Start {
+                backend: "local".into(),
+            },
+        )
+        .await
+        .expect("start");
+    // Its runner never heartbeats; after the 5 s lease the next scheduled run ends it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sweeper = LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await;
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    assert_eq!(sweeper.invoke(scheduled).await, Ok(json!({"swept": true})));
+    let swept = store.get(&running.id).await.expect("get").expect("exists");
+    assert_eq!(swept.status.as_str(), "failed");
+    assert_eq!(swept.error.expect("error").code, "LEASE_EXPIRED");
+    sweeper.stop().await;
+}
+
+#[tokio::test]
+async fn uploading_mnist_to_the_bucket_ingests_it_once_and_the_api_lists_the_dataset() {
+    let (store, bucket, mut env) = deployment().await;
+    env.push((
+        "LANCER_INGEST_RULES",
+        json!([{
+            "name": "mnist", "prefix": "raw/mnist/", "script": "mnist/bin/mnist-clean",
+            "output": "mnist_clean", "params": {"normalize": true, "flatten": true},
+            "require": ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        }])
+        .to_string(),
+    ));
+    let (queue, queue_arn) = notify_queue_of_uploads(&bucket, "raw/").await;
+    let ingest = LambdaFunction::start(&bin_dir().join("lancer-ingest"), "ingest", &env).await;
+    let api = LambdaFunction::start(&bin_dir().join("lancer-api"), "api", &env).await;
+
+    // The real digits, as fetch-data writes them, uploaded to the bucket one by one.
+    let raw = tempfile::tempdir().expect("tempdir");
+    let fetched = std::process::Command::new(repo_root().join("mnist/fetch-data"))
+        .arg("--lake")
+        .arg(raw.path())
+        .status()
+        .expect("run fetch-data");
+    assert!(fetched.success());
+    for entry in std::fs::read_dir(raw.path().join("raw/mnist")).expect("raw files") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        put_object(
+            &bucket,
+            &format!("raw/mnist/{name}"),
+            std::fs::read(&path).expect("read"),
+        )
+        .await;
+    }
+
+    // S3 notified the queue; each message reaches the function as SQS would deliver it,
+    // every one twice, as S3's at-least-once delivery allows.
+    let messages = drain_queue(&queue, Duration::from_secs(3)).await;
+    assert!(
+        messages.len() >= 4,
+        "one notification per upload: {messages:#?}"
+    );
+    let mut created = Vec::new();
+    for message in messages.iter().chain(messages.iter()) {
+        let answer = ingest
+            .invoke(sqs_event(&queue_arn, std::slice::from_ref(message)))
+            .await
+            .expect("ingest handles the event");
+        for id in answer["created"].as_array().expect("created") {
+            created.push(id.as_str().expect("id").to_owned());
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one ingestion task: {created:?}");
+    let listed = store
+        .list(&lancer::ports::ListQuery {
+            tenant: Some("default".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.tasks.len(), 1, "nothing else was created");
+
+    let done = wait_for_task(&api, &created[0], Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["result"]["total_records"], 10_000);
+    let (status, datasets) = api.http("GET", "/api/v1/datasets", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(datasets[0]["id"], "mnist_clean", "{datasets:#}");
+    assert_eq!(datasets[0]["num_rows"], 10_000);
+    assert!(
+        datasets[0]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("s3://{bucket}/datasets/"))),
+        "{datasets:#}"
+    );
+    ingest.stop().await;
+    api.stop().await;
+}
