@@ -118,8 +118,8 @@ async fn python_and_executable_tasks_complete_as_ray_jobs_with_results_and_logs(
     server.stop().await;
 }
 
-#[tokio::test]
-async fn cancelling_a_running_task_stops_its_ray_job() {
+/// A server on the real head and a task of it that is running and reporting progress.
+async fn a_slow_task_running_on_ray() -> (Server, String) {
     let server = ray_server(&[("slow.py", SLOW_PY, false)], &ray_address()).await;
     let id = id_of(
         &server
@@ -129,6 +129,12 @@ async fn cancelling_a_running_task_stops_its_ray_job() {
     server
         .wait_until(&id, Duration::from_secs(90), |t| t["progress"].is_object())
         .await;
+    (server, id)
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_stops_its_ray_job() {
+    let (server, id) = a_slow_task_running_on_ray().await;
     assert_eq!(
         server.post(&format!("/tasks/{id}/cancel")).await.status(),
         200
@@ -141,15 +147,7 @@ async fn cancelling_a_running_task_stops_its_ray_job() {
 
 #[tokio::test]
 async fn a_ray_job_stopped_outside_lancer_ends_its_task_failed_with_rays_message() {
-    let server = ray_server(&[("slow.py", SLOW_PY, false)], &ray_address()).await;
-    let id = id_of(
-        &server
-            .submit(&json!({"name": "slow", "script": "slow.py", "resources": {"cpus": 0.5}}))
-            .await,
-    );
-    server
-        .wait_until(&id, Duration::from_secs(90), |t| t["progress"].is_object())
-        .await;
+    let (server, id) = a_slow_task_running_on_ray().await;
     let stopped = reqwest::Client::new()
         .post(format!("{}/api/jobs/{id}-1/stop", ray_address()))
         .send()

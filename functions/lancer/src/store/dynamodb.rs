@@ -18,8 +18,8 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_page_token, encode_page_token, existing_for_key, next_heartbeat, next_record,
-    page_limit, task_not_found,
+    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
+    task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -383,7 +383,7 @@ impl TaskStore for DynamoTaskStore {
         let limit = page_limit(query.limit);
         // One more than asked tells whether another page exists.
         let want = limit + 1;
-        let mut tasks = match (&query.tenant, query.status) {
+        let tasks = match (&query.tenant, query.status) {
             (Some(tenant), status) => {
                 self.query_index(
                     BY_TENANT,
@@ -406,16 +406,7 @@ impl TaskStore for DynamoTaskStore {
             }
             (None, None) => self.scan_all(before.as_deref()).await?,
         };
-        let next_page_token = if tasks.len() > limit {
-            tasks.truncate(limit);
-            tasks.last().map(|last| encode_page_token(&last.id))
-        } else {
-            None
-        };
-        Ok(TaskPage {
-            tasks,
-            next_page_token,
-        })
+        Ok(page_of(tasks, limit))
     }
 
     async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {

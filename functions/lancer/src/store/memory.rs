@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_page_token, encode_page_token, existing_for_key, next_heartbeat, next_record,
-    page_limit, task_not_found,
+    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
+    task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -67,7 +67,7 @@ impl TaskStore for MemoryTaskStore {
             .map(decode_page_token)
             .transpose()?;
         let limit = page_limit(query.limit);
-        let mut matching = state
+        let tasks: Vec<Task> = state
             .tasks
             .values()
             .rev()
@@ -78,16 +78,11 @@ impl TaskStore for MemoryTaskStore {
                     .as_deref()
                     .is_none_or(|tenant| task.tenant == tenant)
             })
-            .filter(|task| query.status.is_none_or(|status| task.status == status));
-        let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
-        let next_page_token = match (tasks.last(), matching.next()) {
-            (Some(last), Some(_)) => Some(encode_page_token(&last.id)),
-            _ => None,
-        };
-        Ok(TaskPage {
-            tasks,
-            next_page_token,
-        })
+            .filter(|task| query.status.is_none_or(|status| task.status == status))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(page_of(tasks, limit))
     }
 
     async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {

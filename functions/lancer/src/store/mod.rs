@@ -68,3 +68,18 @@ pub fn task_not_found(id: &str) -> Error {
 pub fn page_limit(limit: usize) -> usize {
     limit.clamp(1, MAX_PAGE)
 }
+
+/// A page from up to `limit + 1` tasks, newest first: the extra one only says that
+/// another page exists, and the token points past the last task served.
+pub fn page_of(mut tasks: Vec<Task>, limit: usize) -> crate::ports::TaskPage {
+    let next_page_token = if tasks.len() > limit {
+        tasks.truncate(limit);
+        tasks.last().map(|last| encode_page_token(&last.id))
+    } else {
+        None
+    };
+    crate::ports::TaskPage {
+        tasks,
+        next_page_token,
+    }
+}

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    decode_page_token, encode_page_token, existing_for_key, next_heartbeat, next_record,
-    page_limit, task_not_found,
+    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
+    task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -218,20 +218,11 @@ impl TaskStore for SqliteTaskStore {
                 .map_err(Error::internal)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Error::internal)?;
-            let mut tasks = bodies
+            let tasks = bodies
                 .iter()
                 .map(|body| from_json(body))
                 .collect::<Result<Vec<_>>>()?;
-            let next_page_token = if tasks.len() > limit {
-                tasks.truncate(limit);
-                tasks.last().map(|last| encode_page_token(&last.id))
-            } else {
-                None
-            };
-            Ok(TaskPage {
-                tasks,
-                next_page_token,
-            })
+            Ok(page_of(tasks, limit))
         })
         .await
     }
