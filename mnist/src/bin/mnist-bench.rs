@@ -24,7 +24,8 @@ const PYTORCH_SECONDS_PER_EPOCH: f64 = 14.0;
 
 struct Options {
     raw: PathBuf,
-    epochs: u64,
+    /// `None`: the trainer's own default, as the pipeline runs it.
+    epochs: Option<u64>,
     requests: usize,
     scale: Option<PathBuf>,
     clean_only: bool,
@@ -33,7 +34,7 @@ struct Options {
 fn parse_args() -> Result<Options> {
     let mut options = Options {
         raw: PathBuf::new(),
-        epochs: 5,
+        epochs: None,
         requests: 2_000,
         scale: None,
         clean_only: false,
@@ -43,7 +44,7 @@ fn parse_args() -> Result<Options> {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--raw" => options.raw = value()?.into(),
-            "--epochs" => options.epochs = value()?.parse().context("--epochs")?,
+            "--epochs" => options.epochs = Some(value()?.parse().context("--epochs")?),
             "--requests" => options.requests = value()?.parse().context("--requests")?,
             "--scale" => options.scale = Some(value()?.into()),
             "--only" if value()? == "clean" => options.clean_only = true,
@@ -216,20 +217,25 @@ fn repeated(dir: &Path, times: usize, into: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn train(work: &Path, epochs: u64) -> Result<PathBuf> {
+async fn train(work: &Path, epochs: Option<u64>) -> Result<PathBuf> {
     let model = work.join("models/mnist_cnn.lance");
+    let (params, what) = match epochs {
+        Some(epochs) => (
+            json!({ "epochs": epochs }),
+            format!("{epochs} epochs, other params default"),
+        ),
+        None => (json!({}), "default params".to_owned()),
+    };
     let job = start_job(
         work,
         "mnist-train",
         &work.join("datasets/mnist.lance"),
         &model,
-        json!({"epochs": epochs}),
+        params,
     )
     .await?;
     let done = job.finish().await?;
-    println!(
-        "\ntrain, default params ({epochs} epochs): seconds per epoch beside PyTorch's example"
-    );
+    println!("\ntrain, {what}: seconds per epoch beside PyTorch's example");
     println!("epoch   seconds   PyTorch   accuracy   test loss");
     let mut seconds = Vec::new();
     for line in &done.progress {
