@@ -26,6 +26,14 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// This repository, whose `mnist/` and `tests/bench/` the end-to-end tests use as scripts.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
+}
+
 /// The Python interpreter for script tasks: `LANCER_PYTHON`, else the repo's `.venv`.
 pub fn python() -> String {
     if let Ok(python) = std::env::var("LANCER_PYTHON") {

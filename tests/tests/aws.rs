@@ -3,7 +3,6 @@
 //! table and a Lance lake on S3 in the local AWS stack (`eval "$(localstack/up)"`), and S3's
 //! own event notifications delivered through SQS.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lancer::domain::task::{Change, Task, TaskSpec};
@@ -14,15 +13,8 @@ use lancer_tests::aws::{
     unique_name,
 };
 use lancer_tests::lambda::LambdaFunction;
-use lancer_tests::server::{bin_dir, python};
+use lancer_tests::server::{bin_dir, python, repo_root};
 use serde_json::{Value, json};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repo root")
-}
 
 /// A fresh table and bucket, and the environment every function of this deployment shares.
 async fn deployment() -> (DynamoTaskStore, String, Vec<(&'static str, String)>) {

@@ -1,19 +1,12 @@
 //! The MNIST reference workload as platform tasks, through a real `lancer serve` whose
 //! scripts folder is this repository: fetch -> clean -> features -> train -> serve -> browser.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use lancer_tests::server::{Server, bin_dir};
+use lancer_tests::server::{Server, bin_dir, repo_root};
 use mnist::idx::{ImageReader, PIXELS, read_labels};
 use serde_json::{Value, json};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repo root")
-}
 
 fn fetch_data(lake: &Path) {
     let status = std::process::Command::new(repo_root().join("mnist/fetch-data"))

@@ -160,20 +160,31 @@ impl Inner {
         }
     }
 
-    /// The job's state; `None` if Ray has no such job.
-    async fn job(&self, submission_id: &str) -> Result<Option<JobInfo>, RayError> {
-        match self.send(self.http.get(self.jobs_url(submission_id))).await {
-            Ok(info) => serde_json::from_value(info.clone())
-                .map(Some)
-                .map_err(|err| {
-                    RayError::Broken(
-                        StatusCode::OK,
-                        format!("unexpected job info ({err}): {info}"),
-                    )
-                }),
+    /// A request about one job; `None` when Ray has no such job.
+    async fn about_job(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, RayError> {
+        match self.send(request).await {
+            Ok(body) => Ok(Some(body)),
             Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// The job's state; `None` if Ray has no such job.
+    async fn job(&self, submission_id: &str) -> Result<Option<JobInfo>, RayError> {
+        let Some(info) = self
+            .about_job(self.http.get(self.jobs_url(submission_id)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_value(info.clone())
+            .map(Some)
+            .map_err(|err| {
+                RayError::Broken(
+                    StatusCode::OK,
+                    format!("unexpected job info ({err}): {info}"),
+                )
+            })
     }
 
     async fn submit_job(&self, task: &Task) -> Result<(), RayError> {
@@ -287,19 +298,14 @@ impl Dispatcher for RayDispatcher {
     async fn cancel(&self, task: &Task) -> Result<()> {
         let inner = &self.inner;
         let submission_id = submission_id(task);
-        match inner
-            .send(
-                inner
-                    .http
-                    .post(inner.jobs_url(&format!("{submission_id}/stop"))),
-            )
+        let stop = inner
+            .http
+            .post(inner.jobs_url(&format!("{submission_id}/stop")));
+        inner
+            .about_job(stop)
             .await
-        {
-            Ok(_) | Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(()),
-            Err(err) => Err(Error::internal(format!(
-                "cannot stop Ray job {submission_id}: {err}"
-            ))),
-        }
+            .map(|_| ())
+            .map_err(|err| Error::internal(format!("cannot stop Ray job {submission_id}: {err}")))
     }
 
     async fn reconcile(&self) -> Result<()> {
@@ -335,16 +341,11 @@ impl Dispatcher for RayDispatcher {
     async fn logs(&self, task: &Task) -> Result<Option<String>> {
         let inner = &self.inner;
         let submission_id = submission_id(task);
-        match inner
-            .send(
-                inner
-                    .http
-                    .get(inner.jobs_url(&format!("{submission_id}/logs"))),
-            )
-            .await
-        {
-            Ok(body) => Ok(body["logs"].as_str().map(str::to_owned)),
-            Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
+        let logs = inner
+            .http
+            .get(inner.jobs_url(&format!("{submission_id}/logs")));
+        match inner.about_job(logs).await {
+            Ok(body) => Ok(body.and_then(|body| body["logs"].as_str().map(str::to_owned))),
             Err(err) => Err(Error::internal(format!(
                 "cannot read the logs of Ray job {submission_id}: {err}"
             ))),

@@ -18,8 +18,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
-    task_not_found,
+    existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -375,11 +374,7 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
-        let before = query
-            .page_token
-            .as_deref()
-            .map(decode_page_token)
-            .transpose()?;
+        let before = page_start(query)?;
         let limit = page_limit(query.limit);
         // One more than asked tells whether another page exists.
         let want = limit + 1;

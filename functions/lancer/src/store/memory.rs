@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
-    task_not_found,
+    existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -61,11 +60,7 @@ impl TaskStore for MemoryTaskStore {
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
         let state = self.lock()?;
-        let before = query
-            .page_token
-            .as_deref()
-            .map(decode_page_token)
-            .transpose()?;
+        let before = page_start(query)?;
         let limit = page_limit(query.limit);
         let tasks: Vec<Task> = state
             .tasks

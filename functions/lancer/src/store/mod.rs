@@ -19,6 +19,15 @@ pub fn encode_page_token(last_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(last_id)
 }
 
+/// The id a listing continues below, from the query's page token.
+pub fn page_start(query: &crate::ports::ListQuery) -> Result<Option<String>> {
+    query
+        .page_token
+        .as_deref()
+        .map(decode_page_token)
+        .transpose()
+}
+
 pub fn decode_page_token(token: &str) -> Result<String> {
     URL_SAFE_NO_PAD
         .decode(token)

@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    decode_page_token, existing_for_key, next_heartbeat, next_record, page_limit, page_of,
-    task_not_found,
+    existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
 };
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
@@ -194,11 +193,7 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
-        let before = query
-            .page_token
-            .as_deref()
-            .map(decode_page_token)
-            .transpose()?;
+        let before = page_start(query)?;
         let tenant = query.tenant.clone();
         let status = query.status.map(TaskStatus::as_str);
         let limit = page_limit(query.limit);
