@@ -27,11 +27,18 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// This repository, whose `mnist/` and `tests/bench/` the end-to-end tests use as scripts.
+///
+/// Read at run time: cargo sets `CARGO_MANIFEST_DIR` for the tests it runs, and a test
+/// binary reused from a shared target dir may have been built in another checkout, so
+/// the path compiled into it can name a folder that no longer exists.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .join("..")
         .canonicalize()
-        .expect("repo root")
+        .unwrap_or_else(|e| panic!("repo root {}: {e}", manifest_dir.display()))
 }
 
 /// The Python interpreter for script tasks: `LANCER_PYTHON`, else the repo's `.venv`.
@@ -39,7 +46,7 @@ pub fn python() -> String {
     if let Ok(python) = std::env::var("LANCER_PYTHON") {
         return python;
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let venv = repo_root().join(".venv/bin/python");
     if venv.exists() {
         venv.to_string_lossy().into_owned()
     } else {
