@@ -339,7 +339,10 @@ pub async fn tenants_see_only_their_own_prefix(f: LakeFixture) {
 
 pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
     assert_eq!(
-        f.lake.read_from("logs/none.log", 0).await.expect("read"),
+        f.lake
+            .read_from("logs/none.log", 0, 100)
+            .await
+            .expect("read"),
         None
     );
     f.lake
@@ -352,22 +355,30 @@ pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
         .expect("put");
     let all = f
         .lake
-        .read_from("logs/t.log", 0)
+        .read_from("logs/t.log", 0, 100)
         .await
         .expect("read")
         .expect("exists");
     assert_eq!(all.bytes, b"hello world\n");
-    assert_eq!(all.next_offset, 12);
+    assert_eq!((all.next_offset, all.size), (12, 12));
     let tail = f
         .lake
-        .read_from("logs/t.log", 6)
+        .read_from("logs/t.log", 6, 100)
         .await
         .expect("read")
         .expect("exists");
     assert_eq!(tail.bytes, b"world\n");
+    let limited = f
+        .lake
+        .read_from("logs/t.log", 2, 4)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(limited.bytes, b"llo ");
+    assert_eq!((limited.next_offset, limited.size), (6, 12));
     let past = f
         .lake
-        .read_from("logs/t.log", 99)
+        .read_from("logs/t.log", 99, 100)
         .await
         .expect("read")
         .expect("exists");

@@ -535,6 +535,52 @@ async fn logs_are_served_from_an_offset_with_the_next_offset() {
 }
 
 #[tokio::test]
+async fn a_long_log_is_read_in_limited_chunks_that_end_at_line_ends() {
+    let app = TestApp::new(None);
+    let task = app.post("/api/v1/tasks", &noop("chatty"), &[]).await.json();
+    let id = task["id"].as_str().expect("id");
+    let log: String = (0..200).map(|n| format!("line {n}\n")).collect();
+    app.lake
+        .put(
+            task["logs_uri"].as_str().expect("logs uri"),
+            log.clone().into_bytes(),
+        )
+        .await
+        .expect("put");
+    let (mut read, mut offset, mut calls) = (String::new(), 0, 0);
+    loop {
+        let chunk = app
+            .get(
+                &format!("/api/v1/tasks/{id}/logs?offset={offset}&limit=100"),
+                &[],
+            )
+            .await;
+        assert_eq!(chunk.status, StatusCode::OK);
+        let text = chunk.text();
+        if text.is_empty() {
+            break;
+        }
+        assert!(text.len() <= 100 && text.ends_with('\n'), "{text:?}");
+        offset = chunk.headers["x-next-offset"]
+            .to_str()
+            .expect("header")
+            .parse::<u64>()
+            .expect("offset");
+        read.push_str(&text);
+        calls += 1;
+    }
+    assert_eq!(read, log);
+    assert!(calls >= log.len() / 100, "{calls} calls");
+    for bad in ["0", "1048577", "-1", "lots"] {
+        let answer = app
+            .get(&format!("/api/v1/tasks/{id}/logs?limit={bad}"), &[])
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "limit={bad}");
+        assert_eq!(answer.json()["error"]["code"], "INVALID_REQUEST");
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_and_docs_page_are_served() {
     let app = TestApp::new(Some("acme-secret-key=acme"));
     let spec = app.get("/api/v1/openapi.json", &[]).await;

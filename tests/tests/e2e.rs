@@ -257,21 +257,24 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
     server.stop().await;
 }
 
+/// Runs the `lancer` CLI against `server`: (succeeded, stdout, stderr).
+fn lancer_cli(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin_dir().join("lancer"))
+        .args(args)
+        .env("LANCER_URL", &server.url)
+        .output()
+        .expect("run lancer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn the_cli_submits_waits_lists_and_reads_logs() {
     let server = Server::start(&[("ingest.py", INGEST_PY, false)], &[]).await;
-    let lancer = |args: &[&str]| {
-        let out = std::process::Command::new(bin_dir().join("lancer"))
-            .args(args)
-            .env("LANCER_URL", &server.url)
-            .output()
-            .expect("run lancer");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let lancer = |args: &[&str]| lancer_cli(&server, args);
     let (ok, stdout, stderr) = lancer(&[
         "tasks",
         "submit",
@@ -309,5 +312,39 @@ async fn the_cli_submits_waits_lists_and_reads_logs() {
     assert!(!ok && stderr.contains("TASK_NOT_FOUND"), "{stderr}");
     let (ok, _, stderr) = lancer(&["tasks", "submit", "--name", "x", "--script", "../escape.py"]);
     assert!(!ok && stderr.contains("INVALID_REQUEST"), "{stderr}");
+    server.stop().await;
+}
+
+const CHATTY_PY: &str = r#"
+def run(input_path, output_path, params):
+    for n in range(params["lines"]):
+        print(f"line {n:06d} " + "." * 500)
+    return {}
+"#;
+
+#[tokio::test]
+async fn a_log_of_megabytes_is_served_in_chunks_and_read_back_whole_by_the_cli() {
+    let server = Server::start(&[("chatty.py", CHATTY_PY, false)], &[]).await;
+    let done = server
+        .run_to_completion(
+            &json!({"name": "chatty", "script": "chatty.py", "params": {"lines": 5000}}),
+            Duration::from_secs(90),
+        )
+        .await;
+    let id = done["id"].as_str().expect("id");
+    let first = server.logs(id).await;
+    assert!(
+        first.len() <= 1 << 20 && first.ends_with('\n'),
+        "one call answers at most 1 MiB of whole lines, not {} bytes",
+        first.len()
+    );
+    let (ok, stdout, stderr) = lancer_cli(&server, &["tasks", "logs", id]);
+    assert!(ok, "{stderr}");
+    let dots = ".".repeat(500);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5000);
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(*line, format!("line {n:06} {dots}"));
+    }
     server.stop().await;
 }

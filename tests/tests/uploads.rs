@@ -57,7 +57,7 @@ async fn the_last_file_of_an_upload_creates_one_ingestion_task_and_new_data_anot
     assert_eq!(app.dispatcher.submitted().len(), 2);
     let stored = app
         .lake
-        .read_from("raw/mnist/train-images-idx3-ubyte.gz", 0)
+        .read_from("raw/mnist/train-images-idx3-ubyte.gz", 0, 1 << 20)
         .await
         .expect("read")
         .expect("stored");

@@ -356,11 +356,13 @@ async fn tasks(command: TaskCommand) -> Result<()> {
                 let slice = client.logs(&id, offset).await?;
                 print!("{}", slice.text);
                 offset = slice.next_offset;
-                let ended = matches!(slice.status.as_str(), "completed" | "failed" | "cancelled");
-                if !follow || (ended && slice.text.is_empty()) {
-                    return Ok(());
-                }
+                // The server answers in chunks: an empty one means the log has no more yet.
                 if slice.text.is_empty() {
+                    let ended =
+                        matches!(slice.status.as_str(), "completed" | "failed" | "cancelled");
+                    if !follow || ended {
+                        return Ok(());
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

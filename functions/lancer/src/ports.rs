@@ -118,6 +118,44 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
     /// Offset to ask for next.
     pub next_offset: u64,
+    /// The whole object's size: more is there to read while `next_offset` is below it.
+    pub size: u64,
+}
+
+impl LogChunk {
+    /// At most `limit` bytes of `all` from `offset`.
+    pub fn slice(all: &[u8], offset: u64, limit: u64) -> Self {
+        let size = all.len() as u64;
+        let start = offset.min(size);
+        let end = start.saturating_add(limit).min(size);
+        Self {
+            bytes: all[start as usize..end as usize].to_vec(),
+            next_offset: end,
+            size,
+        }
+    }
+
+    /// Ends a chunk that stops short of the log's end after its last whole line or, in a
+    /// line longer than the chunk, after its last whole UTF-8 character, so that no reader
+    /// sees a line or a character split across two calls. A chunk with neither is kept
+    /// whole, so every call still moves the reader on.
+    pub fn at_a_line_end(mut self) -> Self {
+        if self.next_offset >= self.size {
+            return self;
+        }
+        let keep = match self.bytes.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None => match std::str::from_utf8(&self.bytes) {
+                Err(err) if err.error_len().is_none() => err.valid_up_to(),
+                _ => self.bytes.len(),
+            },
+        };
+        if keep > 0 {
+            self.next_offset -= (self.bytes.len() - keep) as u64;
+            self.bytes.truncate(keep);
+        }
+        self
+    }
 }
 
 /// An object's size and version: its ETag where the store keeps one, so a rewritten
@@ -147,8 +185,9 @@ pub trait Lake: Send + Sync {
     /// Replaces the object at a lake-relative path (logs are rewritten whole as they grow).
     async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()>;
 
-    /// Bytes of the object at a lake-relative path from `offset`; `None` if it does not exist.
-    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>>;
+    /// At most `limit` bytes of the object at a lake-relative path from `offset`; `None` if
+    /// it does not exist.
+    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>>;
 
     /// Size and version of the object at a lake-relative path; `None` if it does not exist.
     async fn stat(&self, path: &str) -> Result<Option<ObjectStat>>;
@@ -179,5 +218,46 @@ pub trait Dispatcher: Send + Sync {
     /// Backend logs of a task, for when the lake has none.
     async fn logs(&self, _task: &Task) -> Result<Option<String>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogChunk;
+
+    #[test]
+    fn a_slice_stops_at_the_limit_or_the_end() {
+        let log = b"one\ntwo\n";
+        let head = LogChunk::slice(log, 0, 5);
+        assert_eq!(
+            (head.bytes.as_slice(), head.next_offset, head.size),
+            (&b"one\nt"[..], 5, 8)
+        );
+        let tail = LogChunk::slice(log, 5, 100);
+        assert_eq!((tail.bytes.as_slice(), tail.next_offset), (&b"wo\n"[..], 8));
+        let past = LogChunk::slice(log, 99, 100);
+        assert_eq!((past.bytes.len(), past.next_offset), (0, 8));
+    }
+
+    #[test]
+    fn a_chunk_short_of_the_end_ends_after_its_last_whole_line() {
+        let chunk = LogChunk::slice(b"one\ntwo\nthr", 0, 10).at_a_line_end();
+        assert_eq!(chunk.bytes, b"one\ntwo\n");
+        assert_eq!(chunk.next_offset, 8);
+        let last = LogChunk::slice(b"one\ntwo\nthr", 0, 100).at_a_line_end();
+        assert_eq!(
+            last.bytes, b"one\ntwo\nthr",
+            "the end of the log is served as it is"
+        );
+    }
+
+    #[test]
+    fn a_line_longer_than_the_chunk_is_split_between_characters() {
+        let log = "ab\u{e9}\u{e9}".as_bytes(); // a, b, then two 2-byte characters
+        let chunk = LogChunk::slice(log, 0, 5).at_a_line_end();
+        assert_eq!(chunk.bytes, "ab\u{e9}".as_bytes());
+        assert_eq!(chunk.next_offset, 4);
+        let tiny = LogChunk::slice(log, 2, 1).at_a_line_end();
+        assert_eq!(tiny.next_offset, 3, "a reader always moves on");
     }
 }

@@ -48,6 +48,13 @@ const SIGNAL_SETTLE: Duration = Duration::from_millis(300);
 /// Lines of stderr kept to explain a failure.
 const STDERR_TAIL_LINES: usize = 20;
 
+/// The most of a task's output the lake keeps. Object stores cannot append, so the runner
+/// holds the log in memory and rewrites it whole: both must stay bounded.
+const MAX_STORED_LOG: usize = 32 << 20;
+
+/// How fast a growing log is rewritten: once a second while small, less often as it grows.
+const LOG_REWRITE_BYTES_PER_SEC: usize = 4 << 20;
+
 pub struct RunnerContext {
     pub store: Arc<dyn TaskStore>,
     pub lake: Arc<dyn Lake>,
@@ -238,7 +245,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, workdir: &Path) -> Result<O
                 None => streams_open = false,
             },
             _ = flush.tick() => {
-                log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+                log.flush_when_due(ctx.lake.as_ref(), &task.logs_uri).await;
                 if let Some(update) = progress.read_new() {
                     if let Err(lost) = send_heartbeat(ctx, task, update).await {
                         break Stop::Lost(lost);
@@ -407,18 +414,49 @@ fn signal_stream() -> Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
-/// The task's log as it grows: rewritten whole to the lake when it changed.
+/// The task's log as it grows: rewritten whole to the lake when it changed, up to
+/// `MAX_STORED_LOG` bytes.
 #[derive(Default)]
 struct LogBuffer {
     bytes: Vec<u8>,
+    /// Output past `MAX_STORED_LOG`, counted but not kept.
+    dropped: u64,
     flushed: usize,
+    next_rewrite: Option<tokio::time::Instant>,
     stderr_tail: VecDeque<String>,
     stderr_partial: Vec<u8>,
 }
 
+/// How long after a rewrite of `len` bytes the log is rewritten again.
+fn rewrite_interval(len: usize) -> Duration {
+    Duration::from_secs(1).max(Duration::from_secs_f64(
+        len as f64 / LOG_REWRITE_BYTES_PER_SEC as f64,
+    ))
+}
+
 impl LogBuffer {
     fn push(&mut self, is_stderr: bool, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
+        let room = MAX_STORED_LOG.saturating_sub(self.bytes.len());
+        if chunk.len() <= room {
+            self.bytes.extend_from_slice(chunk);
+        } else {
+            self.bytes.extend_from_slice(&chunk[..room]);
+            if self.dropped == 0 {
+                warn!(
+                    limit = MAX_STORED_LOG,
+                    "the task's output reached the log limit; the rest is not kept"
+                );
+                self.bytes.extend_from_slice(
+                    format!(
+                        "\n[lancer] the log reached {} MiB: the rest of the output is not kept\n",
+                        MAX_STORED_LOG >> 20
+                    )
+                    .as_bytes(),
+                );
+            }
+            self.dropped += (chunk.len() - room) as u64;
+        }
+        // The tail is kept whatever the size, so a failure is still explained.
         if is_stderr {
             self.stderr_partial.extend_from_slice(chunk);
             while let Some(end) = self.stderr_partial.iter().position(|&b| b == b'\n') {
@@ -446,12 +484,27 @@ impl LogBuffer {
         Some(line.chars().take(500).collect())
     }
 
+    /// Rewrites the log if it changed and its last rewrite was long enough ago.
+    async fn flush_when_due(&mut self, lake: &dyn Lake, path: &str) {
+        if self
+            .next_rewrite
+            .is_none_or(|due| tokio::time::Instant::now() >= due)
+        {
+            self.flush(lake, path).await;
+        }
+    }
+
+    /// Rewrites the log if it changed.
     async fn flush(&mut self, lake: &dyn Lake, path: &str) {
         if self.flushed == self.bytes.len() && self.flushed != 0 {
             return;
         }
         match lake.put(path, self.bytes.clone()).await {
-            Ok(()) => self.flushed = self.bytes.len(),
+            Ok(()) => {
+                self.flushed = self.bytes.len();
+                self.next_rewrite =
+                    Some(tokio::time::Instant::now() + rewrite_interval(self.flushed));
+            }
             Err(err) => warn!(%err, "cannot write the task log to the lake"),
         }
     }
@@ -525,6 +578,38 @@ mod tests {
         let beat = reader.read_new().expect("the completed line");
         assert_eq!(beat.progress.and_then(|p| p.fraction), Some(1.0));
         assert_eq!(beat.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn output_past_the_log_limit_is_dropped_with_a_note_but_still_explains_a_failure() {
+        let mut log = LogBuffer::default();
+        let line = [b'x'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        for _ in 0..(MAX_STORED_LOG / line.len() + 100) {
+            log.push(false, &line);
+        }
+        log.push(true, b"RuntimeError: out of patience\n");
+        let note = "[lancer] the log reached 32 MiB: the rest of the output is not kept\n";
+        assert_eq!(log.bytes.len(), MAX_STORED_LOG + 1 + note.len());
+        assert!(log.bytes.ends_with(note.as_bytes()));
+        assert_eq!(log.dropped, 100 * 1024 + 30);
+        assert_eq!(
+            log.last_error_line().as_deref(),
+            Some("RuntimeError: out of patience")
+        );
+    }
+
+    #[test]
+    fn a_big_log_is_rewritten_less_often_than_a_small_one() {
+        assert_eq!(rewrite_interval(0), Duration::from_secs(1));
+        assert_eq!(
+            rewrite_interval(LOG_REWRITE_BYTES_PER_SEC),
+            Duration::from_secs(1)
+        );
+        assert_eq!(rewrite_interval(MAX_STORED_LOG), Duration::from_secs(8));
     }
 
     #[test]

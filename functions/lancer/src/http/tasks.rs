@@ -19,7 +19,7 @@ use crate::domain::validate::{
 };
 use crate::error::{Error, Resource, Result};
 use crate::lake::log_path;
-use crate::ports::{Created, ListQuery};
+use crate::ports::{Created, ListQuery, LogChunk};
 use crate::scripts::resolve_script;
 
 impl AppState {
@@ -221,7 +221,13 @@ pub async fn cancel(
 pub struct LogParams {
     /// Byte offset to read from (the `X-Next-Offset` of the previous call).
     offset: Option<u64>,
+    /// Most bytes to return, 1 to 1048576 (the default). A chunk that stops short of the
+    /// log's end ends at a line end.
+    limit: Option<u64>,
 }
+
+/// The most log bytes one call returns: well inside Lambda's 6 MB response limit.
+const MAX_LOG_CHUNK: u64 = 1 << 20;
 
 /// A task's stdout and stderr, from `offset`. `X-Next-Offset` says where to continue.
 #[utoipa::path(
@@ -236,19 +242,22 @@ pub async fn logs(
 ) -> Result<Response> {
     let task = state.owned_task(&tenant, &id).await?;
     let offset = params.offset.unwrap_or(0);
-    let (bytes, next_offset) = match state.lake.read_from(&task.logs_uri, offset).await? {
-        Some(chunk) => (chunk.bytes, chunk.next_offset),
+    let limit = params.limit.unwrap_or(MAX_LOG_CHUNK);
+    if !(1..=MAX_LOG_CHUNK).contains(&limit) {
+        return Err(Error::invalid(format!(
+            "limit must be between 1 and {MAX_LOG_CHUNK}"
+        )));
+    }
+    let chunk = match state.lake.read_from(&task.logs_uri, offset, limit).await? {
+        Some(chunk) => chunk,
         None => match state.dispatcher.logs(&task).await? {
-            Some(text) => {
-                let all = text.into_bytes();
-                let start = (offset as usize).min(all.len());
-                let next = all.len() as u64;
-                (all[start..].to_vec(), next)
-            }
-            None => (Vec::new(), 0),
+            Some(text) => LogChunk::slice(text.as_bytes(), offset, limit),
+            None => LogChunk::slice(&[], 0, limit),
         },
-    };
-    let mut response = bytes.into_response();
+    }
+    .at_a_line_end();
+    let next_offset = chunk.next_offset;
+    let mut response = chunk.bytes.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -283,27 +283,28 @@ impl Lake for LanceLake {
             .map_err(Error::internal)
     }
 
-    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>> {
+    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>> {
         let location = self.object_path(path);
         let size = match self.store.head(&location).await {
             Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(Error::internal(err)),
         };
-        if offset >= size {
-            return Ok(Some(LogChunk {
-                bytes: Vec::new(),
-                next_offset: size,
-            }));
-        }
-        let bytes = self
-            .store
-            .get_range(&location, offset..size)
-            .await
-            .map_err(Error::internal)?;
+        let start = offset.min(size);
+        let end = start.saturating_add(limit).min(size);
+        let bytes = if start == end {
+            Vec::new()
+        } else {
+            self.store
+                .get_range(&location, start..end)
+                .await
+                .map_err(Error::internal)?
+                .to_vec()
+        };
         Ok(Some(LogChunk {
-            bytes: bytes.to_vec(),
-            next_offset: size,
+            bytes,
+            next_offset: end,
+            size,
         }))
     }
 

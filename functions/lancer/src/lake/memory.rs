@@ -81,15 +81,11 @@ impl Lake for MemoryLake {
         Ok(())
     }
 
-    async fn read_from(&self, path: &str, offset: u64) -> Result<Option<LogChunk>> {
+    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>> {
         let objects = self.objects.lock().map_err(poisoned)?;
-        Ok(objects.get(path).map(|bytes| {
-            let start = (offset as usize).min(bytes.len());
-            LogChunk {
-                bytes: bytes[start..].to_vec(),
-                next_offset: bytes.len() as u64,
-            }
-        }))
+        Ok(objects
+            .get(path)
+            .map(|bytes| LogChunk::slice(bytes, offset, limit)))
     }
 
     async fn stat(&self, path: &str) -> Result<Option<ObjectStat>> {
