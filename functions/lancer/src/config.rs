@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use crate::domain::ingest::IngestRules;
 use crate::domain::validate::check_name;
 use crate::error::{Error, Result};
@@ -85,9 +87,15 @@ impl Default for Config {
     }
 }
 
-/// API key -> tenant.
+/// API key -> tenant. Keys are held as SHA-256 digests: a lookup hashes the presented key
+/// first, so its timing tells nothing about how much of a real key was guessed, and the
+/// keys themselves never sit in memory or in debug output.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApiKeys(HashMap<String, String>);
+pub struct ApiKeys(HashMap<[u8; 32], String>);
+
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
 
 impl ApiKeys {
     /// Parses `key=tenant` entries separated by commas or newlines; `#` starts a comment.
@@ -108,7 +116,7 @@ impl ApiKeys {
                 return Err(Error::invalid("an API key must be at least 8 characters"));
             }
             check_name("tenant", tenant)?;
-            keys.insert(key.to_owned(), tenant.to_owned());
+            keys.insert(key_digest(key), tenant.to_owned());
         }
         if keys.is_empty() {
             return Err(Error::invalid("API keys are configured but none was given"));
@@ -117,7 +125,7 @@ impl ApiKeys {
     }
 
     pub fn tenant_of(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(&key_digest(key)).map(String::as_str)
     }
 }
 
@@ -313,6 +321,10 @@ mod tests {
         .expect("valid config");
         assert_eq!(config.port, 9001);
         assert_eq!(config.lake, "s3://bucket/lake");
+        assert!(
+            !format!("{config:?}").contains("secret-key"),
+            "keys never show in debug output"
+        );
         let keys = config.api_keys.expect("keys");
         assert_eq!(keys.tenant_of("secret-key-2"), Some("globex"));
         assert_eq!(keys.tenant_of("nope"), None);
