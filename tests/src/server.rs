@@ -143,15 +143,20 @@ impl Server {
         response.json().await.expect("task json")
     }
 
+    /// Submits a task; its id.
+    pub async fn submit_for_id(&self, spec: &Value) -> String {
+        let task = self.submit(spec).await;
+        task["id"].as_str().expect("task id").to_owned()
+    }
+
     pub async fn task(&self, id: &str) -> Value {
-        self.http
-            .get(self.api(&format!("/tasks/{id}")))
-            .send()
+        self.get_json(&format!("/tasks/{id}")).await
+    }
+
+    /// The task once it has ended, whichever way.
+    pub async fn wait_finished(&self, id: &str, within: Duration) -> Value {
+        self.wait_until(id, within, |task| task["finished_at"].is_string())
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json")
     }
 
     pub async fn post(&self, path: &str) -> reqwest::Response {

@@ -42,11 +42,7 @@ async fn an_executable_following_the_contract_completes_with_its_result() {
         .submit(&json!({"name": "exec", "script": "contract.sh", "input": "raw/uploads/", "output": "out", "params": {"k": [1, 2]}}))
         .await;
     let id = task["id"].as_str().expect("id");
-    let done = server
-        .wait_until(id, Duration::from_secs(60), |t| {
-            t["finished_at"].is_string()
-        })
-        .await;
+    let done = server.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(
         done["status"],
         "completed",
@@ -71,16 +67,9 @@ async fn an_executable_following_the_contract_completes_with_its_result() {
 async fn a_failing_script_ends_failed_with_its_error() {
     let server = Server::start(&[("fail.py", FAIL_PY, false)], &[]).await;
     let id = server
-        .submit(&json!({"name": "fails", "script": "fail.py", "params": {"x": 1}}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let done = server
-        .wait_until(&id, Duration::from_secs(60), |t| {
-            t["finished_at"].is_string()
-        })
+        .submit_for_id(&json!({"name": "fails", "script": "fail.py", "params": {"x": 1}}))
         .await;
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error"]["code"], "SCRIPT_FAILED");
     let message = done["error"]["message"].as_str().expect("message");
@@ -96,11 +85,8 @@ async fn a_failing_script_ends_failed_with_its_error() {
 async fn progress_and_logs_show_while_running_and_cancel_stops_the_script() {
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
     let id = server
-        .submit(&json!({"name": "slow", "script": "slow.py"}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .submit_for_id(&json!({"name": "slow", "script": "slow.py"}))
+        .await;
     let running = server
         .wait_until(&id, Duration::from_secs(60), |t| {
             t["status"] == "running" && t["progress"]["fraction"].as_f64().is_some_and(|f| f > 0.0)
@@ -146,11 +132,8 @@ async fn progress_and_logs_show_while_running_and_cancel_stops_the_script() {
 async fn a_runner_killed_with_sigkill_leaves_its_task_failed_after_the_lease() {
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
     let id = server
-        .submit(&json!({"name": "doomed", "script": "slow.py"}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .submit_for_id(&json!({"name": "doomed", "script": "slow.py"}))
+        .await;
     server.wait_for_status(&id, "running").await;
     let pid = runner_pid(&id).await.expect("runner pid");
     let killed = std::process::Command::new("kill")
@@ -170,22 +153,14 @@ async fn a_runner_killed_with_sigkill_leaves_its_task_failed_after_the_lease() {
 async fn a_lost_runner_is_retried_while_attempts_remain() {
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
     let id = server
-        .submit(&json!({"name": "retry", "script": "slow.py", "params": {"steps": 20}, "max_attempts": 2}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .submit_for_id(&json!({"name": "retry", "script": "slow.py", "params": {"steps": 20}, "max_attempts": 2})).await;
     server.wait_for_status(&id, "running").await;
     let pid = runner_pid(&id).await.expect("runner pid");
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .expect("kill");
-    let done = server
-        .wait_until(&id, Duration::from_secs(60), |t| {
-            t["finished_at"].is_string()
-        })
-        .await;
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["attempt"], 2);
     assert_eq!(done["result"], json!({"steps": 20}));
@@ -200,11 +175,8 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
     )
     .await;
     let service = server
-        .submit(&json!({"name": "hello-svc", "script": "serve.py"}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .submit_for_id(&json!({"name": "hello-svc", "script": "serve.py"}))
+        .await;
     let serving = server
         .wait_until(&service, Duration::from_secs(60), |t| {
             t["endpoint"].is_string()
@@ -220,16 +192,9 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
     assert_eq!(hello, json!({"hello": "lancer"}));
     // Concurrency is 1: this batch task runs only because the service gave its slot back.
     let batch = server
-        .submit(&json!({"name": "beside", "script": "slow.py", "params": {"steps": 3}}))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let done = server
-        .wait_until(&batch, Duration::from_secs(60), |t| {
-            t["finished_at"].is_string()
-        })
+        .submit_for_id(&json!({"name": "beside", "script": "slow.py", "params": {"steps": 3}}))
         .await;
+    let done = server.wait_finished(&batch, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed");
     assert_eq!(server.task(&service).await["status"], "running");
     assert_eq!(

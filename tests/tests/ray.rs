@@ -59,16 +59,6 @@ async fn ray_job_once_ended(submission_id: &str) -> Value {
     }
 }
 
-fn id_of(task: &Value) -> String {
-    task["id"].as_str().expect("task id").to_owned()
-}
-
-async fn wait_finished(server: &Server, id: &str, within: Duration) -> Value {
-    server
-        .wait_until(id, within, |task| task["finished_at"].is_string())
-        .await
-}
-
 #[tokio::test]
 async fn python_and_executable_tasks_complete_as_ray_jobs_with_results_and_logs() {
     let server = ray_server(
@@ -80,38 +70,37 @@ async fn python_and_executable_tasks_complete_as_ray_jobs_with_results_and_logs(
     )
     .await;
     let python = server
-        .submit(
+        .submit_for_id(
             &json!({"name": "ingest", "script": "ingest.py", "output": "numbers",
                         "params": {"rows": 12}, "resources": {"cpus": 0.5}}),
         )
         .await;
     let executable = server
-        .submit(
+        .submit_for_id(
             &json!({"name": "exec", "script": "contract.sh", "output": "out",
                         "params": {"k": 7}, "resources": {"cpus": 0.5}}),
         )
         .await;
-    for (task, line) in [
+    for (id, line) in [
         (&python, "wrote 12 rows"),
         (&executable, "executable got params"),
     ] {
-        let id = id_of(task);
-        let done = wait_finished(&server, &id, Duration::from_secs(120)).await;
+        let done = server.wait_finished(id, Duration::from_secs(120)).await;
         assert_eq!(
             done["status"],
             "completed",
             "{done:#}\nlogs:\n{}",
-            server.logs(&id).await
+            server.logs(id).await
         );
         assert_eq!(done["backend"], "ray");
-        assert!(server.logs(&id).await.contains(line));
+        assert!(server.logs(id).await.contains(line));
         let job = ray_job_once_ended(&format!("{id}-1")).await;
         assert_eq!(job["status"], "SUCCEEDED", "{job:#}");
         assert_eq!(job["metadata"]["lancer_task_id"], id.as_str());
     }
-    let python = server.task(&id_of(&python)).await;
+    let python = server.task(&python).await;
     assert_eq!(python["result"]["total_records"], 12);
-    let executable = server.task(&id_of(&executable)).await;
+    let executable = server.task(&executable).await;
     assert_eq!(executable["result"]["echo"], json!({"k": 7}));
     assert_eq!(server.get_json("/datasets").await[0]["num_rows"], 12);
     server.stop().await;
@@ -120,11 +109,9 @@ async fn python_and_executable_tasks_complete_as_ray_jobs_with_results_and_logs(
 /// A server on the real head and a task of it that is running and reporting progress.
 async fn a_slow_task_running_on_ray() -> (Server, String) {
     let server = ray_server(&[("slow.py", SLOW_PY, false)], &ray_address()).await;
-    let id = id_of(
-        &server
-            .submit(&json!({"name": "slow", "script": "slow.py", "resources": {"cpus": 0.5}}))
-            .await,
-    );
+    let id = server
+        .submit_for_id(&json!({"name": "slow", "script": "slow.py", "resources": {"cpus": 0.5}}))
+        .await;
     server
         .wait_until(&id, Duration::from_secs(90), |t| t["progress"].is_object())
         .await;
@@ -154,7 +141,7 @@ async fn a_ray_job_stopped_outside_lancer_ends_its_task_failed_with_rays_message
         .await
         .expect("stop");
     assert!(stopped.status().is_success());
-    let done = wait_finished(&server, &id, Duration::from_secs(60)).await;
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "RAY_JOB_STOPPED");
     assert!(
@@ -171,17 +158,18 @@ async fn tasks_submitted_together_never_use_more_cpus_than_the_head_has() {
     let server = ray_server(&[("window.py", WINDOW_PY, false)], &ray_address()).await;
     let mut ids = Vec::new();
     for n in 0..4 {
-        let task = server
-            .submit(
-                &json!({"name": format!("window-{n}"), "script": "window.py",
-                            "params": {"seconds": 3}, "resources": {"cpus": 1}}),
-            )
-            .await;
-        ids.push(id_of(&task));
+        ids.push(
+            server
+                .submit_for_id(
+                    &json!({"name": format!("window-{n}"), "script": "window.py",
+                                "params": {"seconds": 3}, "resources": {"cpus": 1}}),
+                )
+                .await,
+        );
     }
     let mut windows = Vec::new();
     for id in &ids {
-        let done = wait_finished(&server, id, Duration::from_secs(180)).await;
+        let done = server.wait_finished(id, Duration::from_secs(180)).await;
         assert_eq!(done["status"], "completed", "{done:#}");
         let result = &done["result"];
         windows.push((
@@ -210,11 +198,9 @@ async fn tasks_submitted_together_never_use_more_cpus_than_the_head_has() {
 #[tokio::test]
 async fn a_serving_task_runs_as_a_ray_job_and_reports_its_endpoint() {
     let server = ray_server(&[("serve.py", SERVE_PY, false)], &ray_address()).await;
-    let id = id_of(
-        &server
-            .submit(&json!({"name": "hello", "script": "serve.py", "resources": {"cpus": 0.5}}))
-            .await,
-    );
+    let id = server
+        .submit_for_id(&json!({"name": "hello", "script": "serve.py", "resources": {"cpus": 0.5}}))
+        .await;
     let serving = server
         .wait_until(&id, Duration::from_secs(90), |t| t["endpoint"].is_string())
         .await;
@@ -248,15 +234,13 @@ async fn a_runner_ray_cannot_start_fails_the_task_and_its_logs_come_from_ray() {
         ],
     )
     .await;
-    let id = id_of(
-        &server
-            .submit(
-                &json!({"name": "ingest", "script": "ingest.py", "output": "n",
-                            "params": {"rows": 1}, "resources": {"cpus": 0.5}}),
-            )
-            .await,
-    );
-    let done = wait_finished(&server, &id, Duration::from_secs(90)).await;
+    let id = server
+        .submit_for_id(
+            &json!({"name": "ingest", "script": "ingest.py", "output": "n",
+                        "params": {"rows": 1}, "resources": {"cpus": 0.5}}),
+        )
+        .await;
+    let done = server.wait_finished(&id, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "RAY_JOB_FAILED");
     let logs = server.logs(&id).await;
@@ -277,12 +261,10 @@ async fn bad_head(status: StatusCode, body: &'static str) -> String {
 
 async fn failure_of_a_task_sent_to(address: &str) -> Value {
     let server = ray_server(&[("ingest.py", INGEST_PY, false)], address).await;
-    let id = id_of(
-        &server
-            .submit(&json!({"name": "ingest", "script": "ingest.py", "params": {"rows": 1}}))
-            .await,
-    );
-    let done = wait_finished(&server, &id, Duration::from_secs(60)).await;
+    let id = server
+        .submit_for_id(&json!({"name": "ingest", "script": "ingest.py", "params": {"rows": 1}}))
+        .await;
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     server.stop().await;
     assert_eq!(done["status"], "failed", "{done:#}");
     done["error"].clone()
