@@ -10,3 +10,9 @@ pub mod lake;
 pub mod model;
 pub mod rng;
 pub mod train;
+
+// The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
+// where the system allocator hands it back to the kernel and faults it in again. Declared
+// once here, it serves every binary that links this crate.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -12,11 +12,6 @@ use mnist::clean::{CleanBatches, CleanOptions, find_parts};
 use mnist::contract::{Invocation, Progress, init_logging, storage_options};
 use serde_json::json;
 
-// The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
-// where the system allocator hands it back to the kernel and faults it in again.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     init_logging();

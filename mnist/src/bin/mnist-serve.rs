@@ -120,11 +120,6 @@ async fn health(State(model): State<Arc<Model>>) -> Json<Value> {
     Json(json!({"status": "ok", "model_version": model.version, "metrics": model.metrics}))
 }
 
-// The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
-// where the system allocator hands it back to the kernel and faults it in again.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     init_logging();
