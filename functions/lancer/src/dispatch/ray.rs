@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{sweep_expired, tasks_with_status};
-use crate::domain::task::{Change, Guard, Task, TaskError, TaskStatus};
+use crate::domain::task::{Change, Task, TaskError, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
 
@@ -236,13 +236,9 @@ impl Inner {
             }
             _ => task.clone(),
         };
-        let guard = Guard {
-            status: TaskStatus::Running,
-            attempt: running.attempt,
-        };
         match self
             .store
-            .transition(&task.id, guard, Change::Fail { error })
+            .transition(&task.id, running.guard(), Change::Fail { error })
             .await
         {
             Ok(_) | Err(Error::Conflict(_)) => Ok(()),
