@@ -123,14 +123,19 @@ pub struct LogChunk {
 }
 
 impl LogChunk {
+    /// The bytes of an object of `size` that a read of at most `limit` from `offset` covers.
+    pub fn range(offset: u64, limit: u64, size: u64) -> std::ops::Range<u64> {
+        let start = offset.min(size);
+        start..start.saturating_add(limit).min(size)
+    }
+
     /// At most `limit` bytes of `all` from `offset`.
     pub fn slice(all: &[u8], offset: u64, limit: u64) -> Self {
         let size = all.len() as u64;
-        let start = offset.min(size);
-        let end = start.saturating_add(limit).min(size);
+        let range = Self::range(offset, limit, size);
         Self {
-            bytes: all[start as usize..end as usize].to_vec(),
-            next_offset: end,
+            bytes: all[range.start as usize..range.end as usize].to_vec(),
+            next_offset: range.end,
             size,
         }
     }

@@ -36,7 +36,7 @@ pub struct LanceLake {
 impl LanceLake {
     /// Opens the lake at a local path (created if missing) or an object-store URL.
     pub fn open(root: &str, storage_options: BTreeMap<String, String>) -> Result<Self> {
-        match Url::parse(root) {
+        let (root, store, base): (String, Arc<dyn ObjectStore>, Path) = match Url::parse(root) {
             Ok(url) if url.scheme() == "s3" => {
                 // The environment first (AWS_* keys, region, endpoint, web identity), then
                 // the configured options on top, as Lance and pylance resolve them too.
@@ -50,22 +50,16 @@ impl LanceLake {
                 let store = builder
                     .build()
                     .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
-                Ok(Self {
-                    root: root.trim_end_matches('/').to_owned(),
-                    store: Arc::new(store),
-                    base: Path::from(url.path()),
-                    storage_options,
-                })
+                (
+                    root.trim_end_matches('/').to_owned(),
+                    Arc::new(store),
+                    Path::from(url.path()),
+                )
             }
             Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
                 let (store, base) = object_store::parse_url_opts(&url, storage_options.iter())
                     .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
-                Ok(Self {
-                    root: root.trim_end_matches('/').to_owned(),
-                    store: Arc::from(store),
-                    base,
-                    storage_options,
-                })
+                (root.trim_end_matches('/').to_owned(), Arc::from(store), base)
             }
             _ => {
                 let local = root.strip_prefix("file://").unwrap_or(root);
@@ -75,14 +69,19 @@ impl LanceLake {
                 let absolute = std::fs::canonicalize(local).map_err(Error::internal)?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&absolute)
                     .map_err(Error::internal)?;
-                Ok(Self {
-                    root: absolute.to_string_lossy().into_owned(),
-                    store: Arc::new(store),
-                    base: Path::default(),
-                    storage_options,
-                })
+                (
+                    absolute.to_string_lossy().into_owned(),
+                    Arc::new(store),
+                    Path::default(),
+                )
             }
-        }
+        };
+        Ok(Self {
+            root,
+            store,
+            base,
+            storage_options,
+        })
     }
 
     fn object_path(&self, relative: &str) -> Path {
@@ -290,20 +289,20 @@ impl Lake for LanceLake {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(Error::internal(err)),
         };
-        let start = offset.min(size);
-        let end = start.saturating_add(limit).min(size);
-        let bytes = if start == end {
+        let range = LogChunk::range(offset, limit, size);
+        let next_offset = range.end;
+        let bytes = if range.is_empty() {
             Vec::new()
         } else {
             self.store
-                .get_range(&location, start..end)
+                .get_range(&location, range)
                 .await
                 .map_err(Error::internal)?
                 .to_vec()
         };
         Ok(Some(LogChunk {
             bytes,
-            next_offset: end,
+            next_offset,
             size,
         }))
     }
