@@ -45,6 +45,9 @@ with open(result_file, "w") as f:
 /// How long a runner whose script died of a signal waits for a stop signal of its own.
 const SIGNAL_SETTLE: Duration = Duration::from_millis(300);
 
+/// Why a runner that received SIGTERM or SIGINT stops its script.
+const ASKED_TO_STOP: &str = "the runner was asked to stop";
+
 /// Lines of stderr kept to explain a failure.
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -258,7 +261,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, workdir: &Path) -> Result<O
                     break Stop::Lost(lost);
                 }
             }
-            _ = terminate.recv() => break Stop::Lost("the runner was asked to stop".into()),
+            _ = terminate.recv() => break Stop::Lost(ASKED_TO_STOP.into()),
         }
     };
     let lost = match stop {
@@ -273,21 +276,17 @@ async fn supervise(ctx: &RunnerContext, task: &Task, workdir: &Path) -> Result<O
                     .await
                     .is_ok()
             {
-                log.push(
-                    true,
-                    b"[lancer] task stopped: the runner was asked to stop\n",
-                );
-                log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
-                return Ok(None);
-            }
-            // A cancel signals the script and the runner at once, so the script's exit can
-            // arrive first: the last heartbeat says whether the task is still ours.
-            match send_heartbeat(ctx, task, progress.read_new().unwrap_or_default()).await {
-                Ok(()) => {
-                    log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
-                    return Ok(Some(outcome(status, &result_file, &log)));
+                ASKED_TO_STOP.to_owned()
+            } else {
+                // A cancel signals the script and the runner at once, so the script's exit
+                // can arrive first: the last heartbeat says whether the task is still ours.
+                match send_heartbeat(ctx, task, progress.read_new().unwrap_or_default()).await {
+                    Ok(()) => {
+                        log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+                        return Ok(Some(outcome(status, &result_file, &log)));
+                    }
+                    Err(why) => why,
                 }
-                Err(why) => why,
             }
         }
         Stop::Lost(why) => {
