@@ -104,17 +104,22 @@ impl DynamoTaskStore {
         Ok(())
     }
 
-    async fn read(&self, id: &str) -> Result<Option<Task>> {
+    /// The item keyed `id` (a task or a key reservation), read consistently.
+    async fn item(&self, id: &str) -> Result<Option<Item>> {
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("id", AttributeValue::S(id.to_owned()))
+            .key("id", s(id))
             .consistent_read(true)
             .send()
             .await
             .map_err(|err| aws_error("GetItem", err))?;
-        output.item().map(task_of).transpose()
+        Ok(output.item)
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<Task>> {
+        self.item(id).await?.as_ref().map(task_of).transpose()
     }
 
     /// Reads, decides, and writes the record only if it still has the status and attempt
@@ -181,17 +186,10 @@ impl DynamoTaskStore {
             return Err(aws_error("TransactWriteItems", err));
         }
         // The key (or, never in practice, the id) is taken: answer with its holder.
-        let holder = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("id", s(&reservation))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|err| aws_error("GetItem", err))?;
-        let holder_id = holder
-            .item()
+        let holder_id = self
+            .item(&reservation)
+            .await?
+            .as_ref()
             .and_then(|item| item.get("task_id"))
             .and_then(|value| value.as_s().ok())
             .cloned();
@@ -308,9 +306,6 @@ fn item_of(task: &Task) -> Result<Item> {
             s(&serde_json::to_string(task).map_err(Error::internal)?),
         ),
     ]);
-    if let Some(at) = task.heartbeat_at {
-        item.insert("heartbeat_ms".into(), n(at.timestamp_millis()));
-    }
     if let Some(finished) = task.finished_at {
         let expires = finished + chrono::Duration::days(FINISHED_TASK_TTL_DAYS);
         item.insert(TTL_ATTRIBUTE.into(), n(expires.timestamp()));
