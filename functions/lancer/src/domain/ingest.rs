@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::task::TaskSpec;
 use super::validate::check_relative_path;
@@ -95,7 +96,11 @@ impl IngestRule {
             .map(|(key, version)| format!("{key}@{version}"))
             .collect();
         parts.sort();
-        let fingerprint = parts.join("\n");
+        let fingerprint = Sha256::digest(parts.join("\n").as_bytes());
+        let fingerprint: String = fingerprint[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         let input = if self.require.is_empty() {
             uploaded.to_owned()
         } else {
@@ -109,23 +114,10 @@ impl IngestRule {
             params: self.params.clone(),
             resources: Default::default(),
             max_attempts: 1,
-            idempotency_key: Some(format!(
-                "ingest:{}:{:016x}{:016x}",
-                self.name,
-                fnv1a(fingerprint.as_bytes(), FNV_OFFSET),
-                fnv1a(fingerprint.as_bytes(), FNV_OFFSET ^ 0x5bd1_e995)
-            )),
+            // SHA-256 (its first 128 bits) is stable across builds, as a stored key must be.
+            idempotency_key: Some(format!("ingest:{}:{fingerprint}", self.name)),
         }
     }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a: stable across builds and releases, as a stored key must be.
-fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    bytes.iter().fold(seed, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Splits an object key of the lake into its tenant (multi-tenant lakes keep each tenant
