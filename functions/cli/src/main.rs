@@ -9,7 +9,6 @@ use serde_json::{Map, Value, json};
 
 mod bench;
 mod client;
-mod serve;
 
 use client::Client;
 
@@ -219,7 +218,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(concurrency) = args.concurrency {
                 config.concurrency = concurrency.max(1);
             }
-            serve::serve(config).await
+            Ok(lancer::app::serve(&config).await?)
         }
         Command::Tasks(command) => tasks(command).await,
         Command::Datasets(args) => artifacts("datasets", args.command).await,

@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
+use tracing::{info, warn};
+
 use crate::config::{Backend, Config};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
-use crate::error::Result;
-use crate::http::AppState;
+use crate::dispatch::spawn_reconciler;
+use crate::error::{Error, Result};
+use crate::http::{AppState, router};
 use crate::lake::lance::LanceLake;
 use crate::ports::{Dispatcher, Lake, TaskStore};
 use crate::runner::RunnerContext;
@@ -79,6 +82,35 @@ pub async fn app_state(config: &Config) -> Result<AppState> {
         api_keys: config.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
     })
+}
+
+/// The REST API and the configured dispatcher as one local server (`lancer serve`, and
+/// `lancer-api` outside Lambda), until Ctrl-C.
+pub async fn serve(config: &Config) -> Result<()> {
+    let state = app_state(config).await?;
+    // Tasks left pending or running by a previous server are picked up again.
+    if let Err(err) = state.dispatcher.reconcile().await {
+        warn!(%err, backend = state.dispatcher.backend(), "first reconcile failed; retrying every half lease");
+    }
+    spawn_reconciler(state.dispatcher.clone(), config.lease);
+    let app = router(state);
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| Error::invalid(format!("cannot listen on {addr}: {err}")))?;
+    let addr = listener.local_addr().map_err(Error::internal)?;
+    if config.api_keys.is_none() && !addr.ip().is_loopback() {
+        warn!(%addr, "no API keys are configured and the server listens beyond loopback: anyone who can reach it can run code");
+    }
+    info!(backend = config.backend_name(), lake = %config.lake, db = %config.db.display(), scripts = %config.scripts.display(), "embedded platform ready");
+    // The one line on stdout, so scripts and tests can find a port-0 server.
+    println!("lancer listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(Error::internal)
 }
 
 /// True inside AWS Lambda (or an emulator of its Runtime API).

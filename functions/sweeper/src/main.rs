@@ -2,11 +2,10 @@
 //! them while attempts remain) and hands pending tasks to the dispatcher. Under AWS Lambda
 //! once per scheduled invocation; anywhere else every half lease until Ctrl-C.
 
-use std::time::Duration;
-
 use lambda_runtime::{LambdaEvent, service_fn};
 use lancer::app::{init_tracing, on_lambda, open_dispatcher, open_store};
 use lancer::config::Config;
+use lancer::dispatch::spawn_reconciler;
 use serde_json::{Value, json};
 
 #[tokio::main]
@@ -25,15 +24,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         });
         return lambda_runtime::run(handler).await;
     }
-    let mut tick = tokio::time::interval((config.lease / 2).max(Duration::from_millis(500)));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(err) = dispatcher.reconcile().await {
-                    tracing::error!(%err, "sweep failed");
-                }
-            }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-    }
+    spawn_reconciler(dispatcher, config.lease);
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }

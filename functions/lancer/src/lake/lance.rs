@@ -59,7 +59,11 @@ impl LanceLake {
             Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
                 let (store, base) = object_store::parse_url_opts(&url, storage_options.iter())
                     .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
-                (root.trim_end_matches('/').to_owned(), Arc::from(store), base)
+                (
+                    root.trim_end_matches('/').to_owned(),
+                    Arc::from(store),
+                    base,
+                )
             }
             _ => {
                 let local = root.strip_prefix("file://").unwrap_or(root);
