@@ -19,34 +19,29 @@ pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&config)
 }
 
-/// Creates a bucket. moto and LocalStack take the unsigned `PUT /<bucket>` that S3's API
-/// defines, which spares the tests an S3 SDK.
-pub async fn create_bucket(name: &str) {
+/// One unsigned S3 `PUT` (a bucket, an object, a bucket's configuration): moto and
+/// LocalStack take the requests S3's API defines without a signature, which spares the
+/// tests an S3 SDK.
+async fn s3_put(path: &str, body: impl Into<reqwest::Body>) {
     let response = reqwest::Client::new()
-        .put(format!("{}/{name}", endpoint()))
-        .send()
-        .await
-        .expect("the local S3 answers");
-    assert!(
-        response.status().is_success(),
-        "create bucket {name}: {}",
-        response.status()
-    );
-}
-
-/// Puts an object with an unsigned request (moto and LocalStack take it).
-pub async fn put_object(bucket: &str, key: &str, body: Vec<u8>) {
-    let response = reqwest::Client::new()
-        .put(format!("{}/{bucket}/{key}", endpoint()))
+        .put(format!("{}/{path}", endpoint()))
         .body(body)
         .send()
         .await
         .expect("the local S3 answers");
     assert!(
         response.status().is_success(),
-        "put {key}: {}",
+        "PUT /{path}: {}",
         response.status()
     );
+}
+
+pub async fn create_bucket(name: &str) {
+    s3_put(name, Vec::new()).await;
+}
+
+pub async fn put_object(bucket: &str, key: &str, body: Vec<u8>) {
+    s3_put(&format!("{bucket}/{key}"), body).await;
 }
 
 /// One call of SQS's JSON protocol. The local stack routes a request to a service by the
@@ -96,17 +91,7 @@ pub async fn notify_queue_of_uploads(bucket: &str, prefix: &str) -> (String, Str
          <Value>{prefix}</Value></FilterRule></S3Key></Filter></QueueConfiguration>\
          </NotificationConfiguration>"
     );
-    let response = reqwest::Client::new()
-        .put(format!("{}/{bucket}?notification", endpoint()))
-        .body(configuration)
-        .send()
-        .await
-        .expect("the local S3 answers");
-    assert!(
-        response.status().is_success(),
-        "notification: {}",
-        response.status()
-    );
+    s3_put(&format!("{bucket}?notification"), configuration).await;
     (url, arn)
 }
 
