@@ -64,6 +64,36 @@ impl TestApp {
         Self::build(keys, Arc::new(MemoryTaskStore::new()), rules)
     }
 
+    /// An app over `lake` (its temp dir holds the scripts only).
+    pub fn with_lake(keys: Option<&str>, lake: Arc<dyn Lake>) -> Self {
+        let mut app = Self::build(
+            keys,
+            Arc::new(MemoryTaskStore::new()),
+            IngestRules::default(),
+        );
+        let state = app.state(keys, IngestRules::default());
+        app.lake = lake.clone();
+        app.router = router(AppState { lake, ..state });
+        app
+    }
+
+    /// The state of this app's router, to build another over other adapters.
+    fn state(&self, keys: Option<&str>, ingest_rules: IngestRules) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            lake: self.lake.clone(),
+            dispatcher: self.dispatcher.clone(),
+            scripts: self.scripts(),
+            api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
+            ingest_rules,
+        }
+    }
+
+    /// The scripts folder: `jobs/noop.py`, registered.
+    pub fn scripts(&self) -> std::path::PathBuf {
+        self.dir.path().join("scripts")
+    }
+
     fn build(keys: Option<&str>, store: Arc<dyn TaskStore>, ingest_rules: IngestRules) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let scripts = dir.path().join("scripts");
@@ -73,6 +103,11 @@ impl TestApp {
             "def run(i, o, p):\n    return {}\n",
         )
         .expect("write");
+        std::fs::write(
+            scripts.join(lancer::scripts::REGISTRY_FILE),
+            r#"{"scripts": ["jobs/noop.py"]}"#,
+        )
+        .expect("write the registry");
         let lake: Arc<dyn Lake> = Arc::new(
             LanceLake::open(
                 &dir.path().join("lake").to_string_lossy(),
@@ -80,22 +115,15 @@ impl TestApp {
             )
             .expect("lake"),
         );
-        let dispatcher = Arc::new(RecordingDispatcher::new());
-        let router = router(AppState {
-            store: store.clone(),
-            lake: lake.clone(),
-            dispatcher: dispatcher.clone(),
-            scripts,
-            api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
-            ingest_rules,
-        });
-        Self {
-            router,
+        let mut app = Self {
+            router: Router::new(),
             store,
             lake,
-            dispatcher,
+            dispatcher: Arc::new(RecordingDispatcher::new()),
             dir,
-        }
+        };
+        app.router = router(app.state(keys, ingest_rules));
+        app
     }
 
     pub async fn call(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow_array::{BinaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use lancer::domain::path::{LakePath, Name};
 use lancer::domain::validate::ArtifactKind;
 use lancer::ports::{ArtifactDetail, ArtifactSummary, Lake, ModelInfo, Version};
 use serde_json::json;
@@ -24,6 +25,28 @@ pub trait Seeder: Send + Sync {
     async fn dataset(&self, prefix: &str, name: &str, rows: usize);
     /// A model with one row per `accuracies` entry, newest last.
     async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]);
+}
+
+/// A tenant folder as the suite spells it: `""` or `tenants/acme/`.
+fn root(prefix: &str) -> LakePath {
+    if prefix.is_empty() {
+        LakePath::root()
+    } else {
+        LakePath::parse("root", prefix).expect("a tenant folder")
+    }
+}
+
+fn name(text: &str) -> Name {
+    Name::parse("name", text).expect("a name")
+}
+
+fn path(text: &str) -> LakePath {
+    LakePath::parse("path", text).expect("a lake path")
+}
+
+/// The lake path of an artifact in a tenant folder.
+fn artifact(prefix: &str, kind: ArtifactKind, id: &str) -> LakePath {
+    root(prefix).join(&kind.path_of(&name(id)))
 }
 
 fn dataset_batch(rows: usize) -> RecordBatch {
@@ -103,7 +126,7 @@ impl Seeder for LanceSeeder {
     async fn dataset(&self, prefix: &str, name: &str, rows: usize) {
         let uri = self
             .lake
-            .uri_of(&format!("{prefix}{}", ArtifactKind::Dataset.path_of(name)));
+            .uri_of(&artifact(prefix, ArtifactKind::Dataset, name));
         let options = self.lake.storage_options().into_iter().collect();
         write_lance(&uri, dataset_batch(rows), &options).await;
     }
@@ -111,7 +134,7 @@ impl Seeder for LanceSeeder {
     async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]) {
         let uri = self
             .lake
-            .uri_of(&format!("{prefix}{}", ArtifactKind::Model.path_of(name)));
+            .uri_of(&artifact(prefix, ArtifactKind::Model, name));
         let options = self.lake.storage_options().into_iter().collect();
         for accuracy in accuracies {
             write_lance(&uri, model_batch(*accuracy), &options).await;
@@ -170,18 +193,18 @@ impl Seeder for MemorySeeder {
     async fn dataset(&self, prefix: &str, name: &str, rows: usize) {
         let path = self
             .lake
-            .uri_of(&format!("{prefix}{}", ArtifactKind::Dataset.path_of(name)));
+            .uri_of(&artifact(prefix, ArtifactKind::Dataset, name));
         let batch = dataset_batch(rows);
         let detail = detail(name, path, &batch, rows as u64, 1, None);
         self.lake
-            .insert(prefix, ArtifactKind::Dataset, detail)
+            .insert(&root(prefix), ArtifactKind::Dataset, detail)
             .expect("insert");
     }
 
     async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]) {
         let path = self
             .lake
-            .uri_of(&format!("{prefix}{}", ArtifactKind::Model.path_of(name)));
+            .uri_of(&artifact(prefix, ArtifactKind::Model, name));
         let newest = accuracies.last().copied().unwrap_or_default();
         let info = ModelInfo {
             metrics: Some(json!({"accuracy": newest})),
@@ -198,14 +221,18 @@ impl Seeder for MemorySeeder {
             Some(info),
         );
         self.lake
-            .insert(prefix, ArtifactKind::Model, detail)
+            .insert(&root(prefix), ArtifactKind::Model, detail)
             .expect("insert");
     }
 }
 
 pub async fn a_written_dataset_is_listed_with_schema_and_row_count(f: LakeFixture) {
     f.seed.dataset("", "digits", 42).await;
-    let listed = f.lake.list("", ArtifactKind::Dataset).await.expect("list");
+    let listed = f
+        .lake
+        .list(&root(""), ArtifactKind::Dataset)
+        .await
+        .expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, "digits");
     assert_eq!(listed[0].num_rows, 42);
@@ -219,7 +246,7 @@ pub async fn a_written_dataset_is_listed_with_schema_and_row_count(f: LakeFixtur
     );
     assert!(
         f.lake
-            .list("", ArtifactKind::Model)
+            .list(&root(""), ArtifactKind::Model)
             .await
             .expect("list")
             .is_empty(),
@@ -231,7 +258,7 @@ pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
     f.seed.dataset("", "digits", 10).await;
     let detail = f
         .lake
-        .describe("", ArtifactKind::Dataset, "digits")
+        .describe(&root(""), ArtifactKind::Dataset, &name("digits"))
         .await
         .expect("describe")
         .expect("exists");
@@ -250,7 +277,7 @@ pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
     assert!(detail.model.is_none());
     assert_eq!(
         f.lake
-            .describe("", ArtifactKind::Dataset, "absent")
+            .describe(&root(""), ArtifactKind::Dataset, &name("absent"))
             .await
             .expect("describe"),
         None
@@ -261,7 +288,7 @@ pub async fn a_model_reports_its_newest_metrics(f: LakeFixture) {
     f.seed.model("", "cnn", &[0.91, 0.98]).await;
     let detail = f
         .lake
-        .describe("", ArtifactKind::Model, "cnn")
+        .describe(&root(""), ArtifactKind::Model, &name("cnn"))
         .await
         .expect("describe")
         .expect("exists");
@@ -277,27 +304,27 @@ pub async fn delete_removes_an_artifact_once(f: LakeFixture) {
     f.seed.dataset("", "doomed", 3).await;
     assert!(
         f.lake
-            .delete("", ArtifactKind::Dataset, "doomed")
+            .delete(&root(""), ArtifactKind::Dataset, &name("doomed"))
             .await
             .expect("delete")
     );
     assert_eq!(
         f.lake
-            .describe("", ArtifactKind::Dataset, "doomed")
+            .describe(&root(""), ArtifactKind::Dataset, &name("doomed"))
             .await
             .expect("describe"),
         None
     );
     assert!(
         f.lake
-            .list("", ArtifactKind::Dataset)
+            .list(&root(""), ArtifactKind::Dataset)
             .await
             .expect("list")
             .is_empty()
     );
     assert!(
         !f.lake
-            .delete("", ArtifactKind::Dataset, "doomed")
+            .delete(&root(""), ArtifactKind::Dataset, &name("doomed"))
             .await
             .expect("delete again")
     );
@@ -308,7 +335,7 @@ pub async fn tenants_see_only_their_own_prefix(f: LakeFixture) {
     f.seed.dataset("tenants/globex/", "theirs", 6).await;
     let acme = f
         .lake
-        .list("tenants/acme/", ArtifactKind::Dataset)
+        .list(&root("tenants/acme/"), ArtifactKind::Dataset)
         .await
         .expect("list");
     assert_eq!(
@@ -317,20 +344,32 @@ pub async fn tenants_see_only_their_own_prefix(f: LakeFixture) {
     );
     assert_eq!(
         f.lake
-            .describe("tenants/acme/", ArtifactKind::Dataset, "theirs")
+            .describe(
+                &root("tenants/acme/"),
+                ArtifactKind::Dataset,
+                &name("theirs")
+            )
             .await
             .expect("describe"),
         None
     );
     assert!(
         !f.lake
-            .delete("tenants/acme/", ArtifactKind::Dataset, "theirs")
+            .delete(
+                &root("tenants/acme/"),
+                ArtifactKind::Dataset,
+                &name("theirs")
+            )
             .await
             .expect("delete")
     );
     assert!(
         f.lake
-            .describe("tenants/globex/", ArtifactKind::Dataset, "theirs")
+            .describe(
+                &root("tenants/globex/"),
+                ArtifactKind::Dataset,
+                &name("theirs")
+            )
             .await
             .expect("d")
             .is_some()
@@ -340,22 +379,22 @@ pub async fn tenants_see_only_their_own_prefix(f: LakeFixture) {
 pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
     assert_eq!(
         f.lake
-            .read_from("logs/none.log", 0, 100)
+            .read_from(&path("logs/none.log"), 0, 100)
             .await
             .expect("read"),
         None
     );
     f.lake
-        .put("logs/t.log", b"hello ".to_vec())
+        .put(&path("logs/t.log"), b"hello ".to_vec())
         .await
         .expect("put");
     f.lake
-        .put("logs/t.log", b"hello world\n".to_vec())
+        .put(&path("logs/t.log"), b"hello world\n".to_vec())
         .await
         .expect("put");
     let all = f
         .lake
-        .read_from("logs/t.log", 0, 100)
+        .read_from(&path("logs/t.log"), 0, 100)
         .await
         .expect("read")
         .expect("exists");
@@ -363,14 +402,14 @@ pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
     assert_eq!((all.next_offset, all.size), (12, 12));
     let tail = f
         .lake
-        .read_from("logs/t.log", 6, 100)
+        .read_from(&path("logs/t.log"), 6, 100)
         .await
         .expect("read")
         .expect("exists");
     assert_eq!(tail.bytes, b"world\n");
     let limited = f
         .lake
-        .read_from("logs/t.log", 2, 4)
+        .read_from(&path("logs/t.log"), 2, 4)
         .await
         .expect("read")
         .expect("exists");
@@ -378,7 +417,7 @@ pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
     assert_eq!((limited.next_offset, limited.size), (6, 12));
     let past = f
         .lake
-        .read_from("logs/t.log", 99, 100)
+        .read_from(&path("logs/t.log"), 99, 100)
         .await
         .expect("read")
         .expect("exists");
@@ -387,32 +426,35 @@ pub async fn objects_are_read_back_from_any_offset(f: LakeFixture) {
 }
 
 pub async fn stat_gives_size_and_a_version_that_changes_with_the_content(f: LakeFixture) {
-    assert_eq!(f.lake.stat("raw/none.csv").await.expect("stat"), None);
+    assert_eq!(
+        f.lake.stat(&path("raw/none.csv")).await.expect("stat"),
+        None
+    );
     f.lake
-        .put("raw/a.csv", b"x,y\n".to_vec())
+        .put(&path("raw/a.csv"), b"x,y\n".to_vec())
         .await
         .expect("put");
     let first = f
         .lake
-        .stat("raw/a.csv")
+        .stat(&path("raw/a.csv"))
         .await
         .expect("stat")
         .expect("exists");
     assert_eq!(first.size, 4);
     assert_eq!(
-        f.lake.stat("raw/a.csv").await.expect("stat"),
+        f.lake.stat(&path("raw/a.csv")).await.expect("stat"),
         Some(first.clone()),
         "an unchanged object keeps its version"
     );
     // Local files version by modification time: let the clock move on.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     f.lake
-        .put("raw/a.csv", b"x,y\n1,2\n".to_vec())
+        .put(&path("raw/a.csv"), b"x,y\n1,2\n".to_vec())
         .await
         .expect("put");
     let second = f
         .lake
-        .stat("raw/a.csv")
+        .stat(&path("raw/a.csv"))
         .await
         .expect("stat")
         .expect("exists");

@@ -62,11 +62,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server whose scripts folder holds `scripts` (name, body, executable?).
+    /// Starts a server whose scripts folder holds and registers `scripts` (name, body,
+    /// executable?).
     pub async fn start(scripts: &[(&str, &str, bool)], extra_env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let scripts_dir = dir.path().join("scripts");
         std::fs::create_dir_all(&scripts_dir).expect("mkdir");
+        let names: Vec<&str> = scripts.iter().map(|(name, _, _)| *name).collect();
+        std::fs::write(
+            scripts_dir.join(lancer::scripts::REGISTRY_FILE),
+            serde_json::json!({ "scripts": names }).to_string(),
+        )
+        .expect("write the registry");
         for (name, body, executable) in scripts {
             let path = scripts_dir.join(name);
             std::fs::write(&path, body).expect("write script");

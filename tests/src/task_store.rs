@@ -6,9 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use lancer::Error;
+use lancer::domain::path::{LakePath, Name};
 use lancer::domain::task::{
     Change, Guard, Heartbeat, Progress, Task, TaskError, TaskSpec, TaskStatus,
 };
+use lancer::domain::tenant::Tenant;
 use lancer::ports::{Created, ListQuery, TaskStore};
 use serde_json::json;
 
@@ -23,17 +25,12 @@ pub fn spec(name: &str) -> TaskSpec {
 }
 
 pub fn new_task(tenant: &str, spec: TaskSpec) -> Task {
-    let id = uuid::Uuid::now_v7().to_string();
-    let logs = format!("logs/{id}.log");
-    Task::new(
-        id,
-        tenant.into(),
-        spec,
-        String::new(),
-        String::new(),
-        logs,
-        chrono::Utc::now(),
-    )
+    let id = Name::parse("id", &uuid::Uuid::now_v7().to_string()).expect("a uuid is a name");
+    let tenant = Tenant {
+        name: Name::parse("tenant", tenant).expect("a tenant name"),
+        root: LakePath::root(),
+    };
+    Task::new(&id, &tenant, spec, None, None, chrono::Utc::now())
 }
 
 fn keyed(name: &str, key: &str) -> TaskSpec {

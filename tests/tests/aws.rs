@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use lancer::domain::path::Name;
 use lancer::domain::task::{Change, Task, TaskSpec};
+use lancer::domain::tenant::Tenant;
 use lancer::ports::TaskStore;
 use lancer::store::dynamodb::DynamoTaskStore;
 use lancer_tests::aws::{
@@ -32,7 +34,10 @@ async fn deployment() -> (DynamoTaskStore, String, Vec<(&'static str, String)>) 
         ("LANCER_SCRIPTS", repo_root().to_string_lossy().into_owned()),
         ("LANCER_RUNNER", runner.to_string_lossy().into_owned()),
         ("LANCER_PYTHON", python()),
-        ("LANCER_MNIST_BIN", bin_dir().to_string_lossy().into_owned()),
+        (
+            "LANCER_SCRIPT_ENV",
+            json!({"LANCER_MNIST_BIN": bin_dir()}).to_string(),
+        ),
         ("LANCER_LEASE_SECS", "5".into()),
     ];
     (DynamoTaskStore::new(client, table), bucket, env)
@@ -81,15 +86,8 @@ async fn the_scheduled_sweeper_fails_a_task_whose_runner_went_silent() {
     let (store, _bucket, env) = deployment().await;
     let spec: TaskSpec =
         serde_json::from_value(json!({"name": "lost", "script": "x.py"})).expect("spec");
-    let task = Task::new(
-        "01900000-0000-7000-8000-000000000001".into(),
-        "default".into(),
-        spec,
-        String::new(),
-        String::new(),
-        "logs/lost.log".into(),
-        chrono::Utc::now(),
-    );
+    let id = Name::parse("id", "01900000-0000-7000-8000-000000000001").expect("name");
+    let task = Task::new(&id, &Tenant::single(), spec, None, None, chrono::Utc::now());
     store.create(task.clone()).await.expect("create");
     let running = store
         .transition(

@@ -22,6 +22,7 @@ mod memory {
 mod lance_on_local_disk {
     use std::sync::Arc;
 
+    use lancer::domain::path::{LakePath, Name};
     use lancer::domain::validate::ArtifactKind;
     use lancer::lake::lance::LanceLake;
     use lancer::ports::Lake;
@@ -44,14 +45,14 @@ mod lance_on_local_disk {
     #[tokio::test]
     async fn a_folder_that_is_not_a_lance_dataset_is_not_listed() {
         let fixture = make().await;
-        let lake_root = fixture.lake.uri_of("");
+        let lake_root = fixture.lake.uri_of(&LakePath::root());
         std::fs::create_dir_all(format!("{lake_root}/datasets/junk.lance")).expect("mkdir");
         std::fs::write(format!("{lake_root}/datasets/junk.lance/readme.txt"), "x").expect("write");
         std::fs::create_dir_all(format!("{lake_root}/datasets/Not A Name.lance")).expect("mkdir");
         fixture.seed.dataset("", "real", 3).await;
         let listed = fixture
             .lake
-            .list("", ArtifactKind::Dataset)
+            .list(&LakePath::root(), ArtifactKind::Dataset)
             .await
             .expect("list");
         assert_eq!(
@@ -68,7 +69,11 @@ mod lance_on_local_disk {
         fixture.seed.dataset("", "grows", 4).await;
         let detail = fixture
             .lake
-            .describe("", ArtifactKind::Dataset, "grows")
+            .describe(
+                &LakePath::root(),
+                ArtifactKind::Dataset,
+                &Name::parse("n", "grows").expect("name"),
+            )
             .await
             .expect("d")
             .expect("exists");

@@ -35,12 +35,8 @@ fn test_digits(lake: &Path, n: usize) -> (Vec<Vec<f32>>, Vec<u8>) {
 async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bins = bin_dir();
-    let server = Server::start_in(
-        dir,
-        &repo_root(),
-        &[("LANCER_MNIST_BIN", bins.to_str().expect("utf-8"))],
-    )
-    .await;
+    let script_env = json!({ "LANCER_MNIST_BIN": bins }).to_string();
+    let server = Server::start_in(dir, &repo_root(), &[("LANCER_SCRIPT_ENV", &script_env)]).await;
     fetch_data(&server.lake());
 
     let clean = server

@@ -2,6 +2,7 @@
 //! exactly one ingestion task, through the Router with a real Lance lake on disk.
 
 use axum::http::{Method, StatusCode};
+use lancer::domain::path::LakePath;
 use lancer_tests::app::TestApp;
 
 const MNIST_RULE: &str = r#"[{
@@ -36,7 +37,7 @@ async fn the_last_file_of_an_upload_creates_one_ingestion_task_and_new_data_anot
     let task = &second["task"];
     assert_eq!(task["spec"]["name"], "ingest-mnist");
     assert_eq!(task["spec"]["script"], "jobs/noop.py");
-    assert_eq!(task["input_path"], "raw/mnist/");
+    assert_eq!(task["input_path"], "raw/mnist");
     assert_eq!(task["output_path"], "datasets/mnist_clean.lance");
     assert_eq!(task["spec"]["params"]["normalize"], true);
     assert_eq!(
@@ -57,7 +58,11 @@ async fn the_last_file_of_an_upload_creates_one_ingestion_task_and_new_data_anot
     assert_eq!(app.dispatcher.submitted().len(), 2);
     let stored = app
         .lake
-        .read_from("raw/mnist/train-images-idx3-ubyte.gz", 0, 1 << 20)
+        .read_from(
+            &LakePath::parse("p", "raw/mnist/train-images-idx3-ubyte.gz").expect("path"),
+            0,
+            1 << 20,
+        )
         .await
         .expect("read")
         .expect("stored");
@@ -72,7 +77,7 @@ async fn an_upload_no_rule_covers_is_stored_without_a_task() {
     assert!(app.dispatcher.submitted().is_empty());
     assert!(
         app.lake
-            .stat("raw/notes/readme.txt")
+            .stat(&LakePath::parse("p", "raw/notes/readme.txt").expect("path"))
             .await
             .expect("stat")
             .is_some()
@@ -120,7 +125,7 @@ async fn a_tenants_upload_lands_in_its_folder_and_its_task_is_the_tenants() {
         "tenants/acme/raw/mnist/train-labels-idx1-ubyte.gz"
     );
     assert_eq!(done["task"]["tenant"], "acme");
-    assert_eq!(done["task"]["input_path"], "tenants/acme/raw/mnist/");
+    assert_eq!(done["task"]["input_path"], "tenants/acme/raw/mnist");
     let anonymous = app
         .call(
             Method::PUT,

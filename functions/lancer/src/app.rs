@@ -13,6 +13,7 @@ use crate::http::{AppState, router};
 use crate::lake::lance::LanceLake;
 use crate::ports::{Dispatcher, Lake, TaskStore};
 use crate::runner::RunnerContext;
+use crate::scripts::{REGISTRY_FILE, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
 
@@ -87,6 +88,7 @@ pub async fn app_state(config: &Config) -> Result<AppState> {
 /// The REST API and the configured dispatcher as one local server (`lancer serve`, and
 /// `lancer-api` outside Lambda), until Ctrl-C.
 pub async fn serve(config: &Config) -> Result<()> {
+    check_scripts(config)?;
     let state = app_state(config).await?;
     // Tasks left pending or running by a previous server are picked up again.
     if let Err(err) = state.dispatcher.reconcile().await {
@@ -113,6 +115,16 @@ pub async fn serve(config: &Config) -> Result<()> {
         .map_err(Error::internal)
 }
 
+/// Stops the server at start-up on a broken script registry, and says when it is empty.
+fn check_scripts(config: &Config) -> Result<()> {
+    let registry = ScriptRegistry::load(&config.scripts)?;
+    registry.check_all()?;
+    if registry.is_empty() {
+        warn!(scripts = %config.scripts.display(), "no scripts are registered: every task will be refused until {REGISTRY_FILE} lists some");
+    }
+    Ok(())
+}
+
 /// True inside AWS Lambda (or an emulator of its Runtime API).
 pub fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
@@ -125,8 +137,9 @@ pub async fn runner_context(config: &Config) -> Result<RunnerContext> {
         scripts: config.scripts.clone(),
         python: config.python.clone(),
         backend: config.backend_name().to_owned(),
-        multi_tenant: config.multi_tenant(),
+        script_env: config.script_env.clone(),
         heartbeat_every: config.heartbeat_every(),
+        lease: config.lease,
         cancel_grace: config.cancel_grace,
     })
 }

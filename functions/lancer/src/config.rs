@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::domain::ingest::IngestRules;
-use crate::domain::validate::check_name;
+use crate::domain::path::Name;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,9 @@ pub struct Config {
     pub backend: Backend,
     /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
     pub ingest_rules: IngestRules,
+    /// `LANCER_SCRIPT_ENV`: a JSON object of variables the operator gives every script (a
+    /// script's environment is otherwise an allow-list; see the README).
+    pub script_env: BTreeMap<String, String>,
 }
 
 /// Where runners run.
@@ -83,6 +86,7 @@ impl Default for Config {
             python: "python3".into(),
             backend: Backend::Local,
             ingest_rules: IngestRules::default(),
+            script_env: BTreeMap::new(),
         }
     }
 }
@@ -91,7 +95,7 @@ impl Default for Config {
 /// first, so its timing tells nothing about how much of a real key was guessed, and the
 /// keys themselves never sit in memory or in debug output.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApiKeys(HashMap<[u8; 32], String>);
+pub struct ApiKeys(HashMap<[u8; 32], Name>);
 
 fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
@@ -115,8 +119,7 @@ impl ApiKeys {
             if key.len() < 8 {
                 return Err(Error::invalid("an API key must be at least 8 characters"));
             }
-            check_name("tenant", tenant)?;
-            keys.insert(key_digest(key), tenant.to_owned());
+            keys.insert(key_digest(key), Name::parse("tenant", tenant)?);
         }
         if keys.is_empty() {
             return Err(Error::invalid("API keys are configured but none was given"));
@@ -124,13 +127,10 @@ impl ApiKeys {
         Ok(Self(keys))
     }
 
-    pub fn tenant_of(&self, key: &str) -> Option<&str> {
-        self.0.get(&key_digest(key)).map(String::as_str)
+    pub fn tenant_of(&self, key: &str) -> Option<&Name> {
+        self.0.get(&key_digest(key))
     }
 }
-
-/// The tenant of open single-tenant mode.
-pub const DEFAULT_TENANT: &str = "default";
 
 impl Config {
     pub fn from_env() -> Result<Self> {
@@ -185,6 +185,7 @@ impl Config {
                 .map_or(defaults.cancel_grace, Duration::from_secs),
             runner: get("LANCER_RUNNER").map(PathBuf::from),
             python: get("LANCER_PYTHON").unwrap_or(defaults.python),
+            script_env: json_object(get("LANCER_SCRIPT_ENV"), "LANCER_SCRIPT_ENV")?,
             ingest_rules: match get("LANCER_INGEST_RULES") {
                 Some(json) => IngestRules::parse(&json)?,
                 None => IngestRules::default(),
@@ -215,10 +216,6 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
-    }
-
-    pub fn multi_tenant(&self) -> bool {
-        self.api_keys.is_some()
     }
 
     /// How often a runner heartbeats: a third of the lease, so two may be lost.
@@ -254,6 +251,10 @@ impl Config {
             ),
             ("LANCER_PYTHON".into(), self.python.clone()),
             ("LANCER_BACKEND".into(), self.backend_name().into()),
+            (
+                "LANCER_SCRIPT_ENV".into(),
+                serde_json::to_string(&self.script_env).unwrap_or_else(|_| "{}".into()),
+            ),
         ];
         if let Some(table) = &self.task_table {
             env.push(("LANCER_TASK_TABLE".into(), table.clone()));
@@ -326,7 +327,10 @@ mod tests {
             "keys never show in debug output"
         );
         let keys = config.api_keys.expect("keys");
-        assert_eq!(keys.tenant_of("secret-key-2"), Some("globex"));
+        assert_eq!(
+            keys.tenant_of("secret-key-2").map(Name::as_str),
+            Some("globex")
+        );
         assert_eq!(keys.tenant_of("nope"), None);
         assert_eq!(
             config.storage_options.get("allow_http").map(String::as_str),

@@ -88,4 +88,16 @@ impl From<crate::domain::task::IllegalTransition> for Error {
     }
 }
 
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::internal(err)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::internal(err)
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,6 +4,8 @@
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::domain::path::LakePath;
+use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
 use crate::http::AppState;
 use crate::ports::Created;
@@ -81,17 +83,29 @@ pub fn lake_key(lake_root: &str, object: &CreatedObject) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Runs the ingestion rules on every object of an event; answers what it did.
+/// Runs the ingestion rules on every object of an event; answers what it did. An object
+/// outside the lake, or whose key is not a lake path, is ignored with a warning rather
+/// than failing the batch, which SQS would only deliver again. A key under
+/// `tenants/<name>/` is ingested for that tenant.
 pub async fn ingest_event(state: &AppState, lake_root: &str, event: &Value) -> Result<Value> {
     let mut created = Vec::new();
     let mut ignored = Vec::new();
     for object in created_objects(event)? {
-        let Some(key) = lake_key(lake_root, &object) else {
-            ignored.push(format!("s3://{}/{}", object.bucket, object.key));
-            continue;
+        let parsed = lake_key(lake_root, &object).map(|key| LakePath::parse("object key", &key));
+        let key = match parsed {
+            Some(Ok(key)) => key,
+            Some(Err(err)) => {
+                warn!(%err, "ignoring an object whose key is not a lake path");
+                ignored.push(format!("s3://{}/{}", object.bucket, object.key));
+                continue;
+            }
+            None => {
+                ignored.push(format!("s3://{}/{}", object.bucket, object.key));
+                continue;
+            }
         };
-        let (tenant, relative) = state.tenant_of_key(&key);
-        match state.ingest(&tenant, relative).await? {
+        let (tenant, relative) = Tenant::of_key(&key);
+        match state.ingest(&tenant, &relative).await? {
             Some(Created::New(task)) => created.push(task.id),
             Some(Created::Existing(task)) => {
                 info!(%key, task = %task.id, "already ingested by this task");

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::domain::path::{LakePath, Name};
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::domain::validate::ArtifactKind;
 use crate::error::Result;
@@ -172,33 +173,35 @@ pub struct ObjectStat {
 }
 
 /// The data lake: Lance datasets and models, and task logs, under one root.
-/// `prefix` is the tenant's folder in the lake ("" in single-tenant mode).
+/// `root` is the tenant's folder in the lake (the lake's root in single-tenant mode);
+/// every path is a `LakePath`, so no key or URI is built from unchecked text.
 #[async_trait]
 pub trait Lake: Send + Sync {
-    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>>;
+    async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>>;
 
     async fn describe(
         &self,
-        prefix: &str,
+        root: &LakePath,
         kind: ArtifactKind,
-        name: &str,
+        name: &Name,
     ) -> Result<Option<ArtifactDetail>>;
 
     /// Removes the artifact; false if it did not exist.
-    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool>;
+    async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool>;
 
-    /// Replaces the object at a lake-relative path (logs are rewritten whole as they grow).
-    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Replaces the object at `path` (logs are rewritten whole as they grow).
+    async fn put(&self, path: &LakePath, bytes: Vec<u8>) -> Result<()>;
 
-    /// At most `limit` bytes of the object at a lake-relative path from `offset`; `None` if
-    /// it does not exist.
-    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>>;
+    /// At most `limit` bytes of the object at `path` from `offset`; `None` if it does not
+    /// exist.
+    async fn read_from(&self, path: &LakePath, offset: u64, limit: u64)
+    -> Result<Option<LogChunk>>;
 
-    /// Size and version of the object at a lake-relative path; `None` if it does not exist.
-    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>>;
+    /// Size and version of the object at `path`; `None` if it does not exist.
+    async fn stat(&self, path: &LakePath) -> Result<Option<ObjectStat>>;
 
-    /// The URI a script receives for a lake-relative path (a local path or `s3://...`).
-    fn uri_of(&self, path: &str) -> String;
+    /// The URI a script receives for a path (a local path or `s3://...`).
+    fn uri_of(&self, path: &LakePath) -> String;
 
     /// Storage options a script needs to open `uri_of` paths with Lance (empty on local disk).
     fn storage_options(&self) -> BTreeMap<String, String>;

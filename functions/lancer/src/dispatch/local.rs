@@ -123,6 +123,9 @@ impl Inner {
         }
         let spawned = Command::new(&self.runner.program)
             .arg(&task_id)
+            // A runner needs no API keys; its script's environment is an allow-list anyway.
+            .env_remove("LANCER_API_KEYS")
+            .env_remove("LANCER_API_KEYS_FILE")
             .envs(self.runner.env.iter().cloned())
             .stdin(Stdio::null())
             .process_group(0)

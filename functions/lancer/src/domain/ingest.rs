@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::path::LakePath;
 use super::task::TaskSpec;
-use super::validate::check_relative_path;
 use crate::error::{Error, Result};
 
 /// One rule of `LANCER_INGEST_RULES` (a JSON array).
@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 pub struct IngestRule {
     /// Names the rule in task names and idempotency keys.
     pub name: String,
-    /// A folder under `raw/` (lake-relative, tenant prefix excluded), e.g. `raw/mnist/`.
-    pub prefix: String,
+    /// A folder under `raw/` (lake-relative, tenant folder excluded), e.g. `raw/mnist/`.
+    pub prefix: LakePath,
     /// File names under `prefix` that make a complete upload; empty: any one object is.
     #[serde(default)]
     pub require: Vec<String>,
@@ -39,22 +39,20 @@ impl IngestRules {
         let rules: Vec<IngestRule> = serde_json::from_str(json)
             .map_err(|err| Error::invalid(format!("LANCER_INGEST_RULES: {err}")))?;
         for rule in &rules {
-            check_relative_path(&format!("ingest rule {} prefix", rule.name), &rule.prefix)?;
-            if !rule.prefix.starts_with("raw/") || !rule.prefix.ends_with('/') {
+            if rule.prefix.segments().next() != Some("raw") {
                 return Err(Error::invalid(format!(
                     "ingest rule {}: prefix must be a folder under raw/, like raw/mnist/",
                     rule.name
                 )));
             }
-            if rule
-                .require
-                .iter()
-                .any(|file| file.contains('/') || file.is_empty())
-            {
-                return Err(Error::invalid(format!(
-                    "ingest rule {}: require lists file names inside the prefix",
-                    rule.name
-                )));
+            for file in &rule.require {
+                let single = LakePath::parse("require", file).map(|p| p.segments().count() == 1);
+                if single != Ok(true) {
+                    return Err(Error::invalid(format!(
+                        "ingest rule {}: require lists file names inside the prefix",
+                        rule.name
+                    )));
+                }
             }
         }
         Ok(Self(rules))
@@ -66,31 +64,35 @@ impl IngestRules {
 
     /// The rule whose prefix holds `key` (lake-relative, tenant prefix excluded); the
     /// longest prefix wins.
-    pub fn rule_for(&self, key: &str) -> Option<&IngestRule> {
+    pub fn rule_for(&self, key: &LakePath) -> Option<&IngestRule> {
         self.0
             .iter()
-            .filter(|rule| key.starts_with(&rule.prefix) && key.len() > rule.prefix.len())
-            .max_by_key(|rule| rule.prefix.len())
+            .filter(|rule| {
+                key.strip_prefix(&rule.prefix)
+                    .is_some_and(|rest| !rest.is_root())
+            })
+            .max_by_key(|rule| rule.prefix.segments().count())
     }
 }
 
 impl IngestRule {
     /// The objects that must exist before the task is created: the required files, or
     /// the uploaded object alone.
-    pub fn required_keys(&self, uploaded: &str) -> Vec<String> {
+    pub fn required_keys(&self, uploaded: &LakePath) -> Vec<LakePath> {
         if self.require.is_empty() {
-            vec![uploaded.to_owned()]
+            vec![uploaded.clone()]
         } else {
             self.require
                 .iter()
-                .map(|file| format!("{}{file}", self.prefix))
+                .filter_map(|file| LakePath::parse("require", file).ok())
+                .map(|file| self.prefix.join(&file))
                 .collect()
         }
     }
 
     /// The task for a complete upload; `present` holds each required key with its version
     /// (ETag or version id).
-    pub fn task_for(&self, uploaded: &str, present: &[(String, String)]) -> TaskSpec {
+    pub fn task_for(&self, uploaded: &LakePath, present: &[(LakePath, String)]) -> TaskSpec {
         let mut parts: Vec<String> = present
             .iter()
             .map(|(key, version)| format!("{key}@{version}"))
@@ -102,9 +104,9 @@ impl IngestRule {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         let input = if self.require.is_empty() {
-            uploaded.to_owned()
+            uploaded.to_string()
         } else {
-            self.prefix.clone()
+            self.prefix.to_string()
         };
         TaskSpec {
             name: format!("ingest-{}", self.name),
@@ -120,21 +122,13 @@ impl IngestRule {
     }
 }
 
-/// Splits an object key of the lake into its tenant (multi-tenant lakes keep each tenant
-/// under `tenants/<name>/`) and the key within that tenant's folder.
-pub fn split_tenant(key: &str) -> (Option<&str>, &str) {
-    match key
-        .strip_prefix("tenants/")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((tenant, rest)) => (Some(tenant), rest),
-        None => (None, key),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn p(text: &str) -> LakePath {
+        LakePath::parse("p", text).expect(text)
+    }
 
     fn rules() -> IngestRules {
         IngestRules::parse(
@@ -153,17 +147,17 @@ mod tests {
         let rules = rules();
         assert_eq!(
             rules
-                .rule_for("raw/mnist/train-images-idx3-ubyte.gz")
+                .rule_for(&p("raw/mnist/train-images-idx3-ubyte.gz"))
                 .map(|r| r.name.as_str()),
             Some("mnist")
         );
         assert_eq!(
-            rules.rule_for("raw/other.csv").map(|r| r.name.as_str()),
+            rules.rule_for(&p("raw/other.csv")).map(|r| r.name.as_str()),
             Some("any")
         );
-        assert_eq!(rules.rule_for("datasets/x.lance/data"), None);
+        assert_eq!(rules.rule_for(&p("datasets/x.lance/data")), None);
         assert_eq!(
-            rules.rule_for("raw/mnist/").map(|r| r.name.as_str()),
+            rules.rule_for(&p("raw/mnist/")).map(|r| r.name.as_str()),
             Some("any")
         );
     }
@@ -171,28 +165,29 @@ mod tests {
     #[test]
     fn every_event_of_one_upload_names_the_same_task_and_a_new_upload_another() {
         let rules = rules();
-        let rule = rules.rule_for("raw/mnist/x").expect("rule");
+        let rule = rules.rule_for(&p("raw/mnist/x")).expect("rule");
         let present = vec![
             (
-                "raw/mnist/train-images-idx3-ubyte.gz".to_owned(),
+                p("raw/mnist/train-images-idx3-ubyte.gz"),
                 "etag-1".to_owned(),
             ),
             (
-                "raw/mnist/train-labels-idx1-ubyte.gz".to_owned(),
+                p("raw/mnist/train-labels-idx1-ubyte.gz"),
                 "etag-2".to_owned(),
             ),
         ];
         let reversed: Vec<_> = present.iter().rev().cloned().collect();
-        let first = rule.task_for("raw/mnist/train-images-idx3-ubyte.gz", &present);
-        let second = rule.task_for("raw/mnist/train-labels-idx1-ubyte.gz", &reversed);
+        let first = rule.task_for(&p("raw/mnist/train-images-idx3-ubyte.gz"), &present);
+        let second = rule.task_for(&p("raw/mnist/train-labels-idx1-ubyte.gz"), &reversed);
         assert_eq!(first.idempotency_key, second.idempotency_key);
-        assert_eq!(first.input, "raw/mnist/");
+        assert_eq!(first.input, "raw/mnist");
         assert_eq!(first.output, "mnist_clean");
         assert_eq!(first.params["normalize"], true);
         let mut reuploaded = present.clone();
         reuploaded[0].1 = "etag-3".into();
         assert_ne!(
-            rule.task_for("raw/mnist/x", &reuploaded).idempotency_key,
+            rule.task_for(&p("raw/mnist/x"), &reuploaded)
+                .idempotency_key,
             first.idempotency_key
         );
         let key = first.idempotency_key.expect("key");
@@ -202,9 +197,9 @@ mod tests {
     #[test]
     fn a_rule_without_requirements_ingests_each_object() {
         let rules = rules();
-        let rule = rules.rule_for("raw/a.csv").expect("rule");
-        assert_eq!(rule.required_keys("raw/a.csv"), ["raw/a.csv"]);
-        assert_eq!(rule.task_for("raw/a.csv", &[]).input, "raw/a.csv");
+        let rule = rules.rule_for(&p("raw/a.csv")).expect("rule");
+        assert_eq!(rule.required_keys(&p("raw/a.csv")), [p("raw/a.csv")]);
+        assert_eq!(rule.task_for(&p("raw/a.csv"), &[]).input, "raw/a.csv");
     }
 
     #[test]
@@ -215,8 +210,8 @@ mod tests {
                 "under raw/",
             ),
             (
-                r#"[{"name":"x","prefix":"raw/a","script":"s","output":"o"}]"#,
-                "under raw/",
+                r#"[{"name":"x","prefix":"raw%2f..","script":"s","output":"o"}]"#,
+                "LANCER_INGEST_RULES",
             ),
             (
                 r#"[{"name":"x","prefix":"raw/a/","script":"s","output":"o","require":["b/c"]}]"#,
@@ -224,21 +219,12 @@ mod tests {
             ),
             (
                 r#"[{"name":"x","prefix":"raw/../","script":"s","output":"o"}]"#,
-                "..",
+                "LANCER_INGEST_RULES",
             ),
             (r#"{"name":"x"}"#, "LANCER_INGEST_RULES"),
         ] {
             let err = IngestRules::parse(json).expect_err(json);
             assert!(err.to_string().contains(why), "{json}: {err}");
         }
-    }
-
-    #[test]
-    fn tenant_folders_are_split_off_keys() {
-        assert_eq!(
-            split_tenant("tenants/acme/raw/a.csv"),
-            (Some("acme"), "raw/a.csv")
-        );
-        assert_eq!(split_tenant("raw/a.csv"), (None, "raw/a.csv"));
     }
 }

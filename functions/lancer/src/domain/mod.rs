@@ -1,6 +1,8 @@
-//! The domain: the task model, its state machine, request validation and ingestion rules.
-//! No I/O here.
+//! The domain: the task model, its state machine, names and lake paths, tenants, request
+//! validation and ingestion rules. No I/O here.
 
 pub mod ingest;
+pub mod path;
 pub mod task;
+pub mod tenant;
 pub mod validate;

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::path::{LakePath, Name};
+use super::tenant::Tenant;
+
 /// Lifecycle of a task. Terminal states are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -152,14 +155,22 @@ pub struct Progress {
 pub struct Task {
     pub id: String,
     pub tenant: String,
+    /// The tenant's folder in the lake: what the script gets as `LANCER_LAKE`.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub tenant_root: LakePath,
     pub spec: TaskSpec,
     pub status: TaskStatus,
     /// How many times a runner has claimed this task.
     pub attempt: u32,
-    /// `input` resolved to a lake-relative path (tenant prefix included); empty when none.
-    pub input_path: String,
-    /// `output` resolved to a lake-relative path (tenant prefix included); empty when none.
-    pub output_path: String,
+    /// `input` resolved to a lake-relative path (tenant folder included); empty when none.
+    #[serde(with = "super::path::optional")]
+    #[schema(value_type = String)]
+    pub input_path: Option<LakePath>,
+    /// `output` resolved to a lake-relative path (tenant folder included); empty when none.
+    #[serde(with = "super::path::optional")]
+    #[schema(value_type = String)]
+    pub output_path: Option<LakePath>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -172,22 +183,25 @@ pub struct Task {
     /// URL of a serving task once its script reported one.
     pub endpoint: Option<String>,
     /// Lake-relative path of the task's log.
-    pub logs_uri: String,
+    #[schema(value_type = String)]
+    pub logs_uri: LakePath,
 }
 
 impl Task {
+    /// A new pending task of `tenant`, its log at `logs/<id>.log` in the tenant's folder.
     pub fn new(
-        id: String,
-        tenant: String,
+        id: &Name,
+        tenant: &Tenant,
         spec: TaskSpec,
-        input_path: String,
-        output_path: String,
-        logs_uri: String,
+        input_path: Option<LakePath>,
+        output_path: Option<LakePath>,
         now: DateTime<Utc>,
     ) -> Self {
+        let logs = LakePath::parse("logs", "logs").expect("a valid folder");
         Self {
-            id,
-            tenant,
+            id: id.to_string(),
+            tenant: tenant.name.to_string(),
+            tenant_root: tenant.root.clone(),
             spec,
             status: TaskStatus::Pending,
             attempt: 0,
@@ -202,7 +216,7 @@ impl Task {
             progress: None,
             backend: None,
             endpoint: None,
-            logs_uri,
+            logs_uri: tenant.root.join(&logs).child_with_suffix(id, ".log"),
         }
     }
 
@@ -342,15 +356,8 @@ mod tests {
             max_attempts: 2,
             idempotency_key: None,
         };
-        let mut task = Task::new(
-            "id".into(),
-            "default".into(),
-            spec,
-            String::new(),
-            String::new(),
-            "logs/id.log".into(),
-            Utc::now(),
-        );
+        let id = Name::parse("id", "id").expect("name");
+        let mut task = Task::new(&id, &Tenant::single(), spec, None, None, Utc::now());
         task.status = status;
         task
     }

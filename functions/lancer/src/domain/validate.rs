@@ -1,78 +1,24 @@
 //! Request validation and name resolution. Pure functions: the lake and the scripts
-//! folder are consulted by the callers, never here.
+//! registry are consulted by the callers, never here.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
-
-use super::task::TaskSpec;
+use super::path::{InvalidPath, LakePath, Name, printable};
+use super::task::{Resources, TaskSpec};
 use crate::error::{Error, Result};
 
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_ATTEMPTS: u32 = 10;
-const MAX_PATH_BYTES: usize = 1024;
+/// Upper bounds of `resources`: far above any one machine, low enough that no backend's
+/// arithmetic on them can overflow.
+pub const MAX_CPUS: f64 = 1024.0;
+pub const MAX_GPUS: f64 = 64.0;
+pub const MAX_MEMORY_MB: u64 = 16 << 20;
+const MAX_SCRIPT_BYTES: usize = 1024;
 
-static NAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9][a-z0-9_.-]{0,127}$").expect("the name pattern is a valid regex")
-});
-
-/// Dataset, model, task and tenant names share one shape: `^[a-z0-9][a-z0-9_.-]{0,127}$`.
-pub fn is_valid_name(name: &str) -> bool {
-    NAME.is_match(name)
-}
-
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "{what} '{}' is not a valid name: use 1-128 of a-z, 0-9, '_', '.', '-', starting with a letter or digit",
-            printable(name)
-        )))
+impl From<InvalidPath> for Error {
+    fn from(err: InvalidPath) -> Self {
+        Error::InvalidRequest(err.to_string())
     }
-}
-
-/// Shortens and de-controls user input before it is echoed back in an error message.
-fn printable(text: &str) -> String {
-    text.chars()
-        .take(80)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-/// A relative path made of plain components: no `..`, `.`, empty segment, absolute root,
-/// backslash or URL scheme, so that joining it under a root can never leave that root.
-pub fn check_relative_path(what: &str, path: &str) -> Result<()> {
-    let refuse = |why: &str| {
-        Err(Error::invalid(format!(
-            "{what} '{}' {why}",
-            printable(path)
-        )))
-    };
-    if path.is_empty() {
-        return refuse("is empty");
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return refuse("is too long");
-    }
-    if path.starts_with('/') {
-        return refuse("must be relative, not absolute");
-    }
-    if path.contains(':') {
-        return refuse("must be a path inside the lake, not a URL");
-    }
-    if path.contains('\\') || path.chars().any(char::is_control) {
-        return refuse("contains a forbidden character");
-    }
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
-    if trimmed
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return refuse("must not contain '.', '..' or empty segments");
-    }
-    Ok(())
 }
 
 /// The two kinds of Lance artifact in the lake.
@@ -84,7 +30,11 @@ pub enum ArtifactKind {
 
 impl ArtifactKind {
     /// The lake folder of this kind.
-    pub fn folder(self) -> &'static str {
+    pub fn folder(self) -> LakePath {
+        LakePath::parse("folder", self.folder_name()).expect("a valid folder")
+    }
+
+    fn folder_name(self) -> &'static str {
         match self {
             ArtifactKind::Dataset => "datasets",
             ArtifactKind::Model => "models",
@@ -92,8 +42,8 @@ impl ArtifactKind {
     }
 
     /// Lake-relative path of a named artifact: `datasets/<name>.lance`.
-    pub fn path_of(self, name: &str) -> String {
-        format!("{}/{name}.lance", self.folder())
+    pub fn path_of(self, name: &Name) -> LakePath {
+        self.folder().child_with_suffix(name, ".lance")
     }
 }
 
@@ -102,36 +52,36 @@ impl ArtifactKind {
 pub enum InputRef {
     None,
     /// A bare name: the dataset of that name, else the model of that name.
-    Name(String),
+    Name(Name),
     /// A lake-relative path under `datasets/`, `models/` or `raw/`.
-    Path(String),
+    Path(LakePath),
 }
 
-const INPUT_FOLDERS: [&str; 3] = ["datasets/", "models/", "raw/"];
+const INPUT_FOLDERS: [&str; 3] = ["datasets", "models", "raw"];
 
 pub fn parse_input(input: &str) -> Result<InputRef> {
     if input.is_empty() {
         return Ok(InputRef::None);
     }
     if !input.contains('/') {
-        check_name("input", input)?;
-        return Ok(InputRef::Name(input.to_owned()));
+        return Ok(InputRef::Name(Name::parse("input", input)?));
     }
-    check_relative_path("input", input)?;
-    if !INPUT_FOLDERS.iter().any(|folder| input.starts_with(folder)) {
+    let path = LakePath::parse("input", input)?;
+    let folder = path.segments().next().unwrap_or_default();
+    if !INPUT_FOLDERS.contains(&folder) {
         return Err(Error::invalid(format!(
             "input '{}' must be a dataset or model name, or a path under datasets/, models/ or raw/",
             printable(input)
         )));
     }
-    Ok(InputRef::Path(input.to_owned()))
+    Ok(InputRef::Path(path))
 }
 
 /// Resolves `output` to a lake-relative path. A bare name is a dataset;
 /// `datasets/<name>` and `models/<name>` (with or without `.lance`) name the kind.
-pub fn resolve_output(output: &str) -> Result<String> {
+pub fn resolve_output(output: &str) -> Result<Option<LakePath>> {
     if output.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
     let (kind, name) = match output.split_once('/') {
         None => (ArtifactKind::Dataset, output),
@@ -145,14 +95,20 @@ pub fn resolve_output(output: &str) -> Result<String> {
         }
     };
     let name = name.strip_suffix(".lance").unwrap_or(name);
-    check_name("output", name)?;
-    Ok(kind.path_of(name))
+    Ok(Some(kind.path_of(&Name::parse("output", name)?)))
 }
 
 /// Checks the fields of a spec that need nothing but the spec itself.
 pub fn check_spec(spec: &TaskSpec) -> Result<()> {
-    check_name("task name", &spec.name)?;
-    check_relative_path("script", &spec.script)?;
+    Name::parse("task name", &spec.name)?;
+    if spec.script.is_empty()
+        || spec.script.len() > MAX_SCRIPT_BYTES
+        || spec.script.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(
+            "script must be 1-1024 characters naming a registered script",
+        ));
+    }
     let params_bytes = serde_json::to_vec(&spec.params)
         .map(|bytes| bytes.len())
         .unwrap_or(usize::MAX);
@@ -161,13 +117,7 @@ pub fn check_spec(spec: &TaskSpec) -> Result<()> {
             "params is {params_bytes} bytes; the limit is {MAX_PARAMS_BYTES}"
         )));
     }
-    let resources = &spec.resources;
-    if !(resources.cpus.is_finite() && resources.cpus > 0.0) {
-        return Err(Error::invalid("resources.cpus must be a positive number"));
-    }
-    if !(resources.gpus.is_finite() && resources.gpus >= 0.0) {
-        return Err(Error::invalid("resources.gpus must be zero or more"));
-    }
+    check_resources(&spec.resources)?;
     if spec.max_attempts == 0 || spec.max_attempts > MAX_ATTEMPTS {
         return Err(Error::invalid(format!(
             "max_attempts must be between 1 and {MAX_ATTEMPTS}"
@@ -175,6 +125,25 @@ pub fn check_spec(spec: &TaskSpec) -> Result<()> {
     }
     if let Some(key) = &spec.idempotency_key {
         check_idempotency_key(key)?;
+    }
+    Ok(())
+}
+
+fn check_resources(resources: &Resources) -> Result<()> {
+    if !(resources.cpus.is_finite() && resources.cpus > 0.0 && resources.cpus <= MAX_CPUS) {
+        return Err(Error::invalid(format!(
+            "resources.cpus must be more than 0 and at most {MAX_CPUS}"
+        )));
+    }
+    if !(resources.gpus.is_finite() && resources.gpus >= 0.0 && resources.gpus <= MAX_GPUS) {
+        return Err(Error::invalid(format!(
+            "resources.gpus must be between 0 and {MAX_GPUS}"
+        )));
+    }
+    if resources.memory_mb > MAX_MEMORY_MB {
+        return Err(Error::invalid(format!(
+            "resources.memory_mb must be at most {MAX_MEMORY_MB} (16 TiB)"
+        )));
     }
     Ok(())
 }
@@ -193,44 +162,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_the_documented_pattern() {
-        for good in ["mnist_clean", "a", "0", "v1.2-rc_3", &"a".repeat(128)] {
-            assert!(is_valid_name(good), "{good}");
-        }
+    fn resources_beyond_their_bounds_are_refused() {
+        let ok = Resources::default();
+        assert!(check_resources(&ok).is_ok());
         for bad in [
-            "",
-            "Mnist",
-            "_x",
-            ".hidden",
-            "a/b",
-            "..",
-            "a b",
-            &"a".repeat(129),
-            "ä",
+            Resources {
+                cpus: 0.0,
+                ..ok.clone()
+            },
+            Resources {
+                cpus: f64::NAN,
+                ..ok.clone()
+            },
+            Resources {
+                cpus: 1e9,
+                ..ok.clone()
+            },
+            Resources {
+                gpus: -1.0,
+                ..ok.clone()
+            },
+            Resources {
+                gpus: 1e6,
+                ..ok.clone()
+            },
+            Resources {
+                memory_mb: u64::MAX,
+                ..ok.clone()
+            },
         ] {
-            assert!(!is_valid_name(bad), "{bad}");
+            assert!(check_resources(&bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn relative_paths_cannot_escape_their_root() {
-        for bad in [
-            "../etc/passwd",
-            "a/../../b",
-            "/etc/passwd",
-            "s3://bucket/x",
-            "file:///etc",
-            "a//b",
-            "./a",
-            "a\\..\\b",
-            "a\nb",
-            "",
-        ] {
-            assert!(check_relative_path("p", bad).is_err(), "{bad:?}");
-        }
-        for good in ["a", "raw/mnist/", "mnist/train.py", "a.b/c-d_e"] {
-            assert!(check_relative_path("p", good).is_ok(), "{good:?}");
-        }
+        let most = Resources {
+            cpus: MAX_CPUS,
+            gpus: MAX_GPUS,
+            memory_mb: MAX_MEMORY_MB,
+        };
+        assert!(check_resources(&most).is_ok());
+        assert!(
+            most.memory_mb.checked_mul(1 << 20).is_some(),
+            "bytes fit in a u64"
+        );
     }
 
     #[test]
@@ -238,33 +210,47 @@ mod tests {
         assert_eq!(parse_input("").ok(), Some(InputRef::None));
         assert_eq!(
             parse_input("mnist_clean").ok(),
-            Some(InputRef::Name("mnist_clean".into()))
+            Some(InputRef::Name(
+                Name::parse("n", "mnist_clean").expect("name")
+            ))
         );
         assert_eq!(
             parse_input("raw/mnist/").ok(),
-            Some(InputRef::Path("raw/mnist/".into()))
+            Some(InputRef::Path(
+                LakePath::parse("p", "raw/mnist").expect("path")
+            ))
         );
         assert!(parse_input("logs/x.log").is_err());
         assert!(parse_input("raw/../tenants/x").is_err());
         assert!(parse_input("/data/raw").is_err());
+        assert!(parse_input("datasets/%2e%2e/%2e%2e/acme/datasets/secret.lance").is_err());
     }
 
     #[test]
     fn outputs_resolve_to_datasets_or_models() {
+        let resolve_output = |output| resolve_output(output).map(|p| p.map(|p| p.to_string()));
         assert_eq!(
-            resolve_output("mnist_clean").ok().as_deref(),
-            Some("datasets/mnist_clean.lance")
+            resolve_output("mnist_clean").ok(),
+            Some(Some("datasets/mnist_clean.lance".into()))
         );
         assert_eq!(
-            resolve_output("models/cnn").ok().as_deref(),
-            Some("models/cnn.lance")
+            resolve_output("models/cnn").ok(),
+            Some(Some("models/cnn.lance".into()))
         );
         assert_eq!(
-            resolve_output("models/cnn.lance").ok().as_deref(),
-            Some("models/cnn.lance")
+            resolve_output("models/cnn.lance").ok(),
+            Some(Some("models/cnn.lance".into()))
         );
-        assert_eq!(resolve_output("").ok().as_deref(), Some(""));
-        for bad in ["../x", "raw/x", "models/../x", "models/", "s3://b/x", "Big"] {
+        assert_eq!(resolve_output("").ok(), Some(None));
+        for bad in [
+            "../x",
+            "raw/x",
+            "models/../x",
+            "models/",
+            "s3://b/x",
+            "Big",
+            "models/%2e%2e",
+        ] {
             assert!(resolve_output(bad).is_err(), "{bad}");
         }
     }

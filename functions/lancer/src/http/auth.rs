@@ -8,25 +8,16 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use crate::config::DEFAULT_TENANT;
+use crate::domain::tenant::Tenant;
 use crate::error::Error;
-use crate::lake::tenant_prefix;
-
-/// The caller, as the auth layer established it.
-#[derive(Debug, Clone)]
-pub struct Tenant {
-    pub name: String,
-    /// The tenant's folder in the lake.
-    pub prefix: String,
-}
 
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let name = match &state.api_keys {
-        None => DEFAULT_TENANT.to_owned(),
+    let tenant = match &state.api_keys {
+        None => Tenant::single(),
         Some(keys) => {
             let header = request
                 .headers()
@@ -42,12 +33,12 @@ pub async fn authenticate(
                 .ok_or_else(|| {
                     Error::Unauthorized("Authorization must be 'Bearer <api key>'".into())
                 })?;
-            keys.tenant_of(key)
-                .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?
-                .to_owned()
+            let name = keys
+                .tenant_of(key)
+                .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
+            Tenant::keyed(name.clone())
         }
     };
-    let prefix = tenant_prefix(&name, state.api_keys.is_some());
-    request.extensions_mut().insert(Tenant { name, prefix });
+    request.extensions_mut().insert(tenant);
     Ok(next.run(request).await)
 }

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 
 use super::error::ErrorBody;
 use super::{AppState, Tenant};
-use crate::domain::validate::{ArtifactKind, check_name};
+use crate::domain::path::Name;
+use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Resource, Result};
 use crate::ports::{ArtifactDetail, ArtifactSummary};
 
@@ -26,10 +27,10 @@ async fn describe(
     kind: ArtifactKind,
     id: &str,
 ) -> Result<ArtifactDetail> {
-    check_name("id", id)?;
+    let name = Name::parse("id", id)?;
     state
         .lake
-        .describe(&tenant.prefix, kind, id)
+        .describe(&tenant.root, kind, &name)
         .await?
         .ok_or_else(|| Error::not_found(resource_of(kind), id))
 }
@@ -40,8 +41,8 @@ async fn delete(
     kind: ArtifactKind,
     id: &str,
 ) -> Result<StatusCode> {
-    check_name("id", id)?;
-    if state.lake.delete(&tenant.prefix, kind, id).await? {
+    let name = Name::parse("id", id)?;
+    if state.lake.delete(&tenant.root, kind, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::not_found(resource_of(kind), id))
@@ -56,10 +57,7 @@ pub async fn list_datasets(
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Json<Vec<ArtifactSummary>>> {
     Ok(Json(
-        state
-            .lake
-            .list(&tenant.prefix, ArtifactKind::Dataset)
-            .await?,
+        state.lake.list(&tenant.root, ArtifactKind::Dataset).await?,
     ))
 }
 
@@ -95,7 +93,7 @@ pub async fn list_models(
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Json<Vec<ArtifactSummary>>> {
     Ok(Json(
-        state.lake.list(&tenant.prefix, ArtifactKind::Model).await?,
+        state.lake.list(&tenant.root, ArtifactKind::Model).await?,
     ))
 }
 

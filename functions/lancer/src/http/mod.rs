@@ -21,7 +21,7 @@ mod lake;
 mod tasks;
 pub mod uploads;
 
-pub use auth::Tenant;
+pub use crate::domain::tenant::Tenant;
 
 /// Everything a request handler needs.
 pub struct AppState {

@@ -13,38 +13,33 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiJson, ApiQuery, ErrorBody};
 use super::{AppState, Tenant};
 use crate::dispatch::cancel_in_store;
+use crate::domain::path::{LakePath, Name};
 use crate::domain::task::{Task, TaskSpec, TaskStatus};
 use crate::domain::validate::{
     ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
 };
 use crate::error::{Error, Resource, Result};
-use crate::lake::log_path;
 use crate::ports::{Created, ListQuery, LogChunk};
-use crate::scripts::resolve_script;
+use crate::scripts::ScriptRegistry;
 
 impl AppState {
     /// Validates, resolves and stores a task, then hands it to the dispatcher.
     pub async fn submit_task(&self, tenant: &Tenant, spec: TaskSpec) -> Result<Created> {
         check_spec(&spec)?;
-        resolve_script(&self.scripts, &spec.script)?;
+        ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
         let input_path = match parse_input(&spec.input)? {
-            InputRef::None => String::new(),
-            InputRef::Path(path) => format!("{}{path}", tenant.prefix),
-            InputRef::Name(name) => self.resolve_input_name(tenant, &name).await?,
+            InputRef::None => None,
+            InputRef::Path(path) => Some(tenant.path(&path)),
+            InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
         };
-        let output_path = match resolve_output(&spec.output)? {
-            path if path.is_empty() => path,
-            path => format!("{}{path}", tenant.prefix),
-        };
-        let id = uuid::Uuid::now_v7().to_string();
-        let logs_uri = log_path(&tenant.prefix, &id);
+        let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
+        let id = Name::parse("task id", &uuid::Uuid::now_v7().to_string())?;
         let task = Task::new(
-            id,
-            tenant.name.clone(),
+            &id,
+            tenant,
             spec,
             input_path,
             output_path,
-            logs_uri,
             chrono::Utc::now(),
         );
         let created = self.store.create(task).await?;
@@ -57,24 +52,24 @@ impl AppState {
         Ok(created)
     }
 
-    async fn resolve_input_name(&self, tenant: &Tenant, name: &str) -> Result<String> {
+    async fn resolve_input_name(&self, tenant: &Tenant, name: &Name) -> Result<LakePath> {
         for kind in [ArtifactKind::Dataset, ArtifactKind::Model] {
             if self
                 .lake
-                .describe(&tenant.prefix, kind, name)
+                .describe(&tenant.root, kind, name)
                 .await?
                 .is_some()
             {
-                return Ok(format!("{}{}", tenant.prefix, kind.path_of(name)));
+                return Ok(tenant.path(&kind.path_of(name)));
             }
         }
-        Err(Error::not_found(Resource::Dataset, name))
+        Err(Error::not_found(Resource::Dataset, name.as_str()))
     }
 
     /// The task if it exists and belongs to the tenant; another tenant's task is not found.
     async fn owned_task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
         match self.store.get(id).await? {
-            Some(task) if task.tenant == tenant.name => Ok(task),
+            Some(task) if task.tenant == tenant.name.as_str() => Ok(task),
             _ => Err(Error::not_found(Resource::Task, id)),
         }
     }
@@ -164,7 +159,7 @@ pub async fn list(
     let page = state
         .store
         .list(&ListQuery {
-            tenant: Some(tenant.name),
+            tenant: Some(tenant.name.to_string()),
             status,
             limit,
             page_token: params.page_token,

@@ -15,11 +15,9 @@ use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::{AppState, Tenant};
-use crate::domain::ingest::split_tenant;
+use crate::domain::path::LakePath;
 use crate::domain::task::Task;
-use crate::domain::validate::check_relative_path;
 use crate::error::Result;
-use crate::lake::tenant_prefix;
 use crate::ports::Created;
 
 /// Uploads are raw data files, far beyond the API's 1 MiB bodies.
@@ -28,7 +26,8 @@ pub const MAX_UPLOAD_BYTES: usize = 1 << 30;
 #[derive(Serialize, ToSchema)]
 pub struct Uploaded {
     /// Where the object landed, lake-relative.
-    pub path: String,
+    #[schema(value_type = String)]
+    pub path: LakePath,
     pub size: u64,
     /// The ingestion task the upload completed, if a rule matched and every file it
     /// requires is present.
@@ -38,17 +37,13 @@ pub struct Uploaded {
 impl AppState {
     /// Runs the ingestion rules on an object that arrived at lake-relative `key`
     /// (tenant folder excluded): creates the rule's task once its upload is complete.
-    pub async fn ingest(&self, tenant: &Tenant, key: &str) -> Result<Option<Created>> {
+    pub async fn ingest(&self, tenant: &Tenant, key: &LakePath) -> Result<Option<Created>> {
         let Some(rule) = self.ingest_rules.rule_for(key) else {
             return Ok(None);
         };
         let mut present = Vec::new();
         for required in rule.required_keys(key) {
-            match self
-                .lake
-                .stat(&format!("{}{required}", tenant.prefix))
-                .await?
-            {
+            match self.lake.stat(&tenant.path(&required)).await? {
                 Some(stat) => present.push((required, stat.version)),
                 None => {
                     info!(rule = %rule.name, %key, missing = %required, "upload not complete yet");
@@ -63,27 +58,6 @@ impl AppState {
             info!(rule = %rule.name, %key, task = %task.id, "ingestion task created");
         }
         Ok(Some(created))
-    }
-
-    /// The tenant an object key of the lake belongs to, as S3 events name keys.
-    pub fn tenant_of_key<'k>(&self, key: &'k str) -> (Tenant, &'k str) {
-        let multi_tenant = self.api_keys.is_some();
-        match split_tenant(key) {
-            (Some(name), rest) if multi_tenant => (
-                Tenant {
-                    name: name.to_owned(),
-                    prefix: tenant_prefix(name, true),
-                },
-                rest,
-            ),
-            _ => (
-                Tenant {
-                    name: crate::config::DEFAULT_TENANT.to_owned(),
-                    prefix: String::new(),
-                },
-                key,
-            ),
-        }
     }
 }
 
@@ -105,9 +79,8 @@ pub async fn upload(
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Uploaded>)> {
-    check_relative_path("upload key", &key)?;
-    let relative = format!("raw/{key}");
-    let path = format!("{}{relative}", tenant.prefix);
+    let relative = LakePath::parse("raw", "raw")?.join(&LakePath::parse("upload key", &key)?);
+    let path = tenant.path(&relative);
     let size = body.len() as u64;
     state.lake.put(&path, body.to_vec()).await?;
     let task = state

@@ -16,7 +16,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
-use crate::domain::validate::{ArtifactKind, is_valid_name};
+use crate::domain::path::{LakePath, Name};
+use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
     ArtifactDetail, ArtifactSummary, Field, Lake, LogChunk, ModelInfo, ObjectStat, Version,
@@ -88,14 +89,16 @@ impl LanceLake {
         })
     }
 
-    fn object_path(&self, relative: &str) -> Path {
+    /// The object key of a lake path. Its segments need no escaping, so the key and the
+    /// URI `uri_of` gives name the same object.
+    fn object_path(&self, path: &LakePath) -> Path {
         self.base
             .parts()
-            .chain(Path::from(relative).parts())
+            .chain(path.segments().map(object_store::path::PathPart::from))
             .collect()
     }
 
-    async fn open_dataset(&self, relative: &str) -> Result<Option<Dataset>> {
+    async fn open_dataset(&self, relative: &LakePath) -> Result<Option<Dataset>> {
         let storage_options: HashMap<String, String> =
             self.storage_options.clone().into_iter().collect();
         let opened = DatasetBuilder::from_uri(self.uri_of(relative))
@@ -112,14 +115,14 @@ impl LanceLake {
 
     async fn summarize(
         &self,
-        name: &str,
-        relative: &str,
+        name: &Name,
+        relative: &LakePath,
         dataset: &Dataset,
     ) -> Result<ArtifactSummary> {
         let schema = ArrowSchema::from(dataset.schema());
         let num_rows = dataset.count_rows(None).await.map_err(Error::internal)? as u64;
         Ok(ArtifactSummary {
-            id: name.to_owned(),
+            id: name.to_string(),
             path: self.uri_of(relative),
             schema: schema
                 .fields()
@@ -130,7 +133,7 @@ impl LanceLake {
         })
     }
 
-    async fn size_of(&self, relative: &str) -> Result<u64> {
+    async fn size_of(&self, relative: &LakePath) -> Result<u64> {
         let prefix = self.object_path(relative);
         self.store
             .list(Some(&prefix))
@@ -185,23 +188,23 @@ fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
 
 #[async_trait]
 impl Lake for LanceLake {
-    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
-        let folder = self.object_path(&format!("{prefix}{}", kind.folder()));
+    async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
+        let folder = self.object_path(&root.join(&kind.folder()));
         let listing = self
             .store
             .list_with_delimiter(Some(&folder))
             .await
             .map_err(Error::internal)?;
-        let mut names: Vec<String> = listing
+        let mut names: Vec<Name> = listing
             .common_prefixes
             .iter()
-            .filter_map(|path| path.filename()?.strip_suffix(".lance").map(str::to_owned))
-            .filter(|name| is_valid_name(name))
+            .filter_map(|path| path.filename()?.strip_suffix(".lance"))
+            .filter_map(|name| Name::parse("name", name).ok())
             .collect();
         names.sort();
         let mut summaries = Vec::with_capacity(names.len());
         for name in names {
-            let relative = format!("{prefix}{}", kind.path_of(&name));
+            let relative = root.join(&kind.path_of(&name));
             // A folder that is not (or no longer) a Lance dataset is skipped, not an error.
             if let Some(dataset) = self.open_dataset(&relative).await? {
                 summaries.push(self.summarize(&name, &relative, &dataset).await?);
@@ -212,11 +215,11 @@ impl Lake for LanceLake {
 
     async fn describe(
         &self,
-        prefix: &str,
+        root: &LakePath,
         kind: ArtifactKind,
-        name: &str,
+        name: &Name,
     ) -> Result<Option<ArtifactDetail>> {
-        let relative = format!("{prefix}{}", kind.path_of(name));
+        let relative = root.join(&kind.path_of(name));
         let Some(dataset) = self.open_dataset(&relative).await? else {
             return Ok(None);
         };
@@ -255,8 +258,8 @@ impl Lake for LanceLake {
         }))
     }
 
-    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool> {
-        let folder = self.object_path(&format!("{prefix}{}", kind.path_of(name)));
+    async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {
+        let folder = self.object_path(&root.join(&kind.path_of(name)));
         let locations = self
             .store
             .list(Some(&folder))
@@ -278,7 +281,7 @@ impl Lake for LanceLake {
         Ok(!deleted.is_empty())
     }
 
-    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+    async fn put(&self, path: &LakePath, bytes: Vec<u8>) -> Result<()> {
         self.store
             .put(&self.object_path(path), PutPayload::from(bytes))
             .await
@@ -286,7 +289,12 @@ impl Lake for LanceLake {
             .map_err(Error::internal)
     }
 
-    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>> {
+    async fn read_from(
+        &self,
+        path: &LakePath,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<LogChunk>> {
         let location = self.object_path(path);
         let size = match self.store.head(&location).await {
             Ok(meta) => meta.size,
@@ -311,7 +319,7 @@ impl Lake for LanceLake {
         }))
     }
 
-    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>> {
+    async fn stat(&self, path: &LakePath) -> Result<Option<ObjectStat>> {
         match self.store.head(&self.object_path(path)).await {
             Ok(meta) => Ok(Some(ObjectStat {
                 size: meta.size,
@@ -329,11 +337,11 @@ impl Lake for LanceLake {
         }
     }
 
-    fn uri_of(&self, path: &str) -> String {
-        if path.is_empty() {
+    fn uri_of(&self, path: &LakePath) -> String {
+        if path.is_root() {
             self.root.clone()
         } else {
-            format!("{}/{}", self.root, path.trim_end_matches('/'))
+            format!("{}/{path}", self.root)
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk, ObjectStat};
@@ -12,8 +13,8 @@ use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk, ObjectStat};
 #[derive(Default)]
 pub struct MemoryLake {
     /// Artifacts and objects by lake-relative path.
-    artifacts: Mutex<BTreeMap<String, ArtifactDetail>>,
-    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    artifacts: Mutex<BTreeMap<LakePath, ArtifactDetail>>,
+    objects: Mutex<BTreeMap<LakePath, Vec<u8>>>,
 }
 
 impl MemoryLake {
@@ -22,8 +23,14 @@ impl MemoryLake {
     }
 
     /// Adds an artifact as a script would have written it.
-    pub fn insert(&self, prefix: &str, kind: ArtifactKind, detail: ArtifactDetail) -> Result<()> {
-        let path = format!("{prefix}{}", kind.path_of(&detail.summary.id));
+    pub fn insert(
+        &self,
+        root: &LakePath,
+        kind: ArtifactKind,
+        detail: ArtifactDetail,
+    ) -> Result<()> {
+        let name = Name::parse("id", &detail.summary.id)?;
+        let path = root.join(&kind.path_of(&name));
         self.artifacts
             .lock()
             .map_err(poisoned)?
@@ -38,8 +45,8 @@ fn poisoned<T>(_: T) -> Error {
 
 #[async_trait]
 impl Lake for MemoryLake {
-    async fn list(&self, prefix: &str, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
-        let folder = format!("{prefix}{}/", kind.folder());
+    async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
+        let folder = root.join(&kind.folder());
         Ok(self
             .artifacts
             .lock()
@@ -47,7 +54,7 @@ impl Lake for MemoryLake {
             .iter()
             .filter(|(path, _)| {
                 path.strip_prefix(&folder)
-                    .is_some_and(|rest| !rest.contains('/'))
+                    .is_some_and(|rest| rest.segments().count() == 1)
             })
             .map(|(_, detail)| detail.summary.clone())
             .collect())
@@ -55,16 +62,16 @@ impl Lake for MemoryLake {
 
     async fn describe(
         &self,
-        prefix: &str,
+        root: &LakePath,
         kind: ArtifactKind,
-        name: &str,
+        name: &Name,
     ) -> Result<Option<ArtifactDetail>> {
-        let path = format!("{prefix}{}", kind.path_of(name));
+        let path = root.join(&kind.path_of(name));
         Ok(self.artifacts.lock().map_err(poisoned)?.get(&path).cloned())
     }
 
-    async fn delete(&self, prefix: &str, kind: ArtifactKind, name: &str) -> Result<bool> {
-        let path = format!("{prefix}{}", kind.path_of(name));
+    async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {
+        let path = root.join(&kind.path_of(name));
         Ok(self
             .artifacts
             .lock()
@@ -73,22 +80,27 @@ impl Lake for MemoryLake {
             .is_some())
     }
 
-    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+    async fn put(&self, path: &LakePath, bytes: Vec<u8>) -> Result<()> {
         self.objects
             .lock()
             .map_err(poisoned)?
-            .insert(path.to_owned(), bytes);
+            .insert(path.clone(), bytes);
         Ok(())
     }
 
-    async fn read_from(&self, path: &str, offset: u64, limit: u64) -> Result<Option<LogChunk>> {
+    async fn read_from(
+        &self,
+        path: &LakePath,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<LogChunk>> {
         let objects = self.objects.lock().map_err(poisoned)?;
         Ok(objects
             .get(path)
             .map(|bytes| LogChunk::slice(bytes, offset, limit)))
     }
 
-    async fn stat(&self, path: &str) -> Result<Option<ObjectStat>> {
+    async fn stat(&self, path: &LakePath) -> Result<Option<ObjectStat>> {
         use std::hash::{Hash, Hasher};
         let objects = self.objects.lock().map_err(poisoned)?;
         Ok(objects.get(path).map(|bytes| {
@@ -102,7 +114,7 @@ impl Lake for MemoryLake {
         }))
     }
 
-    fn uri_of(&self, path: &str) -> String {
+    fn uri_of(&self, path: &LakePath) -> String {
         format!("memory:///{path}")
     }
 

@@ -1,0 +1,168 @@
+//! The run contract on the script's side: how a script is started (the Python shim or
+//! the flag form), and the environment it gets, an allow-list and nothing else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::RunnerContext;
+use crate::domain::path::LakePath;
+use crate::domain::task::Task;
+use crate::error::Result;
+use crate::scripts::{Script, ScriptKind};
+
+/// Imports the user's file and calls `run(input_path, output_path, params)`. Its messages
+/// name no path: a task's error is shown to its tenant.
+const PYTHON_SHIM: &str = r#"
+import importlib.util, json, os, sys
+script, input_path, output_path, params_file, result_file = sys.argv[1:6]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+spec = importlib.util.spec_from_file_location("lancer_task", script)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+if not callable(getattr(module, "run", None)):
+    sys.exit("the script defines no run(input_path, output_path, params) function")
+with open(params_file) as f:
+    params = json.load(f)
+result = module.run(input_path, output_path, params)
+if result is None:
+    result = {}
+if not isinstance(result, dict):
+    sys.exit(f"run() returned {type(result).__name__}; it must return a dict")
+with open(result_file, "w") as f:
+    json.dump(result, f, default=str)
+"#;
+
+/// Variables of the runner's own environment that a script inherits: where programs are,
+/// the locale, the accelerator a scheduler assigned, and thread counts. Nothing else
+/// crosses: not the API keys, not the task table, not the server's configuration.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "RUST_LOG",
+    "CUDA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS",
+];
+
+/// What an object-store lake additionally needs: the credentials and endpoint the lake
+/// itself is opened with, so the script's Lance reads the same URIs.
+const LAKE_CREDENTIALS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ALLOW_HTTP",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+];
+
+/// The files of one attempt, in its fresh working directory.
+pub struct Files {
+    pub workdir: PathBuf,
+    pub params: PathBuf,
+    pub result: PathBuf,
+    pub progress: PathBuf,
+}
+
+impl Files {
+    /// Writes the params and an empty progress file into `workdir`.
+    pub fn create(workdir: &Path, task: &Task) -> Result<Self> {
+        let files = Self {
+            workdir: workdir.to_path_buf(),
+            params: workdir.join("params.json"),
+            result: workdir.join("result.json"),
+            progress: workdir.join("progress.jsonl"),
+        };
+        std::fs::write(&files.params, serde_json::to_vec(&task.spec.params)?)?;
+        std::fs::write(&files.progress, b"")?;
+        Ok(files)
+    }
+}
+
+/// The script's command line, environment and pipes; not started yet.
+pub fn command(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> Command {
+    let input = path_or_empty(ctx, task.input_path.as_ref());
+    let output = path_or_empty(ctx, task.output_path.as_ref());
+    let mut command = match script.kind {
+        ScriptKind::Python => {
+            let mut command = Command::new(&ctx.python);
+            command.args(["-u", "-c", PYTHON_SHIM]).arg(&script.path);
+            command.arg(&input).arg(&output);
+            command.arg(&files.params).arg(&files.result);
+            command
+        }
+        ScriptKind::Executable => {
+            let mut command = Command::new(&script.path);
+            command.arg("--input").arg(&input);
+            command.arg("--output").arg(&output);
+            command.arg("--params-file").arg(&files.params);
+            command.arg("--result-file").arg(&files.result);
+            command
+        }
+    };
+    command
+        .current_dir(&files.workdir)
+        .env_clear()
+        .envs(script_env(ctx, task, files, |name| {
+            std::env::var(name).ok()
+        }))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn path_or_empty(ctx: &RunnerContext, path: Option<&LakePath>) -> String {
+    path.map(|path| ctx.lake.uri_of(path)).unwrap_or_default()
+}
+
+/// The whole environment of a script: the inherited allow-list, the operator's
+/// `LANCER_SCRIPT_ENV`, then the contract's own variables, which nothing overrides.
+pub fn script_env(
+    ctx: &RunnerContext,
+    task: &Task,
+    files: &Files,
+    runner_var: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let remote_lake = !ctx.lake.uri_of(&LakePath::root()).starts_with('/');
+    let inherited = INHERITED.iter().chain(
+        remote_lake
+            .then_some(LAKE_CREDENTIALS)
+            .into_iter()
+            .flatten(),
+    );
+    let mut env: BTreeMap<String, String> = inherited
+        .filter_map(|name| runner_var(name).map(|value| (name.to_string(), value)))
+        .collect();
+    env.extend(ctx.script_env.clone());
+    let workdir = files.workdir.to_string_lossy().into_owned();
+    let storage_options = serde_json::to_string(&ctx.lake.storage_options()).unwrap_or_default();
+    env.extend(
+        [
+            ("LANCER_TASK_ID", task.id.clone()),
+            ("LANCER_ATTEMPT", task.attempt.to_string()),
+            ("LANCER_LAKE", ctx.lake.uri_of(&task.tenant_root)),
+            ("LANCER_STORAGE_OPTIONS", storage_options),
+            (
+                "LANCER_PROGRESS_FILE",
+                files.progress.to_string_lossy().into_owned(),
+            ),
+            ("HOME", workdir.clone()),
+            ("TMPDIR", workdir),
+            ("PYTHONUNBUFFERED", "1".to_owned()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    env
+}

@@ -1,0 +1,262 @@
+//! The tenant boundary, tried as an attacker would: each test is one attack, and each
+//! failed against the code before the defence it names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use lancer::lake::lance::LanceLake;
+use lancer::ports::Lake;
+use lancer_tests::app::TestApp;
+use lancer_tests::aws::{create_bucket, unique_name};
+use lancer_tests::lake::{LanceSeeder, Seeder};
+use lancer_tests::server::Server;
+use serde_json::{Value, json};
+
+const KEYS: &str = "acme-key-001=acme,other-key-001=other";
+const OTHER: [(&str, &str); 1] = [("Authorization", "Bearer other-key-001")];
+
+/// Every spelling of "up two folders, into acme's" that a URL or path decoder might
+/// turn into `..`, and look-alikes of it.
+const TRAVERSALS: [&str; 8] = [
+    "datasets/%2e%2e/%2e%2e/acme/datasets/secret.lance",
+    "datasets/%2E%2E/%2E%2E/acme/datasets/secret.lance",
+    "datasets/%252e%252e/%252e%252e/acme/datasets/secret.lance",
+    "datasets/..%2f..%2facme/datasets/secret.lance",
+    "datasets/%2e%2e%2f%2e%2e%2facme%2fdatasets%2fsecret.lance",
+    "datasets/\u{ff0e}\u{ff0e}/\u{ff0e}\u{ff0e}/acme/datasets/secret.lance",
+    "datasets/\u{2024}\u{2024}/\u{2024}\u{2024}/acme/datasets/secret.lance",
+    "raw/../../acme/datasets/secret.lance",
+];
+
+/// Tenant `other` names acme's dataset through every traversal, as input, output, upload
+/// key and dataset id: each is a 400 that names the field, and nothing is dispatched.
+async fn traversals_are_refused(app: &TestApp) {
+    put_secret(&app.lake).await;
+    for attack in TRAVERSALS {
+        for body in [
+            json!({"name": "steal", "script": "jobs/noop.py", "input": attack}),
+            json!({"name": "plant", "script": "jobs/noop.py", "output": attack}),
+        ] {
+            let answer = app.post("/api/v1/tasks", &body, &OTHER).await;
+            assert_eq!(
+                (answer.status, answer.code().as_str()),
+                (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+                "{body}: {}",
+                answer.text()
+            );
+            let message = answer.json()["error"]["message"].to_string();
+            assert!(
+                message.contains("input") || message.contains("output"),
+                "{message}"
+            );
+        }
+        let encoded = attack.replace('%', "%25").replace('\u{ff0e}', "%EF%BC%8E");
+        let upload = app
+            .call(
+                Method::PUT,
+                &format!("/api/v1/uploads/{encoded}"),
+                Some(b"x".to_vec()),
+                &OTHER,
+            )
+            .await;
+        assert_eq!(
+            upload.status,
+            StatusCode::BAD_REQUEST,
+            "{attack}: {}",
+            upload.text()
+        );
+    }
+    for id in ["%2e%2e", "..%2facme", "%252e%252e", "secret%2elance"] {
+        let answer = app.get(&format!("/api/v1/datasets/{id}"), &OTHER).await;
+        assert!(answer.status.is_client_error(), "{id}: {}", answer.text());
+        assert_ne!(answer.status, StatusCode::OK);
+    }
+    assert!(
+        app.dispatcher.submitted().is_empty(),
+        "nothing was dispatched"
+    );
+    // The one way in that is left, acme's dataset by its bare name, is other's own folder.
+    let by_name = json!({"name": "steal", "script": "jobs/noop.py", "input": "secret"});
+    let answer = app.post("/api/v1/tasks", &by_name, &OTHER).await;
+    assert_eq!(answer.code(), "DATASET_NOT_FOUND");
+}
+
+/// Writes acme's secret dataset, as acme's own task would have.
+async fn put_secret(lake: &Arc<dyn Lake>) {
+    let seeder = LanceSeeder { lake: lake.clone() };
+    seeder.dataset("tenants/acme/", "secret", 5).await;
+}
+
+#[tokio::test]
+async fn encoded_traversals_to_another_tenant_are_refused_on_a_local_lake() {
+    traversals_are_refused(&TestApp::new(Some(KEYS))).await;
+}
+
+#[tokio::test]
+async fn encoded_traversals_to_another_tenant_are_refused_on_an_s3_lake() {
+    let bucket = unique_name("lake");
+    create_bucket(&bucket).await;
+    let lake: Arc<dyn Lake> = Arc::new(
+        LanceLake::open(&format!("s3://{bucket}/lake"), Default::default()).expect("open"),
+    );
+    traversals_are_refused(&TestApp::with_lake(Some(KEYS), lake)).await;
+}
+
+#[tokio::test]
+async fn only_registered_scripts_run_and_an_unregistered_file_never_executes() {
+    let app = TestApp::new(Some(KEYS));
+    let scripts = app.scripts();
+    let marker = app.dir.path().join("imported");
+    std::fs::write(
+        scripts.join("jobs/lib.py"),
+        format!("open({:?}, 'w').write('ran')\n", marker.to_string_lossy()),
+    )
+    .expect("write lib.py");
+    std::fs::create_dir_all(scripts.join(".git/hooks")).expect("mkdir");
+    std::fs::write(scripts.join(".git/hooks/post.py"), "").expect("write");
+    for script in [
+        "jobs/lib.py",
+        "./jobs/noop.py",
+        "jobs//noop.py",
+        "jobs/../jobs/noop.py",
+        ".git/hooks/post.py",
+        "lancer-scripts.json",
+        "/bin/sh",
+    ] {
+        let body = json!({"name": "x", "script": script});
+        let answer = app.post("/api/v1/tasks", &body, &OTHER).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{script}");
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains("is not registered"), "{script}: {message}");
+        let folder = scripts.to_string_lossy();
+        assert!(
+            !message.contains(folder.as_ref()),
+            "no server path in {message}"
+        );
+    }
+    assert!(!marker.exists(), "lib.py's top-level code never ran");
+    assert!(app.dispatcher.submitted().is_empty());
+    let registered = app
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "ok", "script": "jobs/noop.py"}),
+            &OTHER,
+        )
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{}",
+        registered.text()
+    );
+}
+
+/// Returns the script's whole environment.
+const ENV_PY: &str = r#"
+import os
+
+def run(input_path, output_path, params):
+    return {"env": dict(os.environ), "cwd": os.getcwd()}
+"#;
+
+#[tokio::test]
+async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_table() {
+    let server = Server::start(
+        &[("env.py", ENV_PY, false)],
+        &[
+            ("LANCER_API_KEYS", KEYS),
+            ("AWS_SECRET_ACCESS_KEY", "server-secret-not-for-scripts"),
+            ("LANCER_SCRIPT_ENV", r#"{"MY_SETTING": "42"}"#),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let task: Value = http
+        .post(server.api("/tasks"))
+        .bearer_auth("other-key-001")
+        .json(&json!({"name": "env", "script": "env.py"}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("task");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let done = wait_finished(&http, &server, &id).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let env = done["result"]["env"].as_object().expect("env").clone();
+    let text = Value::Object(env.clone()).to_string();
+    for secret in [
+        "acme-key-001",
+        "other-key-001",
+        "server-secret-not-for-scripts",
+        "lancer.db",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked into {text}");
+    }
+    let allowed = [
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "RUST_LOG",
+        "CUDA_VISIBLE_DEVICES",
+        "LD_LIBRARY_PATH",
+        "OMP_NUM_THREADS",
+        "MY_SETTING",
+        "LANCER_TASK_ID",
+        "LANCER_ATTEMPT",
+        "LANCER_LAKE",
+        "LANCER_STORAGE_OPTIONS",
+        "LANCER_PROGRESS_FILE",
+        "HOME",
+        "TMPDIR",
+        "PYTHONUNBUFFERED",
+        // Set by the interpreter itself at start-up.
+        "LC_CTYPE",
+    ];
+    for name in env.keys() {
+        assert!(
+            allowed.contains(&name.as_str()),
+            "{name} is not on the allow-list"
+        );
+    }
+    assert_eq!(
+        env["MY_SETTING"], "42",
+        "the operator's LANCER_SCRIPT_ENV arrives"
+    );
+    let lake = std::fs::canonicalize(server.lake()).expect("lake");
+    assert_eq!(
+        env["LANCER_LAKE"],
+        format!("{}/tenants/other", lake.display()),
+        "the script's lake is its tenant's folder"
+    );
+    assert_eq!(
+        env["HOME"], done["result"]["cwd"],
+        "HOME is the task's own folder"
+    );
+    server.stop().await;
+}
+
+async fn wait_finished(http: &reqwest::Client, server: &Server, id: &str) -> Value {
+    for _ in 0..300 {
+        let task: Value = http
+            .get(server.api(&format!("/tasks/{id}")))
+            .bearer_auth("other-key-001")
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if task["finished_at"].is_string() {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("task {id} never finished");
+}
