@@ -260,3 +260,35 @@ async fn wait_finished(http: &reqwest::Client, server: &Server, id: &str) -> Val
     }
     panic!("task {id} never finished");
 }
+
+/// `lancer serve` with this environment; its exit status and stderr, once it stops.
+async fn serve_refused(env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = tokio::process::Command::new(lancer_tests::server::bin_dir().join("lancer"));
+    command
+        .arg("serve")
+        .args(["--port", "0", "--scripts"])
+        .arg(dir.path())
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("LANCER_API_KEYS")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("lancer serve stops at once")
+        .expect("run lancer serve");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn auth_fails_closed_on_an_empty_key_set_and_an_open_server_beyond_loopback() {
+    let (ok, stderr) = serve_refused(&[("LANCER_API_KEYS", "")], &["--host", "127.0.0.1"]).await;
+    assert!(!ok && stderr.contains("none was given"), "{stderr}");
+    // Refused before it binds anything.
+    let (ok, stderr) = serve_refused(&[], &["--host", "0.0.0.0"]).await;
+    assert!(!ok && stderr.contains("LANCER_ALLOW_OPEN"), "{stderr}");
+}

@@ -88,6 +88,7 @@ pub async fn app_state(config: &Config) -> Result<AppState> {
 /// The REST API and the configured dispatcher as one local server (`lancer serve`, and
 /// `lancer-api` outside Lambda), until Ctrl-C.
 pub async fn serve(config: &Config) -> Result<()> {
+    check_open(config)?;
     check_scripts(config)?;
     let state = app_state(config).await?;
     // Tasks left pending or running by a previous server are picked up again.
@@ -101,9 +102,6 @@ pub async fn serve(config: &Config) -> Result<()> {
         .await
         .map_err(|err| Error::invalid(format!("cannot listen on {addr}: {err}")))?;
     let addr = listener.local_addr().map_err(Error::internal)?;
-    if config.api_keys.is_none() && !addr.ip().is_loopback() {
-        warn!(%addr, "no API keys are configured and the server listens beyond loopback: anyone who can reach it can run code");
-    }
     info!(backend = config.backend_name(), lake = %config.lake, db = %config.db.display(), scripts = %config.scripts.display(), "embedded platform ready");
     // The one line on stdout, so scripts and tests can find a port-0 server.
     println!("lancer listening on http://{addr}");
@@ -113,6 +111,22 @@ pub async fn serve(config: &Config) -> Result<()> {
         })
         .await
         .map_err(Error::internal)
+}
+
+/// Auth fails closed: a server without API keys listens on loopback only, unless the
+/// operator says in so many words that anyone who reaches it may run code.
+fn check_open(config: &Config) -> Result<()> {
+    if config.api_keys.is_some() || config.host.is_loopback() {
+        return Ok(());
+    }
+    let addr = config.listen_addr();
+    if !config.allow_open {
+        return Err(Error::invalid(format!(
+            "refusing to listen on {addr} without API keys: anyone who could reach it could run code. Set LANCER_API_KEYS, listen on 127.0.0.1, or set LANCER_ALLOW_OPEN=true to accept that"
+        )));
+    }
+    warn!(%addr, "LANCER_ALLOW_OPEN: no API keys and listening beyond loopback; anyone who can reach it can run code");
+    Ok(())
 }
 
 /// Stops the server at start-up on a broken script registry, and says when it is empty.

@@ -28,6 +28,8 @@ pub struct Config {
     pub scripts: PathBuf,
     /// `LANCER_API_KEYS` (`key=tenant,...`) or `LANCER_API_KEYS_FILE` (a `key=tenant` per line).
     pub api_keys: Option<ApiKeys>,
+    /// `LANCER_ALLOW_OPEN=true`: let a server without API keys listen beyond loopback.
+    pub allow_open: bool,
     /// `LANCER_CONCURRENCY`: batch tasks the local dispatcher runs at once.
     pub concurrency: usize,
     /// `LANCER_LEASE_SECS`: a running task without a heartbeat for this long has lost its runner.
@@ -79,6 +81,7 @@ impl Default for Config {
             port: 8000,
             scripts: ".".into(),
             api_keys: None,
+            allow_open: false,
             concurrency: 1,
             lease: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(5),
@@ -134,10 +137,14 @@ impl ApiKeys {
 
 impl Config {
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+    /// Reads the configuration from `lookup`. An empty variable counts as unset, except
+    /// the API keys: `LANCER_API_KEYS=""` is a key set with no key, which is refused rather
+    /// than read as open mode, so auth fails closed.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).filter(|value| !value.is_empty());
         let defaults = Self::default();
         let parse = |name: &str| -> Result<Option<u64>> {
             get(name)
@@ -148,7 +155,7 @@ impl Config {
                 })
                 .transpose()
         };
-        let api_keys = match (get("LANCER_API_KEYS"), get("LANCER_API_KEYS_FILE")) {
+        let api_keys = match (lookup("LANCER_API_KEYS"), get("LANCER_API_KEYS_FILE")) {
             (Some(inline), _) => Some(ApiKeys::parse(&inline)?),
             (None, Some(file)) => Some(ApiKeys::parse(&std::fs::read_to_string(&file).map_err(
                 |err| Error::invalid(format!("cannot read LANCER_API_KEYS_FILE '{file}': {err}")),
@@ -177,6 +184,15 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or(defaults.scripts),
             api_keys,
+            allow_open: match get("LANCER_ALLOW_OPEN").as_deref() {
+                None | Some("false") | Some("0") => false,
+                Some("true") | Some("1") => true,
+                Some(other) => {
+                    return Err(Error::invalid(format!(
+                        "LANCER_ALLOW_OPEN must be true or false, not '{other}'"
+                    )));
+                }
+            },
             concurrency: parse("LANCER_CONCURRENCY")?
                 .map_or(defaults.concurrency, |n| n.max(1) as usize),
             lease: parse("LANCER_LEASE_SECS")?
@@ -335,6 +351,28 @@ mod tests {
         assert_eq!(
             config.storage_options.get("allow_http").map(String::as_str),
             Some("true")
+        );
+    }
+
+    #[test]
+    fn an_empty_key_set_is_refused_not_read_as_open_mode() {
+        for keys in ["", " ", ",", "# none"] {
+            let err = Config::from_lookup(lookup(&[("LANCER_API_KEYS", keys)]))
+                .expect_err("an empty key set");
+            assert!(
+                err.to_string().contains("none was given"),
+                "{keys:?}: {err}"
+            );
+        }
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let path = file.path().to_string_lossy().into_owned();
+        assert!(Config::from_lookup(lookup(&[("LANCER_API_KEYS_FILE", &path)])).is_err());
+        assert_eq!(
+            Config::from_lookup(lookup(&[("LANCER_PORT", "")]))
+                .map(|c| c.port)
+                .ok(),
+            Some(8000),
+            "other empty variables still mean unset"
         );
     }
 

@@ -55,23 +55,25 @@ enum RayError {
 }
 
 impl RayError {
-    fn task_error(&self, address: &str) -> TaskError {
+    /// The task's error: what Ray said, and nothing of where the head is (the server log
+    /// has that), since a task's error is shown to its tenant.
+    fn task_error(&self) -> TaskError {
         match self {
-            RayError::Unreachable(why) => TaskError::new(
+            RayError::Unreachable(_) => TaskError::new(
                 "BACKEND_UNAVAILABLE",
-                format!("the Ray head at {address} cannot be reached: {why}"),
+                "the Ray cluster cannot be reached; the server log says why",
             ),
             RayError::Rejected(status, body) => TaskError::new(
                 "BACKEND_REJECTED",
                 format!(
-                    "the Ray head at {address} refused the job ({status}): {}",
+                    "Ray refused the job ({status}): {}",
                     truncate(body, MAX_BODY_SHOWN)
                 ),
             ),
             RayError::Broken(status, body) => TaskError::new(
                 "BACKEND_ERROR",
                 format!(
-                    "the Ray head at {address} failed ({status}): {}",
+                    "Ray failed to take the job ({status}): {}",
                     truncate(body, MAX_BODY_SHOWN)
                 ),
             ),
@@ -202,8 +204,10 @@ impl Inner {
                 "lancer_tenant": task.tenant,
             },
         });
-        if resources.memory_mb > 0 {
-            body["entrypoint_memory"] = json!(resources.memory_mb * 1024 * 1024);
+        // Validation bounds memory_mb far below overflow; a stored record is trusted no
+        // further than that.
+        if let Some(bytes) = resources.memory_mb.checked_mul(1 << 20).filter(|&b| b > 0) {
+            body["entrypoint_memory"] = json!(bytes);
         }
         match self
             .send(self.http.post(self.jobs_url("")).json(&body))
@@ -224,16 +228,10 @@ impl Inner {
     async fn fail(&self, task: &Task, error: TaskError) -> Result<()> {
         warn!(task = %task.id, code = %error.code, message = %error.message, "task failed on Ray");
         let running = match task.status {
-            TaskStatus::Pending => {
-                let start = Change::Start {
-                    backend: BACKEND.into(),
-                };
-                match self.store.transition(&task.id, task.guard(), start).await {
-                    Ok(running) => running,
-                    Err(Error::Conflict(_)) => return Ok(()), // its runner claimed it meanwhile
-                    Err(err) => return Err(err),
-                }
-            }
+            TaskStatus::Pending => match self.claim(task).await? {
+                Some(running) => running,
+                None => return Ok(()), // its runner claimed it meanwhile
+            },
             _ => task.clone(),
         };
         match self
@@ -250,11 +248,17 @@ impl Inner {
     async fn dispatch(&self, task: &Task) -> Result<()> {
         match self.submit_job(task).await {
             Ok(()) => Ok(()),
-            Err(err) => self.fail(task, err.task_error(&self.address)).await,
+            Err(err) => {
+                warn!(task = %task.id, address = %self.address, %err, "Ray did not take the job");
+                self.fail(task, err.task_error()).await
+            }
         }
     }
 
-    /// Fails the task if its job ended without the runner writing the outcome back.
+    /// Ends the attempt whose job ended without the runner writing the outcome back. A
+    /// FAILED job is a lost runner (killed, out of memory, its node gone): like a lost
+    /// runner anywhere, it is retried while attempts remain. A STOPPED one was stopped on
+    /// purpose, and fails the task.
     async fn settle(&self, task: &Task, job: &JobInfo) -> Result<()> {
         let code = match job.status {
             JobStatus::Failed => "RAY_JOB_FAILED",
@@ -268,7 +272,48 @@ impl Inner {
             job.status,
             job.message.as_deref().unwrap_or("no message")
         );
-        self.fail(task, TaskError::new(code, message)).await
+        let error = TaskError::new(code, message);
+        if job.status == JobStatus::Failed {
+            return self.retry_or_fail(task, error).await;
+        }
+        self.fail(task, error).await
+    }
+
+    /// Requeues the attempt and submits the next one while attempts remain, else fails.
+    async fn retry_or_fail(&self, task: &Task, error: TaskError) -> Result<()> {
+        let running = match task.status {
+            TaskStatus::Pending => match self.claim(task).await? {
+                Some(running) => running,
+                None => return Ok(()),
+            },
+            _ => task.clone(),
+        };
+        if running.attempt >= running.spec.max_attempts {
+            return self.fail(&running, error).await;
+        }
+        warn!(task = %task.id, attempt = running.attempt, code = %error.code, "Ray job failed; retrying");
+        let requeue = Change::Requeue { error };
+        match self
+            .store
+            .transition(&task.id, running.guard(), requeue)
+            .await
+        {
+            Ok(pending) => self.dispatch(&pending).await,
+            Err(Error::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Claims a pending task for the dispatcher itself; `None` if its runner got there first.
+    async fn claim(&self, task: &Task) -> Result<Option<Task>> {
+        let start = Change::Start {
+            backend: BACKEND.into(),
+        };
+        match self.store.transition(&task.id, task.guard(), start).await {
+            Ok(running) => Ok(Some(running)),
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }
 
@@ -291,17 +336,20 @@ impl Dispatcher for RayDispatcher {
         Ok(())
     }
 
+    /// Stops the job of the last claimed attempt and the one a requeued task waits for:
+    /// a cancel must reach whichever of them exists.
     async fn cancel(&self, task: &Task) -> Result<()> {
         let inner = &self.inner;
-        let submission_id = submission_id(task);
-        let stop = inner
-            .http
-            .post(inner.jobs_url(&format!("{submission_id}/stop")));
-        inner
-            .about_job(stop)
-            .await
-            .map(|_| ())
-            .map_err(|err| Error::internal(format!("cannot stop Ray job {submission_id}: {err}")))
+        for attempt in [task.attempt + 1, task.attempt.max(1)] {
+            let submission_id = format!("{}-{attempt}", task.id);
+            let stop = inner
+                .http
+                .post(inner.jobs_url(&format!("{submission_id}/stop")));
+            inner.about_job(stop).await.map_err(|err| {
+                Error::internal(format!("cannot stop Ray job {submission_id}: {err}"))
+            })?;
+        }
+        Ok(())
     }
 
     async fn reconcile(&self) -> Result<()> {
