@@ -292,3 +292,41 @@ async fn auth_fails_closed_on_an_empty_key_set_and_an_open_server_beyond_loopbac
     let (ok, stderr) = serve_refused(&[], &["--host", "0.0.0.0"]).await;
     assert!(!ok && stderr.contains("LANCER_ALLOW_OPEN"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[], &[]).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        stalled.push(socket);
+    }
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .expect("another client is served meanwhile");
+    assert_eq!(health.status(), 200);
+    let started = std::time::Instant::now();
+    for mut socket in stalled {
+        let mut buffer = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut buffer))
+            .await
+            .expect("the server hangs up on a client that never ends its headers");
+        // A 408 or a plain close: either way the connection is over.
+        let answer = String::from_utf8_lossy(&buffer[..read.unwrap_or(0)]).into_owned();
+        assert!(answer.is_empty() || answer.contains("408"), "{answer}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited <= lancer::app::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        "cut off after {waited:?}"
+    );
+    server.stop().await;
+}

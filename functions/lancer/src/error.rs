@@ -14,6 +14,8 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -77,6 +79,7 @@ impl Error {
             Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::Conflict(_) => "CONFLICT",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            Error::Timeout(_) => "REQUEST_TIMEOUT",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }

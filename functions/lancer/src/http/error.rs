@@ -20,7 +20,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// INVALID_REQUEST, UNAUTHORIZED, DATASET_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND,
-    /// NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, INTERNAL_ERROR.
+    /// NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, INTERNAL_ERROR.
     pub code: String,
     pub message: String,
 }
@@ -32,6 +32,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -103,4 +104,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 pub async fn route_not_found() -> Error {
     Error::not_found(Resource::Route, "this path")
+}
+
+/// A request that ran past its time limit, in the API's error format.
+pub async fn timed_out(_: tower::BoxError) -> Error {
+    Error::Timeout("the request took too long and was stopped".into())
 }

@@ -1,8 +1,10 @@
 //! The REST API: one function builds the axum `Router` that the local server and the
 //! Lambda entrypoint both serve.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -68,6 +70,22 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// How long one API request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an upload may take to arrive and land in the lake.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Stops a request after a limit, answering 408 REQUEST_TIMEOUT in the API's format.
+macro_rules! time_limit {
+    ($limit:expr) => {
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                error::timed_out,
+            ))
+            .timeout($limit)
+    };
+}
+
 pub fn router(state: AppState) -> Router {
     let state = Arc::new(state);
     let api = Router::new()
@@ -80,14 +98,18 @@ pub fn router(state: AppState) -> Router {
             "/datasets/{id}",
             get(lake::get_dataset).delete(lake::delete_dataset),
         )
-        .route(
-            "/uploads/{*key}",
-            put(uploads::upload).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
-        )
         .route("/models", get(lake::list_models))
         .route(
             "/models/{id}",
             get(lake::get_model).delete(lake::delete_model),
+        )
+        .layer(time_limit!(REQUEST_TIMEOUT))
+        // Added after the limit above: an upload's body may take longer to arrive.
+        .route(
+            "/uploads/{*key}",
+            put(uploads::upload)
+                .layer::<_, Infallible>(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES))
+                .layer::<_, Infallible>(time_limit!(UPLOAD_TIMEOUT)),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
