@@ -244,6 +244,7 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
             metrics: Some(json!({"loss": 0.5})),
         }),
         endpoint: Some("http://127.0.0.1:9999".into()),
+        sandbox: Some("landlock".into()),
     };
     let updated = f
         .store

@@ -330,3 +330,80 @@ async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
     );
     server.stop().await;
 }
+
+/// Tries to read each path in `params["read"]` and to write each in `params["write"]`.
+const PROBE_PY: &str = r#"
+import os
+
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except PermissionError:
+        return "denied"
+    except OSError as err:
+        return type(err).__name__
+
+def run(input_path, output_path, params):
+    read = {p: attempt(lambda p=p: open(p, "rb").read(1)) for p in params["read"]}
+    def write(p):
+        with open(p, "w") as f:
+            f.write("x")
+    written = {p: attempt(lambda p=p: write(p)) for p in params["write"]}
+    return {"read": read, "write": written}
+"#;
+
+#[tokio::test]
+async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data() {
+    let server = Server::start(
+        &[("probe.py", PROBE_PY, false)],
+        &[("LANCER_API_KEYS", KEYS), ("LANCER_SANDBOX", "required")],
+    )
+    .await;
+    let lake = std::fs::canonicalize(server.lake()).expect("lake");
+    let theirs = lake.join("tenants/acme/datasets/secret.lance");
+    std::fs::create_dir_all(&theirs).expect("mkdir");
+    std::fs::write(theirs.join("data.bin"), "acme's rows").expect("write");
+    let db = std::fs::canonicalize(server.dir.path().join("lancer.db")).expect("db");
+    let own = lake.join("tenants/other/mine.txt");
+    let params = json!({
+        "read": [db, theirs.join("data.bin"), "/etc/hostname"],
+        "write": [db.with_extension("evil"), lake.join("tenants/acme/planted"), own],
+    });
+    let http = reqwest::Client::new();
+    let task: Value = http
+        .post(server.api("/tasks"))
+        .bearer_auth("other-key-001")
+        .json(&json!({"name": "probe", "script": "probe.py", "params": params}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("task");
+    let done = wait_finished(&http, &server, task["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["sandbox"], "landlock", "the record says how it ran");
+    let result = &done["result"];
+    let read = |p: &std::path::Path| result["read"][p.to_string_lossy().as_ref()].clone();
+    let wrote = |p: &std::path::Path| result["write"][p.to_string_lossy().as_ref()].clone();
+    assert_eq!(read(&db), "denied", "{result:#}");
+    assert_eq!(read(&theirs.join("data.bin")), "denied", "{result:#}");
+    assert_eq!(
+        read(std::path::Path::new("/etc/hostname")),
+        "allowed",
+        "{result:#}"
+    );
+    assert_eq!(wrote(&db.with_extension("evil")), "denied", "{result:#}");
+    assert_eq!(
+        wrote(&lake.join("tenants/acme/planted")),
+        "denied",
+        "{result:#}"
+    );
+    assert_eq!(
+        wrote(&own),
+        "allowed",
+        "its own lake folder stays writable: {result:#}"
+    );
+    server.stop().await;
+}

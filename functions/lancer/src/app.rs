@@ -213,6 +213,7 @@ pub async fn runner_context(config: &Config) -> Result<RunnerContext> {
         python: config.python.clone(),
         backend: config.backend_name().to_owned(),
         script_env: config.script_env.clone(),
+        sandbox: config.sandbox,
         heartbeat_every: config.heartbeat_every(),
         lease: config.lease,
         cancel_grace: config.cancel_grace,

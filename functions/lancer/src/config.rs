@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::ingest::IngestRules;
 use crate::domain::path::Name;
 use crate::error::{Error, Result};
+use crate::sandbox::SandboxMode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -47,6 +48,9 @@ pub struct Config {
     /// `LANCER_SCRIPT_ENV`: a JSON object of variables the operator gives every script (a
     /// script's environment is otherwise an allow-list; see the README).
     pub script_env: BTreeMap<String, String>,
+    /// `LANCER_SANDBOX` (`off`, `best-effort`, `required`): whether scripts run confined
+    /// by Landlock.
+    pub sandbox: SandboxMode,
 }
 
 /// Where runners run.
@@ -90,6 +94,7 @@ impl Default for Config {
             backend: Backend::Local,
             ingest_rules: IngestRules::default(),
             script_env: BTreeMap::new(),
+            sandbox: SandboxMode::default(),
         }
     }
 }
@@ -202,6 +207,10 @@ impl Config {
             runner: get("LANCER_RUNNER").map(PathBuf::from),
             python: get("LANCER_PYTHON").unwrap_or(defaults.python),
             script_env: json_object(get("LANCER_SCRIPT_ENV"), "LANCER_SCRIPT_ENV")?,
+            sandbox: match get("LANCER_SANDBOX") {
+                Some(mode) => mode.parse()?,
+                None => SandboxMode::default(),
+            },
             ingest_rules: match get("LANCER_INGEST_RULES") {
                 Some(json) => IngestRules::parse(&json)?,
                 None => IngestRules::default(),
@@ -271,6 +280,7 @@ impl Config {
                 "LANCER_SCRIPT_ENV".into(),
                 serde_json::to_string(&self.script_env).unwrap_or_else(|_| "{}".into()),
             ),
+            ("LANCER_SANDBOX".into(), self.sandbox.as_str().into()),
         ];
         if let Some(table) = &self.task_table {
             env.push(("LANCER_TASK_TABLE".into(), table.clone()));

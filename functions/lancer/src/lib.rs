@@ -13,6 +13,7 @@ pub mod http;
 pub mod lake;
 pub mod ports;
 pub mod runner;
+pub mod sandbox;
 pub mod scripts;
 pub mod store;
 

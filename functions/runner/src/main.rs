@@ -1,12 +1,26 @@
 //! `lancer-runner <task-id>`: one task, one process. Exit status 0 when the task was run
 //! (whatever its outcome) or was not ours to run; 1 when the runner itself could not work.
+//! `lancer-runner sandbox ...` is how the runner starts a script inside the sandbox.
 
 use lancer::app::{init_tracing, runner_context};
 use lancer::config::Config;
 use lancer::runner::{Outcome, run_task};
 
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    // Starting a sandboxed script: restrict this process, then become the script. It must
+    // happen before any runtime thread exists, in the thread that then execs.
+    if args
+        .next()
+        .is_some_and(|first| first == lancer::sandbox::SUBCOMMAND)
+    {
+        return lancer::sandbox::exec_main(args.collect());
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn run() -> std::process::ExitCode {
     init_tracing();
     let Some(task_id) = std::env::args().nth(1) else {
         eprintln!("usage: lancer-runner <task-id>");

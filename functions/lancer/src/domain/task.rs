@@ -182,6 +182,10 @@ pub struct Task {
     pub backend: Option<String>,
     /// URL of a serving task once its script reported one.
     pub endpoint: Option<String>,
+    /// How the current attempt's script is confined: `landlock`, or `none` (sandbox off,
+    /// or a kernel without Landlock); unset until a runner started it.
+    #[serde(default)]
+    pub sandbox: Option<String>,
     /// Lake-relative path of the task's log.
     #[schema(value_type = String)]
     pub logs_uri: LakePath,
@@ -216,6 +220,7 @@ impl Task {
             progress: None,
             backend: None,
             endpoint: None,
+            sandbox: None,
             logs_uri: tenant.root.join(&logs).child_with_suffix(id, ".log"),
         }
     }
@@ -311,6 +316,7 @@ pub fn apply(task: &Task, change: Change, now: DateTime<Utc>) -> Result<Task, Il
 pub struct Heartbeat {
     pub progress: Option<Progress>,
     pub endpoint: Option<String>,
+    pub sandbox: Option<String>,
 }
 
 pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Task {
@@ -321,6 +327,9 @@ pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Tas
     }
     if let Some(endpoint) = &beat.endpoint {
         next.endpoint = Some(endpoint.clone());
+    }
+    if let Some(sandbox) = &beat.sandbox {
+        next.sandbox = Some(sandbox.clone());
     }
     next
 }

@@ -2,6 +2,7 @@
 //! the flag form), and the environment it gets, an allow-list and nothing else.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -11,6 +12,7 @@ use super::RunnerContext;
 use crate::domain::path::LakePath;
 use crate::domain::task::Task;
 use crate::error::Result;
+use crate::sandbox::{self, Policy, SandboxMode};
 use crate::scripts::{Script, ScriptKind};
 
 /// Imports the user's file and calls `run(input_path, output_path, params)`. Its messages
@@ -90,28 +92,25 @@ impl Files {
     }
 }
 
-/// The script's command line, environment and pipes; not started yet.
-pub fn command(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> Command {
-    let input = path_or_empty(ctx, task.input_path.as_ref());
-    let output = path_or_empty(ctx, task.output_path.as_ref());
-    let mut command = match script.kind {
-        ScriptKind::Python => {
-            let mut command = Command::new(&ctx.python);
-            command.args(["-u", "-c", PYTHON_SHIM]).arg(&script.path);
-            command.arg(&input).arg(&output);
-            command.arg(&files.params).arg(&files.result);
-            command
-        }
-        ScriptKind::Executable => {
-            let mut command = Command::new(&script.path);
-            command.arg("--input").arg(&input);
-            command.arg("--output").arg(&output);
-            command.arg("--params-file").arg(&files.params);
-            command.arg("--result-file").arg(&files.result);
-            command
+/// The script's command line, environment and pipes, confined by the sandbox unless it
+/// is off; not started yet.
+pub fn command(
+    ctx: &RunnerContext,
+    task: &Task,
+    script: &Script,
+    files: &Files,
+) -> Result<Command> {
+    let program = program(ctx, task, script, files);
+    let line = match ctx.sandbox {
+        SandboxMode::Off => program,
+        mode => {
+            let runner = std::env::current_exe()?;
+            sandbox::wrap(&runner, mode, &policy(ctx, task, script, files)?, &program)
         }
     };
+    let mut command = Command::new(&line[0]);
     command
+        .args(&line[1..])
         .current_dir(&files.workdir)
         .env_clear()
         .envs(script_env(ctx, task, files, |name| {
@@ -120,7 +119,86 @@ pub fn command(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    command
+    Ok(command)
+}
+
+/// The script's own command line under the run contract.
+fn program(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> Vec<OsString> {
+    let input = path_or_empty(ctx, task.input_path.as_ref());
+    let output = path_or_empty(ctx, task.output_path.as_ref());
+    let [params, result] = [&files.params, &files.result].map(|p| p.as_os_str().to_owned());
+    let path = script.path.as_os_str().to_owned();
+    match script.kind {
+        ScriptKind::Python => vec![
+            OsString::from(&ctx.python),
+            "-u".into(),
+            "-c".into(),
+            PYTHON_SHIM.into(),
+            path,
+            input.into(),
+            output.into(),
+            params,
+            result,
+        ],
+        ScriptKind::Executable => vec![
+            path,
+            "--input".into(),
+            input.into(),
+            "--output".into(),
+            output.into(),
+            "--params-file".into(),
+            params,
+            "--result-file".into(),
+            result,
+        ],
+    }
+}
+
+/// What the script may read and write besides the system: the scripts folder, its
+/// interpreter, the paths the operator hands it in `LANCER_SCRIPT_ENV`; its own folder and,
+/// on a local lake, its tenant's lake folder.
+fn policy(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> Result<Policy> {
+    let mut read = vec![std::fs::canonicalize(&ctx.scripts)?];
+    if script.kind == ScriptKind::Python {
+        read.extend(interpreter_folders(&ctx.python));
+    }
+    read.extend(
+        ctx.script_env
+            .values()
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute() && path.exists()),
+    );
+    let mut write = vec![files.workdir.clone()];
+    let tenant_lake = PathBuf::from(ctx.lake.uri_of(&task.tenant_root));
+    if tenant_lake.is_absolute() {
+        std::fs::create_dir_all(&tenant_lake)?;
+        write.push(tenant_lake);
+    }
+    Ok(Policy { read, write })
+}
+
+/// The folders an interpreter runs from: a virtual environment's own (`.venv/bin/python`
+/// -> `.venv`) and the installation it links to (`/usr/local/lib/python3.11` and friends
+/// under its prefix).
+fn interpreter_folders(python: &str) -> Vec<PathBuf> {
+    let found = if python.contains('/') {
+        Some(PathBuf::from(python))
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(python))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    let Some(found) = found else {
+        return Vec::new();
+    };
+    let prefix = |path: &Path| path.parent().and_then(Path::parent).map(Path::to_path_buf);
+    let canonical = std::fs::canonicalize(&found).ok();
+    [prefix(&found), canonical.as_deref().and_then(prefix)]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn path_or_empty(ctx: &RunnerContext, path: Option<&LakePath>) -> String {

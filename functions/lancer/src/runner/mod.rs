@@ -14,9 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::domain::task::{Change, Guard, Task, TaskError, TaskStatus};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskError, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Lake, TaskStore};
+use crate::sandbox::SandboxMode;
 use crate::scripts::ScriptRegistry;
 
 mod contract;
@@ -42,6 +43,8 @@ pub struct RunnerContext {
     pub backend: String,
     /// The operator's extra variables for every script (`LANCER_SCRIPT_ENV`).
     pub script_env: BTreeMap<String, String>,
+    /// Whether scripts run confined by Landlock (`LANCER_SANDBOX`).
+    pub sandbox: SandboxMode,
     pub heartbeat_every: Duration,
     /// How long a running task keeps its runner without a heartbeat.
     pub lease: Duration,
@@ -147,7 +150,10 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
         Ok(script) => script,
         Err(err) => return Ok(fail("SCRIPT_NOT_FOUND", err.to_string())),
     };
-    let mut child = match command(ctx, task, &script, files).spawn() {
+    if let Err(verdict) = record_sandbox(ctx, task).await {
+        return Ok(verdict);
+    }
+    let mut child = match command(ctx, task, &script, files)?.spawn() {
         Ok(child) => child,
         Err(err) => {
             warn!(task = %task.id, %err, path = %script.path.display(), "cannot start the script");
@@ -171,6 +177,25 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
         log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
     }
     Ok(Verdict::Abandon)
+}
+
+/// Records how the script will be confined; refuses to run it when the sandbox is
+/// required and this kernel cannot provide it.
+async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict> {
+    let enforced = ctx.sandbox != SandboxMode::Off && crate::sandbox::enforceable();
+    if ctx.sandbox == SandboxMode::Required && !enforced {
+        return Err(fail(
+            "SANDBOX_UNAVAILABLE",
+            "LANCER_SANDBOX=required, and this kernel cannot sandbox scripts (Landlock ABI 3 or newer is needed)".into(),
+        ));
+    }
+    let beat = Heartbeat {
+        sandbox: Some(if enforced { "landlock" } else { "none" }.into()),
+        ..Heartbeat::default()
+    };
+    watch::heartbeat(ctx, task, beat)
+        .await
+        .map_err(|_| Verdict::Abandon)
 }
 
 async fn still_this_attempt(ctx: &RunnerContext, task: &Task) -> bool {

@@ -1,0 +1,220 @@
+//! Scripts run in a Landlock sandbox where the kernel allows it: they may read and run
+//! the system, their interpreter and the scripts folder, and write only their own
+//! temporary folder and, on a local lake, their tenant's lake folder. The task table,
+//! the server's files and other tenants' data are out of reach.
+//!
+//! The runner cannot restrict itself (it needs the task table), so it starts the script
+//! through itself: `lancer-runner sandbox <mode> --read P --write P -- program args...`
+//! restricts that process and then `exec`s the script, which inherits the restriction.
+//! This needs no `unsafe` `pre_exec` hook.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, RulesetStatus, path_beneath_rules,
+};
+
+use crate::error::{Error, Result};
+
+/// The runner's argument that starts a sandboxed script.
+pub const SUBCOMMAND: &str = "sandbox";
+
+/// The Landlock ABI the policy is written for: files, `refer` and `truncate` (Linux 6.2).
+const ABI_USED: ABI = ABI::V3;
+
+/// System folders every script may read and run.
+const SYSTEM_READ: &[&str] = &[
+    "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev",
+];
+
+/// Device files every script may write.
+const SYSTEM_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/shm", "/dev/tty"];
+
+/// `LANCER_SANDBOX`: whether scripts must, may or must not run sandboxed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    Off,
+    /// Sandbox where the kernel supports Landlock; run unsandboxed elsewhere.
+    #[default]
+    BestEffort,
+    /// Refuse to run a script the kernel cannot sandbox.
+    Required,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "off" => Ok(Self::Off),
+            "best-effort" => Ok(Self::BestEffort),
+            "required" => Ok(Self::Required),
+            other => Err(Error::invalid(format!(
+                "LANCER_SANDBOX must be off, best-effort or required, not '{other}'"
+            ))),
+        }
+    }
+}
+
+impl SandboxMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::BestEffort => "best-effort",
+            Self::Required => "required",
+        }
+    }
+}
+
+/// What a sandboxed script may touch, besides the system folders.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+}
+
+/// Whether this kernel enforces the whole policy: what a task records as `sandbox`.
+pub fn enforceable() -> bool {
+    Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(ABI_USED))
+        .and_then(|ruleset| ruleset.create())
+        .is_ok()
+}
+
+/// The command line that runs `program args` under `policy` through the runner binary.
+pub fn wrap(
+    runner: &Path,
+    mode: SandboxMode,
+    policy: &Policy,
+    program: &[OsString],
+) -> Vec<OsString> {
+    let mut line = vec![
+        runner.as_os_str().to_owned(),
+        SUBCOMMAND.into(),
+        mode.as_str().into(),
+    ];
+    for (flag, paths) in [("--read", &policy.read), ("--write", &policy.write)] {
+        for path in paths {
+            line.push(flag.into());
+            line.push(path.as_os_str().to_owned());
+        }
+    }
+    line.push("--".into());
+    line.extend(program.iter().cloned());
+    line
+}
+
+/// `lancer-runner sandbox <mode> [--read P | --write P]... -- program args...`: restricts
+/// this process, then becomes the program. Returns only when it could not.
+pub fn exec_main(args: Vec<OsString>) -> ExitCode {
+    let (mode, policy, program) = match parse(args) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            eprintln!("[lancer] sandbox: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    if mode != SandboxMode::Off {
+        match restrict(&policy, mode) {
+            Ok(RulesetStatus::FullyEnforced) => {}
+            Ok(_) if mode == SandboxMode::BestEffort => {}
+            Ok(_) | Err(_) => {
+                eprintln!(
+                    "[lancer] LANCER_SANDBOX=required, and this kernel cannot sandbox the script (Landlock ABI 3 or newer is needed)"
+                );
+                return ExitCode::from(126);
+            }
+        }
+    }
+    let Some((first, rest)) = program.split_first() else {
+        eprintln!("[lancer] sandbox: no program to run");
+        return ExitCode::from(2);
+    };
+    let err = std::process::Command::new(first).args(rest).exec();
+    eprintln!("[lancer] cannot start the script: {}", err.kind());
+    ExitCode::from(127)
+}
+
+type Parsed = (SandboxMode, Policy, Vec<OsString>);
+
+fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
+    let mut args = args.into_iter();
+    let mode = args
+        .next()
+        .and_then(|m| m.to_str().map(str::to_owned))
+        .ok_or("no mode")?
+        .parse::<SandboxMode>()
+        .map_err(|err| err.to_string())?;
+    let mut policy = Policy::default();
+    while let Some(flag) = args.next() {
+        let list = match flag.to_str() {
+            Some("--") => return Ok((mode, policy, args.collect())),
+            Some("--read") => &mut policy.read,
+            Some("--write") => &mut policy.write,
+            _ => return Err(format!("unknown argument {flag:?}")),
+        };
+        list.push(args.next().ok_or("a path is missing")?.into());
+    }
+    Err("no '--' before the program".into())
+}
+
+/// Restricts this thread (and what it `exec`s) to the policy.
+fn restrict(
+    policy: &Policy,
+    mode: SandboxMode,
+) -> std::result::Result<RulesetStatus, RulesetError> {
+    let level = match mode {
+        SandboxMode::Required => CompatLevel::HardRequirement,
+        _ => CompatLevel::BestEffort,
+    };
+    let read = SYSTEM_READ
+        .iter()
+        .map(OsStr::new)
+        .map(Path::new)
+        .chain(policy.read.iter().map(PathBuf::as_path));
+    let write = SYSTEM_WRITE
+        .iter()
+        .map(OsStr::new)
+        .map(Path::new)
+        .chain(policy.write.iter().map(PathBuf::as_path));
+    let status = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(ABI_USED))?
+        .create()?
+        // Paths that do not exist on this machine (/lib32, /dev/tty) are skipped.
+        .add_rules(path_beneath_rules(read, AccessFs::from_read(ABI_USED)))?
+        .add_rules(path_beneath_rules(write, AccessFs::from_all(ABI_USED)))?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_command_line_parses_back_to_the_same_policy_and_program() {
+        let policy = Policy {
+            read: vec!["/opt/scripts".into()],
+            write: vec!["/tmp/task".into(), "/lake/tenants/a".into()],
+        };
+        let program: Vec<OsString> = vec!["python3".into(), "-c".into(), "--read".into()];
+        let line = wrap(
+            Path::new("/bin/runner"),
+            SandboxMode::Required,
+            &policy,
+            &program,
+        );
+        assert_eq!(line[1], SUBCOMMAND);
+        let (mode, parsed, rest) = parse(line[2..].to_vec()).expect("parses");
+        assert_eq!(mode, SandboxMode::Required);
+        assert_eq!((parsed.read, parsed.write), (policy.read, policy.write));
+        assert_eq!(rest, program, "the program's own flags are left alone");
+        assert!(parse(vec!["sometimes".into()]).is_err());
+        assert!(parse(vec!["off".into(), "--read".into()]).is_err());
+    }
+}
