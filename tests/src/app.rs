@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use lancer::config::ApiKeys;
+use lancer::config::{ApiKeys, UploadLimits};
 use lancer::dispatch::memory::RecordingDispatcher;
 use lancer::domain::ingest::IngestRules;
 use lancer::http::{AppState, router};
@@ -77,6 +77,17 @@ impl TestApp {
         app
     }
 
+    /// An app whose uploads are held to `limits`.
+    pub fn with_upload_limits(keys: Option<&str>, limits: UploadLimits) -> Self {
+        let mut app = Self::new(keys);
+        let state = app.state(keys, IngestRules::default());
+        app.router = router(AppState {
+            upload_limits: limits,
+            ..state
+        });
+        app
+    }
+
     /// The state of this app's router, to build another over other adapters.
     fn state(&self, keys: Option<&str>, ingest_rules: IngestRules) -> AppState {
         AppState {
@@ -86,6 +97,7 @@ impl TestApp {
             scripts: self.scripts(),
             api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
             ingest_rules,
+            upload_limits: UploadLimits::default(),
         }
     }
 

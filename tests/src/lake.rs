@@ -462,6 +462,63 @@ pub async fn stat_gives_size_and_a_version_that_changes_with_the_content(f: Lake
     assert_ne!(second.version, first.version);
 }
 
+/// `parts` chunks of `size` bytes each, as an upload arrives.
+fn chunks(parts: usize, size: usize) -> lancer::ports::ByteStream {
+    let chunks = (0..parts).map(move |n| Ok(bytes::Bytes::from(vec![b'a' + (n % 26) as u8; size])));
+    Box::pin(futures::stream::iter(chunks))
+}
+
+pub async fn a_streamed_object_is_stored_whole_or_not_at_all(f: LakeFixture) {
+    use lancer::ports::Stored;
+    let target = path("raw/big.bin");
+    // Past a 5 MiB part, so multipart stores really write parts.
+    let stored = f
+        .lake
+        .put_stream(&target, chunks(12, 1 << 20), 64 << 20)
+        .await;
+    assert_eq!(stored.expect("stored"), Stored::Whole(12 << 20));
+    let head = f
+        .lake
+        .read_from(&target, 0, 2)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(head.bytes, b"aa");
+    let tail = f
+        .lake
+        .read_from(&target, (12 << 20) - 1, 1)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(tail.bytes, b"l", "the last part is the twelfth chunk");
+    let refused = f
+        .lake
+        .put_stream(&target, chunks(8, 1 << 20), 6 << 20)
+        .await;
+    assert_eq!(refused.expect("refused"), Stored::OverLimit);
+    let kept = f
+        .lake
+        .stat(&target)
+        .await
+        .expect("stat")
+        .expect("still there");
+    assert_eq!(
+        kept.size,
+        12 << 20,
+        "a refused upload leaves the old object as it was"
+    );
+    let fresh = path("raw/refused.bin");
+    let refused = f.lake.put_stream(&fresh, chunks(3, 1 << 20), 1 << 20).await;
+    assert_eq!(refused.expect("refused"), Stored::OverLimit);
+    assert_eq!(
+        f.lake.stat(&fresh).await.expect("stat"),
+        None,
+        "nothing half-written"
+    );
+    let usage = f.lake.usage(&path("raw")).await.expect("usage");
+    assert_eq!(usage, 12 << 20);
+}
+
 #[macro_export]
 macro_rules! lake_conformance {
     ($make:path) => {
@@ -473,6 +530,7 @@ macro_rules! lake_conformance {
             tenants_see_only_their_own_prefix,
             objects_are_read_back_from_any_offset,
             stat_gives_size_and_a_version_that_changes_with_the_content,
+            a_streamed_object_is_stored_whole_or_not_at_all,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {

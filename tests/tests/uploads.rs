@@ -136,3 +136,103 @@ async fn a_tenants_upload_lands_in_its_folder_and_its_task_is_the_tenants() {
         .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+fn limits(max_bytes: u64, quota_bytes: u64) -> lancer::config::UploadLimits {
+    lancer::config::UploadLimits {
+        max_bytes,
+        quota_bytes,
+    }
+}
+
+async fn put_answer(
+    app: &TestApp,
+    key: &str,
+    size: usize,
+    headers: &[(&str, &str)],
+) -> lancer_tests::app::Answer {
+    app.call(
+        Method::PUT,
+        &format!("/api/v1/uploads/{key}"),
+        Some(vec![b'x'; size]),
+        headers,
+    )
+    .await
+}
+
+async fn stored(app: &TestApp, path: &str) -> Option<u64> {
+    let path = LakePath::parse("p", path).expect("path");
+    app.lake
+        .stat(&path)
+        .await
+        .expect("stat")
+        .map(|stat| stat.size)
+}
+
+#[tokio::test]
+async fn an_upload_over_the_size_limit_is_a_413_and_leaves_nothing_behind() {
+    let app = TestApp::with_upload_limits(None, limits(1000, 1 << 20));
+    assert_eq!(
+        put_answer(&app, "a.bin", 1000, &[]).await.status,
+        StatusCode::CREATED
+    );
+    for headers in [&[][..], &[("Content-Length", "5000")][..]] {
+        let answer = put_answer(&app, "b.bin", 5000, headers).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            "{headers:?}"
+        );
+        assert!(
+            answer.text().contains("at most 1000 bytes"),
+            "{}",
+            answer.text()
+        );
+        assert_eq!(
+            stored(&app, "raw/b.bin").await,
+            None,
+            "nothing half-written"
+        );
+    }
+    // A refused replacement keeps the object it would have replaced.
+    let answer = put_answer(&app, "a.bin", 5000, &[]).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(stored(&app, "raw/a.bin").await, Some(1000));
+}
+
+#[tokio::test]
+async fn a_tenant_past_its_upload_quota_gets_a_413_and_other_tenants_do_not() {
+    let keys = "acme-key-001=acme,other-key-001=other";
+    let app = TestApp::with_upload_limits(Some(keys), limits(600, 1000));
+    let acme = [("Authorization", "Bearer acme-key-001")];
+    let other = [("Authorization", "Bearer other-key-001")];
+    assert_eq!(
+        put_answer(&app, "one.bin", 500, &acme).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_answer(&app, "two.bin", 400, &acme).await.status,
+        StatusCode::CREATED
+    );
+    let over = put_answer(&app, "three.bin", 200, &acme).await;
+    assert_eq!(
+        over.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        over.text()
+    );
+    assert!(
+        over.text().contains("quota of 1000 bytes (900 in use)"),
+        "{}",
+        over.text()
+    );
+    assert_eq!(stored(&app, "tenants/acme/raw/three.bin").await, None);
+    // Replacing an object counts its new size only.
+    assert_eq!(
+        put_answer(&app, "two.bin", 450, &acme).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_answer(&app, "three.bin", 200, &other).await.status,
+        StatusCode::CREATED
+    );
+}

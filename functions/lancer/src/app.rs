@@ -83,6 +83,7 @@ pub async fn app_state(config: &Config) -> Result<AppState> {
         scripts: config.scripts.clone(),
         api_keys: config.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
+        upload_limits: config.uploads,
     })
 }
 

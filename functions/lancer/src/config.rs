@@ -51,6 +51,26 @@ pub struct Config {
     /// `LANCER_SANDBOX` (`off`, `best-effort`, `required`): whether scripts run confined
     /// by Landlock.
     pub sandbox: SandboxMode,
+    /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
+    pub uploads: UploadLimits,
+}
+
+/// How much raw data a tenant may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// The most bytes of one upload.
+    pub max_bytes: u64,
+    /// The most bytes a tenant may keep under `raw/`.
+    pub quota_bytes: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 30,
+            quota_bytes: 10 << 30,
+        }
+    }
 }
 
 /// Where runners run.
@@ -95,6 +115,7 @@ impl Default for Config {
             ingest_rules: IngestRules::default(),
             script_env: BTreeMap::new(),
             sandbox: SandboxMode::default(),
+            uploads: UploadLimits::default(),
         }
     }
 }
@@ -207,6 +228,11 @@ impl Config {
             runner: get("LANCER_RUNNER").map(PathBuf::from),
             python: get("LANCER_PYTHON").unwrap_or(defaults.python),
             script_env: json_object(get("LANCER_SCRIPT_ENV"), "LANCER_SCRIPT_ENV")?,
+            uploads: UploadLimits {
+                max_bytes: parse("LANCER_MAX_UPLOAD_BYTES")?.unwrap_or(defaults.uploads.max_bytes),
+                quota_bytes: parse("LANCER_UPLOAD_QUOTA_BYTES")?
+                    .unwrap_or(defaults.uploads.quota_bytes),
+            },
             sandbox: match get("LANCER_SANDBOX") {
                 Some(mode) => mode.parse()?,
                 None => SandboxMode::default(),

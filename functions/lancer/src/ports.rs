@@ -164,6 +164,18 @@ impl LogChunk {
     }
 }
 
+/// The bytes of an upload as they arrive.
+pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
+
+/// What became of a streamed object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored whole: its size.
+    Whole(u64),
+    /// Refused past the limit; nothing was kept.
+    OverLimit,
+}
+
 /// An object's size and version: its ETag where the store keeps one, so a rewritten
 /// object has a new version.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +203,14 @@ pub trait Lake: Send + Sync {
 
     /// Replaces the object at `path` (logs are rewritten whole as they grow).
     async fn put(&self, path: &LakePath, bytes: Vec<u8>) -> Result<()>;
+
+    /// Streams an object to `path`, holding no more than a small buffer of it in memory,
+    /// and refuses it once it passes `limit` bytes. A refused or broken upload leaves
+    /// nothing behind, and the object at `path` is replaced only by a whole new one.
+    async fn put_stream(&self, path: &LakePath, body: ByteStream, limit: u64) -> Result<Stored>;
+
+    /// The bytes of all objects under `folder`.
+    async fn usage(&self, folder: &LakePath) -> Result<u64>;
 
     /// At most `limit` bytes of the object at `path` from `offset`; `None` if it does not
     /// exist.

@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::config::ApiKeys;
+use crate::config::{ApiKeys, UploadLimits};
 use crate::domain::ingest::IngestRules;
 use crate::domain::validate::MAX_BODY_BYTES;
 use crate::ports::{Dispatcher, Lake, TaskStore};
@@ -34,6 +34,8 @@ pub struct AppState {
     pub api_keys: Option<ApiKeys>,
     /// What to run when raw data arrives (`LANCER_INGEST_RULES`).
     pub ingest_rules: IngestRules,
+    /// The size of one upload and each tenant's quota under `raw/`.
+    pub upload_limits: UploadLimits,
 }
 
 #[derive(OpenApi)]
@@ -107,9 +109,7 @@ pub fn router(state: AppState) -> Router {
         // Added after the limit above: an upload's body may take longer to arrive.
         .route(
             "/uploads/{*key}",
-            put(uploads::upload)
-                .layer::<_, Infallible>(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES))
-                .layer::<_, Infallible>(time_limit!(UPLOAD_TIMEOUT)),
+            put(uploads::upload).layer::<_, Infallible>(time_limit!(UPLOAD_TIMEOUT)),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, header};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::info;
 use utoipa::ToSchema;
@@ -17,11 +19,8 @@ use super::error::ErrorBody;
 use super::{AppState, Tenant};
 use crate::domain::path::LakePath;
 use crate::domain::task::Task;
-use crate::error::Result;
-use crate::ports::Created;
-
-/// Uploads are raw data files, far beyond the API's 1 MiB bodies.
-pub const MAX_UPLOAD_BYTES: usize = 1 << 30;
+use crate::error::{Error, Result};
+use crate::ports::{ByteStream, Created, Stored};
 
 #[derive(Serialize, ToSchema)]
 pub struct Uploaded {
@@ -35,6 +34,42 @@ pub struct Uploaded {
 }
 
 impl AppState {
+    /// Streams an upload to `raw/<key>` in the tenant's folder, within the size of one
+    /// upload and the tenant's quota; `announced` is its Content-Length, if sent, so an
+    /// upload that cannot fit is refused before a byte of it is read.
+    pub async fn receive_upload(
+        &self,
+        tenant: &Tenant,
+        relative: &LakePath,
+        announced: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let limits = self.upload_limits;
+        let path = tenant.path(relative);
+        let raw = tenant.path(&LakePath::parse("raw", "raw")?);
+        let replaced = self.lake.stat(&path).await?.map_or(0, |stat| stat.size);
+        let used = self.lake.usage(&raw).await?.saturating_sub(replaced);
+        let room = limits.quota_bytes.saturating_sub(used);
+        let over = |by_quota: bool| {
+            Error::PayloadTooLarge(if by_quota {
+                format!(
+                    "the upload would take this tenant past its upload quota of {} bytes ({used} in use)",
+                    limits.quota_bytes
+                )
+            } else {
+                format!("an upload may be at most {} bytes", limits.max_bytes)
+            })
+        };
+        let limit = limits.max_bytes.min(room);
+        if announced.is_some_and(|size| size > limit) {
+            return Err(over(room < limits.max_bytes));
+        }
+        match self.lake.put_stream(&path, body, limit).await? {
+            Stored::Whole(size) => Ok(size),
+            Stored::OverLimit => Err(over(room < limits.max_bytes)),
+        }
+    }
+
     /// Runs the ingestion rules on an object that arrived at lake-relative `key`
     /// (tenant folder excluded): creates the rule's task once its upload is complete.
     pub async fn ingest(&self, tenant: &Tenant, key: &LakePath) -> Result<Option<Created>> {
@@ -71,23 +106,34 @@ impl AppState {
     responses(
         (status = 201, description = "Stored; `task` is the ingestion task it completed", body = Uploaded),
         (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, description = "Over the size of one upload, or the tenant's upload quota", body = ErrorBody),
     )
 )]
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Extension(tenant): Extension<Tenant>,
     Path(key): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<Uploaded>)> {
     let relative = LakePath::parse("raw", "raw")?.join(&LakePath::parse("upload key", &key)?);
-    let path = tenant.path(&relative);
-    let size = body.len() as u64;
-    state.lake.put(&path, body.to_vec()).await?;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed();
+    let size = state
+        .receive_upload(&tenant, &relative, announced, stream)
+        .await?;
     let task = state
         .ingest(&tenant, &relative)
         .await?
         .map(|created| match created {
             Created::New(task) | Created::Existing(task) => task,
         });
+    let path = tenant.path(&relative);
     Ok((StatusCode::CREATED, Json(Uploaded { path, size, task })))
 }

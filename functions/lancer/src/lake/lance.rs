@@ -13,14 +13,15 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use url::Url;
 
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, Field, Lake, LogChunk, ModelInfo, ObjectStat, Version,
+    ArtifactDetail, ArtifactSummary, ByteStream, Field, Lake, LogChunk, ModelInfo, ObjectStat,
+    Stored, Version,
 };
 
 /// Columns of a model row that `describe` reports (weights stay unread).
@@ -287,6 +288,44 @@ impl Lake for LanceLake {
             .await
             .map(|_| ())
             .map_err(Error::internal)
+    }
+
+    async fn put_stream(
+        &self,
+        path: &LakePath,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<Stored> {
+        let upload = self
+            .store
+            .put_multipart(&self.object_path(path))
+            .await
+            .map_err(Error::internal)?;
+        // Parts of 5 MiB, two in flight at most: memory stays flat whatever the size.
+        let mut writer = WriteMultipart::new(upload);
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    let _ = writer.abort().await;
+                    return Err(Error::invalid(format!("the upload broke off: {err}")));
+                }
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                let _ = writer.abort().await;
+                return Ok(Stored::OverLimit);
+            }
+            writer.wait_for_capacity(2).await.map_err(Error::internal)?;
+            writer.put(chunk);
+        }
+        writer.finish().await.map_err(Error::internal)?;
+        Ok(Stored::Whole(size))
+    }
+
+    async fn usage(&self, folder: &LakePath) -> Result<u64> {
+        self.size_of(folder).await
     }
 
     async fn read_from(

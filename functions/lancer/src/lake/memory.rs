@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
-use crate::ports::{ArtifactDetail, ArtifactSummary, Lake, LogChunk, ObjectStat};
+use crate::ports::{
+    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ObjectStat, Stored,
+};
 
 #[derive(Default)]
 pub struct MemoryLake {
@@ -86,6 +88,36 @@ impl Lake for MemoryLake {
             .map_err(poisoned)?
             .insert(path.clone(), bytes);
         Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        path: &LakePath,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<Stored> {
+        use futures::StreamExt;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|err| Error::invalid(format!("the upload broke off: {err}")))?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Ok(Stored::OverLimit);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let size = bytes.len() as u64;
+        self.put(path, bytes).await?;
+        Ok(Stored::Whole(size))
+    }
+
+    async fn usage(&self, folder: &LakePath) -> Result<u64> {
+        let objects = self.objects.lock().map_err(poisoned)?;
+        Ok(objects
+            .iter()
+            .filter(|(path, _)| path.starts_with(folder))
+            .map(|(_, bytes)| bytes.len() as u64)
+            .sum())
     }
 
     async fn read_from(
