@@ -182,8 +182,18 @@ impl Server {
     }
 
     pub async fn logs(&self, id: &str) -> String {
+        self.logs_at(&format!("/tasks/{id}/logs")).await
+    }
+
+    /// One attempt's log.
+    pub async fn attempt_logs(&self, id: &str, attempt: u32) -> String {
+        self.logs_at(&format!("/tasks/{id}/logs?attempt={attempt}"))
+            .await
+    }
+
+    async fn logs_at(&self, path: &str) -> String {
         self.http
-            .get(self.api(&format!("/tasks/{id}/logs")))
+            .get(self.api(path))
             .send()
             .await
             .expect("logs")

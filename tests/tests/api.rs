@@ -520,7 +520,7 @@ async fn logs_are_served_from_an_offset_with_the_next_offset() {
     assert!(empty.body.is_empty());
     app.lake
         .put(
-            &LakePath::parse("log", task["logs_uri"].as_str().expect("logs uri")).expect("path"),
+            &LakePath::parse("log", task["log_path"].as_str().expect("log path")).expect("path"),
             b"line one\nline two\n".to_vec(),
         )
         .await
@@ -543,7 +543,7 @@ async fn a_long_log_is_read_in_limited_chunks_that_end_at_line_ends() {
     let log: String = (0..200).map(|n| format!("line {n}\n")).collect();
     app.lake
         .put(
-            &LakePath::parse("log", task["logs_uri"].as_str().expect("logs uri")).expect("path"),
+            &LakePath::parse("log", task["log_path"].as_str().expect("log path")).expect("path"),
             log.clone().into_bytes(),
         )
         .await

@@ -155,6 +155,7 @@ import os, time
 
 def run(input_path, output_path, params):
     attempt = int(os.environ["LANCER_ATTEMPT"])
+    print(f"attempt {attempt} starting", flush=True)
     if attempt == 1:
         time.sleep(600)
     return {"attempt": attempt}
@@ -167,6 +168,14 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
         .submit_for_id(&json!({"name": "retry", "script": "retry.py", "max_attempts": 2}))
         .await;
     server.wait_for_status(&id, "running").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server.logs(&id).await.contains("attempt 1 starting") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempt 1 never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let pid = runner_pid(&id).await.expect("runner pid");
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -176,6 +185,17 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["attempt"], 2);
     assert_eq!(done["result"], json!({"attempt": 2}));
+    // Each attempt keeps its own log: the retry neither erased nor mixed with the first.
+    let latest = server.logs(&id).await;
+    assert!(
+        latest.contains("attempt 2 starting") && !latest.contains("attempt 1"),
+        "{latest}"
+    );
+    let first = server.attempt_logs(&id, 1).await;
+    assert!(
+        first.contains("attempt 1 starting") && !first.contains("attempt 2"),
+        "{first}"
+    );
     server.stop().await;
 }
 

@@ -186,9 +186,11 @@ pub struct Task {
     /// or a kernel without Landlock); unset until a runner started it.
     #[serde(default)]
     pub sandbox: Option<String>,
-    /// Lake-relative path of the task's log.
+    /// Lake-relative path of the current attempt's log (`logs/<id>/<attempt>.log`): each
+    /// attempt writes its own, so a retry never erases or mixes with an earlier one.
+    #[serde(alias = "logs_uri")]
     #[schema(value_type = String)]
-    pub logs_uri: LakePath,
+    pub log_path: LakePath,
 }
 
 impl Task {
@@ -201,7 +203,6 @@ impl Task {
         output_path: Option<LakePath>,
         now: DateTime<Utc>,
     ) -> Self {
-        let logs = LakePath::parse("logs", "logs").expect("a valid folder");
         Self {
             id: id.to_string(),
             tenant: tenant.name.to_string(),
@@ -221,7 +222,16 @@ impl Task {
             backend: None,
             endpoint: None,
             sandbox: None,
-            logs_uri: tenant.root.join(&logs).child_with_suffix(id, ".log"),
+            log_path: log_of(&tenant.root, id, 1),
+        }
+    }
+
+    /// The lake path of one attempt's log.
+    pub fn log_of(&self, attempt: u32) -> LakePath {
+        match Name::parse("task id", &self.id) {
+            Ok(id) => log_of(&self.tenant_root, &id, attempt),
+            // Every stored id is a UUID; a record that says otherwise keeps its own path.
+            Err(_) => self.log_path.clone(),
         }
     }
 
@@ -232,6 +242,16 @@ impl Task {
             attempt: self.attempt,
         }
     }
+}
+
+/// `logs/<id>/<attempt>.log` in the tenant's folder.
+fn log_of(tenant_root: &LakePath, id: &Name, attempt: u32) -> LakePath {
+    let logs = LakePath::parse("logs", "logs").expect("a valid folder");
+    let attempt = Name::parse("attempt", &attempt.to_string()).expect("digits are a name");
+    tenant_root
+        .join(&logs)
+        .child(id)
+        .child_with_suffix(&attempt, ".log")
 }
 
 /// What a conditional write expects to find: the status and the attempt it read.
@@ -290,6 +310,7 @@ pub fn apply(task: &Task, change: Change, now: DateTime<Utc>) -> Result<Task, Il
     match change {
         Change::Start { backend } => {
             next.attempt += 1;
+            next.log_path = next.log_of(next.attempt);
             next.backend = Some(backend);
             next.started_at = Some(now);
             next.heartbeat_at = Some(now);
@@ -430,6 +451,15 @@ mod tests {
         )
         .expect("pending -> running");
         assert_eq!(started.attempt, 1);
+        assert_eq!(started.log_path.as_str(), "logs/id/1.log");
+        let mut again = started.clone();
+        again.status = TaskStatus::Pending;
+        let second = apply(&again, change_to(TaskStatus::Running), Utc::now()).expect("retry");
+        assert_eq!(
+            second.log_path.as_str(),
+            "logs/id/2.log",
+            "each attempt its own log"
+        );
         assert!(started.started_at.is_some() && started.finished_at.is_none());
         let done = apply(
             &started,

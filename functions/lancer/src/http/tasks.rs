@@ -214,6 +214,8 @@ pub async fn cancel(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
+    /// Which attempt's log, 1 to the task's `attempt` (default: the latest).
+    attempt: Option<u32>,
     /// Byte offset to read from (the `X-Next-Offset` of the previous call).
     offset: Option<u64>,
     /// Most bytes to return, 1 to 1048576 (the default). A chunk that stops short of the
@@ -224,7 +226,8 @@ pub struct LogParams {
 /// The most log bytes one call returns: well inside Lambda's 6 MB response limit.
 const MAX_LOG_CHUNK: u64 = 1 << 20;
 
-/// A task's stdout and stderr, from `offset`. `X-Next-Offset` says where to continue.
+/// A task's stdout and stderr, from `offset`: the latest attempt's, or `attempt`'s.
+/// `X-Next-Offset` says where to continue, `X-Attempt` whose log it is.
 #[utoipa::path(
     get, path = "/api/v1/tasks/{id}/logs", tag = "tasks", params(LogParams),
     responses((status = 200, description = "Log text", body = String, content_type = "text/plain"), (status = 404, body = ErrorBody))
@@ -243,7 +246,18 @@ pub async fn logs(
             "limit must be between 1 and {MAX_LOG_CHUNK}"
         )));
     }
-    let chunk = match state.lake.read_from(&task.logs_uri, offset, limit).await? {
+    let latest = task.attempt.max(1);
+    let attempt = params.attempt.unwrap_or(latest);
+    if !(1..=latest).contains(&attempt) {
+        return Err(Error::invalid(format!(
+            "attempt must be between 1 and {latest}, the task's attempts so far"
+        )));
+    }
+    let chunk = match state
+        .lake
+        .read_from(&task.log_of(attempt), offset, limit)
+        .await?
+    {
         Some(chunk) => chunk,
         None => match state.dispatcher.logs(&task).await? {
             Some(text) => LogChunk::slice(text.as_bytes(), offset, limit),
@@ -263,5 +277,6 @@ pub async fn logs(
         "x-task-status",
         HeaderValue::from_static(task.status.as_str()),
     );
+    headers.insert("x-attempt", HeaderValue::from(attempt));
     Ok(response)
 }

@@ -165,7 +165,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     let mut progress = ProgressReader::new(files.progress.clone());
     let why = match watch(ctx, task, &mut child, &mut log, &mut progress).await? {
         Ended::Exited(status) => {
-            log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+            log.flush(ctx.lake.as_ref(), &task.log_path).await;
             return Ok(Verdict::Report(outcome(status, files, &log)));
         }
         Ended::Stopped(why) => why,
@@ -174,7 +174,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     // live attempt's runner owns the task now. A cancelled attempt closes its own log.
     if still_this_attempt(ctx, task).await {
         log.note(&format!("task stopped: {why}"));
-        log.flush(ctx.lake.as_ref(), &task.logs_uri).await;
+        log.flush(ctx.lake.as_ref(), &task.log_path).await;
     }
     Ok(Verdict::Abandon)
 }

@@ -86,7 +86,7 @@ pub async fn watch(
                 None => streams_open = false,
             },
             _ = flush.tick() => {
-                log.flush_when_due(ctx.lake.as_ref(), &task.logs_uri).await;
+                log.flush_when_due(ctx.lake.as_ref(), &task.log_path).await;
                 if let Some(update) = progress.read_new() {
                     if let Err(Lost(why)) = heartbeat(ctx, task, update).await {
                         break why;
