@@ -69,6 +69,46 @@ impl utoipa::Modify for BearerAuth {
             "api_key",
             Vec::<String>::new(),
         )]);
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
+                let operations = [
+                    &mut item.get,
+                    &mut item.post,
+                    &mut item.put,
+                    &mut item.delete,
+                ];
+                for operation in operations.into_iter().flatten() {
+                    add_shared_responses(operation);
+                }
+            }
+        }
+    }
+}
+
+/// Answers every authenticated route can give, documented once: a missing or unknown key,
+/// a request past its time limit, a request the API cannot read.
+fn add_shared_responses(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let shared = [
+        ("400", "The request is not valid"),
+        ("401", "A missing or unknown API key"),
+        ("408", "The request ran past its time limit"),
+    ];
+    for (status, description) in shared {
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert(response.into());
     }
 }
 
