@@ -196,11 +196,67 @@ impl DynamoTaskStore {
         match holder_id {
             Some(id) => match self.read(&id).await? {
                 Some(existing) => existing_for_key(existing, &task),
-                None => Err(Error::internal(format!(
-                    "idempotency key of task {id} outlived its task"
-                ))),
+                // The holder expired (TTL) while its reservation stayed: the key is free.
+                None => self.take_over(task, &reservation, &id).await,
             },
             None => Err(Error::Conflict(format!("task {} already exists", task.id))),
+        }
+    }
+
+    /// Moves a reservation whose task no longer exists to `task`, in one transaction that
+    /// holds only if the reservation still names the gone task; of two racing takers, the
+    /// loser is answered with the winner's task.
+    async fn take_over(&self, task: Task, reservation: &str, gone: &str) -> Result<Created> {
+        let reserve = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(HashMap::from([
+                ("id".to_owned(), s(reservation)),
+                ("task_id".to_owned(), s(&task.id)),
+            ])))
+            .condition_expression("task_id = :gone")
+            .expression_attribute_values(":gone", s(gone))
+            .build()
+            .map_err(Error::internal)?;
+        let create = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item_of(&task)?))
+            .condition_expression("attribute_not_exists(id)")
+            .build()
+            .map_err(Error::internal)?;
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(reserve).build())
+            .transact_items(TransactWriteItem::builder().put(create).build())
+            .send()
+            .await;
+        match written {
+            Ok(_) => {
+                tracing::info!(task = %task.id, gone, "idempotency key taken over from an expired task");
+                Ok(Created::New(task))
+            }
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                let winner = self.item(reservation).await?;
+                let winner = winner
+                    .as_ref()
+                    .and_then(|item| item.get("task_id")?.as_s().ok());
+                match winner {
+                    Some(id) => match self.read(id).await? {
+                        Some(existing) => existing_for_key(existing, &task),
+                        None => Err(Error::Conflict(
+                            "idempotency key is being reused; try again".into(),
+                        )),
+                    },
+                    None => Err(Error::Conflict(
+                        "idempotency key is being reused; try again".into(),
+                    )),
+                }
+            }
+            Err(err) => Err(aws_error("TransactWriteItems", err)),
         }
     }
 
