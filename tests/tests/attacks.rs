@@ -243,22 +243,7 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
 }
 
 async fn wait_finished(http: &reqwest::Client, server: &Server, id: &str) -> Value {
-    for _ in 0..300 {
-        let task: Value = http
-            .get(server.api(&format!("/tasks/{id}")))
-            .bearer_auth("other-key-001")
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        if task["finished_at"].is_string() {
-            return task;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("task {id} never finished");
+    wait_finished_as(http, server, "other-key-001", id).await
 }
 
 /// `lancer serve` with this environment; its exit status and stderr, once it stops.
@@ -406,4 +391,81 @@ async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data()
         "its own lake folder stays writable: {result:#}"
     );
     server.stop().await;
+}
+
+/// Sleeps a second and a half.
+const NAP_PY: &str = r#"
+import time
+
+def run(input_path, output_path, params):
+    time.sleep(1.5)
+    return {}
+"#;
+
+async fn submit_as(http: &reqwest::Client, server: &Server, key: &str, spec: &Value) -> String {
+    let task: Value = http
+        .post(server.api("/tasks"))
+        .bearer_auth(key)
+        .json(spec)
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("task");
+    task["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn one_tenants_long_queue_does_not_hold_back_another_tenants_first_task() {
+    let server = Server::start(
+        &[("nap.py", NAP_PY, false)],
+        &[("LANCER_API_KEYS", KEYS), ("LANCER_CONCURRENCY", "1")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let nap = json!({"name": "nap", "script": "nap.py"});
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(submit_as(&http, &server, "acme-key-001", &nap).await);
+    }
+    let theirs = submit_as(&http, &server, "other-key-001", &nap).await;
+    let started = |task: &Value| task["started_at"].as_str().unwrap_or_default().to_owned();
+    let theirs_done = wait_finished_as(&http, &server, "other-key-001", &theirs).await;
+    let mut acme_started = Vec::new();
+    for id in &flood {
+        acme_started.push(started(
+            &wait_finished_as(&http, &server, "acme-key-001", id).await,
+        ));
+    }
+    let before = acme_started
+        .iter()
+        .filter(|at| **at < started(&theirs_done))
+        .count();
+    assert_eq!(
+        before,
+        1,
+        "only acme's first task ran before other's: {acme_started:?} vs {}",
+        started(&theirs_done)
+    );
+    server.stop().await;
+}
+
+async fn wait_finished_as(http: &reqwest::Client, server: &Server, key: &str, id: &str) -> Value {
+    for _ in 0..300 {
+        let task: Value = http
+            .get(server.api(&format!("/tasks/{id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if task["finished_at"].is_string() {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("task {id} never finished");
 }

@@ -9,6 +9,7 @@ use crate::config::{Backend, Config};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
 use crate::dispatch::spawn_reconciler;
+use crate::domain::fair::FairLimits;
 use crate::error::{Error, Result};
 use crate::http::{AppState, router};
 use crate::lake::lance::LanceLake;
@@ -45,10 +46,15 @@ pub fn open_dispatcher(config: &Config, store: Arc<dyn TaskStore>) -> Result<Arc
     Ok(match &config.backend {
         Backend::Local => {
             let runner = RunnerCommand::locate(config.runner.clone(), config.runner_env())?;
+            let limits = FairLimits {
+                slots: config.concurrency,
+                per_tenant: config.tenant_concurrency.unwrap_or(config.concurrency),
+                services_per_tenant: config.tenant_services,
+            };
             Arc::new(LocalDispatcher::new(
                 store,
                 runner,
-                config.concurrency,
+                limits,
                 config.lease,
                 config.cancel_grace,
             ))

@@ -33,6 +33,10 @@ pub struct Config {
     pub allow_open: bool,
     /// `LANCER_CONCURRENCY`: batch tasks the local dispatcher runs at once.
     pub concurrency: usize,
+    /// `LANCER_TENANT_CONCURRENCY`: batch tasks one tenant may run at once (default: all).
+    pub tenant_concurrency: Option<usize>,
+    /// `LANCER_TENANT_SERVICES`: services one tenant may run beside the batch slots.
+    pub tenant_services: usize,
     /// `LANCER_LEASE_SECS`: a running task without a heartbeat for this long has lost its runner.
     pub lease: Duration,
     /// `LANCER_CANCEL_GRACE_SECS`: time between SIGTERM and SIGKILL on cancel.
@@ -107,6 +111,8 @@ impl Default for Config {
             api_keys: None,
             allow_open: false,
             concurrency: 1,
+            tenant_concurrency: None,
+            tenant_services: 4,
             lease: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(5),
             runner: None,
@@ -219,6 +225,9 @@ impl Config {
                     )));
                 }
             },
+            tenant_concurrency: parse("LANCER_TENANT_CONCURRENCY")?.map(|n| n.max(1) as usize),
+            tenant_services: parse("LANCER_TENANT_SERVICES")?
+                .map_or(defaults.tenant_services, |n| n as usize),
             concurrency: parse("LANCER_CONCURRENCY")?
                 .map_or(defaults.concurrency, |n| n.max(1) as usize),
             lease: parse("LANCER_LEASE_SECS")?

@@ -1,6 +1,7 @@
 //! The local dispatcher of the embedded default: one runner subprocess per task.
-//! Batch tasks share `concurrency` slots; a task that reports an endpoint is a service
-//! and gives its slot back, so services run beside the batch queue.
+//! Batch tasks share `concurrency` slots, tenants taking turns and each within its share
+//! (`domain::fair`); a task that reports an endpoint is a service and gives its slot back,
+//! within its tenant's service limit, so services run beside the batch queue.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,10 +13,10 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
-use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 use super::{sweep_expired, tasks_with_status};
+use crate::domain::fair::{FairLimits, FairQueue, Held};
 use crate::domain::task::{Task, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
@@ -49,7 +50,7 @@ impl RunnerCommand {
 struct Inner {
     store: Arc<dyn TaskStore>,
     runner: RunnerCommand,
-    slots: Arc<Semaphore>,
+    queue: Mutex<FairQueue>,
     lease: Duration,
     grace: Duration,
     /// Tasks this dispatcher has taken and whose runner has not exited yet.
@@ -67,7 +68,7 @@ impl LocalDispatcher {
     pub fn new(
         store: Arc<dyn TaskStore>,
         runner: RunnerCommand,
-        concurrency: usize,
+        limits: FairLimits,
         lease: Duration,
         grace: Duration,
     ) -> Self {
@@ -75,7 +76,7 @@ impl LocalDispatcher {
             inner: Arc::new(Inner {
                 store,
                 runner,
-                slots: Arc::new(Semaphore::new(concurrency.max(1))),
+                queue: Mutex::new(FairQueue::new(limits)),
                 lease,
                 grace,
                 active: Mutex::new(HashSet::new()),
@@ -107,18 +108,35 @@ impl Inner {
         self.runners.lock().ok()?.get(id).copied()
     }
 
-    async fn run(self: Arc<Self>, task_id: String) {
-        let mut slot = match self.slots.clone().acquire_owned().await {
-            Ok(permit) => Some(permit),
-            Err(_) => return self.release(&task_id),
-        };
+    /// Starts every task the fair queue lets start now.
+    fn pump(self: &Arc<Self>) {
+        loop {
+            let next = match self.queue.lock() {
+                Ok(mut queue) => queue.start_next(),
+                Err(_) => return,
+            };
+            let Some((tenant, id)) = next else { return };
+            tokio::spawn(self.clone().run(tenant, id));
+        }
+    }
+
+    /// Gives back what a task held and lets the next ones start.
+    fn done(self: &Arc<Self>, tenant: &str, id: &str, held: Held) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.finished(tenant, held);
+        }
+        self.release(id);
+        self.pump();
+    }
+
+    async fn run(self: Arc<Self>, tenant: String, task_id: String) {
         // It may have been cancelled while it waited for a slot.
         match self.store.get(&task_id).await {
             Ok(Some(task)) if task.status == TaskStatus::Pending => {}
-            Ok(_) => return self.release(&task_id),
+            Ok(_) => return self.done(&tenant, &task_id, Held::Slot),
             Err(err) => {
                 error!(task = %task_id, %err, "cannot read task before starting it");
-                return self.release(&task_id);
+                return self.done(&tenant, &task_id, Held::Slot);
             }
         }
         let spawned = Command::new(&self.runner.program)
@@ -135,7 +153,7 @@ impl Inner {
             Ok(child) => child,
             Err(err) => {
                 error!(task = %task_id, %err, "cannot start the runner");
-                return self.release(&task_id);
+                return self.done(&tenant, &task_id, Held::Slot);
             }
         };
         let pid = child.id().unwrap_or_default();
@@ -143,20 +161,7 @@ impl Inner {
             runners.insert(task_id.clone(), pid);
         }
         info!(task = %task_id, pid, "runner started");
-        let mut poll = tokio::time::interval(Duration::from_secs(1));
-        let status = loop {
-            tokio::select! {
-                status = child.wait() => break status,
-                _ = poll.tick(), if slot.is_some() => {
-                    if let Ok(Some(task)) = self.store.get(&task_id).await
-                        && task.endpoint.is_some()
-                    {
-                        info!(task = %task_id, "task serves an endpoint; its batch slot is free");
-                        slot = None;
-                    }
-                }
-            }
-        };
+        let (status, held) = self.watch_runner(&mut child, &tenant, &task_id).await;
         match status {
             Ok(status) if status.success() => info!(task = %task_id, "runner exited"),
             Ok(status) => warn!(task = %task_id, %status, "runner ended abnormally"),
@@ -164,7 +169,42 @@ impl Inner {
         }
         // Whatever the runner left behind (its script, after a kill -9) goes with it.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        self.release(&task_id);
+        self.done(&tenant, &task_id, held);
+    }
+
+    /// Waits for the runner; a task that starts serving becomes a service, giving its batch
+    /// slot back if its tenant may run another service.
+    async fn watch_runner(
+        self: &Arc<Self>,
+        child: &mut tokio::process::Child,
+        tenant: &str,
+        task_id: &str,
+    ) -> (std::io::Result<std::process::ExitStatus>, Held) {
+        let mut held = Held::Slot;
+        let mut serving = false;
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                status = child.wait() => return (status, held),
+                _ = poll.tick(), if !serving => {
+                    if let Ok(Some(task)) = self.store.get(task_id).await
+                        && task.endpoint.is_some()
+                    {
+                        serving = true;
+                        held = match self.queue.lock() {
+                            Ok(mut queue) => queue.became_service(tenant),
+                            Err(_) => Held::Slot,
+                        };
+                        if held == Held::Service {
+                            info!(task = %task_id, "task serves an endpoint; its batch slot is free");
+                            self.pump();
+                        } else {
+                            warn!(task = %task_id, %tenant, "the tenant runs its most services; this one keeps its batch slot");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -176,7 +216,10 @@ impl Dispatcher for LocalDispatcher {
 
     async fn submit(&self, task: &Task) -> Result<()> {
         if self.inner.take(&task.id) {
-            tokio::spawn(self.inner.clone().run(task.id.clone()));
+            if let Ok(mut queue) = self.inner.queue.lock() {
+                queue.push(&task.tenant, task.id.clone());
+            }
+            self.inner.pump();
         }
         Ok(())
     }
