@@ -65,14 +65,11 @@ pub fn open_dispatcher(config: &Config, store: Arc<dyn TaskStore>) -> Result<Arc
                 Some(path) => path.clone(),
                 None => RunnerCommand::locate(config.runner.clone(), Vec::new())?.program,
             };
-            let mut env: std::collections::BTreeMap<_, _> =
-                config.runner_env().into_iter().collect();
-            env.extend(ray.env.clone());
             Arc::new(RayDispatcher::new(
                 store,
                 ray.address.clone(),
                 runner.to_string_lossy().into_owned(),
-                env,
+                config.ray_runner_env(ray),
                 config.lease,
             )?)
         }

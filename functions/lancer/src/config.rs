@@ -324,6 +324,43 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The runner's configuration for a Ray job's `runtime_env`, which Ray's dashboard
+    /// shows to anyone who can reach it: storage options that are credentials stay out
+    /// (Ray's nodes bring their own, from their environment or role), and
+    /// `LANCER_RAY_ENV` goes on top.
+    pub fn ray_runner_env(&self, ray: &RayConfig) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self.runner_env().into_iter().collect();
+        let shareable: BTreeMap<&String, &String> = self
+            .storage_options
+            .iter()
+            .filter(|(key, _)| !is_credential(key))
+            .collect();
+        env.insert(
+            "LANCER_STORAGE_OPTIONS".into(),
+            serde_json::to_string(&shareable).unwrap_or_else(|_| "{}".into()),
+        );
+        env.extend(ray.env.clone());
+        env
+    }
+}
+
+/// Whether a storage option holds a credential.
+fn is_credential(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "password",
+        "token",
+        "access_key",
+        "credential",
+        "sas_key",
+        "account_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
 /// A variable holding a JSON object of strings; empty when unset.
 fn json_object(raw: Option<String>, name: &str) -> Result<BTreeMap<String, String>> {
     match raw {
@@ -437,6 +474,35 @@ mod tests {
         ]))
         .expect_err("ray client address");
         assert!(err.to_string().contains("RAY_ADDRESS"));
+    }
+
+    #[test]
+    fn credentials_in_storage_options_never_reach_a_ray_jobs_environment() {
+        let config = Config::from_lookup(lookup(&[
+            ("LANCER_BACKEND", "ray"),
+            (
+                "LANCER_STORAGE_OPTIONS",
+                r#"{"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "s3cr3t",
+                    "aws_session_token": "tok", "aws_endpoint": "http://minio:9000",
+                    "allow_http": "true"}"#,
+            ),
+        ]))
+        .expect("valid");
+        let Backend::Ray(ray) = &config.backend else {
+            panic!("ray was asked for")
+        };
+        let env = config.ray_runner_env(ray);
+        let shown = serde_json::to_string(&env).expect("json");
+        for secret in ["AKIAEXAMPLE", "s3cr3t", "aws_session_token"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let options: BTreeMap<String, String> =
+            serde_json::from_str(&env["LANCER_STORAGE_OPTIONS"]).expect("options");
+        assert_eq!(
+            options.get("aws_endpoint").map(String::as_str),
+            Some("http://minio:9000")
+        );
+        assert_eq!(options.len(), 2, "{options:?}");
     }
 
     #[test]
