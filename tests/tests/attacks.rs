@@ -469,3 +469,36 @@ async fn wait_finished_as(http: &reqwest::Client, server: &Server, key: &str, id
     }
     panic!("task {id} never finished");
 }
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_is_free() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[], &[("LANCER_MAX_CONNECTIONS", "3")]).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        held.push(socket);
+    }
+    let health = format!("{}/healthz", server.url);
+    let waiting = tokio::spawn(async move { reqwest::get(health).await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a fourth connection is not served while three are held"
+    );
+    drop(held.pop());
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection closed")
+        .expect("join")
+        .expect("answered");
+    assert_eq!(status, 200);
+    server.stop().await;
+}

@@ -236,3 +236,85 @@ async fn a_tenant_past_its_upload_quota_gets_a_413_and_other_tenants_do_not() {
         StatusCode::CREATED
     );
 }
+
+/// An S3 notification for `keys` in bucket `lake`, as SQS delivers it to the ingest function.
+fn s3_event(keys: &[&str]) -> serde_json::Value {
+    let records: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            serde_json::json!({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "lake"}, "object": {"key": key}}})
+        })
+        .collect();
+    serde_json::json!({"Records": records})
+}
+
+#[tokio::test]
+async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_key() {
+    use std::sync::Arc;
+
+    use lancer::dispatch::memory::RecordingDispatcher;
+    use lancer::domain::ingest::IngestRules;
+    use lancer::http::AppState;
+    use lancer::lake::memory::MemoryLake;
+    use lancer::ports::{Lake, TaskStore};
+    use lancer::store::memory::MemoryTaskStore;
+
+    let app = TestApp::new(None);
+    let lake = Arc::new(MemoryLake::new());
+    for key in ["tenants/acme/raw/a.csv", "raw/b.csv"] {
+        let path = LakePath::parse("p", key).expect("path");
+        lake.put(&path, b"x,y\n".to_vec()).await.expect("put");
+    }
+    let store = Arc::new(MemoryTaskStore::new());
+    let state = AppState {
+        store: store.clone(),
+        lake,
+        dispatcher: Arc::new(RecordingDispatcher::new()),
+        scripts: app.scripts(),
+        api_keys: None,
+        ingest_rules: IngestRules::parse(
+            r#"[{"name": "csv", "prefix": "raw/", "script": "jobs/noop.py", "output": "rows"}]"#,
+        )
+        .expect("rules"),
+        upload_limits: Default::default(),
+    };
+    // `%2E%2E` is how S3 writes `..` in an event: decoded, it is not a lake path.
+    let event = s3_event(&[
+        "tenants/acme/raw/a.csv",
+        "raw/%2E%2E/escape.csv",
+        "raw/b.csv",
+    ]);
+    let answer = lancer::events::ingest_event(&state, "s3://lake", &event)
+        .await
+        .expect("one bad key does not fail the batch");
+    assert_eq!(
+        answer["created"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["ignored"],
+        serde_json::json!(["s3://lake/raw/../escape.csv"])
+    );
+    let mut tasks = Vec::new();
+    for id in answer["created"].as_array().expect("ids") {
+        let id = id.as_str().expect("id");
+        tasks.push(store.get(id).await.expect("get").expect("stored"));
+    }
+    tasks.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    assert_eq!(tasks[0].tenant, "acme");
+    assert_eq!(
+        tasks[0].input_path.as_ref().map(LakePath::as_str),
+        Some("tenants/acme/raw/a.csv")
+    );
+    assert_eq!(
+        tasks[0].output_path.as_ref().map(LakePath::as_str),
+        Some("tenants/acme/datasets/rows.lance")
+    );
+    assert_eq!(tasks[1].tenant, "default");
+    assert_eq!(
+        tasks[1].input_path.as_ref().map(LakePath::as_str),
+        Some("raw/b.csv")
+    );
+}

@@ -110,26 +110,26 @@ pub async fn serve(config: &Config) -> Result<()> {
     info!(backend = config.backend_name(), lake = %config.lake, db = %config.db.display(), scripts = %config.scripts.display(), "embedded platform ready");
     // The one line on stdout, so scripts and tests can find a port-0 server.
     println!("lancer listening on http://{addr}");
-    serve_connections(listener, app, async {
+    serve_connections(listener, app, config.max_connections, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
     Ok(())
 }
 
-/// Connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client has to send a request's headers: a slow-loris client that drips
 /// bytes holds a connection no longer than this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests get to finish once the server is asked to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown` resolves, with a bound on connections and
-/// on the time to read a request's headers (axum's own `serve` has neither).
+/// Serves `app` on `listener` until `shutdown` resolves, with at most `max_connections`
+/// at once (more wait in the kernel's accept queue) and a bound on the time to read a
+/// request's headers: axum's own `serve` has neither.
 pub async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -141,7 +141,7 @@ pub async fn serve_connections(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

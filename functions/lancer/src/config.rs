@@ -31,6 +31,8 @@ pub struct Config {
     pub api_keys: Option<ApiKeys>,
     /// `LANCER_ALLOW_OPEN=true`: let a server without API keys listen beyond loopback.
     pub allow_open: bool,
+    /// `LANCER_MAX_CONNECTIONS`: connections `lancer serve` serves at once.
+    pub max_connections: usize,
     /// `LANCER_CONCURRENCY`: batch tasks the local dispatcher runs at once.
     pub concurrency: usize,
     /// `LANCER_TENANT_CONCURRENCY`: batch tasks one tenant may run at once (default: all).
@@ -110,6 +112,7 @@ impl Default for Config {
             scripts: ".".into(),
             api_keys: None,
             allow_open: false,
+            max_connections: 1024,
             concurrency: 1,
             tenant_concurrency: None,
             tenant_services: 4,
@@ -228,6 +231,8 @@ impl Config {
             tenant_concurrency: parse("LANCER_TENANT_CONCURRENCY")?.map(|n| n.max(1) as usize),
             tenant_services: parse("LANCER_TENANT_SERVICES")?
                 .map_or(defaults.tenant_services, |n| n as usize),
+            max_connections: parse("LANCER_MAX_CONNECTIONS")?
+                .map_or(defaults.max_connections, |n| n.max(1) as usize),
             concurrency: parse("LANCER_CONCURRENCY")?
                 .map_or(defaults.concurrency, |n| n.max(1) as usize),
             lease: parse("LANCER_LEASE_SECS")?
