@@ -340,8 +340,7 @@ impl Dispatcher for RayDispatcher {
     /// a cancel must reach whichever of them exists.
     async fn cancel(&self, task: &Task) -> Result<()> {
         let inner = &self.inner;
-        for attempt in [task.attempt + 1, task.attempt.max(1)] {
-            let submission_id = format!("{}-{attempt}", task.id);
+        for submission_id in jobs_to_stop(task) {
             let stop = inner
                 .http
                 .post(inner.jobs_url(&format!("{submission_id}/stop")));
@@ -397,6 +396,12 @@ impl Dispatcher for RayDispatcher {
     }
 }
 
+/// The jobs a cancel stops: the last claimed attempt's, and the next one, which a task
+/// requeued after a failed job is waiting for (Ray answers 404 for whichever is absent).
+fn jobs_to_stop(task: &Task) -> [String; 2] {
+    [task.attempt + 1, task.attempt.max(1)].map(|attempt| format!("{}-{attempt}", task.id))
+}
+
 /// The Ray job of the attempt a task is waiting for (pending) or running.
 pub fn submission_id(task: &Task) -> String {
     let attempt = match task.status {
@@ -435,6 +440,23 @@ fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_reaches_the_job_a_requeued_task_waits_for() {
+        let spec: crate::domain::task::TaskSpec =
+            serde_json::from_value(json!({"name": "t", "script": "s.py", "max_attempts": 3}))
+                .expect("spec");
+        let id = crate::domain::path::Name::parse("id", "t1").expect("name");
+        let tenant = crate::domain::tenant::Tenant::single();
+        let mut task = Task::new(&id, &tenant, spec, None, None, chrono::Utc::now());
+        // Attempt 1's job failed, the task was requeued and job t1-2 submitted; then cancelled.
+        task.attempt = 1;
+        task.status = TaskStatus::Cancelled;
+        assert_eq!(jobs_to_stop(&task), ["t1-2", "t1-1"]);
+        // Cancelled before any attempt started: job t1-1 is the one that may be waiting.
+        task.attempt = 0;
+        assert!(jobs_to_stop(&task).contains(&"t1-1".to_owned()));
+    }
 
     #[test]
     fn paths_are_quoted_for_the_entrypoint_shell() {
