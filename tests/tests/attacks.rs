@@ -175,17 +175,8 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
     )
     .await;
     let http = reqwest::Client::new();
-    let task: Value = http
-        .post(server.api("/tasks"))
-        .bearer_auth("other-key-001")
-        .json(&json!({"name": "env", "script": "env.py"}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("task");
-    let id = task["id"].as_str().expect("id").to_owned();
+    let spec = json!({"name": "env", "script": "env.py"});
+    let id = submit_as(&http, &server, "other-key-001", &spec).await;
     let done = wait_finished(&http, &server, &id).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     let env = done["result"]["env"].as_object().expect("env").clone();
@@ -278,13 +269,12 @@ async fn auth_fails_closed_on_an_empty_key_set_and_an_open_server_beyond_loopbac
     assert!(!ok && stderr.contains("LANCER_ALLOW_OPEN"), "{stderr}");
 }
 
-#[tokio::test]
-async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start(&[], &[]).await;
+/// `count` connections that each start a request and never finish its headers.
+async fn stalled_connections(server: &Server, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
     let addr = server.url.trim_start_matches("http://").to_owned();
     let mut stalled = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..count {
         let mut socket = tokio::net::TcpStream::connect(&addr)
             .await
             .expect("connect");
@@ -294,6 +284,14 @@ async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
             .expect("write");
         stalled.push(socket);
     }
+    stalled
+}
+
+#[tokio::test]
+async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(&[], &[]).await;
+    let stalled = stalled_connections(&server, 20).await;
     let health = reqwest::get(format!("{}/healthz", server.url))
         .await
         .expect("another client is served meanwhile");
@@ -356,17 +354,9 @@ async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data()
         "write": [db.with_extension("evil"), lake.join("tenants/acme/planted"), own],
     });
     let http = reqwest::Client::new();
-    let task: Value = http
-        .post(server.api("/tasks"))
-        .bearer_auth("other-key-001")
-        .json(&json!({"name": "probe", "script": "probe.py", "params": params}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("task");
-    let done = wait_finished(&http, &server, task["id"].as_str().expect("id")).await;
+    let spec = json!({"name": "probe", "script": "probe.py", "params": params});
+    let id = submit_as(&http, &server, "other-key-001", &spec).await;
+    let done = wait_finished(&http, &server, &id).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["sandbox"], "landlock", "the record says how it ran");
     let result = &done["result"];
@@ -472,20 +462,8 @@ async fn wait_finished_as(http: &reqwest::Client, server: &Server, key: &str, id
 
 #[tokio::test]
 async fn connections_past_the_limit_wait_until_one_is_free() {
-    use tokio::io::AsyncWriteExt;
     let server = Server::start(&[], &[("LANCER_MAX_CONNECTIONS", "3")]).await;
-    let addr = server.url.trim_start_matches("http://").to_owned();
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut socket = tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect");
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\n")
-            .await
-            .expect("write");
-        held.push(socket);
-    }
+    let mut held = stalled_connections(&server, 3).await;
     let health = format!("{}/healthz", server.url);
     let waiting = tokio::spawn(async move { reqwest::get(health).await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_secs(2)).await;
