@@ -368,3 +368,70 @@ async fn a_ray_head_that_never_answers_fails_the_task_instead_of_hanging() {
     let error = failure_of_a_task_sent_to(&format!("http://{addr}")).await;
     assert_eq!(error["code"], "BACKEND_UNAVAILABLE");
 }
+
+/// What a script sees of its lake and environment.
+const WHERE_AM_I_PY: &str = r#"
+import os
+
+def run(input_path, output_path, params):
+    return {"lake": os.environ["LANCER_LAKE"], "names": sorted(os.environ)}
+"#;
+
+#[tokio::test]
+async fn a_tenants_task_on_ray_sees_its_own_folder_and_no_keys() {
+    let server = Server::start(
+        &[("where.py", WHERE_AM_I_PY, false)],
+        &[
+            ("LANCER_BACKEND", "ray"),
+            ("RAY_ADDRESS", &ray_address()),
+            ("LANCER_API_KEYS", "acme-key-001=acme"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let get = |id: String| {
+        let http = http.clone();
+        let url = server.api(&format!("/tasks/{id}"));
+        async move {
+            let answer = http.get(url).bearer_auth("acme-key-001").send().await;
+            answer.expect("get").json::<Value>().await.expect("json")
+        }
+    };
+    let task: Value = http
+        .post(server.api("/tasks"))
+        .bearer_auth("acme-key-001")
+        .json(&json!({"name": "where", "script": "where.py", "resources": {"cpus": 0.5}}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("task");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let task = get(id.clone()).await;
+        if task["finished_at"].is_string() {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "never finished: {task:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let lake = std::fs::canonicalize(server.lake()).expect("lake");
+    assert_eq!(
+        done["result"]["lake"],
+        format!("{}/tenants/acme", lake.display())
+    );
+    let names = done["result"]["names"].to_string();
+    assert!(
+        !names.contains("LANCER_API_KEYS") && !names.contains("LANCER_DB"),
+        "{names}"
+    );
+    let job = ray_job_once_ended(&format!("{id}-1")).await;
+    assert!(
+        !job.to_string().contains("acme-key-001"),
+        "no key in the job: {job}"
+    );
+    server.stop().await;
+}
