@@ -18,7 +18,7 @@ const OTHER: [(&str, &str); 1] = [("Authorization", "Bearer other-key-001")];
 
 /// Every spelling of "up two folders, into acme's" that a URL or path decoder might
 /// turn into `..`, and look-alikes of it.
-const TRAVERSALS: [&str; 8] = [
+const TRAVERSALS: [&str; 9] = [
     "datasets/%2e%2e/%2e%2e/acme/datasets/secret.lance",
     "datasets/%2E%2E/%2E%2E/acme/datasets/secret.lance",
     "datasets/%252e%252e/%252e%252e/acme/datasets/secret.lance",
@@ -27,6 +27,7 @@ const TRAVERSALS: [&str; 8] = [
     "datasets/\u{ff0e}\u{ff0e}/\u{ff0e}\u{ff0e}/acme/datasets/secret.lance",
     "datasets/\u{2024}\u{2024}/\u{2024}\u{2024}/acme/datasets/secret.lance",
     "raw/../../acme/datasets/secret.lance",
+    "datasets/x%2f%2e%2e%2f%2e%2e%2facme%2fdatasets%2fsecret.lance",
 ];
 
 /// Tenant `other` names acme's dataset through every traversal, as input, output, upload
