@@ -98,6 +98,7 @@ impl TestApp {
             api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
             ingest_rules,
             upload_limits: UploadLimits::default(),
+            timeouts: Default::default(),
         }
     }
 

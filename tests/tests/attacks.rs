@@ -481,3 +481,36 @@ async fn connections_past_the_limit_wait_until_one_is_free() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[], &[("LANCER_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server answers instead of waiting for the body"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    server.stop().await;
+}

@@ -87,6 +87,7 @@ pub async fn app_state(config: &Config) -> Result<AppState> {
         api_keys: config.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
         upload_limits: config.uploads,
+        timeouts: config.timeouts,
     })
 }
 

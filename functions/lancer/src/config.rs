@@ -59,6 +59,25 @@ pub struct Config {
     pub sandbox: SandboxMode,
     /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
     pub uploads: UploadLimits,
+    /// `LANCER_REQUEST_TIMEOUT_SECS` and `LANCER_UPLOAD_TIMEOUT_SECS`.
+    pub timeouts: Timeouts,
+}
+
+/// How long a request may take, body included, before it is answered 408.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub request: Duration,
+    /// An upload's body may take longer to arrive.
+    pub upload: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(30),
+            upload: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// How much raw data a tenant may send.
@@ -125,6 +144,7 @@ impl Default for Config {
             script_env: BTreeMap::new(),
             sandbox: SandboxMode::default(),
             uploads: UploadLimits::default(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -246,6 +266,12 @@ impl Config {
                 max_bytes: parse("LANCER_MAX_UPLOAD_BYTES")?.unwrap_or(defaults.uploads.max_bytes),
                 quota_bytes: parse("LANCER_UPLOAD_QUOTA_BYTES")?
                     .unwrap_or(defaults.uploads.quota_bytes),
+            },
+            timeouts: Timeouts {
+                request: parse("LANCER_REQUEST_TIMEOUT_SECS")?
+                    .map_or(defaults.timeouts.request, |s| Duration::from_secs(s.max(1))),
+                upload: parse("LANCER_UPLOAD_TIMEOUT_SECS")?
+                    .map_or(defaults.timeouts.upload, |s| Duration::from_secs(s.max(1))),
             },
             sandbox: match get("LANCER_SANDBOX") {
                 Some(mode) => mode.parse()?,

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -12,7 +11,7 @@ use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::config::{ApiKeys, UploadLimits};
+use crate::config::{ApiKeys, Timeouts, UploadLimits};
 use crate::domain::ingest::IngestRules;
 use crate::domain::validate::MAX_BODY_BYTES;
 use crate::ports::{Dispatcher, Lake, TaskStore};
@@ -36,6 +35,7 @@ pub struct AppState {
     pub ingest_rules: IngestRules,
     /// The size of one upload and each tenant's quota under `raw/`.
     pub upload_limits: UploadLimits,
+    pub timeouts: Timeouts,
 }
 
 #[derive(OpenApi)]
@@ -112,11 +112,6 @@ fn add_shared_responses(operation: &mut utoipa::openapi::path::Operation) {
     }
 }
 
-/// How long one API request may take, body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an upload may take to arrive and land in the lake.
-pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-
 /// Stops a request after a limit, answering 408 REQUEST_TIMEOUT in the API's format.
 macro_rules! time_limit {
     ($limit:expr) => {
@@ -129,6 +124,7 @@ macro_rules! time_limit {
 }
 
 pub fn router(state: AppState) -> Router {
+    let Timeouts { request, upload } = state.timeouts;
     let state = Arc::new(state);
     let api = Router::new()
         .route("/tasks", post(tasks::submit).get(tasks::list))
@@ -145,11 +141,11 @@ pub fn router(state: AppState) -> Router {
             "/models/{id}",
             get(lake::get_model).delete(lake::delete_model),
         )
-        .layer(time_limit!(REQUEST_TIMEOUT))
+        .layer(time_limit!(request))
         // Added after the limit above: an upload's body may take longer to arrive.
         .route(
             "/uploads/{*key}",
-            put(uploads::upload).layer::<_, Infallible>(time_limit!(UPLOAD_TIMEOUT)),
+            put(uploads::upload).layer::<_, Infallible>(time_limit!(upload)),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
