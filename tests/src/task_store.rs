@@ -155,7 +155,7 @@ pub async fn of_two_racing_transitions_exactly_one_wins(f: Fixture) {
     for attempt in attempts {
         match attempt.await.expect("join") {
             Ok(_) => winners += 1,
-            Err(Error::Conflict(_)) => {}
+            Err(Error::Stale(_)) => {}
             Err(other) => panic!("unexpected error {other}"),
         }
     }
@@ -169,7 +169,7 @@ pub async fn a_stale_guard_is_a_conflict_and_an_unknown_id_not_found(f: Fixture)
         .store
         .transition(&task.id, task.guard(), Change::Cancel)
         .await;
-    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    assert!(matches!(stale, Err(Error::Stale(_))), "{stale:?}");
     let wrong_attempt = Guard {
         status: TaskStatus::Running,
         attempt: running.attempt + 1,
@@ -182,7 +182,7 @@ pub async fn a_stale_guard_is_a_conflict_and_an_unknown_id_not_found(f: Fixture)
             Change::Complete { result: json!({}) },
         )
         .await;
-    assert!(matches!(result, Err(Error::Conflict(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Stale(_))), "{result:?}");
     let missing = f
         .store
         .transition("no-such-task", task.guard(), Change::Cancel)
@@ -233,7 +233,7 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
     let task = created(f.store.as_ref(), new_task("acme", spec("beat"))).await;
     let refused = f.store.heartbeat(&task.id, 1, Heartbeat::default()).await;
     assert!(
-        matches!(refused, Err(Error::Conflict(_))),
+        matches!(refused, Err(Error::Stale(_))),
         "pending tasks take no heartbeat"
     );
     let running = started(f.store.as_ref(), &task).await;
@@ -266,7 +266,7 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
         .heartbeat(&task.id, running.attempt + 1, Heartbeat::default())
         .await;
     assert!(
-        matches!(wrong, Err(Error::Conflict(_))),
+        matches!(wrong, Err(Error::Stale(_))),
         "another attempt's heartbeat"
     );
     f.store
@@ -278,7 +278,7 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
         .heartbeat(&task.id, running.attempt, Heartbeat::default())
         .await;
     assert!(
-        matches!(late, Err(Error::Conflict(_))),
+        matches!(late, Err(Error::Stale(_))),
         "a cancelled task takes no heartbeat"
     );
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use lancer::app::{app_state, init_tracing, on_lambda};
+use lancer::app::{init_tracing, on_lambda, service};
 use lancer::config::Config;
 use lancer::events::ingest_event;
 use serde_json::Value;
@@ -18,13 +18,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     if config.ingest_rules.is_empty() {
         tracing::warn!("LANCER_INGEST_RULES is empty: uploads will be stored but start nothing");
     }
-    let state = Arc::new(app_state(&config).await?);
-    let lake = Arc::new(config.lake.clone());
+    let service = Arc::new(service(&config).await?);
+    let lake = Arc::new(config.lake.root.clone());
     if on_lambda() {
         let handler = service_fn(move |event: LambdaEvent<Value>| {
-            let (state, lake) = (state.clone(), lake.clone());
+            let (service, lake) = (service.clone(), lake.clone());
             async move {
-                Ok::<_, lambda_runtime::Error>(ingest_event(&state, &lake, &event.payload).await?)
+                Ok::<_, lambda_runtime::Error>(ingest_event(&service, &lake, &event.payload).await?)
             }
         });
         return lambda_runtime::run(handler).await;
@@ -35,7 +35,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             continue;
         }
         let event: Value = serde_json::from_str(&line)?;
-        println!("{}", ingest_event(&state, &lake, &event).await?);
+        println!("{}", ingest_event(&service, &lake, &event).await?);
     }
     Ok(())
 }

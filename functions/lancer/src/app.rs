@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::{Backend, Config};
+use crate::application::Service;
+use crate::config::{Backend, Config, ConfigError, TaskTable};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
 use crate::dispatch::spawn_reconciler;
@@ -19,99 +20,129 @@ use crate::scripts::{REGISTRY_FILE, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
 
-/// DynamoDB when `LANCER_TASK_TABLE` names a table (AWS credentials, region and endpoint
-/// from the standard chain), else the SQLite file.
+/// Why a process could not start: its configuration, its listening socket, or an adapter
+/// it could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Adapter(#[from] Error),
+}
+
+/// The task table the configuration names (DynamoDB with the standard AWS chain's
+/// credentials, region and endpoint).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>> {
-    Ok(match &config.task_table {
-        Some(table) => {
+    Ok(match &config.tasks {
+        TaskTable::Dynamo { table } => {
             let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             Arc::new(DynamoTaskStore::new(
                 aws_sdk_dynamodb::Client::new(&aws),
                 table.clone(),
             ))
         }
-        None => Arc::new(SqliteTaskStore::open(&config.db)?),
+        TaskTable::Sqlite(path) => Arc::new(SqliteTaskStore::open(path)?),
     })
 }
 
-pub fn open_lake(config: &Config) -> Result<Arc<dyn Lake>> {
-    Ok(Arc::new(LanceLake::open(
-        &config.lake,
-        config.storage_options.clone(),
+pub fn open_lake(config: &Config) -> Result<Arc<dyn Lake>, StartError> {
+    Ok(Arc::new(LanceLake::at(
+        &config.lake.root,
+        config.lake.storage_options.clone(),
     )?))
 }
 
 /// The dispatcher `LANCER_BACKEND` selects.
-pub fn open_dispatcher(config: &Config, store: Arc<dyn TaskStore>) -> Result<Arc<dyn Dispatcher>> {
-    Ok(match &config.backend {
+pub fn open_dispatcher(
+    config: &Config,
+    store: Arc<dyn TaskStore>,
+) -> Result<Arc<dyn Dispatcher>, StartError> {
+    let dispatch = &config.dispatch;
+    Ok(match &dispatch.backend {
         Backend::Local => {
-            let runner = RunnerCommand::locate(config.runner.clone(), config.runner_env())?;
+            let runner = RunnerCommand::locate(dispatch.runner.clone(), config.runner_env())?;
             let limits = FairLimits {
-                slots: config.concurrency,
-                per_tenant: config.tenant_concurrency.unwrap_or(config.concurrency),
-                services_per_tenant: config.tenant_services,
+                slots: dispatch.concurrency,
+                per_tenant: dispatch.tenant_concurrency.unwrap_or(dispatch.concurrency),
+                services_per_tenant: dispatch.tenant_services,
             };
             Arc::new(LocalDispatcher::new(
                 store,
                 runner,
                 limits,
-                config.lease,
-                config.cancel_grace,
+                dispatch.lease,
+                dispatch.cancel_grace,
             ))
         }
         Backend::Ray(ray) => {
             // A path on Ray's nodes need not exist here; the local default must.
             let runner = match &ray.runner {
                 Some(path) => path.clone(),
-                None => RunnerCommand::locate(config.runner.clone(), Vec::new())?.program,
+                None => RunnerCommand::locate(dispatch.runner.clone(), Vec::new())?.program,
             };
             Arc::new(RayDispatcher::new(
                 store,
                 ray.address.clone(),
                 runner.to_string_lossy().into_owned(),
                 config.ray_runner_env(ray),
-                config.lease,
+                dispatch.lease,
             )?)
         }
     })
 }
 
-/// Everything the API and the ingestion handler need, from the configuration.
-pub async fn app_state(config: &Config) -> Result<AppState> {
+/// The use cases over the adapters the configuration selects: what the API and the
+/// ingestion handler run.
+pub async fn service(config: &Config) -> Result<Service, StartError> {
     let store = open_store(config).await?;
-    Ok(AppState {
+    Ok(Service {
         lake: open_lake(config)?,
         dispatcher: open_dispatcher(config, store.clone())?,
         store,
-        scripts: config.scripts.clone(),
-        api_keys: config.api_keys.clone(),
+        scripts: config.scripts.root.clone(),
+        api_keys: config.server.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
-        upload_limits: config.uploads,
-        timeouts: config.timeouts,
+        upload_limits: config.server.uploads,
+    })
+}
+
+/// The REST API's state: the use cases and the request time limits.
+pub async fn app_state(config: &Config) -> Result<AppState, StartError> {
+    Ok(AppState {
+        service: service(config).await?,
+        timeouts: config.server.timeouts,
     })
 }
 
 /// The REST API and the configured dispatcher as one local server (`lancer serve`, and
 /// `lancer-api` outside Lambda), until Ctrl-C.
-pub async fn serve(config: &Config) -> Result<()> {
+pub async fn serve(config: &Config) -> Result<(), StartError> {
     check_open(config)?;
     check_scripts(config)?;
     let state = app_state(config).await?;
+    let dispatcher = state.service.dispatcher.clone();
     // Tasks left pending or running by a previous server are picked up again.
-    if let Err(err) = state.dispatcher.reconcile().await {
-        warn!(%err, backend = state.dispatcher.backend(), "first reconcile failed; retrying every half lease");
+    if let Err(err) = dispatcher.reconcile().await {
+        warn!(%err, backend = dispatcher.backend(), "first reconcile failed; retrying every half lease");
     }
-    spawn_reconciler(state.dispatcher.clone(), config.lease);
+    spawn_reconciler(dispatcher, config.dispatch.lease);
     let app = router(state);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| Error::invalid(format!("cannot listen on {addr}: {err}")))?;
-    let addr = listener.local_addr().map_err(Error::internal)?;
-    info!(backend = config.backend_name(), lake = %config.lake, db = %config.db.display(), scripts = %config.scripts.display(), "embedded platform ready");
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    info!(backend = config.backend_name(), lake = %config.lake.root, tasks = ?config.tasks, scripts = %config.scripts.root.display(), "embedded platform ready");
     // The one line on stdout, so scripts and tests can find a port-0 server.
     println!("lancer listening on http://{addr}");
-    serve_connections(listener, app, config.max_connections, async {
+    serve_connections(listener, app, config.server.max_connections, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
@@ -181,13 +212,14 @@ pub async fn serve_connections(
 
 /// Auth fails closed: a server without API keys listens on loopback only, unless the
 /// operator says in so many words that anyone who reaches it may run code.
-fn check_open(config: &Config) -> Result<()> {
-    if config.api_keys.is_some() || config.host.is_loopback() {
+fn check_open(config: &Config) -> Result<(), ConfigError> {
+    let server = &config.server;
+    if server.api_keys.is_some() || server.host.is_loopback() {
         return Ok(());
     }
     let addr = config.listen_addr();
-    if !config.allow_open {
-        return Err(Error::invalid(format!(
+    if !server.allow_open {
+        return Err(ConfigError(format!(
             "refusing to listen on {addr} without API keys: anyone who could reach it could run code. Set LANCER_API_KEYS, listen on 127.0.0.1, or set LANCER_ALLOW_OPEN=true to accept that"
         )));
     }
@@ -196,11 +228,13 @@ fn check_open(config: &Config) -> Result<()> {
 }
 
 /// Stops the server at start-up on a broken script registry, and says when it is empty.
-fn check_scripts(config: &Config) -> Result<()> {
-    let registry = ScriptRegistry::load(&config.scripts)?;
-    registry.check_all()?;
+fn check_scripts(config: &Config) -> Result<(), ConfigError> {
+    let root = &config.scripts.root;
+    let broken = |err: Error| ConfigError(format!("LANCER_SCRIPTS {}: {err}", root.display()));
+    let registry = ScriptRegistry::load(root).map_err(broken)?;
+    registry.check_all().map_err(broken)?;
     if registry.is_empty() {
-        warn!(scripts = %config.scripts.display(), "no scripts are registered: every task will be refused until {REGISTRY_FILE} lists some");
+        warn!(scripts = %root.display(), "no scripts are registered: every task will be refused until {REGISTRY_FILE} lists some");
     }
     Ok(())
 }
@@ -210,18 +244,18 @@ pub fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
-pub async fn runner_context(config: &Config) -> Result<RunnerContext> {
+pub async fn runner_context(config: &Config) -> Result<RunnerContext, StartError> {
     Ok(RunnerContext {
         store: open_store(config).await?,
         lake: open_lake(config)?,
-        scripts: config.scripts.clone(),
-        python: config.python.clone(),
+        scripts: config.scripts.root.clone(),
+        python: config.scripts.python.clone(),
         backend: config.backend_name().to_owned(),
-        script_env: config.script_env.clone(),
-        sandbox: config.sandbox,
+        script_env: config.scripts.env.clone(),
+        sandbox: config.scripts.sandbox,
         heartbeat_every: config.heartbeat_every(),
-        lease: config.lease,
-        cancel_grace: config.cancel_grace,
+        lease: config.dispatch.lease,
+        cancel_grace: config.dispatch.cancel_grace,
     })
 }
 

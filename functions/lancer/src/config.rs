@@ -1,4 +1,6 @@
 //! Configuration, read once from `LANCER_*` environment variables with embedded defaults.
+//! `Var` is the one table of variable names: the loader reads it, and `runner_env` passes
+//! a runner the part of it that runners read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,30 +11,158 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::ingest::IngestRules;
 use crate::domain::path::Name;
-use crate::error::{Error, Result};
+use crate::lake::LakeRoot;
 use crate::sandbox::SandboxMode;
+
+/// A configuration lancer cannot run with; the message names the variable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+fn bad(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// Every variable lancer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Var {
+    Lake,
+    StorageOptions,
+    Db,
+    TaskTable,
+    Host,
+    Port,
+    Scripts,
+    ApiKeys,
+    ApiKeysFile,
+    AllowOpen,
+    MaxConnections,
+    Concurrency,
+    TenantConcurrency,
+    TenantServices,
+    Lease,
+    CancelGrace,
+    Runner,
+    Python,
+    Backend,
+    IngestRules,
+    ScriptEnv,
+    Sandbox,
+    MaxUploadBytes,
+    UploadQuotaBytes,
+    RequestTimeout,
+    UploadTimeout,
+    RayAddress,
+    RayRunner,
+    RayEnv,
+}
+
+impl Var {
+    /// The variables a runner reads to rebuild the part of the configuration it needs.
+    const FOR_RUNNERS: [Var; 11] = [
+        Var::Lake,
+        Var::StorageOptions,
+        Var::Db,
+        Var::TaskTable,
+        Var::Scripts,
+        Var::Lease,
+        Var::CancelGrace,
+        Var::Python,
+        Var::Backend,
+        Var::ScriptEnv,
+        Var::Sandbox,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Var::Lake => "LANCER_LAKE",
+            Var::StorageOptions => "LANCER_STORAGE_OPTIONS",
+            Var::Db => "LANCER_DB",
+            Var::TaskTable => "LANCER_TASK_TABLE",
+            Var::Host => "LANCER_HOST",
+            Var::Port => "LANCER_PORT",
+            Var::Scripts => "LANCER_SCRIPTS",
+            Var::ApiKeys => "LANCER_API_KEYS",
+            Var::ApiKeysFile => "LANCER_API_KEYS_FILE",
+            Var::AllowOpen => "LANCER_ALLOW_OPEN",
+            Var::MaxConnections => "LANCER_MAX_CONNECTIONS",
+            Var::Concurrency => "LANCER_CONCURRENCY",
+            Var::TenantConcurrency => "LANCER_TENANT_CONCURRENCY",
+            Var::TenantServices => "LANCER_TENANT_SERVICES",
+            Var::Lease => "LANCER_LEASE_SECS",
+            Var::CancelGrace => "LANCER_CANCEL_GRACE_SECS",
+            Var::Runner => "LANCER_RUNNER",
+            Var::Python => "LANCER_PYTHON",
+            Var::Backend => "LANCER_BACKEND",
+            Var::IngestRules => "LANCER_INGEST_RULES",
+            Var::ScriptEnv => "LANCER_SCRIPT_ENV",
+            Var::Sandbox => "LANCER_SANDBOX",
+            Var::MaxUploadBytes => "LANCER_MAX_UPLOAD_BYTES",
+            Var::UploadQuotaBytes => "LANCER_UPLOAD_QUOTA_BYTES",
+            Var::RequestTimeout => "LANCER_REQUEST_TIMEOUT_SECS",
+            Var::UploadTimeout => "LANCER_UPLOAD_TIMEOUT_SECS",
+            Var::RayAddress => "RAY_ADDRESS",
+            Var::RayRunner => "LANCER_RAY_RUNNER",
+            Var::RayEnv => "LANCER_RAY_ENV",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// `LANCER_LAKE`: the lake root, a local folder or an `s3://bucket/prefix` URL.
-    pub lake: String,
+    pub lake: LakeConfig,
+    /// `LANCER_DB` or `LANCER_TASK_TABLE`: where task records live.
+    pub tasks: TaskTable,
+    pub server: ServerConfig,
+    pub dispatch: DispatchConfig,
+    pub scripts: ScriptConfig,
+    /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
+    pub ingest_rules: IngestRules,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LakeConfig {
+    /// `LANCER_LAKE`: a local folder or an `s3://bucket/prefix` URL.
+    pub root: LakeRoot,
     /// `LANCER_STORAGE_OPTIONS`: JSON object of object-store / Lance storage options.
     pub storage_options: BTreeMap<String, String>,
-    /// `LANCER_DB`: the SQLite task table.
-    pub db: PathBuf,
-    /// `LANCER_TASK_TABLE`: a DynamoDB table for tasks instead of SQLite (AWS level).
-    pub task_table: Option<String>,
+}
+
+/// The task table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskTable {
+    /// `LANCER_DB`: a SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// `LANCER_TASK_TABLE`: a DynamoDB table (the AWS level); credentials, region and
+    /// endpoint come from the standard AWS chain.
+    Dynamo { table: String },
+}
+
+/// What `lancer serve` and the API function answer with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
     /// `LANCER_HOST` and `LANCER_PORT`: where `lancer serve` listens.
     pub host: IpAddr,
     pub port: u16,
-    /// `LANCER_SCRIPTS`: the folder every task's `script` is resolved in.
-    pub scripts: PathBuf,
     /// `LANCER_API_KEYS` (`key=tenant,...`) or `LANCER_API_KEYS_FILE` (a `key=tenant` per line).
     pub api_keys: Option<ApiKeys>,
     /// `LANCER_ALLOW_OPEN=true`: let a server without API keys listen beyond loopback.
     pub allow_open: bool,
     /// `LANCER_MAX_CONNECTIONS`: connections `lancer serve` serves at once.
     pub max_connections: usize,
+    /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
+    pub uploads: UploadLimits,
+    /// `LANCER_REQUEST_TIMEOUT_SECS` and `LANCER_UPLOAD_TIMEOUT_SECS`.
+    pub timeouts: Timeouts,
+}
+
+/// Where and how runners run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchConfig {
+    /// `LANCER_BACKEND` (`local` or `ray`).
+    pub backend: Backend,
     /// `LANCER_CONCURRENCY`: batch tasks the local dispatcher runs at once.
     pub concurrency: usize,
     /// `LANCER_TENANT_CONCURRENCY`: batch tasks one tenant may run at once (default: all).
@@ -45,22 +175,21 @@ pub struct Config {
     pub cancel_grace: Duration,
     /// `LANCER_RUNNER`: the runner binary (default: `lancer-runner` beside the current binary).
     pub runner: Option<PathBuf>,
+}
+
+/// How scripts are found and started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptConfig {
+    /// `LANCER_SCRIPTS`: the folder holding `lancer-scripts.json` and the scripts.
+    pub root: PathBuf,
     /// `LANCER_PYTHON`: the interpreter for `*.py` scripts.
     pub python: String,
-    /// `LANCER_BACKEND` (`local` or `ray`): where runners run.
-    pub backend: Backend,
-    /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
-    pub ingest_rules: IngestRules,
     /// `LANCER_SCRIPT_ENV`: a JSON object of variables the operator gives every script (a
     /// script's environment is otherwise an allow-list; see the README).
-    pub script_env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
     /// `LANCER_SANDBOX` (`off`, `best-effort`, `required`): whether scripts run confined
     /// by Landlock.
     pub sandbox: SandboxMode,
-    /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
-    pub uploads: UploadLimits,
-    /// `LANCER_REQUEST_TIMEOUT_SECS` and `LANCER_UPLOAD_TIMEOUT_SECS`.
-    pub timeouts: Timeouts,
 }
 
 /// How long a request may take, body included, before it is answered 408.
@@ -122,29 +251,36 @@ pub struct RayConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            lake: "./lance_storage".into(),
-            storage_options: BTreeMap::new(),
-            db: "./lancer.db".into(),
-            task_table: None,
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 8000,
-            scripts: ".".into(),
-            api_keys: None,
-            allow_open: false,
-            max_connections: 1024,
-            concurrency: 1,
-            tenant_concurrency: None,
-            tenant_services: 4,
-            lease: Duration::from_secs(30),
-            cancel_grace: Duration::from_secs(5),
-            runner: None,
-            python: "python3".into(),
-            backend: Backend::Local,
+            lake: LakeConfig {
+                root: LakeRoot::Local("./lance_storage".into()),
+                storage_options: BTreeMap::new(),
+            },
+            tasks: TaskTable::Sqlite("./lancer.db".into()),
+            server: ServerConfig {
+                host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 8000,
+                api_keys: None,
+                allow_open: false,
+                max_connections: 1024,
+                uploads: UploadLimits::default(),
+                timeouts: Timeouts::default(),
+            },
+            dispatch: DispatchConfig {
+                backend: Backend::Local,
+                concurrency: 1,
+                tenant_concurrency: None,
+                tenant_services: 4,
+                lease: Duration::from_secs(30),
+                cancel_grace: Duration::from_secs(5),
+                runner: None,
+            },
+            scripts: ScriptConfig {
+                root: ".".into(),
+                python: "python3".into(),
+                env: BTreeMap::new(),
+                sandbox: SandboxMode::default(),
+            },
             ingest_rules: IngestRules::default(),
-            script_env: BTreeMap::new(),
-            sandbox: SandboxMode::default(),
-            uploads: UploadLimits::default(),
-            timeouts: Timeouts::default(),
         }
     }
 }
@@ -172,15 +308,18 @@ impl ApiKeys {
             }
             let (key, tenant) = entry
                 .split_once('=')
-                .ok_or_else(|| Error::invalid("API keys are written key=tenant"))?;
+                .ok_or_else(|| bad("API keys are written key=tenant"))?;
             let (key, tenant) = (key.trim(), tenant.trim());
             if key.len() < 8 {
-                return Err(Error::invalid("an API key must be at least 8 characters"));
+                return Err(bad("an API key must be at least 8 characters"));
             }
-            keys.insert(key_digest(key), Name::parse("tenant", tenant)?);
+            keys.insert(
+                key_digest(key),
+                Name::parse("tenant", tenant).map_err(|err| bad(err.to_string()))?,
+            );
         }
         if keys.is_empty() {
-            return Err(Error::invalid("API keys are configured but none was given"));
+            return Err(bad("API keys are configured but none was given"));
         }
         Ok(Self(keys))
     }
@@ -190,172 +329,245 @@ impl ApiKeys {
     }
 }
 
+/// Reads variables through a lookup. An empty variable counts as unset, except the API
+/// keys: `LANCER_API_KEYS=""` is a key set with no key, refused rather than read as open
+/// mode, so auth fails closed.
+struct Reader<F> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    fn raw(&self, var: Var) -> Option<String> {
+        (self.lookup)(var.name())
+    }
+
+    fn text(&self, var: Var) -> Option<String> {
+        self.raw(var).filter(|value| !value.is_empty())
+    }
+
+    fn number(&self, var: Var) -> Result<Option<u64>> {
+        self.text(var)
+            .map(|raw| {
+                raw.parse::<u64>().map_err(|_| {
+                    bad(format!(
+                        "{} must be a whole number, not '{raw}'",
+                        var.name()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn count(&self, var: Var, default: usize) -> Result<usize> {
+        Ok(self.number(var)?.map_or(default, |n| n.max(1) as usize))
+    }
+
+    fn seconds(&self, var: Var, default: Duration) -> Result<Duration> {
+        Ok(self
+            .number(var)?
+            .map_or(default, |s| Duration::from_secs(s.max(1))))
+    }
+
+    fn flag(&self, var: Var) -> Result<bool> {
+        match self.text(var).as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(bad(format!(
+                "{} must be true or false, not '{other}'",
+                var.name()
+            ))),
+        }
+    }
+
+    /// A variable holding a JSON object of strings; empty when unset.
+    fn json_object(&self, var: Var) -> Result<BTreeMap<String, String>> {
+        match self.text(var) {
+            Some(json) => serde_json::from_str(&json).map_err(|err| {
+                bad(format!(
+                    "{} must be a JSON object of strings: {err}",
+                    var.name()
+                ))
+            }),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the configuration from `lookup`. An empty variable counts as unset, except
-    /// the API keys: `LANCER_API_KEYS=""` is a key set with no key, which is refused rather
-    /// than read as open mode, so auth fails closed.
+    /// Reads the configuration from `lookup`, a variable's value by name.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let get = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        let vars = Reader { lookup };
         let defaults = Self::default();
-        let parse = |name: &str| -> Result<Option<u64>> {
-            get(name)
-                .map(|raw| {
-                    raw.parse::<u64>().map_err(|_| {
-                        Error::invalid(format!("{name} must be a whole number, not '{raw}'"))
-                    })
-                })
-                .transpose()
-        };
-        let api_keys = match (lookup("LANCER_API_KEYS"), get("LANCER_API_KEYS_FILE")) {
-            (Some(inline), _) => Some(ApiKeys::parse(&inline)?),
-            (None, Some(file)) => Some(ApiKeys::parse(&std::fs::read_to_string(&file).map_err(
-                |err| Error::invalid(format!("cannot read LANCER_API_KEYS_FILE '{file}': {err}")),
-            )?)?),
-            (None, None) => None,
-        };
-        let storage_options = json_object(get("LANCER_STORAGE_OPTIONS"), "LANCER_STORAGE_OPTIONS")?;
-        let host = match get("LANCER_HOST") {
-            Some(raw) => raw.parse().map_err(|_| {
-                Error::invalid(format!("LANCER_HOST must be an IP address, not '{raw}'"))
-            })?,
-            None => defaults.host,
-        };
         Ok(Self {
-            lake: get("LANCER_LAKE").unwrap_or(defaults.lake),
-            storage_options,
-            db: get("LANCER_DB").map(PathBuf::from).unwrap_or(defaults.db),
-            task_table: get("LANCER_TASK_TABLE"),
-            host,
-            port: match parse("LANCER_PORT")? {
-                Some(port) => u16::try_from(port)
-                    .map_err(|_| Error::invalid("LANCER_PORT must be at most 65535"))?,
-                None => defaults.port,
+            lake: LakeConfig {
+                root: vars
+                    .text(Var::Lake)
+                    .map_or(defaults.lake.root, |root| LakeRoot::parse(&root)),
+                storage_options: vars.json_object(Var::StorageOptions)?,
             },
-            scripts: get("LANCER_SCRIPTS")
-                .map(PathBuf::from)
-                .unwrap_or(defaults.scripts),
-            api_keys,
-            allow_open: match get("LANCER_ALLOW_OPEN").as_deref() {
-                None | Some("false") | Some("0") => false,
-                Some("true") | Some("1") => true,
-                Some(other) => {
-                    return Err(Error::invalid(format!(
-                        "LANCER_ALLOW_OPEN must be true or false, not '{other}'"
-                    )));
-                }
+            tasks: match (vars.text(Var::TaskTable), vars.text(Var::Db)) {
+                (Some(table), _) => TaskTable::Dynamo { table },
+                (None, Some(db)) => TaskTable::Sqlite(db.into()),
+                (None, None) => defaults.tasks,
             },
-            tenant_concurrency: parse("LANCER_TENANT_CONCURRENCY")?.map(|n| n.max(1) as usize),
-            tenant_services: parse("LANCER_TENANT_SERVICES")?
-                .map_or(defaults.tenant_services, |n| n as usize),
-            max_connections: parse("LANCER_MAX_CONNECTIONS")?
-                .map_or(defaults.max_connections, |n| n.max(1) as usize),
-            concurrency: parse("LANCER_CONCURRENCY")?
-                .map_or(defaults.concurrency, |n| n.max(1) as usize),
-            lease: parse("LANCER_LEASE_SECS")?
-                .map_or(defaults.lease, |s| Duration::from_secs(s.max(1))),
-            cancel_grace: parse("LANCER_CANCEL_GRACE_SECS")?
-                .map_or(defaults.cancel_grace, Duration::from_secs),
-            runner: get("LANCER_RUNNER").map(PathBuf::from),
-            python: get("LANCER_PYTHON").unwrap_or(defaults.python),
-            script_env: json_object(get("LANCER_SCRIPT_ENV"), "LANCER_SCRIPT_ENV")?,
-            uploads: UploadLimits {
-                max_bytes: parse("LANCER_MAX_UPLOAD_BYTES")?.unwrap_or(defaults.uploads.max_bytes),
-                quota_bytes: parse("LANCER_UPLOAD_QUOTA_BYTES")?
-                    .unwrap_or(defaults.uploads.quota_bytes),
+            server: server(&vars, defaults.server)?,
+            dispatch: dispatch(&vars, defaults.dispatch)?,
+            scripts: ScriptConfig {
+                root: vars
+                    .text(Var::Scripts)
+                    .map_or(defaults.scripts.root, PathBuf::from),
+                python: vars.text(Var::Python).unwrap_or(defaults.scripts.python),
+                env: vars.json_object(Var::ScriptEnv)?,
+                sandbox: match vars.text(Var::Sandbox) {
+                    Some(mode) => mode
+                        .parse()
+                        .map_err(|err: crate::error::Error| bad(err.to_string()))?,
+                    None => defaults.scripts.sandbox,
+                },
             },
-            timeouts: Timeouts {
-                request: parse("LANCER_REQUEST_TIMEOUT_SECS")?
-                    .map_or(defaults.timeouts.request, |s| Duration::from_secs(s.max(1))),
-                upload: parse("LANCER_UPLOAD_TIMEOUT_SECS")?
-                    .map_or(defaults.timeouts.upload, |s| Duration::from_secs(s.max(1))),
-            },
-            sandbox: match get("LANCER_SANDBOX") {
-                Some(mode) => mode.parse()?,
-                None => SandboxMode::default(),
-            },
-            ingest_rules: match get("LANCER_INGEST_RULES") {
-                Some(json) => IngestRules::parse(&json)?,
-                None => IngestRules::default(),
-            },
-            backend: match get("LANCER_BACKEND").as_deref() {
-                None | Some("local") => Backend::Local,
-                Some("ray") => Backend::Ray(RayConfig {
-                    address: ray_address(get("RAY_ADDRESS"))?,
-                    runner: get("LANCER_RAY_RUNNER").map(PathBuf::from),
-                    env: json_object(get("LANCER_RAY_ENV"), "LANCER_RAY_ENV")?,
-                }),
-                Some(other) => {
-                    return Err(Error::invalid(format!(
-                        "LANCER_BACKEND must be local or ray, not '{other}'"
-                    )));
-                }
+            ingest_rules: match vars.text(Var::IngestRules) {
+                Some(json) => IngestRules::parse(&json)
+                    .map_err(|err| bad(format!("{}: {err}", Var::IngestRules.name())))?,
+                None => defaults.ingest_rules,
             },
         })
     }
+}
 
+fn server<F: Fn(&str) -> Option<String>>(
+    vars: &Reader<F>,
+    defaults: ServerConfig,
+) -> Result<ServerConfig> {
+    let api_keys = match (vars.raw(Var::ApiKeys), vars.text(Var::ApiKeysFile)) {
+        (Some(inline), _) => Some(ApiKeys::parse(&inline)?),
+        (None, Some(file)) => Some(ApiKeys::parse(&std::fs::read_to_string(&file).map_err(
+            |err| bad(format!("cannot read LANCER_API_KEYS_FILE '{file}': {err}")),
+        )?)?),
+        (None, None) => None,
+    };
+    let host = match vars.text(Var::Host) {
+        Some(raw) => raw
+            .parse()
+            .map_err(|_| bad(format!("LANCER_HOST must be an IP address, not '{raw}'")))?,
+        None => defaults.host,
+    };
+    let port = match vars.number(Var::Port)? {
+        Some(port) => u16::try_from(port).map_err(|_| bad("LANCER_PORT must be at most 65535"))?,
+        None => defaults.port,
+    };
+    Ok(ServerConfig {
+        host,
+        port,
+        api_keys,
+        allow_open: vars.flag(Var::AllowOpen)?,
+        max_connections: vars.count(Var::MaxConnections, defaults.max_connections)?,
+        uploads: UploadLimits {
+            max_bytes: vars
+                .number(Var::MaxUploadBytes)?
+                .unwrap_or(defaults.uploads.max_bytes),
+            quota_bytes: vars
+                .number(Var::UploadQuotaBytes)?
+                .unwrap_or(defaults.uploads.quota_bytes),
+        },
+        timeouts: Timeouts {
+            request: vars.seconds(Var::RequestTimeout, defaults.timeouts.request)?,
+            upload: vars.seconds(Var::UploadTimeout, defaults.timeouts.upload)?,
+        },
+    })
+}
+
+fn dispatch<F: Fn(&str) -> Option<String>>(
+    vars: &Reader<F>,
+    defaults: DispatchConfig,
+) -> Result<DispatchConfig> {
+    let backend = match vars.text(Var::Backend).as_deref() {
+        None | Some("local") => Backend::Local,
+        Some("ray") => Backend::Ray(RayConfig {
+            address: ray_address(vars.text(Var::RayAddress))?,
+            runner: vars.text(Var::RayRunner).map(PathBuf::from),
+            env: vars.json_object(Var::RayEnv)?,
+        }),
+        Some(other) => {
+            return Err(bad(format!(
+                "LANCER_BACKEND must be local or ray, not '{other}'"
+            )));
+        }
+    };
+    Ok(DispatchConfig {
+        backend,
+        concurrency: vars.count(Var::Concurrency, defaults.concurrency)?,
+        tenant_concurrency: vars
+            .number(Var::TenantConcurrency)?
+            .map(|n| n.max(1) as usize),
+        tenant_services: vars
+            .number(Var::TenantServices)?
+            .map_or(defaults.tenant_services, |n| n as usize),
+        lease: vars.seconds(Var::Lease, defaults.lease)?,
+        cancel_grace: vars
+            .number(Var::CancelGrace)?
+            .map_or(defaults.cancel_grace, Duration::from_secs),
+        runner: vars.text(Var::Runner).map(PathBuf::from),
+    })
+}
+
+impl Config {
     /// The name runners record as the task's backend.
     pub fn backend_name(&self) -> &'static str {
-        match self.backend {
+        match self.dispatch.backend {
             Backend::Local => "local",
             Backend::Ray(_) => "ray",
         }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host, self.port)
+        SocketAddr::new(self.server.host, self.server.port)
     }
 
     /// How often a runner heartbeats: a third of the lease, so two may be lost.
     pub fn heartbeat_every(&self) -> Duration {
-        (self.lease / 3).max(Duration::from_millis(500))
+        (self.dispatch.lease / 3).max(Duration::from_millis(500))
     }
 
-    /// The variables a runner process needs to rebuild this configuration.
+    /// The variables a runner process needs to rebuild this configuration: `Var`'s runner
+    /// part, each written as the loader reads it back (paths made absolute).
     pub fn runner_env(&self) -> Vec<(String, String)> {
-        let absolute = |path: &PathBuf| {
-            std::path::absolute(path)
-                .unwrap_or_else(|_| path.clone())
-                .to_string_lossy()
-                .into_owned()
-        };
-        let lake = if self.lake.contains("://") {
-            self.lake.clone()
-        } else {
-            absolute(&PathBuf::from(&self.lake))
-        };
-        let mut env = vec![
-            ("LANCER_LAKE".into(), lake),
-            (
-                "LANCER_STORAGE_OPTIONS".into(),
-                serde_json::to_string(&self.storage_options).unwrap_or_else(|_| "{}".into()),
-            ),
-            ("LANCER_DB".into(), absolute(&self.db)),
-            ("LANCER_SCRIPTS".into(), absolute(&self.scripts)),
-            ("LANCER_LEASE_SECS".into(), self.lease.as_secs().to_string()),
-            (
-                "LANCER_CANCEL_GRACE_SECS".into(),
-                self.cancel_grace.as_secs().to_string(),
-            ),
-            ("LANCER_PYTHON".into(), self.python.clone()),
-            ("LANCER_BACKEND".into(), self.backend_name().into()),
-            (
-                "LANCER_SCRIPT_ENV".into(),
-                serde_json::to_string(&self.script_env).unwrap_or_else(|_| "{}".into()),
-            ),
-            ("LANCER_SANDBOX".into(), self.sandbox.as_str().into()),
-        ];
-        if let Some(table) = &self.task_table {
-            env.push(("LANCER_TASK_TABLE".into(), table.clone()));
-        }
-        env
+        Var::FOR_RUNNERS
+            .into_iter()
+            .filter_map(|var| Some((var.name().to_owned(), self.runner_value(var)?)))
+            .collect()
     }
-}
 
-impl Config {
+    fn runner_value(&self, var: Var) -> Option<String> {
+        let absolute = |path: &PathBuf| LakeRoot::Local(path.clone()).uri();
+        let json = |map: &BTreeMap<String, String>| {
+            serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+        };
+        Some(match var {
+            Var::Lake => self.lake.root.uri(),
+            Var::StorageOptions => json(&self.lake.storage_options),
+            Var::Db => match &self.tasks {
+                TaskTable::Sqlite(path) => absolute(path),
+                TaskTable::Dynamo { .. } => return None,
+            },
+            Var::TaskTable => match &self.tasks {
+                TaskTable::Dynamo { table } => table.clone(),
+                TaskTable::Sqlite(_) => return None,
+            },
+            Var::Scripts => absolute(&self.scripts.root),
+            Var::Lease => self.dispatch.lease.as_secs().to_string(),
+            Var::CancelGrace => self.dispatch.cancel_grace.as_secs().to_string(),
+            Var::Python => self.scripts.python.clone(),
+            Var::Backend => self.backend_name().into(),
+            Var::ScriptEnv => json(&self.scripts.env),
+            Var::Sandbox => self.scripts.sandbox.as_str().into(),
+            _ => return None,
+        })
+    }
+
     /// The runner's configuration for a Ray job's `runtime_env`, which Ray's dashboard
     /// shows to anyone who can reach it: storage options that are credentials stay out
     /// (Ray's nodes bring their own, from their environment or role), and
@@ -363,12 +575,13 @@ impl Config {
     pub fn ray_runner_env(&self, ray: &RayConfig) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = self.runner_env().into_iter().collect();
         let shareable: BTreeMap<&String, &String> = self
+            .lake
             .storage_options
             .iter()
             .filter(|(key, _)| !is_credential(key))
             .collect();
         env.insert(
-            "LANCER_STORAGE_OPTIONS".into(),
+            Var::StorageOptions.name().into(),
             serde_json::to_string(&shareable).unwrap_or_else(|_| "{}".into()),
         );
         env.extend(ray.env.clone());
@@ -392,16 +605,6 @@ fn is_credential(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
-/// A variable holding a JSON object of strings; empty when unset.
-fn json_object(raw: Option<String>, name: &str) -> Result<BTreeMap<String, String>> {
-    match raw {
-        Some(json) => serde_json::from_str(&json).map_err(|err| {
-            Error::invalid(format!("{name} must be a JSON object of strings: {err}"))
-        }),
-        None => Ok(BTreeMap::new()),
-    }
-}
-
 /// The Jobs API URL from `RAY_ADDRESS`; `host:port` without a scheme means plain HTTP.
 fn ray_address(raw: Option<String>) -> Result<String> {
     let raw = raw.unwrap_or_else(|| "http://127.0.0.1:8265".into());
@@ -411,9 +614,9 @@ fn ray_address(raw: Option<String>) -> Result<String> {
         format!("http://{raw}")
     };
     let url = url::Url::parse(&with_scheme)
-        .map_err(|err| Error::invalid(format!("RAY_ADDRESS '{raw}' is not a URL: {err}")))?;
+        .map_err(|err| bad(format!("RAY_ADDRESS '{raw}' is not a URL: {err}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::invalid(format!(
+        return Err(bad(format!(
             "RAY_ADDRESS must be the head's dashboard URL (http://host:8265), not '{raw}'"
         )));
     }
@@ -433,10 +636,49 @@ mod tests {
     }
 
     #[test]
-    fn no_variables_give_the_embedded_defaults() {
-        assert_eq!(
-            Config::from_lookup(lookup(&[])).ok(),
-            Some(Config::default())
+    fn no_variables_give_the_readmes_defaults() {
+        let config = Config::from_lookup(lookup(&[])).expect("valid");
+        assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8000");
+        assert_eq!(config.lake.root, LakeRoot::Local("./lance_storage".into()));
+        assert_eq!(config.tasks, TaskTable::Sqlite("./lancer.db".into()));
+        assert_eq!(config.scripts.root, PathBuf::from("."));
+        assert_eq!(config.scripts.python, "python3");
+        assert_eq!(config.scripts.sandbox, SandboxMode::BestEffort);
+        assert_eq!(config.server.api_keys, None);
+        assert_eq!(config.server.max_connections, 1024);
+        assert_eq!(config.server.uploads.max_bytes, 1 << 30);
+        assert_eq!(config.server.uploads.quota_bytes, 10 << 30);
+        assert_eq!(config.server.timeouts.request, Duration::from_secs(30));
+        assert_eq!(config.server.timeouts.upload, Duration::from_secs(900));
+        assert_eq!(config.dispatch.backend, Backend::Local);
+        assert_eq!(config.dispatch.concurrency, 1);
+        assert_eq!(config.dispatch.tenant_services, 4);
+        assert_eq!(config.dispatch.lease, Duration::from_secs(30));
+        assert_eq!(config.dispatch.cancel_grace, Duration::from_secs(5));
+        assert!(config.ingest_rules.is_empty());
+    }
+
+    #[test]
+    fn a_runner_reads_back_the_servers_runner_settings() {
+        let server = Config::from_lookup(lookup(&[
+            ("LANCER_LAKE", "s3://bucket/lake"),
+            ("LANCER_TASK_TABLE", "tasks"),
+            ("LANCER_LEASE_SECS", "12"),
+            ("LANCER_SANDBOX", "required"),
+            ("LANCER_SCRIPT_ENV", r#"{"A": "1"}"#),
+            ("LANCER_PORT", "9001"),
+        ]))
+        .expect("valid");
+        let env: HashMap<String, String> = server.runner_env().into_iter().collect();
+        let runner = Config::from_lookup(|name| env.get(name).cloned()).expect("valid");
+        assert_eq!(runner.lake, server.lake);
+        assert_eq!(runner.tasks, server.tasks);
+        assert_eq!(runner.dispatch.lease, server.dispatch.lease);
+        assert_eq!(runner.scripts.sandbox, server.scripts.sandbox);
+        assert_eq!(runner.scripts.env, server.scripts.env);
+        assert!(
+            !env.contains_key("LANCER_PORT"),
+            "servers' settings stay out"
         );
     }
 
@@ -449,20 +691,24 @@ mod tests {
             ("LANCER_STORAGE_OPTIONS", r#"{"allow_http":"true"}"#),
         ]))
         .expect("valid config");
-        assert_eq!(config.port, 9001);
-        assert_eq!(config.lake, "s3://bucket/lake");
+        assert_eq!(config.server.port, 9001);
+        assert_eq!(config.lake.root.to_string(), "s3://bucket/lake");
         assert!(
             !format!("{config:?}").contains("secret-key"),
             "keys never show in debug output"
         );
-        let keys = config.api_keys.expect("keys");
+        let keys = config.server.api_keys.expect("keys");
         assert_eq!(
             keys.tenant_of("secret-key-2").map(Name::as_str),
             Some("globex")
         );
         assert_eq!(keys.tenant_of("nope"), None);
         assert_eq!(
-            config.storage_options.get("allow_http").map(String::as_str),
+            config
+                .lake
+                .storage_options
+                .get("allow_http")
+                .map(String::as_str),
             Some("true")
         );
     }
@@ -482,7 +728,7 @@ mod tests {
         assert!(Config::from_lookup(lookup(&[("LANCER_API_KEYS_FILE", &path)])).is_err());
         assert_eq!(
             Config::from_lookup(lookup(&[("LANCER_PORT", "")]))
-                .map(|c| c.port)
+                .map(|c| c.server.port)
                 .ok(),
             Some(8000),
             "other empty variables still mean unset"
@@ -519,7 +765,7 @@ mod tests {
             ),
         ]))
         .expect("valid");
-        let Backend::Ray(ray) = &config.backend else {
+        let Backend::Ray(ray) = &config.dispatch.backend else {
             panic!("ray was asked for")
         };
         let env = config.ray_runner_env(ray);
@@ -541,7 +787,11 @@ mod tests {
         let ray = |address: Option<&str>| {
             let mut pairs = vec![("LANCER_BACKEND", "ray")];
             pairs.extend(address.map(|a| ("RAY_ADDRESS", a)));
-            match Config::from_lookup(lookup(&pairs)).expect("valid").backend {
+            match Config::from_lookup(lookup(&pairs))
+                .expect("valid")
+                .dispatch
+                .backend
+            {
                 Backend::Ray(ray) => ray.address,
                 Backend::Local => panic!("ray was asked for"),
             }
@@ -555,7 +805,7 @@ mod tests {
             ),
         ]))
         .expect("valid");
-        let Backend::Ray(ray_config) = config.backend else {
+        let Backend::Ray(ray_config) = config.dispatch.backend else {
             panic!("ray was asked for")
         };
         assert_eq!(

@@ -1,7 +1,16 @@
-//! lancer's one error type. `http::error` maps it to a status and the design's error codes.
+//! The error of the application and the adapters. The domain has its own (`Invalid`,
+//! `InvalidPath`, `IllegalTransition`), converted here; `http::error` is the one place an
+//! error becomes a status and a code.
+
+use crate::domain::error::Invalid;
+use crate::domain::path::InvalidPath;
+use crate::domain::task::IllegalTransition;
+
+/// An error from a library lancer uses, kept whole for the log.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a request or an operation can fail with. Messages are shown to clients, so they
-/// never carry internal details; `Internal` keeps its detail for the log only.
+/// never carry internal details; `Internal` keeps its source for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -10,14 +19,20 @@ pub enum Error {
     NotFound { kind: Resource, id: String },
     #[error("{0}")]
     Unauthorized(String),
+    /// The client asked for something the resource's state does not allow: a reused
+    /// idempotency key, cancelling a finished task.
     #[error("{0}")]
     Conflict(String),
+    /// A store's compare-and-set found the record moved on: another writer won the race.
+    /// Code matches on this to re-read or step aside; a client that meets it sees a 409.
+    #[error("{0}")]
+    Stale(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     Timeout(String),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Source),
 }
 
 /// The kinds of thing a client can ask for by id.
@@ -52,8 +67,9 @@ impl Error {
         }
     }
 
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
-        Self::Internal(detail.to_string())
+    /// An internal error from a source error or a message, kept for the log.
+    pub fn internal(source: impl Into<Source>) -> Self {
+        Self::Internal(source.into())
     }
 
     /// The design document's error code.
@@ -77,7 +93,7 @@ impl Error {
                 ..
             } => "NOT_FOUND",
             Error::Unauthorized(_) => "UNAUTHORIZED",
-            Error::Conflict(_) => "CONFLICT",
+            Error::Conflict(_) | Error::Stale(_) => "CONFLICT",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Error::Timeout(_) => "REQUEST_TIMEOUT",
             Error::Internal(_) => "INTERNAL_ERROR",
@@ -85,21 +101,58 @@ impl Error {
     }
 }
 
-impl From<crate::domain::task::IllegalTransition> for Error {
-    fn from(err: crate::domain::task::IllegalTransition) -> Self {
+impl From<IllegalTransition> for Error {
+    fn from(err: IllegalTransition) -> Self {
         Error::Conflict(err.to_string())
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(err: std::io::Error) -> Self {
-        Error::internal(err)
+impl From<InvalidPath> for Error {
+    fn from(err: InvalidPath) -> Self {
+        Error::InvalidRequest(err.to_string())
     }
 }
 
-impl From<serde_json::Error> for Error {
-    fn from(err: serde_json::Error) -> Self {
-        Error::internal(err)
+impl From<Invalid> for Error {
+    fn from(err: Invalid) -> Self {
+        match err {
+            Invalid::TooLarge(message) => Error::PayloadTooLarge(message),
+            other => Error::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+/// Failures of the libraries under the adapters are internal: their source goes to the log.
+macro_rules! internal_from {
+    ($($source:ty),* $(,)?) => {
+        $(impl From<$source> for Error {
+            fn from(err: $source) -> Self {
+                Error::Internal(Box::new(err))
+            }
+        })*
+    };
+}
+
+internal_from!(
+    std::io::Error,
+    serde_json::Error,
+    rusqlite::Error,
+    lance::Error,
+    object_store::Error,
+    arrow_schema::ArrowError,
+    reqwest::Error,
+    tokio::task::JoinError,
+    chrono::OutOfRangeError,
+    aws_sdk_dynamodb::error::BuildError,
+);
+
+impl<E, R> From<aws_sdk_dynamodb::error::SdkError<E, R>> for Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    fn from(err: aws_sdk_dynamodb::error::SdkError<E, R>) -> Self {
+        Error::Internal(Box::new(err))
     }
 }
 

@@ -26,10 +26,10 @@ async fn run() -> std::process::ExitCode {
         eprintln!("usage: lancer-runner <task-id>");
         return std::process::ExitCode::from(2);
     };
-    let outcome = async {
+    let outcome: Result<Outcome, Box<dyn std::error::Error + Send + Sync>> = async {
         let config = Config::from_env()?;
         let ctx = runner_context(&config).await?;
-        run_task(&ctx, &task_id).await
+        Ok(run_task(&ctx, &task_id).await?)
     }
     .await;
     match outcome {

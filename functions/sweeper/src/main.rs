@@ -24,7 +24,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         });
         return lambda_runtime::run(handler).await;
     }
-    spawn_reconciler(dispatcher, config.lease);
+    spawn_reconciler(dispatcher, config.dispatch.lease);
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

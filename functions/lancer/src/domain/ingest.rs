@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::error::Invalid;
 use super::path::LakePath;
 use super::task::TaskSpec;
-use crate::error::{Error, Result};
 
 /// One rule of `LANCER_INGEST_RULES` (a JSON array).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -35,12 +35,12 @@ pub struct IngestRule {
 pub struct IngestRules(Vec<IngestRule>);
 
 impl IngestRules {
-    pub fn parse(json: &str) -> Result<Self> {
+    pub fn parse(json: &str) -> Result<Self, Invalid> {
         let rules: Vec<IngestRule> = serde_json::from_str(json)
-            .map_err(|err| Error::invalid(format!("LANCER_INGEST_RULES: {err}")))?;
+            .map_err(|err| Invalid::rule(format!("LANCER_INGEST_RULES: {err}")))?;
         for rule in &rules {
             if rule.prefix.segments().next() != Some("raw") {
-                return Err(Error::invalid(format!(
+                return Err(Invalid::rule(format!(
                     "ingest rule {}: prefix must be a folder under raw/, like raw/mnist/",
                     rule.name
                 )));
@@ -48,7 +48,7 @@ impl IngestRules {
             for file in &rule.require {
                 let single = LakePath::parse("require", file).map(|p| p.segments().count() == 1);
                 if single != Ok(true) {
-                    return Err(Error::invalid(format!(
+                    return Err(Invalid::rule(format!(
                         "ingest rule {}: require lists file names inside the prefix",
                         rule.name
                     )));

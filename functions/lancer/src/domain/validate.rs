@@ -1,9 +1,11 @@
 //! Request validation and name resolution. Pure functions: the lake and the scripts
 //! registry are consulted by the callers, never here.
 
-use super::path::{InvalidPath, LakePath, Name, printable};
+use super::error::Invalid;
+use super::path::{LakePath, Name, printable};
 use super::task::{Resources, TaskSpec};
-use crate::error::{Error, Result};
+
+type Result<T, E = Invalid> = std::result::Result<T, E>;
 
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -14,12 +16,6 @@ pub const MAX_CPUS: f64 = 1024.0;
 pub const MAX_GPUS: f64 = 64.0;
 pub const MAX_MEMORY_MB: u64 = 16 << 20;
 const MAX_SCRIPT_BYTES: usize = 1024;
-
-impl From<InvalidPath> for Error {
-    fn from(err: InvalidPath) -> Self {
-        Error::InvalidRequest(err.to_string())
-    }
-}
 
 /// The two kinds of Lance artifact in the lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +65,7 @@ pub fn parse_input(input: &str) -> Result<InputRef> {
     let path = LakePath::parse("input", input)?;
     let folder = path.segments().next().unwrap_or_default();
     if !INPUT_FOLDERS.contains(&folder) {
-        return Err(Error::invalid(format!(
+        return Err(Invalid::rule(format!(
             "input '{}' must be a dataset or model name, or a path under datasets/, models/ or raw/",
             printable(input)
         )));
@@ -88,7 +84,7 @@ pub fn resolve_output(output: &str) -> Result<Option<LakePath>> {
         Some(("datasets", name)) => (ArtifactKind::Dataset, name),
         Some(("models", name)) => (ArtifactKind::Model, name),
         Some(_) => {
-            return Err(Error::invalid(format!(
+            return Err(Invalid::rule(format!(
                 "output '{}' must be a dataset name, or datasets/<name> or models/<name>",
                 printable(output)
             )));
@@ -105,7 +101,7 @@ pub fn check_spec(spec: &TaskSpec) -> Result<()> {
         || spec.script.len() > MAX_SCRIPT_BYTES
         || spec.script.chars().any(char::is_control)
     {
-        return Err(Error::invalid(
+        return Err(Invalid::rule(
             "script must be 1-1024 characters naming a registered script",
         ));
     }
@@ -113,13 +109,13 @@ pub fn check_spec(spec: &TaskSpec) -> Result<()> {
         .map(|bytes| bytes.len())
         .unwrap_or(usize::MAX);
     if params_bytes > MAX_PARAMS_BYTES {
-        return Err(Error::PayloadTooLarge(format!(
+        return Err(Invalid::TooLarge(format!(
             "params is {params_bytes} bytes; the limit is {MAX_PARAMS_BYTES}"
         )));
     }
     check_resources(&spec.resources)?;
     if spec.max_attempts == 0 || spec.max_attempts > MAX_ATTEMPTS {
-        return Err(Error::invalid(format!(
+        return Err(Invalid::rule(format!(
             "max_attempts must be between 1 and {MAX_ATTEMPTS}"
         )));
     }
@@ -131,17 +127,17 @@ pub fn check_spec(spec: &TaskSpec) -> Result<()> {
 
 fn check_resources(resources: &Resources) -> Result<()> {
     if !(resources.cpus.is_finite() && resources.cpus > 0.0 && resources.cpus <= MAX_CPUS) {
-        return Err(Error::invalid(format!(
+        return Err(Invalid::rule(format!(
             "resources.cpus must be more than 0 and at most {MAX_CPUS}"
         )));
     }
     if !(resources.gpus.is_finite() && resources.gpus >= 0.0 && resources.gpus <= MAX_GPUS) {
-        return Err(Error::invalid(format!(
+        return Err(Invalid::rule(format!(
             "resources.gpus must be between 0 and {MAX_GPUS}"
         )));
     }
     if resources.memory_mb > MAX_MEMORY_MB {
-        return Err(Error::invalid(format!(
+        return Err(Invalid::rule(format!(
             "resources.memory_mb must be at most {MAX_MEMORY_MB} (16 TiB)"
         )));
     }
@@ -150,7 +146,7 @@ fn check_resources(resources: &Resources) -> Result<()> {
 
 pub fn check_idempotency_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Error::invalid(
+        return Err(Invalid::rule(
             "idempotency key must be 1-255 printable ASCII characters",
         ));
     }

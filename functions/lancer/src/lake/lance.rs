@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::LakeRoot;
+use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
 use arrow_array::cast::AsArray;
@@ -14,7 +16,6 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use url::Url;
 
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
@@ -37,50 +38,52 @@ pub struct LanceLake {
 
 impl LanceLake {
     /// Opens the lake at a local path (created if missing) or an object-store URL.
-    pub fn open(root: &str, storage_options: BTreeMap<String, String>) -> Result<Self> {
-        let (root, store, base): (String, Arc<dyn ObjectStore>, Path) = match Url::parse(root) {
-            Ok(url) if url.scheme() == "s3" => {
+    pub fn open(
+        root: &str,
+        storage_options: BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::at(&LakeRoot::parse(root), storage_options)
+    }
+
+    /// Opens the lake at `root`; what can go wrong is the configuration's.
+    pub fn at(
+        root: &LakeRoot,
+        storage_options: BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let unusable = |err: &dyn std::fmt::Display| ConfigError(format!("lake '{root}': {err}"));
+        let (store, base): (Arc<dyn ObjectStore>, Path) = match root {
+            LakeRoot::Url(url) if url.scheme() == "s3" => {
                 // The environment first (AWS_* keys, region, endpoint, web identity), then
                 // the configured options on top, as Lance and pylance resolve them too.
                 let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
                 for (key, value) in &storage_options {
                     let key: AmazonS3ConfigKey = key.parse().map_err(|err| {
-                        Error::invalid(format!("LANCER_STORAGE_OPTIONS key '{key}': {err}"))
+                        ConfigError(format!("LANCER_STORAGE_OPTIONS key '{key}': {err}"))
                     })?;
                     builder = builder.with_config(key, value);
                 }
-                let store = builder
-                    .build()
-                    .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
-                (
-                    root.trim_end_matches('/').to_owned(),
-                    Arc::new(store),
-                    Path::from(url.path()),
-                )
+                let store = builder.build().map_err(|err| unusable(&err))?;
+                (Arc::new(store), Path::from(url.path()))
             }
-            Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
-                let (store, base) = object_store::parse_url_opts(&url, storage_options.iter())
-                    .map_err(|err| Error::invalid(format!("lake URL '{root}': {err}")))?;
-                (
-                    root.trim_end_matches('/').to_owned(),
-                    Arc::from(store),
-                    base,
-                )
+            LakeRoot::Url(url) => {
+                let (store, base) = object_store::parse_url_opts(url, storage_options.iter())
+                    .map_err(|err| unusable(&err))?;
+                (Arc::from(store), base)
             }
-            _ => {
-                let local = root.strip_prefix("file://").unwrap_or(root);
-                std::fs::create_dir_all(local).map_err(|err| {
-                    Error::invalid(format!("cannot create the lake folder '{local}': {err}"))
-                })?;
-                let absolute = std::fs::canonicalize(local).map_err(Error::internal)?;
+            LakeRoot::Local(local) => {
+                std::fs::create_dir_all(local).map_err(|err| unusable(&err))?;
+                let absolute = std::fs::canonicalize(local).map_err(|err| unusable(&err))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&absolute)
-                    .map_err(Error::internal)?;
-                (
-                    absolute.to_string_lossy().into_owned(),
-                    Arc::new(store),
-                    Path::default(),
-                )
+                    .map_err(|err| unusable(&err))?;
+                (Arc::new(store), Path::default())
             }
+        };
+        let root = match root {
+            LakeRoot::Local(local) => std::fs::canonicalize(local)
+                .map_err(|err| unusable(&err))?
+                .to_string_lossy()
+                .into_owned(),
+            LakeRoot::Url(_) => root.uri(),
         };
         Ok(Self {
             root,
@@ -108,9 +111,10 @@ impl LanceLake {
             .await;
         match opened {
             Ok(dataset) => Ok(Some(dataset)),
+            // No dataset there, or (Lance's own test) a missing object under it.
             Err(::lance::Error::DatasetNotFound { .. }) => Ok(None),
-            Err(err) if err.to_string().contains("not found") => Ok(None),
-            Err(err) => Err(Error::internal(err)),
+            Err(err) if err.is_not_found() => Ok(None),
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -121,7 +125,7 @@ impl LanceLake {
         dataset: &Dataset,
     ) -> Result<ArtifactSummary> {
         let schema = ArrowSchema::from(dataset.schema());
-        let num_rows = dataset.count_rows(None).await.map_err(Error::internal)? as u64;
+        let num_rows = dataset.count_rows(None).await? as u64;
         Ok(ArtifactSummary {
             id: name.to_string(),
             path: self.uri_of(relative),
@@ -157,8 +161,8 @@ impl LanceLake {
             });
         }
         let mut scan = dataset.scan();
-        scan.project(&present).map_err(Error::internal)?;
-        let batch = scan.try_into_batch().await.map_err(Error::internal)?;
+        scan.project(&present)?;
+        let batch = scan.try_into_batch().await?;
         let last_row = batch.num_rows().checked_sub(1);
         let text = |column: &str| last_row.and_then(|row| string_at(&batch, column, row));
         let json = |column: &str| {
@@ -191,11 +195,7 @@ fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
 impl Lake for LanceLake {
     async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
         let folder = self.object_path(&root.join(&kind.folder()));
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&folder))
-            .await
-            .map_err(Error::internal)?;
+        let listing = self.store.list_with_delimiter(Some(&folder)).await?;
         let mut names: Vec<Name> = listing
             .common_prefixes
             .iter()
@@ -237,8 +237,7 @@ impl Lake for LanceLake {
             .collect();
         let versions = dataset
             .versions()
-            .await
-            .map_err(Error::internal)?
+            .await?
             .into_iter()
             .map(|version| Version {
                 version: version.version,
@@ -266,17 +265,12 @@ impl Lake for LanceLake {
             .list(Some(&folder))
             .map_ok(|meta| meta.location)
             .boxed();
-        let deleted: Vec<Path> = self
-            .store
-            .delete_stream(locations)
-            .try_collect()
-            .await
-            .map_err(Error::internal)?;
+        let deleted: Vec<Path> = self.store.delete_stream(locations).try_collect().await?;
         if let Some(local_root) = self.local_root() {
             // Local disk keeps the emptied folders; remove them so the name is free again.
             let dir = local_root.join(folder.as_ref());
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(Error::internal)?;
+                std::fs::remove_dir_all(&dir)?;
             }
         }
         Ok(!deleted.is_empty())
@@ -296,11 +290,7 @@ impl Lake for LanceLake {
         mut body: ByteStream,
         limit: u64,
     ) -> Result<Stored> {
-        let upload = self
-            .store
-            .put_multipart(&self.object_path(path))
-            .await
-            .map_err(Error::internal)?;
+        let upload = self.store.put_multipart(&self.object_path(path)).await?;
         // Parts of 5 MiB, two in flight at most: memory stays flat whatever the size.
         let mut writer = WriteMultipart::new(upload);
         let mut size = 0u64;
@@ -317,10 +307,10 @@ impl Lake for LanceLake {
                 let _ = writer.abort().await;
                 return Ok(Stored::OverLimit);
             }
-            writer.wait_for_capacity(2).await.map_err(Error::internal)?;
+            writer.wait_for_capacity(2).await?;
             writer.put(chunk);
         }
-        writer.finish().await.map_err(Error::internal)?;
+        writer.finish().await?;
         Ok(Stored::Whole(size))
     }
 
@@ -345,11 +335,7 @@ impl Lake for LanceLake {
         let bytes = if range.is_empty() {
             Vec::new()
         } else {
-            self.store
-                .get_range(&location, range)
-                .await
-                .map_err(Error::internal)?
-                .to_vec()
+            self.store.get_range(&location, range).await?.to_vec()
         };
         Ok(Some(LogChunk {
             bytes,

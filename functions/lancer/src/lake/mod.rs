@@ -1,4 +1,77 @@
 //! Lake adapters: Lance on any object store (local disk, S3), and an in-memory fake.
 
+use std::fmt;
+use std::path::PathBuf;
+
+use url::Url;
+
 pub mod lance;
 pub mod memory;
+
+/// Where a lake lives: a local folder, or an object-store URL (`s3://bucket/prefix`). The
+/// one place that decides which a configured root is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeRoot {
+    Local(PathBuf),
+    Url(Url),
+}
+
+impl LakeRoot {
+    /// `s3://...` and other URLs are object stores; `file://x` and plain paths are local.
+    /// A one-letter scheme is a Windows drive, not a URL.
+    pub fn parse(text: &str) -> Self {
+        match Url::parse(text) {
+            Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => Self::Url(url),
+            _ => Self::Local(PathBuf::from(text.strip_prefix("file://").unwrap_or(text))),
+        }
+    }
+
+    /// The root as scripts and Lance see it: an absolute path, or the URL without a
+    /// trailing slash.
+    pub fn uri(&self) -> String {
+        match self {
+            Self::Local(path) => std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .to_string_lossy()
+                .into_owned(),
+            Self::Url(url) => url.as_str().trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for LakeRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => f.write_str(url.as_str().trim_end_matches('/')),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_object_stores_and_paths_and_drives_are_local() {
+        assert!(matches!(
+            LakeRoot::parse("s3://bucket/lake"),
+            LakeRoot::Url(_)
+        ));
+        assert!(matches!(LakeRoot::parse("gs://bucket"), LakeRoot::Url(_)));
+        for local in ["./lance_storage", "/data/lake", "C:\\lake", "relative/lake"] {
+            assert!(
+                matches!(LakeRoot::parse(local), LakeRoot::Local(_)),
+                "{local}"
+            );
+        }
+        assert_eq!(
+            LakeRoot::parse("file:///data/lake"),
+            LakeRoot::Local("/data/lake".into())
+        );
+        assert_eq!(
+            LakeRoot::parse("s3://bucket/lake/").uri(),
+            "s3://bucket/lake"
+        );
+    }
+}

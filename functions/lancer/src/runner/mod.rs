@@ -105,7 +105,7 @@ async fn claim(ctx: &RunnerContext, task_id: &str) -> Result<Result<Task, TaskSt
     };
     match ctx.store.transition(task_id, task.guard(), start).await {
         Ok(task) => Ok(Ok(task)),
-        Err(Error::Conflict(_)) => {
+        Err(Error::Stale(_)) => {
             let now = ctx.store.get(task_id).await?;
             Ok(Err(now.map_or(TaskStatus::Pending, |t| t.status)))
         }
@@ -129,7 +129,7 @@ async fn write_back(ctx: &RunnerContext, task: &Task, change: Change) -> Result<
                 return Ok(Outcome::Finished(Box::new(done)));
             }
             // Cancelled (or expired) meanwhile: the newer state stands.
-            Err(Error::Conflict(why)) => {
+            Err(Error::Stale(why)) => {
                 info!(task = %task.id, %why, "result dropped");
                 return Ok(Outcome::Abandoned);
             }

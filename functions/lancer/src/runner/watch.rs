@@ -52,7 +52,7 @@ pub struct Lost(pub String);
 pub async fn heartbeat(ctx: &RunnerContext, task: &Task, beat: Heartbeat) -> Result<(), Lost> {
     match ctx.store.heartbeat(&task.id, task.attempt, beat).await {
         Ok(_) => Ok(()),
-        Err(Error::Conflict(why)) | Err(Error::NotFound { kind: _, id: why }) => Err(Lost(why)),
+        Err(Error::Stale(why)) | Err(Error::NotFound { kind: _, id: why }) => Err(Lost(why)),
         // A store hiccup is not a lost lease: the next beat may get through.
         Err(err) => {
             warn!(task = %task.id, %err, "heartbeat failed");

@@ -95,8 +95,7 @@ impl DynamoTaskStore {
                 TimeToLiveSpecification::builder()
                     .enabled(true)
                     .attribute_name(TTL_ATTRIBUTE)
-                    .build()
-                    .map_err(Error::internal)?,
+                    .build()?,
             )
             .send()
             .await
@@ -143,9 +142,9 @@ impl DynamoTaskStore {
             .await;
         match written {
             Ok(_) => Ok(next),
-            Err(err) if is_condition_failure(&err) => Err(Error::Conflict(format!(
-                "task {id} changed during the update"
-            ))),
+            Err(err) if is_condition_failure(&err) => {
+                Err(Error::Stale(format!("task {id} changed during the update")))
+            }
             Err(err) => Err(aws_error("PutItem", err)),
         }
     }
@@ -215,14 +214,12 @@ impl DynamoTaskStore {
             ])))
             .condition_expression("task_id = :gone")
             .expression_attribute_values(":gone", s(gone))
-            .build()
-            .map_err(Error::internal)?;
+            .build()?;
         let create = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item_of(&task)?))
             .condition_expression("attribute_not_exists(id)")
-            .build()
-            .map_err(Error::internal)?;
+            .build()?;
         let written = self
             .client
             .transact_write_items()
@@ -357,10 +354,7 @@ fn item_of(task: &Task) -> Result<Item> {
         ("tenant".to_owned(), s(&task.tenant)),
         ("status".to_owned(), s(task.status.as_str())),
         ("attempt".to_owned(), n(task.attempt)),
-        (
-            "body".to_owned(),
-            s(&serde_json::to_string(task).map_err(Error::internal)?),
-        ),
+        ("body".to_owned(), s(&serde_json::to_string(task)?)),
     ]);
     if let Some(finished) = task.finished_at {
         let expires = finished + chrono::Duration::days(FINISHED_TASK_TTL_DAYS);

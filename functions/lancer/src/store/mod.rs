@@ -52,7 +52,7 @@ pub fn existing_for_key(existing: Task, requested: &Task) -> Result<Created> {
 /// The CAS decision every adapter shares: the next record if `current` still matches.
 pub fn next_record(current: &Task, guard: Guard, change: Change) -> Result<Task> {
     if current.guard() != guard {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Stale(format!(
             "task {} is {} (attempt {}), not {} (attempt {})",
             current.id, current.status, current.attempt, guard.status, guard.attempt
         )));
@@ -62,7 +62,7 @@ pub fn next_record(current: &Task, guard: Guard, change: Change) -> Result<Task>
 
 pub fn next_heartbeat(current: &Task, attempt: u32, beat: &Heartbeat) -> Result<Task> {
     if current.status != crate::domain::task::TaskStatus::Running || current.attempt != attempt {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Stale(format!(
             "task {} is {} (attempt {}), no longer running attempt {attempt}",
             current.id, current.status, current.attempt
         )));

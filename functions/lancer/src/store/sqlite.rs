@@ -42,16 +42,13 @@ impl SqliteTaskStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(Error::internal)?;
+            std::fs::create_dir_all(parent)?;
         }
-        let conn = Connection::open(&path).map_err(Error::internal)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(Error::internal)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(Error::internal)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(Error::internal)?;
-        conn.execute_batch(SCHEMA).map_err(Error::internal)?;
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -75,8 +72,7 @@ impl SqliteTaskStore {
                 .map_err(|_| Error::internal("sqlite lock poisoned"))?;
             work(&mut conn)
         })
-        .await
-        .map_err(Error::internal)?
+        .await?
     }
 
     /// Reads, decides and writes one record in a single IMMEDIATE transaction.
@@ -86,32 +82,26 @@ impl SqliteTaskStore {
     {
         let id = id.to_owned();
         self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(Error::internal)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = select_task(&tx, &id)?.ok_or_else(|| task_not_found(&id))?;
             let next = decide(&current)?;
-            let written = tx
-                .execute(
-                    "UPDATE tasks SET status = ?1, attempt = ?2, heartbeat_ms = ?3, body = ?4
+            let written = tx.execute(
+                "UPDATE tasks SET status = ?1, attempt = ?2, heartbeat_ms = ?3, body = ?4
                      WHERE id = ?5 AND status = ?6 AND attempt = ?7",
-                    params![
-                        next.status.as_str(),
-                        next.attempt,
-                        next.heartbeat_at.map(|at| at.timestamp_millis()),
-                        to_json(&next)?,
-                        id,
-                        current.status.as_str(),
-                        current.attempt,
-                    ],
-                )
-                .map_err(Error::internal)?;
+                params![
+                    next.status.as_str(),
+                    next.attempt,
+                    next.heartbeat_at.map(|at| at.timestamp_millis()),
+                    to_json(&next)?,
+                    id,
+                    current.status.as_str(),
+                    current.attempt,
+                ],
+            )?;
             if written != 1 {
-                return Err(Error::Conflict(format!(
-                    "task {id} changed during the update"
-                )));
+                return Err(Error::Stale(format!("task {id} changed during the update")));
             }
-            tx.commit().map_err(Error::internal)?;
+            tx.commit()?;
             Ok(next)
         })
         .await
@@ -131,8 +121,7 @@ fn select_task(conn: &Connection, id: &str) -> Result<Option<Task>> {
         .query_row("SELECT body FROM tasks WHERE id = ?1", [id], |row| {
             row.get(0)
         })
-        .optional()
-        .map_err(Error::internal)?;
+        .optional()?;
     body.as_deref().map(from_json).transpose()
 }
 
@@ -146,7 +135,7 @@ impl TaskStore for SqliteTaskStore {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(Error::internal)?;
+                ?;
             let inserted = tx.execute(
                 "INSERT INTO tasks (id, tenant, status, attempt, idempotency_key, heartbeat_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
@@ -161,7 +150,7 @@ impl TaskStore for SqliteTaskStore {
             );
             match inserted {
                 Ok(_) => {
-                    tx.commit().map_err(Error::internal)?;
+                    tx.commit()?;
                     Ok(Created::New(task))
                 }
                 Err(err) if is_unique_violation(&err) && task.spec.idempotency_key.is_some() => {
@@ -172,7 +161,7 @@ impl TaskStore for SqliteTaskStore {
                             |row| row.get(0),
                         )
                         .optional()
-                        .map_err(Error::internal)?;
+                        ?;
                     match body {
                         Some(body) => existing_for_key(from_json(&body)?, &task),
                         None => Err(Error::Conflict(format!("task {} already exists", task.id))),
@@ -198,21 +187,17 @@ impl TaskStore for SqliteTaskStore {
         let status = query.status.map(TaskStatus::as_str);
         let limit = page_limit(query.limit);
         self.with_conn(move |conn| {
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT body FROM tasks
+            let mut statement = conn.prepare_cached(
+                "SELECT body FROM tasks
                      WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR tenant = ?2)
                        AND (?3 IS NULL OR status = ?3)
                      ORDER BY id DESC LIMIT ?4",
-                )
-                .map_err(Error::internal)?;
+            )?;
             let bodies = statement
                 .query_map(params![before, tenant, status, limit as i64 + 1], |row| {
                     row.get::<_, String>(0)
-                })
-                .map_err(Error::internal)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Error::internal)?;
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             let tasks = bodies
                 .iter()
                 .map(|body| from_json(body))
@@ -234,17 +219,13 @@ impl TaskStore for SqliteTaskStore {
 
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>> {
         self.with_conn(move |conn| {
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT body FROM tasks WHERE status = 'running'
+            let mut statement = conn.prepare_cached(
+                "SELECT body FROM tasks WHERE status = 'running'
                      AND (heartbeat_ms IS NULL OR heartbeat_ms < ?1)",
-                )
-                .map_err(Error::internal)?;
+            )?;
             let bodies = statement
-                .query_map([cutoff.timestamp_millis()], |row| row.get::<_, String>(0))
-                .map_err(Error::internal)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Error::internal)?;
+                .query_map([cutoff.timestamp_millis()], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
             bodies.iter().map(|body| from_json(body)).collect()
         })
         .await
