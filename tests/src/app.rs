@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use lancer::application::Service;
 use lancer::config::{ApiKeys, UploadLimits};
 use lancer::dispatch::memory::RecordingDispatcher;
 use lancer::domain::ingest::IngestRules;
@@ -73,7 +74,13 @@ impl TestApp {
         );
         let state = app.state(keys, IngestRules::default());
         app.lake = lake.clone();
-        app.router = router(AppState { lake, ..state });
+        app.router = router(AppState {
+            service: Service {
+                lake,
+                ..state.service
+            },
+            ..state
+        });
         app
     }
 
@@ -82,7 +89,10 @@ impl TestApp {
         let mut app = Self::new(keys);
         let state = app.state(keys, IngestRules::default());
         app.router = router(AppState {
-            upload_limits: limits,
+            service: Service {
+                upload_limits: limits,
+                ..state.service
+            },
             ..state
         });
         app
@@ -91,13 +101,15 @@ impl TestApp {
     /// The state of this app's router, to build another over other adapters.
     fn state(&self, keys: Option<&str>, ingest_rules: IngestRules) -> AppState {
         AppState {
-            store: self.store.clone(),
-            lake: self.lake.clone(),
-            dispatcher: self.dispatcher.clone(),
-            scripts: self.scripts(),
-            api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
-            ingest_rules,
-            upload_limits: UploadLimits::default(),
+            service: Service {
+                store: self.store.clone(),
+                lake: self.lake.clone(),
+                dispatcher: self.dispatcher.clone(),
+                scripts: self.scripts(),
+                api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
+                ingest_rules,
+                upload_limits: UploadLimits::default(),
+            },
             timeouts: Default::default(),
         }
     }
@@ -130,9 +142,9 @@ impl TestApp {
         );
         let mut app = Self {
             router: Router::new(),
+            dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
             store,
             lake,
-            dispatcher: Arc::new(RecordingDispatcher::new()),
             dir,
         };
         app.router = router(app.state(keys, ingest_rules));

@@ -242,8 +242,12 @@ fn s3_event(keys: &[&str]) -> serde_json::Value {
     let records: Vec<_> = keys
         .iter()
         .map(|key| {
-            serde_json::json!({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": "lake"}, "object": {"key": key}}})
+            serde_json::json!({"eventVersion": "2.1", "eventSource": "aws:s3",
+                "awsRegion": "us-east-1", "eventTime": "2026-12-01T10:00:00.000Z",
+                "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "AWS:EXAMPLE"},
+                "requestParameters": {"sourceIPAddress": "127.0.0.1"}, "responseElements": {},
+                "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "lake"},
+                       "object": {"key": key, "size": 4}}})
         })
         .collect();
     serde_json::json!({"Records": records})
@@ -253,9 +257,9 @@ fn s3_event(keys: &[&str]) -> serde_json::Value {
 async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_key() {
     use std::sync::Arc;
 
+    use lancer::application::Service;
     use lancer::dispatch::memory::RecordingDispatcher;
     use lancer::domain::ingest::IngestRules;
-    use lancer::http::AppState;
     use lancer::lake::memory::MemoryLake;
     use lancer::ports::{Lake, TaskStore};
     use lancer::store::memory::MemoryTaskStore;
@@ -267,10 +271,10 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         lake.put(&path, b"x,y\n".to_vec()).await.expect("put");
     }
     let store = Arc::new(MemoryTaskStore::new());
-    let state = AppState {
+    let service = Service {
         store: store.clone(),
         lake,
-        dispatcher: Arc::new(RecordingDispatcher::new()),
+        dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
         scripts: app.scripts(),
         api_keys: None,
         ingest_rules: IngestRules::parse(
@@ -278,7 +282,6 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         )
         .expect("rules"),
         upload_limits: Default::default(),
-        timeouts: Default::default(),
     };
     // `%2E%2E` is how S3 writes `..` in an event: decoded, it is not a lake path.
     let event = s3_event(&[
@@ -286,9 +289,13 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         "raw/%2E%2E/escape.csv",
         "raw/b.csv",
     ]);
-    let answer = lancer::events::ingest_event(&state, "s3://lake", &event)
-        .await
-        .expect("one bad key does not fail the batch");
+    let answer = lancer::events::ingest_event(
+        &service,
+        &lancer::lake::LakeRoot::parse("s3://lake"),
+        &event,
+    )
+    .await
+    .expect("one bad key does not fail the batch");
     assert_eq!(
         answer["created"].as_array().map(Vec::len),
         Some(2),

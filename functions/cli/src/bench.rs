@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use lancer::domain::task::TaskStatus;
 use serde_json::json;
 
 use crate::client::Client;
@@ -40,9 +41,8 @@ async fn worker(
         let started = Instant::now();
         let task = client.submit(&spec, None).await?;
         latencies.push(started.elapsed());
-        let id = task["id"].as_str().context("task id")?;
         let started = Instant::now();
-        client.task(id).await?;
+        client.task(&task.id).await?;
         latencies.push(started.elapsed());
     }
     Ok(latencies)
@@ -96,7 +96,7 @@ pub async fn submit_to_completed(client: &Client, options: &BenchOptions) -> Res
             .map(|status| client.list_tasks(Some(status), 1, None));
         let mut idle = true;
         for page in futures::future::join_all(busy).await {
-            idle &= page?["tasks"].as_array().is_none_or(Vec::is_empty);
+            idle &= page?.tasks.is_empty();
         }
         if idle {
             break;
@@ -116,13 +116,12 @@ pub async fn submit_to_completed(client: &Client, options: &BenchOptions) -> Res
                 None,
             )
             .await?;
-        let id = task["id"].as_str().context("task id")?.to_owned();
         loop {
-            let task = client.task(&id).await?;
-            match task["status"].as_str() {
-                Some("completed") => break,
-                Some("failed" | "cancelled") => {
-                    anyhow::bail!("no-op task {id} ended {}", task["status"])
+            let now = client.task(&task.id).await?;
+            match now.status {
+                TaskStatus::Completed => break,
+                status if status.is_terminal() => {
+                    anyhow::bail!("no-op task {} ended {status}", task.id)
                 }
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }

@@ -1,7 +1,11 @@
-//! A small typed client of the REST API.
+//! A small typed client of the REST API: it speaks the library's own types.
 
 use anyhow::{Context, Result, bail};
+use lancer::domain::task::{Task, TaskStatus};
+use lancer::ports::ArtifactSummary;
 use reqwest::{Method, RequestBuilder, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -15,7 +19,15 @@ pub struct Client {
 pub struct LogSlice {
     pub text: String,
     pub next_offset: u64,
-    pub status: String,
+    /// The task's status when the slice was read; `None` from a server that did not say.
+    pub status: Option<TaskStatus>,
+}
+
+/// A page of `GET /tasks`.
+#[derive(Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    pub next_page_token: Option<String>,
 }
 
 impl Client {
@@ -55,11 +67,15 @@ impl Client {
         bail!("{status}: {code}: {message}")
     }
 
-    async fn json(&self, request: RequestBuilder) -> Result<Value> {
-        Ok(self.send(request).await?.json().await?)
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .context("the server's answer is not what this client expected")
     }
 
-    pub async fn submit(&self, spec: &Value, idempotency_key: Option<&str>) -> Result<Value> {
+    pub async fn submit(&self, spec: &Value, idempotency_key: Option<&str>) -> Result<Task> {
         let mut request = self.request(Method::POST, "/tasks").json(spec);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
@@ -72,7 +88,7 @@ impl Client {
         status: Option<&str>,
         limit: usize,
         page_token: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<TaskList> {
         let mut query = vec![("limit", limit.to_string())];
         query.extend(status.map(|s| ("status", s.to_owned())));
         query.extend(page_token.map(|t| ("page_token", t.to_owned())));
@@ -80,12 +96,12 @@ impl Client {
             .await
     }
 
-    pub async fn task(&self, id: &str) -> Result<Value> {
+    pub async fn task(&self, id: &str) -> Result<Task> {
         self.json(self.request(Method::GET, &format!("/tasks/{id}")))
             .await
     }
 
-    pub async fn cancel(&self, id: &str) -> Result<Value> {
+    pub async fn cancel(&self, id: &str) -> Result<Task> {
         self.json(self.request(Method::POST, &format!("/tasks/{id}/cancel")))
             .await
     }
@@ -105,7 +121,7 @@ impl Client {
         let next_offset = header("x-next-offset")
             .and_then(|v| v.parse().ok())
             .unwrap_or(offset);
-        let status = header("x-task-status").unwrap_or_default();
+        let status = header("x-task-status").and_then(|v| v.parse().ok());
         Ok(LogSlice {
             text: response.text().await?,
             next_offset,
@@ -113,7 +129,7 @@ impl Client {
         })
     }
 
-    pub async fn artifacts(&self, kind: &str) -> Result<Value> {
+    pub async fn artifacts(&self, kind: &str) -> Result<Vec<ArtifactSummary>> {
         self.json(self.request(Method::GET, &format!("/{kind}")))
             .await
     }

@@ -1,6 +1,6 @@
 //! `lancer`: run the embedded platform (`serve`) and drive any lancer over HTTP.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +11,7 @@ mod bench;
 mod client;
 
 use client::Client;
+use lancer::domain::task::TaskStatus;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,9 @@ use client::Client;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where the commands that talk to a lancer send their requests.
+    #[command(flatten)]
+    remote: Remote,
 }
 
 #[derive(Subcommand)]
@@ -36,8 +40,6 @@ enum Command {
     Models(ArtifactArgs),
     /// Print throughput and latency figures of a running lancer (tasks it submits do run).
     Bench {
-        #[command(flatten)]
-        remote: Remote,
         /// POST+GET pairs per concurrency level (0 skips the API benchmark).
         #[arg(long, default_value_t = 400)]
         requests: usize,
@@ -50,20 +52,51 @@ enum Command {
     },
 }
 
+/// Each flag stands in for its `LANCER_*` variable and is read by the same loader, so
+/// it is checked the same way; unset flags leave the environment's value.
 #[derive(Args)]
 struct ServeArgs {
-    #[arg(long, env = "LANCER_LAKE")]
+    /// LANCER_LAKE: a local folder or s3://bucket/prefix.
+    #[arg(long)]
     lake: Option<String>,
-    #[arg(long, env = "LANCER_DB")]
-    db: Option<PathBuf>,
-    #[arg(long, env = "LANCER_HOST")]
-    host: Option<std::net::IpAddr>,
-    #[arg(long, env = "LANCER_PORT")]
-    port: Option<u16>,
-    #[arg(long, env = "LANCER_SCRIPTS")]
-    scripts: Option<PathBuf>,
-    #[arg(long, env = "LANCER_CONCURRENCY")]
-    concurrency: Option<usize>,
+    /// LANCER_DB: the SQLite task table.
+    #[arg(long)]
+    db: Option<String>,
+    /// LANCER_HOST.
+    #[arg(long)]
+    host: Option<String>,
+    /// LANCER_PORT (0 picks a free port).
+    #[arg(long)]
+    port: Option<String>,
+    /// LANCER_SCRIPTS: the folder holding lancer-scripts.json.
+    #[arg(long)]
+    scripts: Option<String>,
+    /// LANCER_CONCURRENCY: batch tasks run at once.
+    #[arg(long)]
+    concurrency: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration: these flags over the environment, through one loader.
+    fn config(self) -> Result<lancer::config::Config> {
+        let flags: HashMap<&str, String> = [
+            ("LANCER_LAKE", self.lake),
+            ("LANCER_DB", self.db),
+            ("LANCER_HOST", self.host),
+            ("LANCER_PORT", self.port),
+            ("LANCER_SCRIPTS", self.scripts),
+            ("LANCER_CONCURRENCY", self.concurrency),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
+        Ok(lancer::config::Config::from_lookup(|name| {
+            flags
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
+        })?)
+    }
 }
 
 #[derive(Args)]
@@ -89,42 +122,9 @@ impl Remote {
 #[derive(Subcommand)]
 enum TaskCommand {
     /// Submit a task; prints it as JSON.
-    Submit {
-        #[command(flatten)]
-        remote: Remote,
-        #[arg(long)]
-        name: String,
-        /// Script path relative to the server's scripts folder.
-        #[arg(long)]
-        script: String,
-        #[arg(long, default_value = "")]
-        input: String,
-        #[arg(long, default_value = "")]
-        output: String,
-        /// Params as one JSON object.
-        #[arg(long)]
-        params: Option<String>,
-        /// One param as key=value (value parsed as JSON, else taken as a string); repeatable.
-        #[arg(long = "param", value_name = "KEY=VALUE")]
-        param: Vec<String>,
-        #[arg(long)]
-        cpus: Option<f64>,
-        #[arg(long)]
-        gpus: Option<f64>,
-        #[arg(long)]
-        memory_mb: Option<u64>,
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Wait for the task to finish, with a progress bar.
-        #[arg(long)]
-        wait: bool,
-    },
+    Submit(SubmitArgs),
     /// List tasks, newest first.
     List {
-        #[command(flatten)]
-        remote: Remote,
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
@@ -133,31 +133,49 @@ enum TaskCommand {
         page_token: Option<String>,
     },
     /// Show one task as JSON.
-    Get {
-        #[command(flatten)]
-        remote: Remote,
-        id: String,
-    },
+    Get { id: String },
     /// Cancel a pending or running task.
-    Cancel {
-        #[command(flatten)]
-        remote: Remote,
-        id: String,
-    },
+    Cancel { id: String },
     /// Print a task's log; -f follows it until the task ends.
     Logs {
-        #[command(flatten)]
-        remote: Remote,
         id: String,
         #[arg(short, long)]
         follow: bool,
     },
     /// Wait for a task to end, showing its progress; fails unless it completed.
-    Wait {
-        #[command(flatten)]
-        remote: Remote,
-        id: String,
-    },
+    Wait { id: String },
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[arg(long)]
+    name: String,
+    /// A script the server registered in its lancer-scripts.json, e.g. mnist/bin/mnist-clean.
+    #[arg(long)]
+    script: String,
+    #[arg(long, default_value = "")]
+    input: String,
+    #[arg(long, default_value = "")]
+    output: String,
+    /// Params as one JSON object.
+    #[arg(long)]
+    params: Option<String>,
+    /// One param as key=value (value parsed as JSON, else taken as a string); repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    param: Vec<String>,
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    gpus: Option<f64>,
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the task to finish, with a progress bar.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Args)]
@@ -168,20 +186,9 @@ struct ArtifactArgs {
 
 #[derive(Subcommand)]
 enum ArtifactCommand {
-    List {
-        #[command(flatten)]
-        remote: Remote,
-    },
-    Get {
-        #[command(flatten)]
-        remote: Remote,
-        id: String,
-    },
-    Delete {
-        #[command(flatten)]
-        remote: Remote,
-        id: String,
-    },
+    List,
+    Get { id: String },
+    Delete { id: String },
 }
 
 #[tokio::main]
@@ -197,34 +204,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let remote = cli.remote;
     match cli.command {
-        Command::Serve(args) => {
-            let mut config = lancer::config::Config::from_env()?;
-            if let Some(lake) = args.lake {
-                config.lake = lake;
-            }
-            if let Some(db) = args.db {
-                config.db = db;
-            }
-            if let Some(host) = args.host {
-                config.host = host;
-            }
-            if let Some(port) = args.port {
-                config.port = port;
-            }
-            if let Some(scripts) = args.scripts {
-                config.scripts = scripts;
-            }
-            if let Some(concurrency) = args.concurrency {
-                config.concurrency = concurrency.max(1);
-            }
-            Ok(lancer::app::serve(&config).await?)
-        }
-        Command::Tasks(command) => tasks(command).await,
-        Command::Datasets(args) => artifacts("datasets", args.command).await,
-        Command::Models(args) => artifacts("models", args.command).await,
+        Command::Serve(args) => Ok(lancer::app::serve(&args.config()?).await?),
+        Command::Tasks(command) => tasks(&remote.client()?, command).await,
+        Command::Datasets(args) => artifacts(&remote.client()?, "datasets", args.command).await,
+        Command::Models(args) => artifacts(&remote.client()?, "models", args.command).await,
         Command::Bench {
-            remote,
             requests,
             script,
             noop_tasks,
@@ -243,7 +229,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn print_json(value: &Value) -> Result<()> {
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -265,108 +251,102 @@ fn params_of(json_object: Option<String>, pairs: Vec<String>) -> Result<Map<Stri
     Ok(params)
 }
 
-async fn tasks(command: TaskCommand) -> Result<()> {
+async fn tasks(client: &Client, command: TaskCommand) -> Result<()> {
     match command {
-        TaskCommand::Submit {
-            remote,
-            name,
-            script,
-            input,
-            output,
-            params,
-            param,
-            cpus,
-            gpus,
-            memory_mb,
-            max_attempts,
-            idempotency_key,
-            wait,
-        } => {
-            let mut spec = json!({
-                "name": name, "script": script, "input": input, "output": output,
-                "params": params_of(params, param)?,
-            });
-            let mut resources = Map::new();
-            if let Some(cpus) = cpus {
-                resources.insert("cpus".into(), json!(cpus));
-            }
-            if let Some(gpus) = gpus {
-                resources.insert("gpus".into(), json!(gpus));
-            }
-            if let Some(memory_mb) = memory_mb {
-                resources.insert("memory_mb".into(), json!(memory_mb));
-            }
-            if !resources.is_empty() {
-                spec["resources"] = Value::Object(resources);
-            }
-            if let Some(max_attempts) = max_attempts {
-                spec["max_attempts"] = json!(max_attempts);
-            }
-            let client = remote.client()?;
-            let task = client.submit(&spec, idempotency_key.as_deref()).await?;
-            print_json(&task)?;
-            if wait {
-                let id = task["id"]
-                    .as_str()
-                    .context("the server answered a task without id")?;
-                wait_for(&client, id).await?;
-            }
-            Ok(())
-        }
+        TaskCommand::Submit(args) => submit(client, args).await,
         TaskCommand::List {
-            remote,
             status,
             limit,
             page_token,
-        } => {
-            let page = remote
-                .client()?
-                .list_tasks(status.as_deref(), limit, page_token.as_deref())
-                .await?;
-            println!(
-                "{:<38} {:<24} {:<10} {:>8}  CREATED",
-                "ID", "NAME", "STATUS", "PROGRESS"
-            );
-            for task in page["tasks"].as_array().into_iter().flatten() {
-                let progress = task["progress"]["fraction"]
-                    .as_f64()
-                    .map(|f| format!("{:.0}%", f * 100.0))
-                    .unwrap_or_default();
-                println!(
-                    "{:<38} {:<24} {:<10} {:>8}  {}",
-                    task["id"].as_str().unwrap_or(""),
-                    task["spec"]["name"].as_str().unwrap_or(""),
-                    task["status"].as_str().unwrap_or(""),
-                    progress,
-                    task["created_at"].as_str().unwrap_or(""),
-                );
+        } => list(client, status.as_deref(), limit, page_token.as_deref()).await,
+        TaskCommand::Get { id } => print_json(&client.task(&id).await?),
+        TaskCommand::Cancel { id } => print_json(&client.cancel(&id).await?),
+        TaskCommand::Logs { id, follow } => logs(client, &id, follow).await,
+        TaskCommand::Wait { id } => wait_for(client, &id).await,
+    }
+}
+
+/// The JSON spec the flags describe; the server validates it.
+fn spec_of(args: SubmitArgs) -> Result<Value> {
+    let mut spec = json!({
+        "name": args.name, "script": args.script, "input": args.input, "output": args.output,
+        "params": params_of(args.params, args.param)?,
+    });
+    let resources: Map<String, Value> = [
+        ("cpus", args.cpus.map(|n| json!(n))),
+        ("gpus", args.gpus.map(|n| json!(n))),
+        ("memory_mb", args.memory_mb.map(|n| json!(n))),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+    .collect();
+    if !resources.is_empty() {
+        spec["resources"] = Value::Object(resources);
+    }
+    if let Some(max_attempts) = args.max_attempts {
+        spec["max_attempts"] = json!(max_attempts);
+    }
+    Ok(spec)
+}
+
+async fn submit(client: &Client, args: SubmitArgs) -> Result<()> {
+    let (key, wait) = (args.idempotency_key.clone(), args.wait);
+    let task = client.submit(&spec_of(args)?, key.as_deref()).await?;
+    print_json(&task)?;
+    if wait {
+        wait_for(client, &task.id).await?;
+    }
+    Ok(())
+}
+
+async fn list(
+    client: &Client,
+    status: Option<&str>,
+    limit: usize,
+    page_token: Option<&str>,
+) -> Result<()> {
+    let page = client.list_tasks(status, limit, page_token).await?;
+    println!(
+        "{:<38} {:<24} {:<10} {:>8}  CREATED",
+        "ID", "NAME", "STATUS", "PROGRESS"
+    );
+    for task in &page.tasks {
+        let progress = task
+            .progress
+            .as_ref()
+            .and_then(|p| p.fraction)
+            .map(|f| format!("{:.0}%", f * 100.0))
+            .unwrap_or_default();
+        println!(
+            "{:<38} {:<24} {:<10} {:>8}  {}",
+            task.id,
+            task.spec.name,
+            task.status,
+            progress,
+            task.created_at.format("%Y-%m-%d %H:%M:%S"),
+        );
+    }
+    if let Some(token) = page.next_page_token {
+        println!("more: --page-token {token}");
+    }
+    Ok(())
+}
+
+/// Prints a task's log from the start; with `follow`, keeps printing until the task ends.
+async fn logs(client: &Client, id: &str, follow: bool) -> Result<()> {
+    let mut offset = 0;
+    loop {
+        let slice = client.logs(id, offset).await?;
+        print!("{}", slice.text);
+        offset = slice.next_offset;
+        // The server answers in chunks: an empty one means the log has no more yet.
+        if slice.text.is_empty() {
+            let ended = slice.status.is_none_or(TaskStatus::is_terminal);
+            if !follow || ended {
+                return Ok(());
             }
-            if let Some(token) = page["next_page_token"].as_str() {
-                println!("more: --page-token {token}");
-            }
-            Ok(())
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        TaskCommand::Get { remote, id } => print_json(&remote.client()?.task(&id).await?),
-        TaskCommand::Cancel { remote, id } => print_json(&remote.client()?.cancel(&id).await?),
-        TaskCommand::Logs { remote, id, follow } => {
-            let client = remote.client()?;
-            let mut offset = 0;
-            loop {
-                let slice = client.logs(&id, offset).await?;
-                print!("{}", slice.text);
-                offset = slice.next_offset;
-                // The server answers in chunks: an empty one means the log has no more yet.
-                if slice.text.is_empty() {
-                    let ended =
-                        matches!(slice.status.as_str(), "completed" | "failed" | "cancelled");
-                    if !follow || ended {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-        TaskCommand::Wait { remote, id } => wait_for(&remote.client()?, &id).await,
     }
 }
 
@@ -381,68 +361,49 @@ async fn wait_for(client: &Client, id: &str) -> Result<()> {
     );
     let task = loop {
         let task = client.task(id).await?;
-        let status = task["status"].as_str().unwrap_or("unknown").to_owned();
-        let progress = &task["progress"];
-        if let Some(fraction) = progress["fraction"].as_f64() {
+        let progress = task.progress.clone().unwrap_or_default();
+        if let Some(fraction) = progress.fraction {
             bar.set_position((fraction.clamp(0.0, 1.0) * 1000.0) as u64);
         }
-        let message = progress["message"].as_str().unwrap_or("");
-        let endpoint = task["endpoint"]
-            .as_str()
+        let endpoint = task
+            .endpoint
+            .as_deref()
             .map(|e| format!(" serving {e}"))
             .unwrap_or_default();
-        bar.set_message(format!("{status} {message}{endpoint}"));
-        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+        let message = progress.message.unwrap_or_default();
+        bar.set_message(format!("{} {message}{endpoint}", task.status));
+        if task.status.is_terminal() {
             break task;
         }
         bar.tick();
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     bar.finish();
-    match task["status"].as_str() {
-        Some("completed") => {
-            print_json(&task["result"])?;
-            Ok(())
-        }
-        Some(status) => bail!(
-            "task {id} {status}: {}",
-            task["error"]["message"]
-                .as_str()
-                .unwrap_or("no error recorded")
-        ),
-        None => bail!("task {id} has no status"),
+    if task.status == TaskStatus::Completed {
+        return print_json(&task.result);
     }
+    let why = task.error.map_or("no error recorded".into(), |e| e.message);
+    bail!("task {id} {}: {why}", task.status)
 }
 
-async fn artifacts(kind: &str, command: ArtifactCommand) -> Result<()> {
+async fn artifacts(client: &Client, kind: &str, command: ArtifactCommand) -> Result<()> {
     match command {
-        ArtifactCommand::List { remote } => {
-            let list = remote.client()?.artifacts(kind).await?;
+        ArtifactCommand::List => {
             println!("{:<32} {:>10}  SCHEMA", "ID", "ROWS");
-            for item in list.as_array().into_iter().flatten() {
-                let schema = item["schema"]
-                    .as_object()
-                    .map(|fields| {
-                        fields
-                            .iter()
-                            .map(|(name, ty)| format!("{name}: {}", ty.as_str().unwrap_or("?")))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{:<32} {:>10}  {schema}",
-                    item["id"].as_str().unwrap_or(""),
-                    item["num_rows"].as_u64().unwrap_or(0)
-                );
+            for item in client.artifacts(kind).await? {
+                let schema = item
+                    .schema
+                    .iter()
+                    .map(|(name, ty)| format!("{name}: {ty}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("{:<32} {:>10}  {schema}", item.id, item.num_rows);
             }
             Ok(())
         }
-        ArtifactCommand::Get { remote, id } => {
-            print_json(&remote.client()?.artifact(kind, &id).await?)
-        }
-        ArtifactCommand::Delete { remote, id } => {
-            remote.client()?.delete_artifact(kind, &id).await?;
+        ArtifactCommand::Get { id } => print_json(&client.artifact(kind, &id).await?),
+        ArtifactCommand::Delete { id } => {
+            client.delete_artifact(kind, &id).await?;
             println!("deleted {kind}/{id}");
             Ok(())
         }

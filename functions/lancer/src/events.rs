@@ -1,14 +1,38 @@
 //! S3 `ObjectCreated` notifications, delivered to the `ingest` function directly or inside
-//! SQS messages, turned into ingestion tasks.
+//! SQS messages, turned into ingestion tasks. The events are read into types: SQS's and
+//! S3's object and bucket are `aws_lambda_events`' own.
 
+use aws_lambda_events::event::s3::S3Entity;
+use aws_lambda_events::event::sqs::SqsEvent;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::application::Service;
 use crate::domain::path::LakePath;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
-use crate::http::AppState;
+use crate::lake::LakeRoot;
 use crate::ports::Created;
+
+/// An S3 event: the part of it ingestion reads. `aws_lambda_events`' `S3EventRecord` also
+/// requires `eventTime` with a time zone, `userIdentity` and `requestParameters`, which S3
+/// always sends but the local AWS stacks (moto, LocalStack) leave out or write otherwise.
+#[derive(Debug, Deserialize)]
+struct S3Event {
+    #[serde(rename = "Records")]
+    records: Vec<S3EventRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct S3EventRecord {
+    #[serde(default)]
+    event_source: Option<String>,
+    #[serde(default)]
+    event_name: Option<String>,
+    s3: S3Entity,
+}
 
 /// One object an event says was created.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,42 +45,59 @@ pub struct CreatedObject {
 /// The created objects in an S3 event, or in the S3 events inside an SQS event. S3's test
 /// event and records of other kinds are skipped.
 pub fn created_objects(event: &Value) -> Result<Vec<CreatedObject>> {
-    let records = event["Records"]
-        .as_array()
+    let records = event
+        .get("Records")
+        .and_then(Value::as_array)
         .ok_or_else(|| Error::invalid("not an S3 or SQS event: it has no Records array"))?;
+    // Lambda delivers one source per event: an SQS queue's messages, or S3's records.
+    let from_sqs = records
+        .first()
+        .is_some_and(|record| record["eventSource"] == "aws:sqs");
+    if !from_sqs {
+        return Ok(objects_in(parse::<S3Event>(event.clone(), "S3")?));
+    }
     let mut objects = Vec::new();
-    for record in records {
-        match record["eventSource"].as_str() {
-            Some("aws:sqs") => {
-                let body = record["body"].as_str().unwrap_or_default();
-                let inner: Value = serde_json::from_str(body).map_err(|err| {
-                    Error::invalid(format!("an SQS message body is not JSON: {err}"))
-                })?;
-                if inner["Event"] == "s3:TestEvent" {
-                    continue;
-                }
-                objects.extend(created_objects(&inner)?);
-            }
-            Some("aws:s3") => {
-                let name = record["eventName"].as_str().unwrap_or_default();
-                if !name.starts_with("ObjectCreated:") {
-                    continue;
-                }
-                let (Some(bucket), Some(key)) = (
-                    record["s3"]["bucket"]["name"].as_str(),
-                    record["s3"]["object"]["key"].as_str(),
-                ) else {
-                    return Err(Error::invalid("an S3 record lacks its bucket or key"));
-                };
-                objects.push(CreatedObject {
-                    bucket: bucket.to_owned(),
-                    key: decode_key(key),
-                });
-            }
-            other => warn!(source = ?other, "skipping a record that is not from S3 or SQS"),
+    for message in parse::<SqsEvent>(event.clone(), "SQS")?.records {
+        let body: Value = serde_json::from_str(message.body.as_deref().unwrap_or_default())
+            .map_err(|err| Error::invalid(format!("an SQS message body is not JSON: {err}")))?;
+        if body["Event"] == "s3:TestEvent" {
+            continue;
         }
+        objects.extend(objects_in(parse::<S3Event>(body, "S3")?));
     }
     Ok(objects)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(event: Value, kind: &str) -> Result<T> {
+    serde_json::from_value(event)
+        .map_err(|err| Error::invalid(format!("not a well-formed {kind} event: {err}")))
+}
+
+fn objects_in(event: S3Event) -> Vec<CreatedObject> {
+    event.records.into_iter().filter_map(created).collect()
+}
+
+/// The object an `ObjectCreated:*` record names; `None` for any other record.
+fn created(record: S3EventRecord) -> Option<CreatedObject> {
+    if record.event_source.as_deref() != Some("aws:s3") {
+        warn!(source = ?record.event_source, "skipping a record that is not from S3");
+        return None;
+    }
+    if !record
+        .event_name
+        .as_deref()
+        .is_some_and(|name| name.starts_with("ObjectCreated:"))
+    {
+        return None;
+    }
+    let (Some(bucket), Some(key)) = (record.s3.bucket.name, record.s3.object.key) else {
+        warn!("skipping an S3 record without its bucket or key");
+        return None;
+    };
+    Some(CreatedObject {
+        bucket,
+        key: decode_key(&key),
+    })
 }
 
 fn decode_key(key: &str) -> String {
@@ -66,13 +107,15 @@ fn decode_key(key: &str) -> String {
         .unwrap_or_else(|| key.to_owned())
 }
 
-/// The lake-relative key of an object, if it lies in the lake at `lake_root` (`s3://b/p`).
-pub fn lake_key(lake_root: &str, object: &CreatedObject) -> Option<String> {
-    let rest = lake_root.strip_prefix("s3://")?.trim_end_matches('/');
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket != object.bucket {
+/// The lake-relative key of an object, if it lies in the lake (an `s3://bucket/prefix` root).
+pub fn lake_key(lake: &LakeRoot, object: &CreatedObject) -> Option<String> {
+    let LakeRoot::Url(url) = lake else {
+        return None;
+    };
+    if url.scheme() != "s3" || url.host_str() != Some(object.bucket.as_str()) {
         return None;
     }
+    let prefix = url.path().trim_matches('/');
     if prefix.is_empty() {
         return Some(object.key.clone());
     }
@@ -87,11 +130,11 @@ pub fn lake_key(lake_root: &str, object: &CreatedObject) -> Option<String> {
 /// outside the lake, or whose key is not a lake path, is ignored with a warning rather
 /// than failing the batch, which SQS would only deliver again. A key under
 /// `tenants/<name>/` is ingested for that tenant.
-pub async fn ingest_event(state: &AppState, lake_root: &str, event: &Value) -> Result<Value> {
+pub async fn ingest_event(service: &Service, lake: &LakeRoot, event: &Value) -> Result<Value> {
     let mut created = Vec::new();
     let mut ignored = Vec::new();
     for object in created_objects(event)? {
-        let parsed = lake_key(lake_root, &object).map(|key| LakePath::parse("object key", &key));
+        let parsed = lake_key(lake, &object).map(|key| LakePath::parse("object key", &key));
         let key = match parsed {
             Some(Ok(key)) => key,
             Some(Err(err)) => {
@@ -105,7 +148,7 @@ pub async fn ingest_event(state: &AppState, lake_root: &str, event: &Value) -> R
             }
         };
         let (tenant, relative) = Tenant::of_key(&key);
-        match state.ingest(&tenant, &relative).await? {
+        match service.ingest(&tenant, &relative).await? {
             Some(Created::New(task)) => created.push(task.id),
             Some(Created::Existing(task)) => {
                 info!(%key, task = %task.id, "already ingested by this task");
@@ -120,9 +163,15 @@ pub async fn ingest_event(state: &AppState, lake_root: &str, event: &Value) -> R
 mod tests {
     use super::*;
 
+    /// A record as S3 writes it, with the fields AWS always sends.
     fn s3_record(key: &str, event: &str) -> Value {
-        json!({"eventSource": "aws:s3", "eventName": event,
-               "s3": {"bucket": {"name": "lake"}, "object": {"key": key, "eTag": "e1"}}})
+        json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+               "eventTime": "2026-12-01T10:00:00.000Z", "eventName": event,
+               "userIdentity": {"principalId": "AWS:EXAMPLE"},
+               "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+               "responseElements": {},
+               "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "lake"},
+                      "object": {"key": key, "size": 4, "eTag": "e1"}}})
     }
 
     #[test]
@@ -137,6 +186,19 @@ mod tests {
             objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
             ["raw/my file+1.csv", "raw/mnist/a.gz"]
         );
+    }
+
+    #[test]
+    fn records_as_the_local_aws_stacks_write_them_are_read_too() {
+        // moto: no userIdentity or requestParameters, and a time without a zone.
+        let event = json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
+            "awsRegion": "us-east-1", "eventTime": "2026-12-01T11:46:37.123456",
+            "eventName": "ObjectCreated:Put",
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "ingest",
+                   "bucket": {"name": "lake", "arn": "arn:aws:s3:::lake"},
+                   "object": {"key": "raw/a.csv", "size": 4, "eTag": "e1"}}}]});
+        let objects = created_objects(&event).expect("parsed");
+        assert_eq!(objects.len(), 1, "{objects:?}");
     }
 
     #[test]
@@ -166,18 +228,31 @@ mod tests {
             key: key.into(),
         };
         assert_eq!(
-            lake_key("s3://lake", &object("lake", "raw/a")).as_deref(),
+            lake_key(&LakeRoot::parse("s3://lake"), &object("lake", "raw/a")).as_deref(),
             Some("raw/a")
         );
         assert_eq!(
-            lake_key("s3://lake/team/", &object("lake", "team/raw/a")).as_deref(),
+            lake_key(
+                &LakeRoot::parse("s3://lake/team/"),
+                &object("lake", "team/raw/a")
+            )
+            .as_deref(),
             Some("raw/a")
         );
         assert_eq!(
-            lake_key("s3://lake/team", &object("lake", "other/raw/a")),
+            lake_key(
+                &LakeRoot::parse("s3://lake/team"),
+                &object("lake", "other/raw/a")
+            ),
             None
         );
-        assert_eq!(lake_key("s3://lake", &object("elsewhere", "raw/a")), None);
-        assert_eq!(lake_key("/local/lake", &object("lake", "raw/a")), None);
+        assert_eq!(
+            lake_key(&LakeRoot::parse("s3://lake"), &object("elsewhere", "raw/a")),
+            None
+        );
+        assert_eq!(
+            lake_key(&LakeRoot::parse("/local/lake"), &object("lake", "raw/a")),
+            None
+        );
     }
 }

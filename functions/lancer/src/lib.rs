@@ -4,6 +4,7 @@
 //! through the ports (`TaskStore`, `Lake`, `Dispatcher`), whose adapters live beside it.
 
 pub mod app;
+pub mod application;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

@@ -30,7 +30,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::Conflict(_) | Error::Stale(_) => StatusCode::CONFLICT,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -40,8 +40,8 @@ pub fn status_of(err: &Error) -> StatusCode {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let message = match &self {
-            Error::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
+            Error::Internal(source) => {
+                tracing::error!(error = %chain(source.as_ref()), "internal error");
                 "internal error; the server log has the details".to_owned()
             }
             other => other.to_string(),
@@ -61,6 +61,18 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// An error and its sources, outermost first, for the log.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(source) = next {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        next = source.source();
+    }
+    text
 }
 
 /// A JSON body whose rejections are lancer errors: 413 over the body limit, 400 otherwise.

@@ -9,45 +9,9 @@ use axum::http::StatusCode;
 
 use super::error::ErrorBody;
 use super::{AppState, Tenant};
-use crate::domain::path::Name;
 use crate::domain::validate::ArtifactKind;
-use crate::error::{Error, Resource, Result};
+use crate::error::Result;
 use crate::ports::{ArtifactDetail, ArtifactSummary};
-
-fn resource_of(kind: ArtifactKind) -> Resource {
-    match kind {
-        ArtifactKind::Dataset => Resource::Dataset,
-        ArtifactKind::Model => Resource::Model,
-    }
-}
-
-async fn describe(
-    state: &AppState,
-    tenant: &Tenant,
-    kind: ArtifactKind,
-    id: &str,
-) -> Result<ArtifactDetail> {
-    let name = Name::parse("id", id)?;
-    state
-        .lake
-        .describe(&tenant.root, kind, &name)
-        .await?
-        .ok_or_else(|| Error::not_found(resource_of(kind), id))
-}
-
-async fn delete(
-    state: &AppState,
-    tenant: &Tenant,
-    kind: ArtifactKind,
-    id: &str,
-) -> Result<StatusCode> {
-    let name = Name::parse("id", id)?;
-    if state.lake.delete(&tenant.root, kind, &name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Error::not_found(resource_of(kind), id))
-    }
-}
 
 /// Datasets in the lake, with schema and row count.
 #[utoipa::path(get, path = "/api/v1/datasets", tag = "datasets",
@@ -57,7 +21,10 @@ pub async fn list_datasets(
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Json<Vec<ArtifactSummary>>> {
     Ok(Json(
-        state.lake.list(&tenant.root, ArtifactKind::Dataset).await?,
+        state
+            .service
+            .list_artifacts(&tenant, ArtifactKind::Dataset)
+            .await?,
     ))
 }
 
@@ -70,7 +37,10 @@ pub async fn get_dataset(
     Path(id): Path<String>,
 ) -> Result<Json<ArtifactDetail>> {
     Ok(Json(
-        describe(&state, &tenant, ArtifactKind::Dataset, &id).await?,
+        state
+            .service
+            .describe_artifact(&tenant, ArtifactKind::Dataset, &id)
+            .await?,
     ))
 }
 
@@ -82,7 +52,11 @@ pub async fn delete_dataset(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    delete(&state, &tenant, ArtifactKind::Dataset, &id).await
+    state
+        .service
+        .delete_artifact(&tenant, ArtifactKind::Dataset, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Models in the lake.
@@ -93,7 +67,10 @@ pub async fn list_models(
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Json<Vec<ArtifactSummary>>> {
     Ok(Json(
-        state.lake.list(&tenant.root, ArtifactKind::Model).await?,
+        state
+            .service
+            .list_artifacts(&tenant, ArtifactKind::Model)
+            .await?,
     ))
 }
 
@@ -106,7 +83,10 @@ pub async fn get_model(
     Path(id): Path<String>,
 ) -> Result<Json<ArtifactDetail>> {
     Ok(Json(
-        describe(&state, &tenant, ArtifactKind::Model, &id).await?,
+        state
+            .service
+            .describe_artifact(&tenant, ArtifactKind::Model, &id)
+            .await?,
     ))
 }
 
@@ -118,5 +98,9 @@ pub async fn delete_model(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    delete(&state, &tenant, ArtifactKind::Model, &id).await
+    state
+        .service
+        .delete_artifact(&tenant, ArtifactKind::Model, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,6 @@
 //! Lambda entrypoint both serve.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,10 +10,9 @@ use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::config::{ApiKeys, Timeouts, UploadLimits};
-use crate::domain::ingest::IngestRules;
+use crate::application::Service;
+use crate::config::Timeouts;
 use crate::domain::validate::MAX_BODY_BYTES;
-use crate::ports::{Dispatcher, Lake, TaskStore};
 
 pub mod auth;
 pub mod error;
@@ -24,17 +22,9 @@ pub mod uploads;
 
 pub use crate::domain::tenant::Tenant;
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: the use cases, and how long a request may take.
 pub struct AppState {
-    pub store: Arc<dyn TaskStore>,
-    pub lake: Arc<dyn Lake>,
-    pub dispatcher: Arc<dyn Dispatcher>,
-    pub scripts: PathBuf,
-    pub api_keys: Option<ApiKeys>,
-    /// What to run when raw data arrives (`LANCER_INGEST_RULES`).
-    pub ingest_rules: IngestRules,
-    /// The size of one upload and each tenant's quota under `raw/`.
-    pub upload_limits: UploadLimits,
+    pub service: Service,
     pub timeouts: Timeouts,
 }
 

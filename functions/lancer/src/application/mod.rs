@@ -1,0 +1,56 @@
+//! The use cases: what a tenant can ask of lancer, whoever carries the request (the REST
+//! API, the Lambda ingestion path, the CLI's server). Each takes parsed domain values and
+//! the ports; none knows about HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{ApiKeys, UploadLimits};
+use crate::domain::ingest::IngestRules;
+use crate::domain::tenant::Tenant;
+use crate::error::{Error, Result};
+use crate::ports::{Dispatcher, Lake, TaskStore};
+
+mod artifacts;
+mod tasks;
+mod uploads;
+
+pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog};
+pub use uploads::Uploaded;
+
+/// The ports and the operator's settings every use case runs against.
+pub struct Service {
+    pub store: Arc<dyn TaskStore>,
+    pub lake: Arc<dyn Lake>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    /// The folder holding `lancer-scripts.json` and the scripts it registers.
+    pub scripts: PathBuf,
+    /// `None`: open single-tenant mode.
+    pub api_keys: Option<ApiKeys>,
+    /// What to run when raw data arrives (`LANCER_INGEST_RULES`).
+    pub ingest_rules: IngestRules,
+    /// The size of one upload and each tenant's quota under `raw/`.
+    pub upload_limits: UploadLimits,
+}
+
+impl Service {
+    /// Who a request acts for, from its `Authorization` header (`Bearer <key>`): with API
+    /// keys configured the key must be known; without them one open tenant owns the lake.
+    pub fn tenant_of(&self, authorization: Option<&str>) -> Result<Tenant> {
+        let Some(keys) = &self.api_keys else {
+            return Ok(Tenant::single());
+        };
+        let header = authorization
+            .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer <api key>".into()))?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .ok_or_else(|| {
+                Error::Unauthorized("Authorization must be 'Bearer <api key>'".into())
+            })?;
+        let name = keys
+            .tenant_of(key)
+            .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
+        Ok(Tenant::keyed(name.clone()))
+    }
+}

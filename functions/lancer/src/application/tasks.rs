@@ -1,0 +1,193 @@
+//! Tasks: submit, read, list, cancel, and read logs.
+
+use super::Service;
+use crate::dispatch::cancel_in_store;
+use crate::domain::path::{LakePath, Name};
+use crate::domain::task::{Task, TaskSpec, TaskStatus};
+use crate::domain::tenant::Tenant;
+use crate::domain::validate::{
+    ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
+};
+use crate::error::{Error, Resource, Result};
+use crate::ports::{Created, ListQuery, LogChunk, TaskPage};
+use crate::scripts::ScriptRegistry;
+
+/// The most log bytes one read returns: well inside Lambda's 6 MB response limit.
+pub const MAX_LOG_CHUNK: u64 = 1 << 20;
+
+/// Which part of which attempt's log to read; unset fields take the defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogRequest {
+    /// 1 to the task's attempts so far (default: the latest).
+    pub attempt: Option<u32>,
+    pub offset: Option<u64>,
+    /// 1 to [`MAX_LOG_CHUNK`] (the default).
+    pub limit: Option<u64>,
+}
+
+/// A piece of a task's log, ending at a line end unless it reaches the log's end.
+#[derive(Debug)]
+pub struct TaskLog {
+    pub chunk: LogChunk,
+    pub attempt: u32,
+    pub status: TaskStatus,
+}
+
+impl Service {
+    /// Validates, resolves and stores a task, then hands it to the dispatcher. A spec whose
+    /// idempotency key was seen before answers the first task. `idempotency_header` is the
+    /// key a transport carries beside the body (`Idempotency-Key`); it must agree with the
+    /// spec's own field.
+    pub async fn submit_task(
+        &self,
+        tenant: &Tenant,
+        mut spec: TaskSpec,
+        idempotency_header: Option<&str>,
+    ) -> Result<Created> {
+        if let Some(key) = idempotency_header {
+            check_idempotency_key(key)?;
+            if spec
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|field| field != key)
+            {
+                return Err(Error::invalid(
+                    "Idempotency-Key header and idempotency_key field differ",
+                ));
+            }
+            spec.idempotency_key = Some(key.to_owned());
+        }
+        check_spec(&spec)?;
+        ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
+        let input_path = match parse_input(&spec.input)? {
+            InputRef::None => None,
+            InputRef::Path(path) => Some(tenant.path(&path)),
+            InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
+        };
+        let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
+        let id = Name::parse("task id", &uuid::Uuid::now_v7().to_string())?;
+        let task = Task::new(
+            &id,
+            tenant,
+            spec,
+            input_path,
+            output_path,
+            chrono::Utc::now(),
+        );
+        let created = self.store.create(task).await?;
+        if let Created::New(task) = &created {
+            // The task is safely stored; a dispatcher hiccup is healed by reconcile.
+            if let Err(err) = self.dispatcher.submit(task).await {
+                tracing::error!(task = %task.id, %err, "dispatch failed; reconcile will retry");
+            }
+        }
+        Ok(created)
+    }
+
+    /// A bare name as input: the tenant's dataset of that name, else its model.
+    async fn resolve_input_name(&self, tenant: &Tenant, name: &Name) -> Result<LakePath> {
+        for kind in [ArtifactKind::Dataset, ArtifactKind::Model] {
+            if self
+                .lake
+                .describe(&tenant.root, kind, name)
+                .await?
+                .is_some()
+            {
+                return Ok(tenant.path(&kind.path_of(name)));
+            }
+        }
+        Err(Error::not_found(Resource::Dataset, name.as_str()))
+    }
+
+    /// The task if it exists and belongs to the tenant; another tenant's task is not found.
+    pub async fn task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
+        match self.store.get(id).await? {
+            Some(task) if task.tenant == tenant.name.as_str() => Ok(task),
+            _ => Err(Error::not_found(Resource::Task, id)),
+        }
+    }
+
+    /// The tenant's tasks, newest first, a page of `limit` (1-1000, default 100) at a time.
+    pub async fn list_tasks(
+        &self,
+        tenant: &Tenant,
+        status: Option<&str>,
+        limit: Option<usize>,
+        page_token: Option<String>,
+    ) -> Result<TaskPage> {
+        let status = status
+            .map(str::parse::<TaskStatus>)
+            .transpose()
+            .map_err(Error::InvalidRequest)?;
+        let limit = limit.unwrap_or(100);
+        if !(1..=crate::store::MAX_PAGE).contains(&limit) {
+            return Err(Error::invalid("limit must be between 1 and 1000"));
+        }
+        self.store
+            .list(&ListQuery {
+                tenant: Some(tenant.name.to_string()),
+                status,
+                limit,
+                page_token,
+            })
+            .await
+    }
+
+    /// Cancels a pending or running task and stops its runner; a finished one is a conflict.
+    pub async fn cancel_task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
+        let mut task = self.task(tenant, id).await?;
+        // A runner may move it (pending -> running) between our read and our write: read again.
+        let cancelled = loop {
+            match cancel_in_store(self.store.as_ref(), &task).await {
+                // A finished task answers Conflict before any write, so this ends.
+                Err(Error::Stale(_)) => {
+                    task = self.task(tenant, id).await?;
+                }
+                other => break other?,
+            }
+        };
+        self.dispatcher.cancel(&cancelled).await?;
+        Ok(cancelled)
+    }
+
+    /// A piece of an attempt's log: from the lake, where runners flush it, or from the
+    /// dispatcher while a runner has not flushed yet.
+    pub async fn task_log(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        request: LogRequest,
+    ) -> Result<TaskLog> {
+        let task = self.task(tenant, id).await?;
+        let offset = request.offset.unwrap_or(0);
+        let limit = request.limit.unwrap_or(MAX_LOG_CHUNK);
+        if !(1..=MAX_LOG_CHUNK).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_LOG_CHUNK}"
+            )));
+        }
+        let latest = task.attempt.max(1);
+        let attempt = request.attempt.unwrap_or(latest);
+        if !(1..=latest).contains(&attempt) {
+            return Err(Error::invalid(format!(
+                "attempt must be between 1 and {latest}, the task's attempts so far"
+            )));
+        }
+        let chunk = match self
+            .lake
+            .read_from(&task.log_of(attempt), offset, limit)
+            .await?
+        {
+            Some(chunk) => chunk,
+            None => match self.dispatcher.logs(&task).await? {
+                Some(text) => LogChunk::slice(text.as_bytes(), offset, limit),
+                None => LogChunk::slice(&[], 0, limit),
+            },
+        };
+        Ok(TaskLog {
+            chunk: chunk.at_a_line_end(),
+            attempt,
+            status: task.status,
+        })
+    }
+}
