@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod aws;
+pub mod dispatcher;
 pub mod lake;
 pub mod lambda;
 pub mod scripts;

@@ -2,13 +2,15 @@
 //! and real adapters, and one conformance suite (in `tests/`) runs against all of them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::dispatch::{sweep_expired, tasks_with_status};
 use crate::domain::path::{LakePath, Name};
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::domain::validate::ArtifactKind;
@@ -51,12 +53,12 @@ pub trait TaskStore: Send + Sync {
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage>;
 
-    /// Applies `change` if the record still matches `guard`; `Error::Conflict` if it
+    /// Applies `change` if the record still matches `guard`; `Error::Stale` if it
     /// moved on, `Error::NotFound` if there is no such task.
     async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task>;
 
     /// Records a heartbeat (and progress or endpoint) of a running attempt;
-    /// `Error::Conflict` once the task is no longer running that attempt.
+    /// `Error::Stale` once the task is no longer running that attempt.
     async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task>;
 
     /// Running tasks whose last heartbeat is older than `cutoff`, across tenants.
@@ -80,7 +82,7 @@ pub struct Version {
 }
 
 /// A dataset or model as `GET /datasets` and `GET /models` list it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactSummary {
     pub id: String,
     /// The lake URI of the Lance dataset.
@@ -227,25 +229,68 @@ pub trait Lake: Send + Sync {
     fn storage_options(&self) -> BTreeMap<String, String>;
 }
 
-/// Runs tasks somewhere: local subprocesses, Ray jobs.
+/// Runs tasks somewhere: local subprocesses, Ray jobs. A backend implements `submit` and
+/// `cancel`; `reconcile`, which brings it in line with the store, is the same for every
+/// backend, with hooks where one needs to look at its own side (a Ray job's state).
 #[async_trait]
 pub trait Dispatcher: Send + Sync {
     /// The backend name recorded on tasks it runs.
     fn backend(&self) -> &'static str;
 
-    /// Queues a pending task for a runner.
+    /// The task table this dispatcher serves.
+    fn store(&self) -> &dyn TaskStore;
+
+    /// How long a running task may go without a heartbeat before its runner counts as lost.
+    fn lease(&self) -> Duration;
+
+    /// Queues a pending task for a runner. Submitting a task twice runs it once.
     async fn submit(&self, task: &Task) -> Result<()>;
 
     /// Stops the runner of a task the store already marked cancelled.
     async fn cancel(&self, task: &Task) -> Result<()>;
 
-    /// Brings the backend in line with the store: re-queues pending tasks it does not know,
-    /// and ends running tasks whose runner is gone.
-    async fn reconcile(&self) -> Result<()>;
-
     /// Backend logs of a task, for when the lake has none.
     async fn logs(&self, _task: &Task) -> Result<Option<String>> {
         Ok(None)
+    }
+
+    /// Reconcile's hook for a pending task (found in the store, or requeued after its lease
+    /// expired): by default it is submitted, which is idempotent.
+    async fn look_after_pending(&self, task: &Task) -> Result<()> {
+        self.submit(task).await
+    }
+
+    /// Reconcile's hook for a running task this backend started, when `watches_running`:
+    /// by default nothing, since its lease decides.
+    async fn look_after_running(&self, _task: &Task) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether `look_after_running` wants the running tasks (listing them costs a scan).
+    fn watches_running(&self) -> bool {
+        false
+    }
+
+    /// Brings the backend in line with the store, after a restart or a lost runner: ends
+    /// or requeues running tasks whose lease expired, then looks after every pending task
+    /// and, where the backend asks, every running one. Nothing is kept in memory between
+    /// rounds, so any process (a server, the AWS sweeper) can run it.
+    async fn reconcile(&self) -> Result<()> {
+        let (store, lease) = (self.store(), self.lease());
+        for task in sweep_expired(store, lease).await? {
+            self.look_after_pending(&task).await?;
+        }
+        for task in tasks_with_status(store, TaskStatus::Pending).await? {
+            self.look_after_pending(&task).await?;
+        }
+        if self.watches_running() {
+            for task in tasks_with_status(store, TaskStatus::Running).await? {
+                if task.backend.as_deref() == Some(self.backend()) {
+                    self.look_after_running(&task).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,10 +15,10 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tracing::{error, info, warn};
 
-use super::{sweep_expired, tasks_with_status};
+use crate::config::ConfigError;
 use crate::domain::fair::{FairLimits, FairQueue, Held};
 use crate::domain::task::{Task, TaskStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ports::{Dispatcher, TaskStore};
 
 /// How to start a runner: its binary and the environment that carries the configuration.
@@ -30,15 +30,18 @@ pub struct RunnerCommand {
 
 impl RunnerCommand {
     /// `lancer-runner` beside the running binary, unless configured.
-    pub fn locate(configured: Option<PathBuf>, env: Vec<(String, String)>) -> Result<Self> {
+    pub fn locate(
+        configured: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, ConfigError> {
         let program = match configured {
             Some(path) => path,
             None => std::env::current_exe()
-                .map_err(Error::internal)?
+                .map_err(|err| ConfigError(format!("cannot tell where this binary is: {err}")))?
                 .with_file_name("lancer-runner"),
         };
         if !program.exists() {
-            return Err(Error::invalid(format!(
+            return Err(ConfigError(format!(
                 "runner binary {} not found: build it (cargo build) or set LANCER_RUNNER",
                 program.display()
             )));
@@ -214,6 +217,14 @@ impl Dispatcher for LocalDispatcher {
         "local"
     }
 
+    fn store(&self) -> &dyn TaskStore {
+        self.inner.store.as_ref()
+    }
+
+    fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
     async fn submit(&self, task: &Task) -> Result<()> {
         if self.inner.take(&task.id) {
             if let Ok(mut queue) = self.inner.queue.lock() {
@@ -240,17 +251,6 @@ impl Dispatcher for LocalDispatcher {
                 let _ = killpg(group, Signal::SIGKILL);
             }
         });
-        Ok(())
-    }
-
-    async fn reconcile(&self) -> Result<()> {
-        let store = self.inner.store.as_ref();
-        for task in sweep_expired(store, self.inner.lease).await? {
-            self.submit(&task).await?;
-        }
-        for task in tasks_with_status(store, TaskStatus::Pending).await? {
-            self.submit(&task).await?;
-        }
         Ok(())
     }
 }

@@ -33,7 +33,7 @@ pub fn spawn_reconciler(
 /// Ends the running tasks whose runner stopped heartbeating for longer than `lease`:
 /// requeued while attempts remain (returned, to be dispatched again), else failed.
 pub async fn sweep_expired(store: &dyn TaskStore, lease: Duration) -> Result<Vec<Task>> {
-    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(lease).map_err(Error::internal)?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(lease)?;
     let mut requeued = Vec::new();
     for task in store.stale_running(cutoff).await? {
         let change = expire(&task);
@@ -44,7 +44,7 @@ pub async fn sweep_expired(store: &dyn TaskStore, lease: Duration) -> Result<Vec
             }
             Ok(_) => warn!(task = %task.id, attempt = task.attempt, "lease expired; task failed"),
             // Another writer (the runner itself, a cancel, a second sweeper) won the race.
-            Err(Error::Conflict(_)) => {}
+            Err(Error::Stale(_)) => {}
             Err(err) => return Err(err),
         }
     }

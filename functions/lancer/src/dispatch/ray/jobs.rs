@@ -1,0 +1,261 @@
+//! A typed client of Ray's Jobs REST API (`/api/jobs/`): submit, look up, stop, read logs.
+//! It knows Ray's wire format and nothing of tasks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::task::TaskError;
+use crate::error::Result;
+
+/// Ray's Jobs API answers in milliseconds; anything slower is a head in trouble.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Ray's error bodies are Python tracebacks; the end of one is enough for a task's error.
+const MAX_BODY_SHOWN: usize = 2_000;
+
+/// A Ray job's lifecycle, as `GET /api/jobs/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Stopped,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobInfo {
+    pub status: JobStatus,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `POST /api/jobs/`: one job, its entrypoint and what it needs.
+#[derive(Debug, Serialize)]
+pub struct JobRequest {
+    pub submission_id: String,
+    /// A shell command line.
+    pub entrypoint: String,
+    pub entrypoint_num_cpus: f64,
+    pub entrypoint_num_gpus: f64,
+    /// Bytes; absent for no reservation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint_memory: Option<u64>,
+    pub runtime_env: RuntimeEnv,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuntimeEnv {
+    pub env_vars: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Logs {
+    #[serde(default)]
+    logs: String,
+}
+
+/// Why Ray did not take or answer a request.
+#[derive(Debug)]
+pub enum RayError {
+    Unreachable(String),
+    Rejected(StatusCode, String),
+    Broken(StatusCode, String),
+}
+
+impl RayError {
+    /// The task's error: what Ray said, and nothing of where the head is (the server log
+    /// has that), since a task's error is shown to its tenant.
+    pub fn task_error(&self) -> TaskError {
+        match self {
+            RayError::Unreachable(_) => TaskError::new(
+                "BACKEND_UNAVAILABLE",
+                "the Ray cluster cannot be reached; the server log says why",
+            ),
+            RayError::Rejected(status, body) => TaskError::new(
+                "BACKEND_REJECTED",
+                format!(
+                    "Ray refused the job ({status}): {}",
+                    truncate(body, MAX_BODY_SHOWN)
+                ),
+            ),
+            RayError::Broken(status, body) => TaskError::new(
+                "BACKEND_ERROR",
+                format!(
+                    "Ray failed to take the job ({status}): {}",
+                    truncate(body, MAX_BODY_SHOWN)
+                ),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for RayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RayError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            RayError::Rejected(status, body) | RayError::Broken(status, body) => {
+                write!(f, "{status}: {}", truncate(body, MAX_BODY_SHOWN))
+            }
+        }
+    }
+}
+
+impl std::error::Error for RayError {}
+
+pub struct JobsClient {
+    http: reqwest::Client,
+    /// The head's dashboard URL, without a trailing slash.
+    address: String,
+}
+
+impl JobsClient {
+    pub fn new(address: String) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self { http, address })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn url(&self, rest: &str) -> String {
+        format!("{}/api/jobs/{rest}", self.address)
+    }
+
+    /// Submits a job. A job already submitted under the same id counts as submitted.
+    pub async fn submit(&self, job: &JobRequest) -> Result<(), RayError> {
+        match self.send(self.http.post(self.url("")).json(job)).await {
+            Ok(_) => Ok(()),
+            // Ray answers a duplicate submission id with a 500: the job is already there.
+            Err(RayError::Broken(_, body)) if body.contains("already exists") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The job's state; `None` if Ray has no such job.
+    pub async fn job(&self, submission_id: &str) -> Result<Option<JobInfo>, RayError> {
+        let Some(info) = self
+            .about_job(self.http.get(self.url(submission_id)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_value(info.clone())
+            .map(Some)
+            .map_err(|err| {
+                RayError::Broken(
+                    StatusCode::OK,
+                    format!("unexpected job info ({err}): {info}"),
+                )
+            })
+    }
+
+    /// Stops the job; a job Ray does not have is no error.
+    pub async fn stop(&self, submission_id: &str) -> Result<(), RayError> {
+        let stop = self.http.post(self.url(&format!("{submission_id}/stop")));
+        self.about_job(stop).await.map(|_| ())
+    }
+
+    /// The job's driver log; `None` if Ray has no such job.
+    pub async fn logs(&self, submission_id: &str) -> Result<Option<String>, RayError> {
+        let logs = self.http.get(self.url(&format!("{submission_id}/logs")));
+        Ok(self
+            .about_job(logs)
+            .await?
+            .and_then(|body| serde_json::from_value::<Logs>(body).ok())
+            .map(|body| body.logs))
+    }
+
+    /// A request about one job; `None` when Ray has no such job.
+    async fn about_job(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, RayError> {
+        match self.send(request).await {
+            Ok(body) => Ok(Some(body)),
+            Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, RayError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+        if status.is_success() {
+            return serde_json::from_str(&body).map_err(|err| {
+                RayError::Broken(status, format!("unreadable answer ({err}): {body}"))
+            });
+        }
+        if status.is_client_error() {
+            Err(RayError::Rejected(status, body))
+        } else {
+            Err(RayError::Broken(status, body))
+        }
+    }
+}
+
+/// An error with its causes, which is where reqwest says "connection refused".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The last `max` characters: a traceback's last lines say what went wrong.
+fn truncate(text: &str, max: usize) -> String {
+    let text = text.trim_end();
+    match text.char_indices().rev().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if cut > 0 => format!("...{}", &text[cut..]),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_bodies_keep_their_end() {
+        assert_eq!(truncate("abcdef\n", 3), "...def");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("ab", 3), "ab");
+    }
+
+    #[test]
+    fn a_job_request_is_written_as_rays_jobs_api_reads_it() {
+        let request = JobRequest {
+            submission_id: "t1-1".into(),
+            entrypoint: "'/bin/runner' t1".into(),
+            entrypoint_num_cpus: 1.0,
+            entrypoint_num_gpus: 0.0,
+            entrypoint_memory: None,
+            runtime_env: RuntimeEnv {
+                env_vars: BTreeMap::from([("A".into(), "1".into())]),
+            },
+            metadata: BTreeMap::new(),
+        };
+        let json = serde_json::to_value(&request).expect("json");
+        assert_eq!(json["runtime_env"]["env_vars"]["A"], "1");
+        assert!(json.get("entrypoint_memory").is_none(), "{json}");
+    }
+}
