@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lancer::dispatch::cancel_in_store;
 use lancer::domain::path::{LakePath, Name};
-use lancer::domain::task::{Change, Task, TaskSpec, TaskStatus};
+use lancer::domain::task::{Change, Task, TaskId, TaskSpec, TaskStatus};
 use lancer::domain::tenant::Tenant;
 use lancer::ports::{Created, Dispatcher, TaskStore};
 use serde_json::json;
@@ -33,7 +33,7 @@ pub fn spec(script: &str, params: serde_json::Value) -> TaskSpec {
 }
 
 async fn stored(f: &Fixture, spec: &TaskSpec) -> Task {
-    let id = Name::parse("id", &uuid::Uuid::now_v7().to_string()).expect("a uuid is a name");
+    let id = TaskId::from_uuid(uuid::Uuid::now_v7());
     let tenant = Tenant {
         name: Name::parse("tenant", "acme").expect("a tenant name"),
         root: LakePath::root(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use lancer::Error;
 use lancer::domain::path::{LakePath, Name};
 use lancer::domain::task::{
-    Change, Guard, Heartbeat, Progress, Task, TaskError, TaskSpec, TaskStatus,
+    Change, Guard, Heartbeat, Progress, Task, TaskError, TaskId, TaskSpec, TaskStatus,
 };
 use lancer::domain::tenant::Tenant;
 use lancer::ports::{Created, ListQuery, TaskStore};
@@ -25,7 +25,7 @@ pub fn spec(name: &str) -> TaskSpec {
 }
 
 pub fn new_task(tenant: &str, spec: TaskSpec) -> Task {
-    let id = Name::parse("id", &uuid::Uuid::now_v7().to_string()).expect("a uuid is a name");
+    let id = TaskId::from_uuid(uuid::Uuid::now_v7());
     let tenant = Tenant {
         name: Name::parse("tenant", tenant).expect("a tenant name"),
         root: LakePath::root(),

@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lancer::domain::path::Name;
-use lancer::domain::task::{Change, Task, TaskSpec};
+use lancer::domain::task::{Change, Task, TaskId, TaskSpec};
 use lancer::domain::tenant::Tenant;
 use lancer::ports::TaskStore;
 use lancer::store::dynamodb::DynamoTaskStore;
@@ -86,7 +85,7 @@ async fn the_scheduled_sweeper_fails_a_task_whose_runner_went_silent() {
     let (store, _bucket, env) = deployment().await;
     let spec: TaskSpec =
         serde_json::from_value(json!({"name": "lost", "script": "x.py"})).expect("spec");
-    let id = Name::parse("id", "01900000-0000-7000-8000-000000000001").expect("name");
+    let id = TaskId::parse("01900000-0000-7000-8000-000000000001").expect("an id");
     let task = Task::new(&id, &Tenant::single(), spec, None, None, chrono::Utc::now());
     store.create(task.clone()).await.expect("create");
     let running = store

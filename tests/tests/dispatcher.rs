@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lancer::config::{Backend, Config};
+use lancer::ports::Dispatcher;
 use lancer::store::sqlite::SqliteTaskStore;
 use lancer_tests::dispatcher::{Fixture, spec};
 use lancer_tests::scripts::SLOW_PY;
@@ -55,14 +56,18 @@ fn setup(lease: Duration, extra: &[(&str, String)]) -> Setup {
     Setup { dir, store, config }
 }
 
-fn specs() -> (
-    lancer::domain::task::TaskSpec,
-    lancer::domain::task::TaskSpec,
-) {
-    (
-        spec("quick.py", json!({})),
-        spec("slow.py", json!({"steps": 6000})),
-    )
+impl Setup {
+    /// The fixture of a dispatcher that runs this setup's scripts with real runners.
+    fn fixture(self, dispatcher: Arc<dyn Dispatcher>, patience: Duration) -> Fixture {
+        Fixture {
+            dispatcher,
+            store: self.store,
+            quick: spec("quick.py", json!({})),
+            slow: spec("slow.py", json!({"steps": 6000})),
+            patience,
+            keep: Box::new(self.dir),
+        }
+    }
 }
 
 mod memory {
@@ -92,7 +97,8 @@ mod local {
     use lancer::domain::fair::FairLimits;
 
     async fn make() -> Fixture {
-        let Setup { dir, store, config } = setup(Duration::from_secs(2), &[]);
+        let setup = setup(Duration::from_secs(2), &[]);
+        let config = &setup.config;
         let runner = RunnerCommand {
             program: bin_dir().join("lancer-runner"),
             env: config.runner_env(),
@@ -104,21 +110,13 @@ mod local {
         };
         let dispatch = &config.dispatch;
         let dispatcher = LocalDispatcher::new(
-            store.clone(),
+            setup.store.clone(),
             runner,
             limits,
             dispatch.lease,
             dispatch.cancel_grace,
         );
-        let (quick, slow) = specs();
-        Fixture {
-            dispatcher: Arc::new(dispatcher),
-            store,
-            quick,
-            slow,
-            patience: Duration::from_secs(30),
-            keep: Box::new(dir),
-        }
+        setup.fixture(Arc::new(dispatcher), Duration::from_secs(30))
     }
 
     lancer_tests::dispatcher_conformance!(make);
@@ -136,7 +134,8 @@ mod ray {
             ("LANCER_BACKEND", "ray".to_owned()),
             ("RAY_ADDRESS", address.clone()),
         ];
-        let Setup { dir, store, config } = setup(Duration::from_secs(3), &backend);
+        let setup = setup(Duration::from_secs(3), &backend);
+        let config = &setup.config;
         let Backend::Ray(ray) = &config.dispatch.backend else {
             panic!("the configuration names Ray")
         };
@@ -145,18 +144,10 @@ mod ray {
             .join("lancer-runner")
             .to_string_lossy()
             .into_owned();
-        let dispatcher =
-            RayDispatcher::new(store.clone(), address, runner, env, config.dispatch.lease)
-                .expect("a Ray dispatcher");
-        let (quick, slow) = specs();
-        Fixture {
-            dispatcher: Arc::new(dispatcher),
-            store,
-            quick,
-            slow,
-            patience: Duration::from_secs(90),
-            keep: Box::new(dir),
-        }
+        let lease = config.dispatch.lease;
+        let dispatcher = RayDispatcher::new(setup.store.clone(), address, runner, env, lease)
+            .expect("a Ray dispatcher");
+        setup.fixture(Arc::new(dispatcher), Duration::from_secs(90))
     }
 
     lancer_tests::dispatcher_conformance!(make);

@@ -88,7 +88,7 @@ mod dynamodb_expiry {
             .table_name(&table)
             .key(
                 "id",
-                aws_sdk_dynamodb::types::AttributeValue::S(first.id.clone()),
+                aws_sdk_dynamodb::types::AttributeValue::S(first.id.to_string()),
             )
             .send()
             .await

@@ -2,8 +2,8 @@
 
 use super::Service;
 use crate::dispatch::cancel_in_store;
-use crate::domain::path::{LakePath, Name};
-use crate::domain::task::{Task, TaskSpec, TaskStatus};
+use crate::domain::path::{LakePath, Name, printable};
+use crate::domain::task::{Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{
     ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
@@ -65,7 +65,7 @@ impl Service {
             InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
         };
         let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
-        let id = Name::parse("task id", &uuid::Uuid::now_v7().to_string())?;
+        let id = TaskId::from_uuid(uuid::Uuid::now_v7());
         let task = Task::new(
             &id,
             tenant,
@@ -99,11 +99,14 @@ impl Service {
         Err(Error::not_found(Resource::Dataset, name.as_str()))
     }
 
-    /// The task if it exists and belongs to the tenant; another tenant's task is not found.
+    /// The task if it exists and belongs to the tenant; another tenant's task, and an id
+    /// that is no task id at all, are not found.
     pub async fn task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
-        match self.store.get(id).await? {
+        let not_found = || Error::not_found(Resource::Task, printable(id));
+        let id = TaskId::parse(id).map_err(|_| not_found())?;
+        match self.store.get(&id).await? {
             Some(task) if task.tenant == tenant.name.as_str() => Ok(task),
-            _ => Err(Error::not_found(Resource::Task, id)),
+            _ => Err(not_found()),
         }
     }
 

@@ -228,7 +228,7 @@ impl Dispatcher for LocalDispatcher {
     async fn submit(&self, task: &Task) -> Result<()> {
         if self.inner.take(&task.id) {
             if let Ok(mut queue) = self.inner.queue.lock() {
-                queue.push(&task.tenant, task.id.clone());
+                queue.push(&task.tenant, task.id.to_string());
             }
             self.inner.pump();
         }

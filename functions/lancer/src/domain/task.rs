@@ -5,8 +5,82 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::path::{LakePath, Name};
+use super::path::{InvalidPath, LakePath, Name};
 use super::tenant::Tenant;
+
+/// A task's id: a name, in practice a UUIDv7 (so ids sort by creation time). A client's
+/// id is parsed before any lookup, and one that cannot parse is no task's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(Name);
+
+impl TaskId {
+    pub fn parse(text: &str) -> Result<Self, InvalidPath> {
+        Name::parse("task id", text).map(Self)
+    }
+
+    /// The id of a task created now: the caller brings the UUID, the domain reads no clock.
+    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
+        Self(Name::parse("task id", &uuid.to_string()).expect("a UUID is a name"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn as_name(&self) -> &Name {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TaskId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for TaskId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for TaskId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for TaskId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> Self {
+        id.as_str().to_owned()
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Lifecycle of a task. Terminal states are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -153,7 +227,8 @@ pub struct Progress {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: TaskId,
     pub tenant: String,
     /// The tenant's folder in the lake: what the script gets as `LANCER_LAKE`.
     #[serde(default)]
@@ -196,7 +271,7 @@ pub struct Task {
 impl Task {
     /// A new pending task of `tenant`, its log at `logs/<id>.log` in the tenant's folder.
     pub fn new(
-        id: &Name,
+        id: &TaskId,
         tenant: &Tenant,
         spec: TaskSpec,
         input_path: Option<LakePath>,
@@ -204,7 +279,7 @@ impl Task {
         now: DateTime<Utc>,
     ) -> Self {
         Self {
-            id: id.to_string(),
+            id: id.clone(),
             tenant: tenant.name.to_string(),
             tenant_root: tenant.root.clone(),
             spec,
@@ -222,17 +297,13 @@ impl Task {
             backend: None,
             endpoint: None,
             sandbox: None,
-            log_path: log_of(&tenant.root, id, 1),
+            log_path: log_of(&tenant.root, id.as_name(), 1),
         }
     }
 
     /// The lake path of one attempt's log.
     pub fn log_of(&self, attempt: u32) -> LakePath {
-        match Name::parse("task id", &self.id) {
-            Ok(id) => log_of(&self.tenant_root, &id, attempt),
-            // Every stored id is a UUID; a record that says otherwise keeps its own path.
-            Err(_) => self.log_path.clone(),
-        }
+        log_of(&self.tenant_root, self.id.as_name(), attempt)
     }
 
     /// The precondition of a compare-and-set write against this record as it is now.
@@ -386,7 +457,7 @@ mod tests {
             max_attempts: 2,
             idempotency_key: None,
         };
-        let id = Name::parse("id", "id").expect("name");
+        let id = TaskId::parse("id").expect("an id");
         let mut task = Task::new(&id, &Tenant::single(), spec, None, None, Utc::now());
         task.status = status;
         task

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
-use crate::error::{Error, Resource};
+use crate::error::{Error, Resource, chain};
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -61,18 +61,6 @@ impl IntoResponse for Error {
         }
         response
     }
-}
-
-/// An error and its sources, outermost first, for the log.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(source) = next {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        next = source.source();
-    }
-    text
 }
 
 /// A JSON body whose rejections are lancer errors: 413 over the body limit, 400 otherwise.

@@ -228,7 +228,7 @@ pub fn script_env(
     let storage_options = serde_json::to_string(&ctx.lake.storage_options()).unwrap_or_default();
     env.extend(
         [
-            ("LANCER_TASK_ID", task.id.clone()),
+            ("LANCER_TASK_ID", task.id.to_string()),
             ("LANCER_ATTEMPT", task.attempt.to_string()),
             ("LANCER_LAKE", ctx.lake.uri_of(&task.tenant_root)),
             ("LANCER_STORAGE_OPTIONS", storage_options),

@@ -45,12 +45,12 @@ impl TaskStore for MemoryTaskStore {
             if let Some(existing) = state.keys.get(&slot).and_then(|id| state.tasks.get(id)) {
                 return existing_for_key(existing.clone(), &task);
             }
-            state.keys.insert(slot, task.id.clone());
+            state.keys.insert(slot, task.id.to_string());
         }
-        if state.tasks.contains_key(&task.id) {
+        if state.tasks.contains_key(task.id.as_str()) {
             return Err(Error::Conflict(format!("task {} already exists", task.id)));
         }
-        state.tasks.insert(task.id.clone(), task.clone());
+        state.tasks.insert(task.id.to_string(), task.clone());
         Ok(Created::New(task))
     }
 

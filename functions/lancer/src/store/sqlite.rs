@@ -140,7 +140,7 @@ impl TaskStore for SqliteTaskStore {
                 "INSERT INTO tasks (id, tenant, status, attempt, idempotency_key, heartbeat_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
                 params![
-                    task.id,
+                    task.id.as_str(),
                     task.tenant,
                     task.status.as_str(),
                     task.attempt,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::task::TaskError;
-use crate::error::Result;
+use crate::error::{Result, chain};
 
 /// Ray's Jobs API answers in milliseconds; anything slower is a head in trouble.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -190,12 +190,12 @@ impl JobsClient {
         let response = request
             .send()
             .await
-            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+            .map_err(|err| RayError::Unreachable(chain(&err)))?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|err| RayError::Unreachable(error_chain(&err)))?;
+            .map_err(|err| RayError::Unreachable(chain(&err)))?;
         if status.is_success() {
             return serde_json::from_str(&body).map_err(|err| {
                 RayError::Broken(status, format!("unreadable answer ({err}): {body}"))
@@ -207,18 +207,6 @@ impl JobsClient {
             Err(RayError::Broken(status, body))
         }
     }
-}
-
-/// An error with its causes, which is where reqwest says "connection refused".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The last `max` characters: a traceback's last lines say what went wrong.

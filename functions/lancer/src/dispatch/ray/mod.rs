@@ -72,7 +72,7 @@ impl Inner {
                 env_vars: self.env.clone(),
             },
             metadata: BTreeMap::from([
-                ("lancer_task_id".to_owned(), task.id.clone()),
+                ("lancer_task_id".to_owned(), task.id.to_string()),
                 ("lancer_task_name".to_owned(), task.spec.name.clone()),
                 ("lancer_tenant".to_owned(), task.tenant.clone()),
             ]),
@@ -283,7 +283,7 @@ mod tests {
         let spec: crate::domain::task::TaskSpec =
             serde_json::from_value(json!({"name": "t", "script": "s.py", "max_attempts": 3}))
                 .expect("spec");
-        let id = crate::domain::path::Name::parse("id", "t1").expect("name");
+        let id = crate::domain::task::TaskId::parse("t1").expect("an id");
         let tenant = crate::domain::tenant::Tenant::single();
         let mut task = Task::new(&id, &tenant, spec, None, None, chrono::Utc::now());
         // Attempt 1's job failed, the task was requeued and job t1-2 submitted; then cancelled.
