@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lancer::dispatch::cancel_in_store;
-use lancer::domain::path::{LakePath, Name};
+use lancer::domain::path::LakePath;
 use lancer::domain::task::{Change, Task, TaskId, TaskSpec, TaskStatus};
-use lancer::domain::tenant::Tenant;
+use lancer::domain::tenant::{Tenant, TenantName};
 use lancer::ports::{Created, Dispatcher, TaskStore};
 use serde_json::json;
 
@@ -35,7 +35,7 @@ pub fn spec(script: &str, params: serde_json::Value) -> TaskSpec {
 async fn stored(f: &Fixture, spec: &TaskSpec) -> Task {
     let id = TaskId::from_uuid(uuid::Uuid::now_v7());
     let tenant = Tenant {
-        name: Name::parse("tenant", "acme").expect("a tenant name"),
+        name: TenantName::parse("acme").expect("a tenant name"),
         root: LakePath::root(),
     };
     let task = Task::new(&id, &tenant, spec.clone(), None, None, chrono::Utc::now());

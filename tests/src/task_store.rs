@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use lancer::Error;
-use lancer::domain::path::{LakePath, Name};
+use lancer::domain::path::LakePath;
 use lancer::domain::task::{
     Change, Guard, Heartbeat, Progress, Task, TaskError, TaskId, TaskSpec, TaskStatus,
 };
-use lancer::domain::tenant::Tenant;
+use lancer::domain::tenant::{Tenant, TenantName};
 use lancer::ports::{Created, ListQuery, TaskStore};
 use serde_json::json;
 
@@ -27,7 +27,7 @@ pub fn spec(name: &str) -> TaskSpec {
 pub fn new_task(tenant: &str, spec: TaskSpec) -> Task {
     let id = TaskId::from_uuid(uuid::Uuid::now_v7());
     let tenant = Tenant {
-        name: Name::parse("tenant", tenant).expect("a tenant name"),
+        name: TenantName::parse(tenant).expect("a tenant name"),
         root: LakePath::root(),
     };
     Task::new(&id, &tenant, spec, None, None, chrono::Utc::now())

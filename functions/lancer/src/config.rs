@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::domain::ingest::IngestRules;
-use crate::domain::path::Name;
+use crate::domain::tenant::TenantName;
 use crate::lake::LakeRoot;
 use crate::sandbox::SandboxMode;
 
@@ -289,7 +289,7 @@ impl Default for Config {
 /// first, so its timing tells nothing about how much of a real key was guessed, and the
 /// keys themselves never sit in memory or in debug output.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApiKeys(HashMap<[u8; 32], Name>);
+pub struct ApiKeys(HashMap<[u8; 32], TenantName>);
 
 fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
@@ -315,7 +315,7 @@ impl ApiKeys {
             }
             keys.insert(
                 key_digest(key),
-                Name::parse("tenant", tenant).map_err(|err| bad(err.to_string()))?,
+                TenantName::parse(tenant).map_err(|err| bad(err.to_string()))?,
             );
         }
         if keys.is_empty() {
@@ -324,7 +324,7 @@ impl ApiKeys {
         Ok(Self(keys))
     }
 
-    pub fn tenant_of(&self, key: &str) -> Option<&Name> {
+    pub fn tenant_of(&self, key: &str) -> Option<&TenantName> {
         self.0.get(&key_digest(key))
     }
 }
@@ -699,7 +699,7 @@ mod tests {
         );
         let keys = config.server.api_keys.expect("keys");
         assert_eq!(
-            keys.tenant_of("secret-key-2").map(Name::as_str),
+            keys.tenant_of("secret-key-2").map(TenantName::as_str),
             Some("globex")
         );
         assert_eq!(keys.tenant_of("nope"), None);

@@ -71,34 +71,6 @@ impl Error {
     pub fn internal(source: impl Into<Source>) -> Self {
         Self::Internal(source.into())
     }
-
-    /// The design document's error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::InvalidRequest(_) => "INVALID_REQUEST",
-            Error::NotFound {
-                kind: Resource::Dataset,
-                ..
-            } => "DATASET_NOT_FOUND",
-            Error::NotFound {
-                kind: Resource::Model,
-                ..
-            } => "MODEL_NOT_FOUND",
-            Error::NotFound {
-                kind: Resource::Task,
-                ..
-            } => "TASK_NOT_FOUND",
-            Error::NotFound {
-                kind: Resource::Route,
-                ..
-            } => "NOT_FOUND",
-            Error::Unauthorized(_) => "UNAUTHORIZED",
-            Error::Conflict(_) | Error::Stale(_) => "CONFLICT",
-            Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
-            Error::Timeout(_) => "REQUEST_TIMEOUT",
-            Error::Internal(_) => "INTERNAL_ERROR",
-        }
-    }
 }
 
 impl From<IllegalTransition> for Error {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::path::{InvalidPath, LakePath, Name};
-use super::tenant::Tenant;
+use super::tenant::{Tenant, TenantName};
 
 /// A task's id: a name, in practice a UUIDv7 (so ids sort by creation time). A client's
 /// id is parsed before any lookup, and one that cannot parse is no task's.
@@ -229,7 +229,8 @@ pub struct Progress {
 pub struct Task {
     #[schema(value_type = String)]
     pub id: TaskId,
-    pub tenant: String,
+    #[schema(value_type = String)]
+    pub tenant: TenantName,
     /// The tenant's folder in the lake: what the script gets as `LANCER_LAKE`.
     #[serde(default)]
     #[schema(value_type = String)]
@@ -280,7 +281,7 @@ impl Task {
     ) -> Self {
         Self {
             id: id.clone(),
-            tenant: tenant.name.to_string(),
+            tenant: tenant.name.clone(),
             tenant_root: tenant.root.clone(),
             spec,
             status: TaskStatus::Pending,

@@ -1,14 +1,74 @@
 //! Tenants: who a request acts for, and the lake folder everything it names lives in.
 
-use super::path::{LakePath, Name};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::path::{InvalidPath, LakePath, Name};
 
 /// The tenant of open single-tenant mode.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// A tenant's name: a `Name`, so it can be the tenant's lake folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantName(Name);
+
+impl TenantName {
+    pub fn parse(text: &str) -> Result<Self, InvalidPath> {
+        Name::parse("tenant", text).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn as_name(&self) -> &Name {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TenantName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for TenantName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for TenantName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for TenantName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The caller, as authentication established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    pub name: Name,
+    pub name: TenantName,
     /// The tenant's folder in the lake: `tenants/<name>` with API keys, else the root.
     pub root: LakePath,
 }
@@ -17,16 +77,16 @@ impl Tenant {
     /// The one tenant of single-tenant mode, which owns the whole lake.
     pub fn single() -> Self {
         Self {
-            name: Name::parse("tenant", DEFAULT_TENANT).expect("the default tenant is a name"),
+            name: TenantName::parse(DEFAULT_TENANT).expect("the default tenant is a name"),
             root: LakePath::root(),
         }
     }
 
     /// A tenant of a multi-tenant lake, kept under `tenants/<name>`.
-    pub fn keyed(name: Name) -> Self {
+    pub fn keyed(name: TenantName) -> Self {
         let tenants = LakePath::parse("tenants", "tenants").expect("a valid folder");
         Self {
-            root: tenants.child(&name),
+            root: tenants.child(name.as_name()),
             name,
         }
     }
@@ -41,7 +101,7 @@ impl Tenant {
     pub fn of_key(key: &LakePath) -> (Self, LakePath) {
         let mut segments = key.segments();
         if let (Some("tenants"), Some(name)) = (segments.next(), segments.next())
-            && let Ok(name) = Name::parse("tenant", name)
+            && let Ok(name) = TenantName::parse(name)
         {
             let tenant = Self::keyed(name);
             let rest = key.strip_prefix(&tenant.root).unwrap_or_default();
@@ -61,7 +121,7 @@ mod tests {
 
     #[test]
     fn keyed_tenants_live_in_their_own_folder() {
-        let acme = Tenant::keyed(Name::parse("t", "acme").expect("name"));
+        let acme = Tenant::keyed(TenantName::parse("acme").expect("name"));
         assert_eq!(
             acme.path(&path("raw/a.csv")).as_str(),
             "tenants/acme/raw/a.csv"

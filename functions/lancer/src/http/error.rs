@@ -25,6 +25,24 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The design document's error code.
+pub fn code_of(err: &Error) -> &'static str {
+    match err {
+        Error::InvalidRequest(_) => "INVALID_REQUEST",
+        Error::NotFound { kind, .. } => match kind {
+            Resource::Dataset => "DATASET_NOT_FOUND",
+            Resource::Model => "MODEL_NOT_FOUND",
+            Resource::Task => "TASK_NOT_FOUND",
+            Resource::Route => "NOT_FOUND",
+        },
+        Error::Unauthorized(_) => "UNAUTHORIZED",
+        Error::Conflict(_) | Error::Stale(_) => "CONFLICT",
+        Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+        Error::Timeout(_) => "REQUEST_TIMEOUT",
+        Error::Internal(_) => "INTERNAL_ERROR",
+    }
+}
+
 pub fn status_of(err: &Error) -> StatusCode {
     match err {
         Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -48,7 +66,7 @@ impl IntoResponse for Error {
         };
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code().to_owned(),
+                code: code_of(&self).to_owned(),
                 message,
             },
         };

@@ -41,7 +41,7 @@ impl TaskStore for MemoryTaskStore {
     async fn create(&self, task: Task) -> Result<Created> {
         let mut state = self.lock()?;
         if let Some(key) = &task.spec.idempotency_key {
-            let slot = (task.tenant.clone(), key.clone());
+            let slot = (task.tenant.to_string(), key.clone());
             if let Some(existing) = state.keys.get(&slot).and_then(|id| state.tasks.get(id)) {
                 return existing_for_key(existing.clone(), &task);
             }

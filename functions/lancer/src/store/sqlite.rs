@@ -141,7 +141,7 @@ impl TaskStore for SqliteTaskStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
                 params![
                     task.id.as_str(),
-                    task.tenant,
+                    task.tenant.as_str(),
                     task.status.as_str(),
                     task.attempt,
                     task.spec.idempotency_key,
@@ -157,7 +157,7 @@ impl TaskStore for SqliteTaskStore {
                     let body: Option<String> = tx
                         .query_row(
                             "SELECT body FROM tasks WHERE tenant = ?1 AND idempotency_key = ?2",
-                            params![task.tenant, task.spec.idempotency_key],
+                            params![task.tenant.as_str(), task.spec.idempotency_key],
                             |row| row.get(0),
                         )
                         .optional()

@@ -74,7 +74,7 @@ impl Inner {
             metadata: BTreeMap::from([
                 ("lancer_task_id".to_owned(), task.id.to_string()),
                 ("lancer_task_name".to_owned(), task.spec.name.clone()),
-                ("lancer_tenant".to_owned(), task.tenant.clone()),
+                ("lancer_tenant".to_owned(), task.tenant.to_string()),
             ]),
         }
     }
