@@ -151,15 +151,24 @@ pub async fn of_two_racing_transitions_exactly_one_wins(f: Fixture) {
             store.transition(&task.id, task.guard(), change).await
         })
     });
-    let mut winners = 0;
+    let mut winners = Vec::new();
     for attempt in attempts {
         match attempt.await.expect("join") {
-            Ok(_) => winners += 1,
+            Ok(won) => winners.push(won),
             Err(Error::Stale(_)) => {}
             Err(other) => panic!("unexpected error {other}"),
         }
     }
-    assert_eq!(winners, 1);
+    assert_eq!(winners.len(), 1, "{winners:#?}");
+    let stored = f.store.get(&task.id).await.expect("get").expect("exists");
+    assert_eq!(
+        stored, winners[0],
+        "the stored record is the winner's write"
+    );
+    assert!(
+        matches!(stored.status, TaskStatus::Running | TaskStatus::Cancelled),
+        "{stored:#?}"
+    );
 }
 
 pub async fn a_stale_guard_is_a_conflict_and_an_unknown_id_not_found(f: Fixture) {
