@@ -74,3 +74,14 @@ def run(input_path, output_path, params):
     print(f"serving on {url}", flush=True)
     server.serve_forever()
 "#;
+
+/// Says its pid, ignores SIGTERM and runs until it is killed: a script only SIGKILL stops.
+pub const STUBBORN_PY: &str = r#"
+import os, signal, time
+
+def run(input_path, output_path, params):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"script pid {os.getpid()}", flush=True)
+    while True:
+        time.sleep(0.1)
+"#;

@@ -270,3 +270,43 @@ pub async fn runner_pid(task_id: &str) -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// The pid a script (`scripts::STUBBORN_PY`) printed as `script pid N` in its task's log.
+pub async fn script_pid(server: &Server, task_id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = server.logs(task_id).await;
+        if let Some(pid) = log
+            .lines()
+            .find_map(|line| line.strip_prefix("script pid "))
+            .and_then(|pid| pid.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the script never said its pid: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a process runs: it exists and is not a zombie waiting to be reaped.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// Waits for a process to end; fails the test if it outlives `limit`.
+pub async fn wait_until_gone(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while is_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} outlived {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use lancer_tests::scripts::{CONTRACT_SH, INGEST_PY, SERVE_PY, SLOW_PY};
-use lancer_tests::server::Server;
+use lancer_tests::scripts::{CONTRACT_SH, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY};
+use lancer_tests::server::{Server, runner_pid, script_pid, wait_until_gone};
 use serde_json::{Value, json};
 
 /// The real head's dashboard URL.
@@ -433,5 +433,27 @@ async fn a_tenants_task_on_ray_sees_its_own_folder_and_no_keys() {
         !job.to_string().contains("acme-key-001"),
         "no key in the job: {job}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_with_sigkill_on_ray_takes_its_script_with_it() {
+    let server = ray_server(&[("stubborn.py", STUBBORN_PY, false)], &ray_address()).await;
+    let id = server
+        .submit_for_id(&json!({"name": "doomed", "script": "stubborn.py"}))
+        .await;
+    let script = script_pid(&server, &id).await;
+    let runner = runner_pid(&id).await.expect("the Ray job's runner");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &runner.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // Nothing on Ray's side stops an orphan: the script must go with its runner.
+    wait_until_gone(script, Duration::from_secs(10)).await;
+    let done = server
+        .wait_until(&id, Duration::from_secs(60), |t| t["status"] == "failed")
+        .await;
+    assert_eq!(done["attempt"], 1, "{done:#}");
     server.stop().await;
 }

@@ -134,9 +134,27 @@ pub fn exec_main(args: Vec<OsString>) -> ExitCode {
         eprintln!("[lancer] sandbox: no program to run");
         return ExitCode::from(2);
     };
+    if let Err(why) = die_with_the_runner() {
+        eprintln!("[lancer] sandbox: {why}");
+        return ExitCode::from(126);
+    }
     let err = std::process::Command::new(first).args(rest).exec();
     eprintln!("[lancer] cannot start the script: {}", err.kind());
     ExitCode::from(127)
+}
+
+/// The script must not outlive its runner: a runner killed with -9 can stop nothing, and
+/// the task's retry would then run beside the old attempt. The kernel sends SIGKILL to
+/// this process (the script, once it execs) when the runner dies, whoever started the
+/// runner: the local dispatcher, or a Ray job.
+fn die_with_the_runner() -> std::result::Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|err| format!("cannot tie the script to its runner: {err}"))?;
+    // The runner may have died before the line above: then the parent is already gone.
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        return Err("the runner is gone".into());
+    }
+    Ok(())
 }
 
 type Parsed = (SandboxMode, Policy, Vec<OsString>);
