@@ -1,5 +1,7 @@
-// Draws a digit's strokes on the MNIST page in headless Chromium and checks that the page
-// shows what the server's /predict answered. Usage: node draw-digit.mjs <page-url> <screenshot.png>
+// Draws a 7 on the MNIST page in headless Chromium and checks that the page shows what the
+// server's /predict answered. Prints the answer and the 784 values the page sent, for the
+// caller to check the conversion and ask /predict itself.
+// Usage: node draw-digit.mjs <page-url> <screenshot.png>
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -48,7 +50,8 @@ try {
   const best = await page.locator("#bars .bar.best").getAttribute("data-digit");
   assert.equal(best, String(body.prediction), "the highlighted bar is the prediction");
   if (screenshot) await page.screenshot({ path: screenshot });
-  console.log(JSON.stringify({ prediction: body.prediction, confidence: body.confidence }));
+  const sent = response.request().postDataJSON();
+  console.log(JSON.stringify({ prediction: body.prediction, confidence: body.confidence, image: sent.image }));
 } finally {
   await browser.close();
 }

@@ -189,7 +189,7 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
         .expect("html");
     assert!(page.contains("<canvas id=\"pad\""));
 
-    draw_in_a_real_browser(&endpoint);
+    draw_in_a_real_browser(&http, &endpoint).await;
 
     assert_eq!(
         server
@@ -209,8 +209,11 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
     server.stop().await;
 }
 
-/// Headless Chromium draws a digit on the page; the page must show the server's answer.
-fn draw_in_a_real_browser(endpoint: &str) {
+/// Headless Chromium draws a 7 on the page. The page must send the 7 it was drawn (ink on
+/// black, MNIST's 20-pixel box centred by mass, the bar on top and the stroke ending at the
+/// bottom left), show the server's answer, and that answer must be 7, as an independent
+/// `/predict` of the same values says too.
+async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
     let browser_dir = repo_root().join("tests/browser");
     let screenshot = std::env::temp_dir().join("lancer-mnist-page.png");
     let output = std::process::Command::new("node")
@@ -228,8 +231,81 @@ fn draw_in_a_real_browser(endpoint: &str) {
     );
     let shown: Value =
         serde_json::from_slice(output.stdout.trim_ascii()).expect("the page's prediction");
+    let image: Vec<f64> = serde_json::from_value(shown["image"].clone()).expect("784 values");
+    assert_a_drawn_seven(&image);
+    let independent: Value = http
+        .post(format!("{endpoint}/predict"))
+        .json(&json!({"image": image}))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        independent["prediction"], shown["prediction"],
+        "{independent}"
+    );
+    assert_eq!(
+        shown["prediction"], 7,
+        "the drawn 7 is read as 7: {independent}"
+    );
+}
+
+/// The 28x28 image a drawn 7 must become.
+fn assert_a_drawn_seven(image: &[f64]) {
+    assert_eq!(image.len(), 784);
+    let ink = |x: usize, y: usize| image[y * 28 + x] > 0.3;
+    let inked: Vec<(usize, usize)> = (0..28)
+        .flat_map(|y| (0..28).map(move |x| (x, y)))
+        .filter(|&(x, y)| ink(x, y))
+        .collect();
+    let shown = || {
+        (0..28)
+            .map(|y| {
+                (0..28)
+                    .map(|x| if ink(x, y) { '#' } else { '.' })
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
-        shown["prediction"].as_u64().is_some_and(|p| p <= 9),
-        "{shown}"
+        (40..=300).contains(&inked.len()),
+        "strokes, not a blank or inverted image:\n{}",
+        shown()
+    );
+    let (xs, ys): (Vec<usize>, Vec<usize>) = inked.iter().copied().unzip();
+    let (left, right) = (
+        *xs.iter().min().unwrap_or(&0),
+        *xs.iter().max().unwrap_or(&0),
+    );
+    let (top, bottom) = (
+        *ys.iter().min().unwrap_or(&0),
+        *ys.iter().max().unwrap_or(&0),
+    );
+    assert!(
+        (18..=22).contains(&(bottom - top + 1)),
+        "the taller side is scaled to 20 px:\n{}",
+        shown()
+    );
+    let centre = |values: &[usize]| values.iter().sum::<usize>() as f64 / values.len() as f64;
+    assert!(
+        (centre(&xs) - 13.5).abs() < 3.0 && (centre(&ys) - 13.5).abs() < 3.0,
+        "centred by mass:\n{}",
+        shown()
+    );
+    let width = right - left + 1;
+    let bar = (left..=right)
+        .filter(|&x| ink(x, top) || ink(x, top + 1))
+        .count();
+    assert!(bar * 3 >= width * 2, "a bar along the top:\n{}", shown());
+    let foot = (left..=right)
+        .filter(|&x| ink(x, bottom))
+        .collect::<Vec<_>>();
+    assert!(
+        centre(&foot) < (left + right) as f64 / 2.0,
+        "the stroke ends at the bottom left:\n{}",
+        shown()
     );
 }
