@@ -364,6 +364,65 @@ async fn cancelling_a_pending_task_stops_it_and_a_second_cancel_is_409() {
 }
 
 #[tokio::test]
+async fn cancelling_a_completed_or_failed_task_is_409_and_changes_nothing() {
+    use lancer::domain::task::{Change, TaskError};
+    let app = TestApp::new(None);
+    let endings = [
+        Change::Complete {
+            result: json!({"done": true}),
+        },
+        Change::Fail {
+            error: TaskError::new("SCRIPT_ERROR", "boom"),
+        },
+    ];
+    for ending in endings {
+        let id = app.post("/api/v1/tasks", &noop("ends"), &[]).await.json()["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let pending = app.store.get(&id).await.expect("get").expect("stored");
+        let start = Change::Start {
+            backend: "test".into(),
+        };
+        let running = app
+            .store
+            .transition(&id, pending.guard(), start)
+            .await
+            .expect("start");
+        let ended = app
+            .store
+            .transition(&id, running.guard(), ending)
+            .await
+            .expect("end");
+        let cancel = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/tasks/{id}/cancel"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (cancel.status, cancel.code().as_str()),
+            (StatusCode::CONFLICT, "CONFLICT"),
+            "{}",
+            cancel.text()
+        );
+        assert!(
+            cancel.text().contains(ended.status.as_str()),
+            "the answer says why: {}",
+            cancel.text()
+        );
+        let after = app.store.get(&id).await.expect("get").expect("stored");
+        assert_eq!(after, ended, "the record is untouched");
+        assert!(
+            app.dispatcher.cancelled().is_empty(),
+            "no runner was signalled"
+        );
+    }
+}
+
+#[tokio::test]
 async fn listing_filters_by_status_and_pages_with_a_token() {
     let app = TestApp::new(None);
     let mut ids = Vec::new();
