@@ -63,6 +63,89 @@ async fn an_executable_following_the_contract_completes_with_its_result() {
     server.stop().await;
 }
 
+/// Prints what the contract gave it; exits with `params.exit`, leaving no result file.
+const EDGES_SH: &str = r#"#!/usr/bin/env bash
+set -uo pipefail
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --input) input=$2 ;; --output) output=$2 ;;
+    --params-file) params=$2 ;; --result-file) result=$2 ;;
+  esac
+  shift 2
+done
+echo "input=[$input] output=[$output]"
+echo "cwd $(pwd)"
+echo "lake $LANCER_LAKE"
+if grep -q '"exit": *3' "$params"; then
+  echo "an earlier complaint" >&2
+  echo "the last line says why" >&2
+  exit 3
+fi
+"#;
+
+#[tokio::test]
+async fn the_run_contract_holds_at_its_edges() {
+    let server = Server::start(&[("edges.sh", EDGES_SH, true)], &[]).await;
+    let mut cwds = Vec::new();
+    for _ in 0..2 {
+        let done = server
+            .run_to_completion(
+                &json!({"name": "edges", "script": "edges.sh", "params": {"exit": 0}}),
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(done["result"], json!({}), "no result file means {{}}");
+        let log = server.logs(done["id"].as_str().expect("id")).await;
+        assert!(
+            log.contains("input=[] output=[]"),
+            "empty paths are passed as \"\": {log}"
+        );
+        let lake = std::fs::canonicalize(server.lake()).expect("lake");
+        assert!(log.contains(&format!("lake {}\n", lake.display())), "{log}");
+        let cwd = log
+            .lines()
+            .find_map(|line| line.strip_prefix("cwd "))
+            .expect("the script said its cwd")
+            .to_owned();
+        assert!(
+            !std::path::Path::new(&cwd).exists(),
+            "the task's temp folder is removed after it: {cwd}"
+        );
+        cwds.push(cwd);
+    }
+    assert_ne!(cwds[0], cwds[1], "each task gets a fresh folder");
+    let failed = server
+        .submit_for_id(&json!({"name": "edges", "script": "edges.sh", "params": {"exit": 3}}))
+        .await;
+    let done = server.wait_finished(&failed, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let message = done["error"]["message"].as_str().expect("message");
+    assert!(message.contains("the last line says why"), "{message}");
+    assert!(!message.contains("an earlier complaint"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_script_failure_is_not_retried_even_with_attempts_left() {
+    let server = Server::start(&[("fail.py", FAIL_PY, false)], &[]).await;
+    let id = server
+        .submit_for_id(&json!({"name": "fails", "script": "fail.py", "max_attempts": 3}))
+        .await;
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (done["status"].as_str(), done["attempt"].as_u64()),
+        (Some("failed"), Some(1))
+    );
+    // Past a lease and a reconcile round, it is still the one failed attempt.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = server.task(&id).await;
+    assert_eq!(
+        (later["status"].as_str(), later["attempt"].as_u64()),
+        (Some("failed"), Some(1))
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_failing_script_ends_failed_with_its_error() {
     let server = Server::start(&[("fail.py", FAIL_PY, false)], &[]).await;
