@@ -595,6 +595,75 @@ async fn datasets_and_models_are_listed_described_and_deleted() {
 }
 
 #[tokio::test]
+async fn datasets_and_models_are_isolated_between_tenants_and_models_list_and_delete() {
+    let app = TestApp::new(Some("acme-secret-key=acme,globex-secret-key=globex"));
+    let seed = LanceSeeder {
+        lake: app.lake.clone(),
+    };
+    seed.dataset("tenants/acme/", "digits", 12).await;
+    seed.model("tenants/acme/", "cnn", &[0.97]).await;
+    let acme = [("Authorization", "Bearer acme-secret-key")];
+    let globex = [("Authorization", "Bearer globex-secret-key")];
+    let ids = |answer: Value| -> Vec<Value> {
+        answer
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|item| item["id"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(app.get("/api/v1/datasets", &acme).await.json()),
+        [json!("digits")]
+    );
+    assert_eq!(
+        ids(app.get("/api/v1/models", &acme).await.json()),
+        [json!("cnn")]
+    );
+    assert_eq!(app.get("/api/v1/datasets", &globex).await.json(), json!([]));
+    assert_eq!(app.get("/api/v1/models", &globex).await.json(), json!([]));
+    for (path, code) in [
+        ("/api/v1/datasets/digits", "DATASET_NOT_FOUND"),
+        ("/api/v1/models/cnn", "MODEL_NOT_FOUND"),
+    ] {
+        let read = app.get(path, &globex).await;
+        assert_eq!(
+            (read.status, read.code()),
+            (StatusCode::NOT_FOUND, code.to_owned())
+        );
+        let delete = app.call(Method::DELETE, path, None, &globex).await;
+        assert_eq!(delete.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            app.get(path, &acme).await.status,
+            StatusCode::OK,
+            "acme's is untouched"
+        );
+    }
+    let borrowed = app
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "steal", "script": "jobs/noop.py", "input": "digits"}),
+            &globex,
+        )
+        .await;
+    assert_eq!(
+        borrowed.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        borrowed.text()
+    );
+    let deleted = app
+        .call(Method::DELETE, "/api/v1/models/cnn", None, &acme)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/models", &acme).await.json(), json!([]));
+    assert_eq!(
+        app.get("/api/v1/models/cnn", &acme).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn logs_are_served_from_an_offset_with_the_next_offset() {
     let app = TestApp::new(None);
     let task = app.post("/api/v1/tasks", &noop("chatty"), &[]).await.json();

@@ -126,6 +126,38 @@ async fn the_run_contract_holds_at_its_edges() {
 }
 
 #[tokio::test]
+async fn serve_flags_override_the_environment() {
+    // The test server passes --host 127.0.0.1 --port 0 --db and --lake in its temp folder.
+    let server = Server::start(
+        &[("contract.sh", CONTRACT_SH, true)],
+        &[
+            ("LANCER_HOST", "not-an-address"),
+            ("LANCER_PORT", "1"),
+            ("LANCER_DB", "/proc/no-such-dir/lancer.db"),
+            ("LANCER_LAKE", "/proc/no-such-dir/lake"),
+        ],
+    )
+    .await;
+    assert!(!server.url.ends_with(":1"), "--port 0 won: {}", server.url);
+    let done = server
+        .run_to_completion(
+            &json!({"name": "flags", "script": "contract.sh", "output": "out"}),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert!(server.dir.path().join("lancer.db").exists(), "--db won");
+    let lake = std::fs::canonicalize(server.lake()).expect("--lake won");
+    assert!(
+        done["result"]["output"]
+            .as_str()
+            .is_some_and(|out| out.starts_with(&lake.display().to_string())),
+        "{done:#}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_script_failure_is_not_retried_even_with_attempts_left() {
     let server = Server::start(&[("fail.py", FAIL_PY, false)], &[]).await;
     let id = server

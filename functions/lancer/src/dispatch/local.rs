@@ -142,11 +142,17 @@ impl Inner {
                 return self.done(&tenant, &task_id, Held::Slot);
             }
         }
-        let spawned = Command::new(&self.runner.program)
+        let mut command = Command::new(&self.runner.program);
+        // The runner's configuration is `runner.env` alone: no API keys, and none of the
+        // server's own variables, which flags may have overridden (a runner that read a
+        // bad LANCER_HOST the server ignored would never start).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LANCER_") {
+                command.env_remove(name);
+            }
+        }
+        let spawned = command
             .arg(&task_id)
-            // A runner needs no API keys; its script's environment is an allow-list anyway.
-            .env_remove("LANCER_API_KEYS")
-            .env_remove("LANCER_API_KEYS_FILE")
             .envs(self.runner.env.iter().cloned())
             .stdin(Stdio::null())
             .process_group(0)
