@@ -97,6 +97,76 @@ impl fmt::Display for Name {
     }
 }
 
+/// A `Name` with a meaning of its own (a task id, a tenant), so one cannot be passed for
+/// the other: parsed with the name rule, read as `&str`, written as a plain string.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $type:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $type($crate::domain::path::Name);
+
+        impl $type {
+            pub fn parse(text: &str) -> Result<Self, $crate::domain::path::InvalidPath> {
+                $crate::domain::path::Name::parse($what, text).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+
+            pub fn as_name(&self) -> &$crate::domain::path::Name {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $type {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $type {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<String> for $type {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+pub(crate) use name_type;
+
 /// A path inside the lake, relative to its root: name segments joined by `/`, or the
 /// root itself (no segment). It can only be built by parsing or by joining two of its
 /// kind, so it never holds `..`, `%`, an empty segment or a character that needs escaping,

@@ -5,80 +5,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::path::{InvalidPath, LakePath, Name};
+use super::path::{LakePath, Name};
 use super::tenant::{Tenant, TenantName};
 
-/// A task's id: a name, in practice a UUIDv7 (so ids sort by creation time). A client's
-/// id is parsed before any lookup, and one that cannot parse is no task's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId(Name);
+super::path::name_type!(
+    /// A task's id: a name, in practice a UUIDv7 (so ids sort by creation time). A
+    /// client's id is parsed before any lookup, and one that cannot parse is no task's.
+    TaskId,
+    "task id"
+);
 
 impl TaskId {
-    pub fn parse(text: &str) -> Result<Self, InvalidPath> {
-        Name::parse("task id", text).map(Self)
-    }
-
     /// The id of a task created now: the caller brings the UUID, the domain reads no clock.
     pub fn from_uuid(uuid: uuid::Uuid) -> Self {
-        Self(Name::parse("task id", &uuid.to_string()).expect("a UUID is a name"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
-    pub fn as_name(&self) -> &Name {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for TaskId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for TaskId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for TaskId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for TaskId {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for TaskId {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl From<TaskId> for String {
-    fn from(id: TaskId) -> Self {
-        id.as_str().to_owned()
-    }
-}
-
-impl Serialize for TaskId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        Self::parse(&uuid.to_string()).expect("a UUID is a name")
     }
 }
 

@@ -1,69 +1,15 @@
 //! Tenants: who a request acts for, and the lake folder everything it names lives in.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use super::path::{InvalidPath, LakePath, Name};
+use super::path::LakePath;
 
 /// The tenant of open single-tenant mode.
 pub const DEFAULT_TENANT: &str = "default";
 
-/// A tenant's name: a `Name`, so it can be the tenant's lake folder.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantName(Name);
-
-impl TenantName {
-    pub fn parse(text: &str) -> Result<Self, InvalidPath> {
-        Name::parse("tenant", text).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
-    pub fn as_name(&self) -> &Name {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for TenantName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Display for TenantName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for TenantName {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for TenantName {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl Serialize for TenantName {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TenantName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+super::path::name_type!(
+    /// A tenant's name: a `Name`, so it can be the tenant's lake folder.
+    TenantName,
+    "tenant"
+);
 
 /// The caller, as authentication established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
