@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::ingest::IngestRules;
 use crate::domain::tenant::TenantName;
-use crate::lake::LakeRoot;
+use crate::lake::{LakeRoot, absolute};
 use crate::sandbox::SandboxMode;
 
 /// A configuration lancer cannot run with; the message names the variable.
@@ -542,7 +542,6 @@ impl Config {
     }
 
     fn runner_value(&self, var: Var) -> Option<String> {
-        let absolute = |path: &PathBuf| LakeRoot::Local(path.clone()).uri();
         let json = |map: &BTreeMap<String, String>| {
             serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
         };

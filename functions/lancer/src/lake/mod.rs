@@ -30,13 +30,19 @@ impl LakeRoot {
     /// trailing slash.
     pub fn uri(&self) -> String {
         match self {
-            Self::Local(path) => std::path::absolute(path)
-                .unwrap_or_else(|_| path.clone())
-                .to_string_lossy()
-                .into_owned(),
+            Self::Local(path) => absolute(path),
             Self::Url(url) => url.as_str().trim_end_matches('/').to_owned(),
         }
     }
+}
+
+/// A local path made absolute against the current directory, as a child process that
+/// runs elsewhere must be given it; unchanged if that cannot be done.
+pub fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl fmt::Display for LakeRoot {
