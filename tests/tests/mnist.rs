@@ -136,30 +136,14 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
     let http = reqwest::Client::new();
 
     let (images, labels) = test_digits(&server.lake(), 200);
-    let single: Value = http
-        .post(format!("{endpoint}/predict"))
-        .json(&json!({"image": images[0]}))
-        .send()
-        .await
-        .expect("predict")
-        .json()
-        .await
-        .expect("json");
+    let single = predict(&http, &endpoint, json!({"image": images[0]})).await;
     assert_eq!(single["probabilities"].as_array().map(Vec::len), Some(10));
     assert!(
         single["confidence"]
             .as_f64()
             .is_some_and(|c| c > 0.0 && c <= 1.0)
     );
-    let batch: Value = http
-        .post(format!("{endpoint}/predict"))
-        .json(&json!({"images": images}))
-        .send()
-        .await
-        .expect("predict")
-        .json()
-        .await
-        .expect("json");
+    let batch = predict(&http, &endpoint, json!({"images": images})).await;
     let answers = batch.as_array().expect("one answer per image");
     assert_eq!(answers.len(), 200);
     assert_eq!(answers[0]["prediction"], single["prediction"]);
@@ -233,15 +217,7 @@ async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
         serde_json::from_slice(output.stdout.trim_ascii()).expect("the page's prediction");
     let image: Vec<f64> = serde_json::from_value(shown["image"].clone()).expect("784 values");
     assert_a_drawn_seven(&image);
-    let independent: Value = http
-        .post(format!("{endpoint}/predict"))
-        .json(&json!({"image": image}))
-        .send()
-        .await
-        .expect("predict")
-        .json()
-        .await
-        .expect("json");
+    let independent = predict(http, endpoint, json!({"image": image})).await;
     assert_eq!(
         independent["prediction"], shown["prediction"],
         "{independent}"
@@ -250,6 +226,18 @@ async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
         shown["prediction"], 7,
         "the drawn 7 is read as 7: {independent}"
     );
+}
+
+/// `/predict`'s answer to a body it accepts.
+async fn predict(http: &reqwest::Client, endpoint: &str, body: Value) -> Value {
+    http.post(format!("{endpoint}/predict"))
+        .json(&body)
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json")
 }
 
 /// The 28x28 image a drawn 7 must become.
