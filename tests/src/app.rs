@@ -191,6 +191,12 @@ impl TestApp {
         self.call(Method::GET, path, None, headers).await
     }
 
+    /// `POST /api/v1/tasks/{id}/cancel`.
+    pub async fn cancel(&self, id: &str, headers: &[(&str, &str)]) -> Answer {
+        let path = format!("/api/v1/tasks/{id}/cancel");
+        self.call(Method::POST, &path, None, headers).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
         self.call(
             Method::POST,

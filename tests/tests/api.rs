@@ -337,26 +337,12 @@ async fn cancelling_a_pending_task_stops_it_and_a_second_cancel_is_409() {
         .await
         .json();
     let id = task["id"].as_str().expect("id");
-    let cancelled = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/cancel"),
-            None,
-            &[],
-        )
-        .await;
+    let cancelled = app.cancel(id, &[]).await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
     assert_eq!(cancelled.json()["status"], "cancelled");
     assert!(cancelled.json()["finished_at"].is_string());
     assert_eq!(app.dispatcher.cancelled(), vec![id.to_owned()]);
-    let again = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/cancel"),
-            None,
-            &[],
-        )
-        .await;
+    let again = app.cancel(id, &[]).await;
     assert_eq!(
         (again.status, again.code().as_str()),
         (StatusCode::CONFLICT, "CONFLICT")
@@ -394,14 +380,7 @@ async fn cancelling_a_completed_or_failed_task_is_409_and_changes_nothing() {
             .transition(&id, running.guard(), ending)
             .await
             .expect("end");
-        let cancel = app
-            .call(
-                Method::POST,
-                &format!("/api/v1/tasks/{id}/cancel"),
-                None,
-                &[],
-            )
-            .await;
+        let cancel = app.cancel(&id, &[]).await;
         assert_eq!(
             (cancel.status, cancel.code().as_str()),
             (StatusCode::CONFLICT, "CONFLICT"),
@@ -434,14 +413,7 @@ async fn listing_filters_by_status_and_pages_with_a_token() {
                 .clone(),
         );
     }
-    let cancel = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/tasks/{}/cancel", ids[0].as_str().expect("id")),
-            None,
-            &[],
-        )
-        .await;
+    let cancel = app.cancel(ids[0].as_str().expect("id"), &[]).await;
     assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.text());
     assert_eq!(
         (&cancel.json()["id"], cancel.json()["status"].as_str()),
@@ -525,14 +497,7 @@ async fn api_keys_are_required_and_tenants_are_isolated() {
             "{path}"
         );
     }
-    let cancel = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/cancel"),
-            None,
-            &globex,
-        )
-        .await;
+    let cancel = app.cancel(id, &globex).await;
     assert_eq!(cancel.status, StatusCode::NOT_FOUND);
     assert_eq!(
         app.get("/api/v1/tasks", &globex).await.json()["tasks"],
