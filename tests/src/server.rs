@@ -310,3 +310,12 @@ pub async fn wait_until_gone(pid: u32, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Kills a process with SIGKILL, as a crash or the OOM killer would.
+pub fn kill_9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid}");
+}

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use lancer_tests::scripts::{CONTRACT_SH, FAIL_PY, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY};
-use lancer_tests::server::{Server, bin_dir, is_alive, runner_pid, script_pid, wait_until_gone};
+use lancer_tests::server::{
+    Server, bin_dir, is_alive, kill_9, runner_pid, script_pid, wait_until_gone,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -268,11 +270,7 @@ async fn a_runner_killed_with_sigkill_takes_its_script_and_leaves_its_task_faile
         .await;
     let script = script_pid(&server, &id).await;
     let pid = runner_pid(&id).await.expect("runner pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill_9(pid);
     wait_until_gone(script, Duration::from_secs(10)).await;
     let done = server
         .wait_until(&id, Duration::from_secs(30), |t| t["status"] != "running")
@@ -310,10 +308,7 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = runner_pid(&id).await.expect("runner pid");
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
+    kill_9(pid);
     let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["attempt"], 2);

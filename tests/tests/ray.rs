@@ -8,7 +8,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
 use lancer_tests::scripts::{CONTRACT_SH, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY};
-use lancer_tests::server::{Server, runner_pid, script_pid, wait_until_gone};
+use lancer_tests::server::{Server, kill_9, runner_pid, script_pid, wait_until_gone};
 use serde_json::{Value, json};
 
 /// The real head's dashboard URL.
@@ -464,11 +464,7 @@ async fn a_runner_killed_with_sigkill_on_ray_takes_its_script_with_it() {
         .await;
     let script = script_pid(&server, &id).await;
     let runner = runner_pid(&id).await.expect("the Ray job's runner");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &runner.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill_9(runner);
     // Nothing on Ray's side stops an orphan: the script must go with its runner.
     wait_until_gone(script, Duration::from_secs(10)).await;
     let done = server
