@@ -57,6 +57,8 @@ pub fn python() -> String {
 pub struct Server {
     pub url: String,
     pub dir: tempfile::TempDir,
+    scripts_dir: PathBuf,
+    env: Vec<(String, String)>,
     child: Child,
     http: reqwest::Client,
 }
@@ -125,9 +127,38 @@ impl Server {
         Server {
             url,
             dir,
+            scripts_dir: scripts_dir.to_owned(),
+            env: extra_env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
             child,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The same server, its requests carrying `key` as a bearer API key.
+    pub fn with_api_key(mut self, key: &str) -> Server {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {key}").parse().expect("a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an http client");
+        self
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, leaving its runners, task table and
+    /// lake; then starts a new one on them (on a new port).
+    pub async fn crash_and_restart(mut self) -> Server {
+        self.child.kill().await.expect("kill lancer serve");
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        Self::start_in(self.dir, &self.scripts_dir, &env).await
     }
 
     pub fn lake(&self) -> PathBuf {

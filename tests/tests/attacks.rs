@@ -268,6 +268,23 @@ async fn auth_fails_closed_on_an_empty_key_set_and_an_open_server_beyond_loopbac
     // Refused before it binds anything.
     let (ok, stderr) = serve_refused(&[], &["--host", "0.0.0.0"]).await;
     assert!(!ok && stderr.contains("LANCER_ALLOW_OPEN"), "{stderr}");
+    for host in ["0.0.0.0", "::", "10.1.2.3"] {
+        let (ok, stderr) = serve_refused(&[("LANCER_HOST", host)], &[]).await;
+        assert!(
+            !ok && stderr.contains("LANCER_ALLOW_OPEN"),
+            "{host}: {stderr}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty-keys");
+    std::fs::write(&empty, "\n\n").expect("write");
+    let empty = empty.to_str().expect("utf-8");
+    let (ok, stderr) = serve_refused(&[("LANCER_API_KEYS_FILE", empty)], &[]).await;
+    assert!(!ok && stderr.contains("none was given"), "{stderr}");
+    let missing = dir.path().join("no-such-file");
+    let missing = missing.to_str().expect("utf-8");
+    let (ok, stderr) = serve_refused(&[("LANCER_API_KEYS_FILE", missing)], &[]).await;
+    assert!(!ok && stderr.contains("LANCER_API_KEYS_FILE"), "{stderr}");
 }
 
 /// `count` connections that each start a request and never finish its headers.

@@ -474,3 +474,241 @@ async fn a_log_of_megabytes_is_served_in_chunks_and_read_back_whole_by_the_cli()
     }
     server.stop().await;
 }
+
+/// How many of `ids` are running, and how many pending.
+async fn running_and_pending(server: &Server, ids: &[String]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for id in ids {
+        match server.task(id).await["status"].as_str() {
+            Some("running") => counts.0 += 1,
+            Some("pending") => counts.1 += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn lancer_concurrency_runs_that_many_batch_tasks_and_the_next_one_waits() {
+    for slots in [1, 2] {
+        let server = Server::start(
+            &[("slow.py", SLOW_PY, false)],
+            &[("LANCER_CONCURRENCY", &slots.to_string())],
+        )
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..=slots {
+            let spec = json!({"name": "slot", "script": "slow.py", "params": {"steps": 600}});
+            ids.push(server.submit_for_id(&spec).await);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (running, _) = running_and_pending(&server, &ids).await;
+            assert!(running <= slots, "{running} ran with {slots} slots");
+            if running == slots {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{slots} never ran");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for _ in 0..10 {
+            assert_eq!(
+                running_and_pending(&server, &ids).await,
+                (slots, 1),
+                "with {slots} slots, {slots} run and the next waits"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for id in &ids {
+            server.post(&format!("/tasks/{id}/cancel")).await;
+            server.wait_finished(id, Duration::from_secs(30)).await;
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn pending_and_running_tasks_are_picked_up_after_the_server_crashes() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let running = server
+        .submit_for_id(&json!({"name": "first", "script": "slow.py", "params": {"steps": 40}}))
+        .await;
+    let waiting = server
+        .submit_for_id(&json!({"name": "second", "script": "slow.py", "params": {"steps": 5}}))
+        .await;
+    server.wait_for_status(&running, "running").await;
+    assert_eq!(server.task(&waiting).await["status"], "pending");
+    let runner = runner_pid(&running).await.expect("a runner works on it");
+
+    let server = server.crash_and_restart().await;
+    assert!(is_alive(runner), "the runner outlives the server");
+    for (id, steps) in [(&running, 40), (&waiting, 5)] {
+        let done = server.wait_finished(id, Duration::from_secs(90)).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+        assert_eq!(done["result"], json!({"steps": steps}));
+        assert_eq!(done["attempt"], 1, "the running task was not run again");
+    }
+    server.stop().await;
+}
+
+/// Saves a one-row model version the way the MNIST trainer does: metrics and params as JSON.
+const MODEL_PY: &str = r#"
+import json, os
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    table = pa.table({
+        "weights": [b"\x00\x01"],
+        "metrics": [json.dumps({"accuracy": params["accuracy"]})],
+        "params": [json.dumps(params)],
+        "created_at": ["2026-12-01T00:00:00Z"],
+    })
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    lance.write_dataset(table, output_path, mode="append", storage_options=options)
+    return {}
+"#;
+
+/// Runs the CLI against a keyed server with `LANCER_API_KEY` set to `key`.
+fn lancer_cli_as(server: &Server, key: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin_dir().join("lancer"))
+        .args(args)
+        .env("LANCER_URL", &server.url)
+        .env("LANCER_API_KEY", key)
+        .output()
+        .expect("run lancer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `lancer tasks get` until the task's status is `status`.
+async fn cli_wait_for(lancer: impl Fn(&[&str]) -> (bool, String, String), id: &str, status: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, stdout, _) = lancer(&["tasks", "get", id]);
+        let task: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+        if task["status"] == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {status}: {stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The id of the task a `tasks submit` printed.
+fn submitted_id(stdout: &str) -> String {
+    let task: serde_json::Value = serde_json::from_str(stdout).expect("submit prints the task");
+    task["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn the_cli_with_an_api_key_follows_a_log_cancels_a_task_and_gets_a_model() {
+    let server = Server::start(
+        &[("slow.py", SLOW_PY, false), ("model.py", MODEL_PY, false)],
+        &[("LANCER_API_KEYS", "cli-key-for-acme=acme")],
+    )
+    .await;
+    let lancer = |args: &[&str]| lancer_cli_as(&server, "cli-key-for-acme", args);
+    let (ok, _, stderr) = lancer_cli_as(&server, "a-wrong-key", &["tasks", "list"]);
+    assert!(!ok && stderr.contains("UNAUTHORIZED"), "{stderr}");
+
+    let (ok, stdout, stderr) = lancer(&[
+        "tasks", "submit", "--name", "f", "--script", "slow.py", "--param", "steps=12",
+    ]);
+    assert!(ok, "{stderr}");
+    let followed = submitted_id(&stdout);
+    let (ok, stdout, stderr) = lancer(&["tasks", "logs", "-f", &followed]);
+    assert!(ok, "{stderr}");
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
+    let expected: Vec<String> = (0..12).map(|n| format!("step {n}")).collect();
+    assert_eq!(
+        steps, expected,
+        "-f prints the whole log, once, until the end"
+    );
+    let (_, stdout, _) = lancer(&["tasks", "get", &followed]);
+    assert!(
+        stdout.contains("\"completed\""),
+        "-f returns once the task ended: {stdout}"
+    );
+
+    let (ok, stdout, _) = lancer(&["tasks", "submit", "--name", "c", "--script", "slow.py"]);
+    assert!(ok);
+    let cancelled = submitted_id(&stdout);
+    cli_wait_for(lancer, &cancelled, "running").await;
+    let (ok, stdout, stderr) = lancer(&["tasks", "cancel", &cancelled]);
+    assert!(ok && stdout.contains(&cancelled), "{stdout}{stderr}");
+    cli_wait_for(lancer, &cancelled, "cancelled").await;
+
+    for accuracy in ["0.91", "0.97"] {
+        let param = format!("accuracy={accuracy}");
+        let (ok, _, stderr) = lancer(&[
+            "tasks",
+            "submit",
+            "--name",
+            "m",
+            "--script",
+            "model.py",
+            "--output",
+            "models/digits",
+            "--param",
+            &param,
+            "--wait",
+        ]);
+        assert!(ok, "{stderr}");
+    }
+    let (ok, stdout, stderr) = lancer(&["models", "get", "digits"]);
+    assert!(ok, "{stderr}");
+    let model: serde_json::Value = serde_json::from_str(&stdout).expect("models get prints json");
+    assert_eq!(model["id"], "digits");
+    assert_eq!(
+        model["model"]["metrics"],
+        json!({"accuracy": 0.97}),
+        "{model:#}"
+    );
+    assert_eq!(model["versions"].as_array().map(Vec::len), Some(2));
+    let (ok, stdout, _) = lancer(&["models", "list"]);
+    assert!(ok && stdout.contains("digits"), "{stdout}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_are_read_from_lancer_api_keys_file_and_tasks_run_through_lancer_runner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("api-keys");
+    std::fs::write(&keys, "file-key-for-acme=acme\nfile-key-for-beta=beta\n").expect("keys");
+    let calls = dir.path().join("runner-calls");
+    let runner = dir.path().join("wrapped-runner");
+    let wrapper = format!(
+        "#!/bin/sh\necho \"$1\" >> '{}'\nexec '{}' \"$@\"\n",
+        calls.display(),
+        bin_dir().join("lancer-runner").display()
+    );
+    std::fs::write(&runner, wrapper).expect("runner");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let env = [
+        ("LANCER_API_KEYS_FILE", keys.to_str().expect("utf-8")),
+        ("LANCER_RUNNER", runner.to_str().expect("utf-8")),
+    ];
+    let server = Server::start(&[("contract.sh", CONTRACT_SH, true)], &env).await;
+    let unkeyed = reqwest::get(server.api("/tasks")).await.expect("get");
+    assert_eq!(unkeyed.status(), 401, "the file's keys are required");
+
+    let server = server.with_api_key("file-key-for-beta");
+    let done = server
+        .run_to_completion(
+            &json!({"name": "wrapped", "script": "contract.sh", "params": {"k": 1}}),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(done["tenant"], "beta", "the key's tenant from the file");
+    let called = std::fs::read_to_string(&calls).expect("LANCER_RUNNER was started");
+    assert_eq!(called.trim(), done["id"].as_str().expect("id"));
+    server.stop().await;
+}
