@@ -292,6 +292,91 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
     );
 }
 
+pub async fn a_requeued_task_waits_again_and_its_old_attempt_can_no_longer_write(f: Fixture) {
+    let task = created(
+        f.store.as_ref(),
+        new_task("acme", keyed("again", "k-requeue")),
+    )
+    .await;
+    let first = started(f.store.as_ref(), &task).await;
+    let beat = Heartbeat {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..Heartbeat::default()
+    };
+    let first = f
+        .store
+        .heartbeat(&task.id, first.attempt, beat)
+        .await
+        .expect("heartbeat");
+    let lost = TaskError::new("LEASE_EXPIRED", "the runner of attempt 1 went silent");
+    let requeued = f
+        .store
+        .transition(
+            &task.id,
+            first.guard(),
+            Change::Requeue {
+                error: lost.clone(),
+            },
+        )
+        .await
+        .expect("requeue");
+    assert_eq!(requeued.status, TaskStatus::Pending);
+    assert_eq!(
+        requeued.attempt, 1,
+        "the next start counts the next attempt"
+    );
+    assert_eq!(requeued.error, Some(lost));
+    assert_eq!((requeued.endpoint, requeued.heartbeat_at), (None, None));
+    assert_eq!(
+        f.store
+            .get(&task.id)
+            .await
+            .expect("get")
+            .as_ref()
+            .map(|t| t.status),
+        Some(TaskStatus::Pending)
+    );
+    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
+    let stale = f.store.stale_running(far_future).await.expect("stale");
+    assert!(stale.iter().all(|t| t.id != task.id), "no longer running");
+
+    let old = f.store.heartbeat(&task.id, 1, Heartbeat::default()).await;
+    assert!(
+        matches!(old, Err(Error::Stale(_))),
+        "the old attempt's heartbeat: {old:?}"
+    );
+    let done = Change::Complete {
+        result: json!({"late": true}),
+    };
+    let old = f.store.transition(&task.id, first.guard(), done).await;
+    assert!(
+        matches!(old, Err(Error::Stale(_))),
+        "the old attempt's result: {old:?}"
+    );
+
+    let second = started(
+        f.store.as_ref(),
+        &f.store.get(&task.id).await.expect("get").expect("task"),
+    )
+    .await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.error, None);
+    assert!(
+        second.log_path.as_str().ends_with("/2.log"),
+        "{}",
+        second.log_path
+    );
+    let again = f
+        .store
+        .create(new_task("acme", keyed("again", "k-requeue")))
+        .await
+        .expect("create");
+    assert!(
+        matches!(again, Created::Existing(t) if t.id == task.id),
+        "the key still names it"
+    );
+}
+
 pub async fn listing_pages_through_a_tenants_tasks_newest_first(f: Fixture) {
     let mut ids = Vec::new();
     for n in 0..23 {
@@ -407,6 +492,7 @@ macro_rules! task_store_conformance {
             a_stale_guard_is_a_conflict_and_an_unknown_id_not_found,
             terminal_states_refuse_every_change,
             heartbeats_record_progress_only_for_the_running_attempt,
+            a_requeued_task_waits_again_and_its_old_attempt_can_no_longer_write,
             listing_pages_through_a_tenants_tasks_newest_first,
             listing_filters_by_status,
             stale_running_finds_only_tasks_with_old_heartbeats,

@@ -198,6 +198,31 @@ async fn bad_requests_get_their_exact_4xx_code() {
             "INVALID_REQUEST",
         ),
         (
+            "zero cpus",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"cpus":0}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "more gpus than any machine",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"gpus":100000}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "memory past 16 TiB",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"memory_mb":17592186044417}}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "an unknown resource",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"tpus":1}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
             "oversized params",
             serde_json::to_vec(
                 &json!({"name":"a","script":"jobs/noop.py","params":{"blob": big_params}}),
@@ -793,4 +818,53 @@ async fn two_hundred_concurrent_keyed_submissions_lose_and_duplicate_nothing() {
         100,
         "each dispatched once"
     );
+}
+
+#[tokio::test]
+async fn a_failing_task_table_answers_500_and_keeps_the_details_out_of_the_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("tasks.db");
+    let store = lancer::store::sqlite::SqliteTaskStore::open(&db).expect("open");
+    let app = TestApp::with_store(None, std::sync::Arc::new(store));
+    let before = app.post("/api/v1/tasks", &noop("before"), &[]).await.json();
+    let id = before["id"].as_str().expect("id");
+    // The table disappears under the server, as with a replaced or damaged database file.
+    rusqlite::Connection::open(&db)
+        .and_then(|db| db.execute_batch("DROP TABLE tasks"))
+        .expect("drop the table");
+    let calls = [
+        (Method::GET, "/api/v1/tasks".to_owned(), None),
+        (Method::GET, format!("/api/v1/tasks/{id}"), None),
+        (Method::POST, format!("/api/v1/tasks/{id}/cancel"), None),
+        (
+            Method::POST,
+            "/api/v1/tasks".to_owned(),
+            Some(noop("after").to_string().into_bytes()),
+        ),
+    ];
+    let dir_text = dir.path().to_string_lossy().to_lowercase();
+    for (method, path, body) in calls {
+        let answer = app.call(method.clone(), &path, body, &[]).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR".to_owned()
+            ),
+            "{method} {path}: {}",
+            answer.text()
+        );
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!message.is_empty(), "{method} {path} says something");
+        let body = answer.text().to_lowercase();
+        for detail in ["no such table", "sqlite", "tasks.db", "drop", &dir_text] {
+            assert!(
+                !body.contains(detail),
+                "{method} {path} leaks {detail:?}: {body}"
+            );
+        }
+    }
 }

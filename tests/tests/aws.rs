@@ -80,32 +80,59 @@ async fn the_api_function_answers_api_gateway_events_from_dynamodb() {
     api.stop().await;
 }
 
-#[tokio::test]
-async fn the_scheduled_sweeper_fails_a_task_whose_runner_went_silent() {
-    let (store, _bucket, env) = deployment().await;
-    let spec: TaskSpec =
-        serde_json::from_value(json!({"name": "lost", "script": "x.py"})).expect("spec");
-    let id = TaskId::parse("01900000-0000-7000-8000-000000000001").expect("an id");
+/// A task started as attempt 1 whose runner never heartbeats.
+async fn silent_task(store: &DynamoTaskStore, id: &str, spec: Value) -> Task {
+    let spec: TaskSpec = serde_json::from_value(spec).expect("spec");
+    let id = TaskId::parse(id).expect("an id");
     let task = Task::new(&id, &Tenant::single(), spec, None, None, chrono::Utc::now());
     store.create(task.clone()).await.expect("create");
-    let running = store
-        .transition(
-            &task.id,
-            task.guard(),
-            Change::Start {
-                backend: "local".into(),
-            },
-        )
+    let start = Change::Start {
+        backend: "local".into(),
+    };
+    store
+        .transition(&task.id, task.guard(), start)
         .await
-        .expect("start");
-    // Its runner never heartbeats; after the 5 s lease the next scheduled run ends it.
+        .expect("start")
+}
+
+#[tokio::test]
+async fn the_scheduled_sweeper_fails_a_silent_runners_task_or_requeues_it_while_attempts_remain() {
+    let (store, _bucket, env) = deployment().await;
+    let lost = silent_task(
+        &store,
+        "01900000-0000-7000-8000-000000000001",
+        json!({"name": "lost", "script": "tests/bench/noop.py"}),
+    )
+    .await;
+    let retried = silent_task(
+        &store,
+        "01900000-0000-7000-8000-000000000002",
+        json!({"name": "retried", "script": "tests/bench/noop.py", "max_attempts": 2}),
+    )
+    .await;
+    // Their runners never heartbeat; after the 5 s lease the next scheduled run sees them.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let sweeper = LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await;
     let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
     assert_eq!(sweeper.invoke(scheduled).await, Ok(json!({"swept": true})));
-    let swept = store.get(&running.id).await.expect("get").expect("exists");
+    let swept = store.get(&lost.id).await.expect("get").expect("exists");
     assert_eq!(swept.status.as_str(), "failed");
     assert_eq!(swept.error.expect("error").code, "LEASE_EXPIRED");
+    // The other went back to pending in DynamoDB, and the sweeper started its attempt 2.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let task = store.get(&retried.id).await.expect("get").expect("exists");
+        if task.status.is_terminal() {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "never retried: {task:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        (again.status.as_str(), again.attempt),
+        ("completed", 2),
+        "{again:?}"
+    );
     sweeper.stop().await;
 }
 
