@@ -127,9 +127,7 @@ mod ray {
     use lancer::dispatch::ray::RayDispatcher;
 
     async fn make() -> Fixture {
-        let address = std::env::var("RAY_ADDRESS").unwrap_or_else(|_| {
-            panic!("RAY_ADDRESS is not set: start a local head with `eval \"$(scripts/ray up)\"` (tests/run does)")
-        });
+        let address = lancer_tests::ray::ray_address();
         let backend = [
             ("LANCER_BACKEND", "ray".to_owned()),
             ("RAY_ADDRESS", address.clone()),
