@@ -111,13 +111,28 @@ impl LambdaFunction {
 
     /// An API Gateway HTTP API (payload 2.0) request; answers (status, headers, body).
     pub async fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.http_as(None, method, path, body).await
+    }
+
+    /// As `http`, with `key` as the bearer API key when given.
+    pub async fn http_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let (raw_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut headers = json!({"content-type": "application/json", "host": "api.local"});
+        if let Some(key) = key {
+            headers["authorization"] = json!(format!("Bearer {key}"));
+        }
         let event = json!({
             "version": "2.0",
             "routeKey": "$default",
             "rawPath": raw_path,
             "rawQueryString": query,
-            "headers": {"content-type": "application/json", "host": "api.local"},
+            "headers": headers,
             "requestContext": {
                 "accountId": "000000000000", "apiId": "local", "domainName": "api.local",
                 "domainPrefix": "api", "requestId": "req", "routeKey": "$default",

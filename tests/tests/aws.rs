@@ -220,3 +220,45 @@ async fn uploading_mnist_to_the_bucket_ingests_it_once_and_the_api_lists_the_dat
     ingest.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn deployed_as_on_aws_the_api_function_hands_keyed_tasks_to_the_ray_head_and_may_freeze() {
+    let (store, _bucket, mut env) = deployment().await;
+    env.extend([
+        ("LANCER_BACKEND", "ray".to_owned()),
+        ("RAY_ADDRESS", lancer_tests::ray::ray_address()),
+        ("LANCER_API_KEYS", "lambda-key-for-acme=acme".to_owned()),
+    ]);
+    let api = LambdaFunction::start(&bin_dir().join("lancer-api"), "api", &env).await;
+    let spec =
+        json!({"name": "on-ray", "script": "tests/bench/noop.py", "resources": {"cpus": 0.5}});
+    let (status, _) = api.http("POST", "/api/v1/tasks", Some(&spec)).await;
+    assert_eq!(status, 401, "keys are required");
+    let key = Some("lambda-key-for-acme");
+    let (status, created) = api.http_as(key, "POST", "/api/v1/tasks", Some(&spec)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    // Lambda may freeze or recycle the function as soon as it has answered: nothing it
+    // started in the background is to be relied on. The scheduled sweeper reconciles.
+    api.stop().await;
+    let sweeper = LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await;
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    assert_eq!(sweeper.invoke(scheduled).await, Ok(json!({"swept": true})));
+    sweeper.stop().await;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let task = store.get(&id).await.expect("get").expect("exists");
+        if task.status.is_terminal() {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "never ran on Ray: {task:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done.status.as_str(), "completed", "{done:?}");
+    assert_eq!(done.backend.as_deref(), Some("ray"));
+    assert_eq!(done.tenant.to_string(), "acme");
+    let jobs = lancer_tests::ray::jobs_of_task(&id).await;
+    assert_eq!(jobs.len(), 1, "one job, whoever submitted it: {jobs:#?}");
+    assert_eq!(jobs[0]["metadata"]["lancer_tenant"], "acme");
+}
