@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use lancer::domain::path::LakePath;
 use lancer::domain::task::{Change, Task, TaskId, TaskSpec};
 use lancer::domain::tenant::Tenant;
-use lancer::ports::TaskStore;
+use lancer::lake::lance::LanceLake;
+use lancer::ports::{Lake, Stored, TaskStore};
 use lancer::store::dynamodb::DynamoTaskStore;
 use lancer_tests::aws::{
     create_bucket, drain_queue, dynamodb_client, notify_queue_of_uploads, put_object, sqs_event,
@@ -261,4 +263,84 @@ async fn deployed_as_on_aws_the_api_function_hands_keyed_tasks_to_the_ray_head_a
     let jobs = lancer_tests::ray::jobs_of_task(&id).await;
     assert_eq!(jobs.len(), 1, "one job, whoever submitted it: {jobs:#?}");
     assert_eq!(jobs[0]["metadata"]["lancer_tenant"], "acme");
+}
+
+/// Hands every message to the ingest function as SQS would, then each message's S3 event
+/// as a direct S3 trigger would; the ids of the tasks it created.
+async fn ingest_each_way(
+    ingest: &LambdaFunction,
+    queue_arn: &str,
+    messages: &[Value],
+) -> Vec<String> {
+    let mut events = vec![sqs_event(queue_arn, messages)];
+    for message in messages {
+        let body: Value =
+            serde_json::from_str(message["Body"].as_str().expect("a body")).expect("S3 event json");
+        // S3's test event goes to a queue when notifications are set up; a direct trigger
+        // never sees it.
+        if body["Records"].is_array() {
+            events.push(body);
+        }
+    }
+    let mut created = Vec::new();
+    for event in events {
+        let answer = ingest
+            .invoke(event)
+            .await
+            .expect("ingest handles the event");
+        for id in answer["created"].as_array().expect("created") {
+            created.push(id.as_str().expect("id").to_owned());
+        }
+    }
+    created
+}
+
+#[tokio::test]
+async fn without_require_each_object_is_an_upload_whether_put_whole_or_in_parts_or_sent_directly() {
+    let (store, bucket, mut env) = deployment().await;
+    let rules = json!([{"name": "csv", "prefix": "raw/csv/", "script": "tests/bench/noop.py",
+                        "output": "rows"}]);
+    env.push(("LANCER_INGEST_RULES", rules.to_string()));
+    let (queue, queue_arn) = notify_queue_of_uploads(&bucket, "raw/").await;
+    let ingest = LambdaFunction::start(&bin_dir().join("lancer-ingest"), "ingest", &env).await;
+
+    // Written as any S3 client would (signed, with the environment's credentials): one
+    // object whole, one in two parts through S3's multipart API.
+    let lake = LanceLake::open(&format!("s3://{bucket}"), Default::default()).expect("lake");
+    let small = LakePath::parse("key", "raw/csv/small.csv").expect("path");
+    lake.put(&small, b"a,b\n1,2\n".to_vec()).await.expect("put");
+    let large = LakePath::parse("key", "raw/csv/large.csv").expect("path");
+    let parts = [vec![b'x'; 5 << 20], b"the last part\n".to_vec()];
+    let body = futures::stream::iter(parts.map(|part| Ok(bytes::Bytes::from(part))));
+    let stored = lake.put_stream(&large, Box::pin(body), 1 << 30).await;
+    assert_eq!(
+        stored.expect("multipart upload"),
+        Stored::Whole((5 << 20) + 14)
+    );
+    let messages = drain_queue(&queue, Duration::from_secs(3)).await;
+    let created = ingest_each_way(&ingest, &queue_arn, &messages).await;
+    assert_eq!(
+        created.len(),
+        2,
+        "one task per object, however often it was told: {created:?}"
+    );
+    for id in &created {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let task = store.get(id).await.expect("get").expect("exists");
+            if task.status.is_terminal() {
+                assert_eq!(task.status.as_str(), "completed", "{task:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never ran: {task:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    lake.put(&small, b"a,b\n3,4\n".to_vec()).await.expect("put");
+    let messages = drain_queue(&queue, Duration::from_secs(3)).await;
+    let again = ingest_each_way(&ingest, &queue_arn, &messages).await;
+    assert_eq!(again.len(), 1, "new data is a new upload: {again:?}");
+    assert!(!created.contains(&again[0]));
+    ingest.stop().await;
 }

@@ -712,3 +712,63 @@ async fn keys_are_read_from_lancer_api_keys_file_and_tasks_run_through_lancer_ru
     assert_eq!(called.trim(), done["id"].as_str().expect("id"));
     server.stop().await;
 }
+
+/// Reads back the upload it was given: a folder of files, or one file.
+const LIST_PY: &str = r#"
+import os
+
+def run(input_path, output_path, params):
+    if os.path.isdir(input_path):
+        paths = [os.path.join(input_path, name) for name in os.listdir(input_path)]
+    else:
+        paths = [input_path]
+    return {"files": {os.path.basename(p): open(p).read() for p in paths}}
+"#;
+
+#[tokio::test]
+async fn an_upload_through_lancer_serve_becomes_a_task_that_runs() {
+    let rules = json!([
+        {"name": "pair", "prefix": "raw/pair/", "script": "list.py", "output": "pairs",
+         "require": ["left.csv", "right.csv"]},
+        {"name": "any", "prefix": "raw/any/", "script": "list.py", "output": "anything"}
+    ]);
+    let server = Server::start(
+        &[("list.py", LIST_PY, false)],
+        &[("LANCER_INGEST_RULES", &rules.to_string())],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let upload = |key: &str, body: &'static str| {
+        let request = http.put(server.api(&format!("/uploads/{key}"))).body(body);
+        async move {
+            let answer = request.send().await.expect("upload");
+            assert_eq!(answer.status(), 201, "upload");
+            answer.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+    let first = upload("pair/left.csv", "a\n1\n").await;
+    assert!(
+        first["task"].is_null(),
+        "half an upload starts nothing: {first}"
+    );
+    let second = upload("pair/right.csv", "b\n2\n").await;
+    let id = second["task"]["id"]
+        .as_str()
+        .expect("the upload's task")
+        .to_owned();
+    let done = server.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(
+        done["result"]["files"],
+        json!({"left.csv": "a\n1\n", "right.csv": "b\n2\n"})
+    );
+
+    let alone = upload("any/one.csv", "c\n3\n").await;
+    let id = alone["task"]["id"]
+        .as_str()
+        .expect("a task without require");
+    let done = server.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["result"]["files"], json!({"one.csv": "c\n3\n"}));
+    server.stop().await;
+}
