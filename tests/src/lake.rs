@@ -8,7 +8,7 @@ use arrow_array::{BinaryArray, Int64Array, RecordBatch, RecordBatchIterator, Str
 use arrow_schema::{DataType, Field, Schema};
 use lancer::domain::path::{LakePath, Name};
 use lancer::domain::validate::ArtifactKind;
-use lancer::ports::{ArtifactDetail, ArtifactSummary, Lake, ModelInfo, Version};
+use lancer::ports::Lake;
 use serde_json::json;
 
 /// A lake under test, how to put artifacts into it, and what keeps it alive.
@@ -142,87 +142,27 @@ impl Seeder for LanceSeeder {
     }
 }
 
-/// Seeds a MemoryLake with what the Lance seeder would have produced.
+/// Seeds a MemoryLake with the rows the Lance seeder writes, version by version.
 pub struct MemorySeeder {
     pub lake: Arc<lancer::lake::memory::MemoryLake>,
-}
-
-fn detail(
-    name: &str,
-    path: String,
-    batch: &RecordBatch,
-    rows: u64,
-    versions: usize,
-    model: Option<ModelInfo>,
-) -> ArtifactDetail {
-    let schema = batch.schema();
-    ArtifactDetail {
-        summary: ArtifactSummary {
-            id: name.into(),
-            path,
-            schema: schema
-                .fields()
-                .iter()
-                .map(|f| (f.name().clone(), f.data_type().to_string()))
-                .collect(),
-            num_rows: rows,
-        },
-        fields: schema
-            .fields()
-            .iter()
-            .map(|f| lancer::ports::Field {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            })
-            .collect(),
-        version: versions as u64,
-        versions: (1..=versions as u64)
-            .map(|version| Version {
-                version,
-                timestamp: chrono::Utc::now(),
-            })
-            .collect(),
-        size_bytes: 1,
-        model,
-    }
 }
 
 #[async_trait::async_trait]
 impl Seeder for MemorySeeder {
     async fn dataset(&self, prefix: &str, name: &str, rows: usize) {
-        let path = self
-            .lake
-            .uri_of(&artifact(prefix, ArtifactKind::Dataset, name));
-        let batch = dataset_batch(rows);
-        let detail = detail(name, path, &batch, rows as u64, 1, None);
+        let path = artifact(prefix, ArtifactKind::Dataset, name);
         self.lake
-            .insert(&root(prefix), ArtifactKind::Dataset, detail)
-            .expect("insert");
+            .append(&path, dataset_batch(rows))
+            .expect("append");
     }
 
     async fn model(&self, prefix: &str, name: &str, accuracies: &[f64]) {
-        let path = self
-            .lake
-            .uri_of(&artifact(prefix, ArtifactKind::Model, name));
-        let newest = accuracies.last().copied().unwrap_or_default();
-        let info = ModelInfo {
-            metrics: Some(json!({"accuracy": newest})),
-            params: Some(json!({"epochs": 3})),
-            created_at: Some(chrono::Utc::now().to_rfc3339()),
-        };
-        let batch = model_batch(newest);
-        let detail = detail(
-            name,
-            path,
-            &batch,
-            accuracies.len() as u64,
-            accuracies.len(),
-            Some(info),
-        );
-        self.lake
-            .insert(&root(prefix), ArtifactKind::Model, detail)
-            .expect("insert");
+        let path = artifact(prefix, ArtifactKind::Model, name);
+        for accuracy in accuracies {
+            self.lake
+                .append(&path, model_batch(*accuracy))
+                .expect("append");
+        }
     }
 }
 
@@ -273,8 +213,37 @@ pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
             .map(|v| v.version)
             .unwrap_or_default()
     );
-    assert!(detail.size_bytes > 0);
     assert!(detail.model.is_none());
+    let listed = f
+        .lake
+        .list(&root(""), ArtifactKind::Dataset)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&detail.summary),
+        "describe and list agree"
+    );
+    assert!(
+        detail
+            .versions
+            .iter()
+            .all(|v| v.timestamp <= chrono::Utc::now())
+    );
+    // The size is the data's: more rows take more bytes.
+    f.seed.dataset("", "more_digits", 5000).await;
+    let larger = f
+        .lake
+        .describe(&root(""), ArtifactKind::Dataset, &name("more_digits"))
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert!(
+        detail.size_bytes > 0 && larger.size_bytes > detail.size_bytes,
+        "10 rows take {} bytes, 5,000 take {}",
+        detail.size_bytes,
+        larger.size_bytes
+    );
     assert_eq!(
         f.lake
             .describe(&root(""), ArtifactKind::Dataset, &name("absent"))
@@ -294,6 +263,13 @@ pub async fn a_model_reports_its_newest_metrics(f: LakeFixture) {
         .expect("exists");
     assert_eq!(detail.summary.num_rows, 2);
     assert_eq!(detail.versions.len(), 2, "one version per saved row");
+    assert!(
+        detail.versions[0].version < detail.versions[1].version
+            && detail.versions[0].timestamp <= detail.versions[1].timestamp,
+        "versions count up in time: {:?}",
+        detail.versions
+    );
+    assert_eq!(detail.version, detail.versions[1].version);
     let model = detail.model.expect("model info");
     assert_eq!(model.metrics, Some(json!({"accuracy": 0.98})));
     assert_eq!(model.params, Some(json!({"epochs": 3})));

@@ -4,12 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::LakeRoot;
+use super::{LakeRoot, model_info_of};
 use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch};
 use arrow_schema::Schema as ArrowSchema;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -162,33 +160,8 @@ impl LanceLake {
         }
         let mut scan = dataset.scan();
         scan.project(&present)?;
-        let batch = scan.try_into_batch().await?;
-        let last_row = batch.num_rows().checked_sub(1);
-        let text = |column: &str| last_row.and_then(|row| string_at(&batch, column, row));
-        let json = |column: &str| {
-            text(column)
-                .map(|raw| serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw)))
-        };
-        Ok(ModelInfo {
-            metrics: json("metrics"),
-            params: json("params"),
-            created_at: text("created_at"),
-        })
+        Ok(model_info_of(&scan.try_into_batch().await?))
     }
-}
-
-/// A row of a Utf8 or LargeUtf8 column as text.
-fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
-    let array = batch.column_by_name(column)?;
-    if !array.is_valid(row) {
-        return None;
-    }
-    if let Some(strings) = array.as_string_opt::<i32>() {
-        return Some(strings.value(row).to_owned());
-    }
-    array
-        .as_string_opt::<i64>()
-        .map(|strings| strings.value(row).to_owned())
 }
 
 #[async_trait]

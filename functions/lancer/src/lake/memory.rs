@@ -1,21 +1,33 @@
-//! The in-memory Lake: a fake for tests of callers that need no real Lance data.
+//! The in-memory Lake: a fake for tests of callers. Artifacts are real Arrow rows,
+//! appended version by version as a script's writes would be, and every figure a
+//! description gives (rows, schema, versions, size, a model's newest metrics) is derived
+//! from them, so the Lake conformance suite holds it to the same properties as Lance.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use arrow_array::RecordBatch;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
+use super::model_info_of;
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ObjectStat, Stored,
+    ArtifactDetail, ArtifactSummary, ByteStream, Field, Lake, LogChunk, ObjectStat, Stored, Version,
 };
+
+/// One write to an artifact: the rows it appended, and when.
+struct Write {
+    rows: RecordBatch,
+    at: DateTime<Utc>,
+}
 
 #[derive(Default)]
 pub struct MemoryLake {
-    /// Artifacts and objects by lake-relative path.
-    artifacts: Mutex<BTreeMap<LakePath, ArtifactDetail>>,
+    /// Artifacts (their writes, oldest first) and objects by lake-relative path.
+    artifacts: Mutex<BTreeMap<LakePath, Vec<Write>>>,
     objects: Mutex<BTreeMap<LakePath, Vec<u8>>>,
 }
 
@@ -24,20 +36,77 @@ impl MemoryLake {
         Self::default()
     }
 
-    /// Adds an artifact as a script would have written it.
-    pub fn insert(
-        &self,
-        root: &LakePath,
-        kind: ArtifactKind,
-        detail: ArtifactDetail,
-    ) -> Result<()> {
-        let name = Name::parse("id", &detail.summary.id)?;
-        let path = root.join(&kind.path_of(&name));
-        self.artifacts
-            .lock()
-            .map_err(poisoned)?
-            .insert(path, detail);
+    /// Appends `rows` to the artifact at `path` (`datasets/x.lance`, ...) as a new version,
+    /// as a script writing in append mode would; the schema must match earlier versions'.
+    pub fn append(&self, path: &LakePath, rows: RecordBatch) -> Result<()> {
+        let mut artifacts = self.artifacts.lock().map_err(poisoned)?;
+        let writes = artifacts.entry(path.clone()).or_default();
+        if writes
+            .first()
+            .is_some_and(|w| w.rows.schema() != rows.schema())
+        {
+            return Err(Error::invalid(format!(
+                "{path}: the schema differs from its first version's"
+            )));
+        }
+        writes.push(Write {
+            rows,
+            at: Utc::now(),
+        });
         Ok(())
+    }
+
+    fn summary(&self, name: &Name, path: &LakePath, writes: &[Write]) -> Option<ArtifactSummary> {
+        let schema = writes.first()?.rows.schema();
+        Some(ArtifactSummary {
+            id: name.to_string(),
+            path: self.uri_of(path),
+            schema: schema
+                .fields()
+                .iter()
+                .map(|field| (field.name().clone(), field.data_type().to_string()))
+                .collect(),
+            num_rows: writes.iter().map(|w| w.rows.num_rows() as u64).sum(),
+        })
+    }
+
+    fn detail(
+        &self,
+        kind: ArtifactKind,
+        name: &Name,
+        path: &LakePath,
+        writes: &[Write],
+    ) -> Option<ArtifactDetail> {
+        let summary = self.summary(name, path, writes)?;
+        let newest = &writes.last()?.rows;
+        let fields = newest
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| Field {
+                name: field.name().clone(),
+                data_type: field.data_type().to_string(),
+                nullable: field.is_nullable(),
+            })
+            .collect();
+        let versions: Vec<Version> = (1..)
+            .zip(writes)
+            .map(|(version, write)| Version {
+                version,
+                timestamp: write.at,
+            })
+            .collect();
+        Some(ArtifactDetail {
+            summary,
+            fields,
+            version: versions.len() as u64,
+            versions,
+            size_bytes: writes
+                .iter()
+                .map(|w| w.rows.get_array_memory_size() as u64)
+                .sum(),
+            model: (kind == ArtifactKind::Model).then(|| model_info_of(newest)),
+        })
     }
 }
 
@@ -49,16 +118,16 @@ fn poisoned<T>(_: T) -> Error {
 impl Lake for MemoryLake {
     async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>> {
         let folder = root.join(&kind.folder());
-        Ok(self
-            .artifacts
-            .lock()
-            .map_err(poisoned)?
+        let artifacts = self.artifacts.lock().map_err(poisoned)?;
+        Ok(artifacts
             .iter()
-            .filter(|(path, _)| {
-                path.strip_prefix(&folder)
-                    .is_some_and(|rest| rest.segments().count() == 1)
+            .filter_map(|(path, writes)| {
+                let rest = path.strip_prefix(&folder)?;
+                let mut segments = rest.segments();
+                let file = segments.next().filter(|_| segments.next().is_none())?;
+                let name = Name::parse("name", file.strip_suffix(".lance")?).ok()?;
+                self.summary(&name, path, writes)
             })
-            .map(|(_, detail)| detail.summary.clone())
             .collect())
     }
 
@@ -69,7 +138,10 @@ impl Lake for MemoryLake {
         name: &Name,
     ) -> Result<Option<ArtifactDetail>> {
         let path = root.join(&kind.path_of(name));
-        Ok(self.artifacts.lock().map_err(poisoned)?.get(&path).cloned())
+        let artifacts = self.artifacts.lock().map_err(poisoned)?;
+        Ok(artifacts
+            .get(&path)
+            .and_then(|writes| self.detail(kind, name, &path, writes)))
     }
 
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {

@@ -3,7 +3,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
 use url::Url;
+
+use crate::ports::ModelInfo;
 
 pub mod lance;
 pub mod memory;
@@ -52,6 +56,35 @@ impl fmt::Display for LakeRoot {
             Self::Url(url) => f.write_str(url.as_str().trim_end_matches('/')),
         }
     }
+}
+
+/// A model's metrics, params and created_at: its newest row's (a model appends one row
+/// per saved version), with JSON text read as JSON.
+pub(crate) fn model_info_of(rows: &RecordBatch) -> ModelInfo {
+    let last_row = rows.num_rows().checked_sub(1);
+    let text = |column: &str| last_row.and_then(|row| string_at(rows, column, row));
+    let json = |column: &str| {
+        text(column).map(|raw| serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw)))
+    };
+    ModelInfo {
+        metrics: json("metrics"),
+        params: json("params"),
+        created_at: text("created_at"),
+    }
+}
+
+/// A row of a Utf8 or LargeUtf8 column as text.
+fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
+    let array = batch.column_by_name(column)?;
+    if !array.is_valid(row) {
+        return None;
+    }
+    if let Some(strings) = array.as_string_opt::<i32>() {
+        return Some(strings.value(row).to_owned());
+    }
+    array
+        .as_string_opt::<i64>()
+        .map(|strings| strings.value(row).to_owned())
 }
 
 #[cfg(test)]
