@@ -259,6 +259,18 @@ async fn a_script_that_ignores_sigterm_is_killed_after_the_grace_period() {
     assert!(is_alive(script), "SIGTERM alone must not have stopped it");
     wait_until_gone(script, Duration::from_secs(15)).await;
     assert_eq!(server.task(&id).await["status"], "cancelled");
+    // The runner itself escalated (as it must on Ray, where no local dispatcher stands
+    // behind it) and closed the attempt's log; the dispatcher's backstop, killing the
+    // whole group a little later, would have left no such line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.logs(&id).await.contains("task stopped: ") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner never closed the log: {}",
+            server.logs(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.stop().await;
 }
 
