@@ -396,16 +396,7 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
 
 /// Runs the `lancer` CLI against `server`: (succeeded, stdout, stderr).
 fn lancer_cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin_dir().join("lancer"))
-        .args(args)
-        .env("LANCER_URL", &server.url)
-        .output()
-        .expect("run lancer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    lancer_cli_with(server, None, args)
 }
 
 #[tokio::test]
@@ -583,12 +574,18 @@ def run(input_path, output_path, params):
 
 /// Runs the CLI against a keyed server with `LANCER_API_KEY` set to `key`.
 fn lancer_cli_as(server: &Server, key: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin_dir().join("lancer"))
-        .args(args)
-        .env("LANCER_URL", &server.url)
-        .env("LANCER_API_KEY", key)
-        .output()
-        .expect("run lancer");
+    lancer_cli_with(server, Some(key), args)
+}
+
+/// Runs `lancer` with `LANCER_URL` (and `LANCER_API_KEY` when given) set; (ok, out, err).
+fn lancer_cli_with(server: &Server, key: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(bin_dir().join("lancer"));
+    command.args(args).env("LANCER_URL", &server.url);
+    match key {
+        Some(key) => command.env("LANCER_API_KEY", key),
+        None => command.env_remove("LANCER_API_KEY"),
+    };
+    let out = command.output().expect("run lancer");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

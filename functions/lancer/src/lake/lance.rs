@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{LakeRoot, model_info_of};
+use super::{LakeRoot, fields_of, model_info_of};
 use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
@@ -19,8 +19,8 @@ use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, ByteStream, Field, Lake, LogChunk, ModelInfo, ObjectStat,
-    Stored, Version,
+    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ModelInfo, ObjectStat, Stored,
+    Version,
 };
 
 /// Columns of a model row that `describe` reports (weights stay unread).
@@ -198,16 +198,7 @@ impl Lake for LanceLake {
             return Ok(None);
         };
         let summary = self.summarize(name, &relative, &dataset).await?;
-        let schema = ArrowSchema::from(dataset.schema());
-        let fields = schema
-            .fields()
-            .iter()
-            .map(|field| Field {
-                name: field.name().clone(),
-                data_type: field.data_type().to_string(),
-                nullable: field.is_nullable(),
-            })
-            .collect();
+        let fields = fields_of(&ArrowSchema::from(dataset.schema()));
         let versions = dataset
             .versions()
             .await?

@@ -10,12 +10,12 @@ use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::model_info_of;
+use super::{fields_of, model_info_of};
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, ByteStream, Field, Lake, LogChunk, ObjectStat, Stored, Version,
+    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ObjectStat, Stored, Version,
 };
 
 /// One write to an artifact: the rows it appended, and when.
@@ -79,16 +79,7 @@ impl MemoryLake {
     ) -> Option<ArtifactDetail> {
         let summary = self.summary(name, path, writes)?;
         let newest = &writes.last()?.rows;
-        let fields = newest
-            .schema()
-            .fields()
-            .iter()
-            .map(|field| Field {
-                name: field.name().clone(),
-                data_type: field.data_type().to_string(),
-                nullable: field.is_nullable(),
-            })
-            .collect();
+        let fields = fields_of(&newest.schema());
         let versions: Vec<Version> = (1..)
             .zip(writes)
             .map(|(version, write)| Version {

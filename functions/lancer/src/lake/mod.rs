@@ -7,7 +7,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use url::Url;
 
-use crate::ports::ModelInfo;
+use crate::ports::{Field, ModelInfo};
 
 pub mod lance;
 pub mod memory;
@@ -56,6 +56,19 @@ impl fmt::Display for LakeRoot {
             Self::Url(url) => f.write_str(url.as_str().trim_end_matches('/')),
         }
     }
+}
+
+/// An artifact's fields as the API describes them.
+pub(crate) fn fields_of(schema: &arrow_schema::Schema) -> Vec<Field> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| Field {
+            name: field.name().clone(),
+            data_type: field.data_type().to_string(),
+            nullable: field.is_nullable(),
+        })
+        .collect()
 }
 
 /// A model's metrics, params and created_at: its newest row's (a model appends one row
