@@ -13,6 +13,16 @@ pub fn ray_address() -> String {
     })
 }
 
+/// The JSON the head's dashboard answers at `path`.
+async fn ray_get(path: &str) -> Value {
+    reqwest::get(format!("{}{path}", ray_address()))
+        .await
+        .expect("Ray answers")
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("Ray's answer at {path} is JSON: {err}"))
+}
+
 pub async fn ray_server(scripts: &[(&str, &str, bool)], address: &str) -> Server {
     Server::start(
         scripts,
@@ -23,12 +33,7 @@ pub async fn ray_server(scripts: &[(&str, &str, bool)], address: &str) -> Server
 
 /// The CPUs the head offers, as its dashboard reports them.
 pub async fn head_cpus() -> usize {
-    let nodes: Value = reqwest::get(format!("{}/nodes?view=summary", ray_address()))
-        .await
-        .expect("Ray answers")
-        .json()
-        .await
-        .expect("node summary json");
+    let nodes: Value = ray_get("/nodes?view=summary").await;
     let cpus: f64 = nodes["data"]["summary"]
         .as_array()
         .expect("nodes")
@@ -40,12 +45,7 @@ pub async fn head_cpus() -> usize {
 }
 
 pub async fn ray_job(submission_id: &str) -> Value {
-    reqwest::get(format!("{}/api/jobs/{submission_id}", ray_address()))
-        .await
-        .expect("Ray answers")
-        .json()
-        .await
-        .expect("job json")
+    ray_get(&format!("/api/jobs/{submission_id}")).await
 }
 
 /// The Ray job once it has ended. A runner reports its task finished just before its
@@ -64,12 +64,7 @@ pub async fn ray_job_once_ended(submission_id: &str) -> Value {
 
 /// The jobs Ray holds for a task, by the task id in their metadata.
 pub async fn jobs_of_task(task_id: &str) -> Vec<Value> {
-    let jobs: Value = reqwest::get(format!("{}/api/jobs/", ray_address()))
-        .await
-        .expect("Ray answers")
-        .json()
-        .await
-        .expect("jobs json");
+    let jobs: Value = ray_get("/api/jobs/").await;
     jobs.as_array()
         .expect("a list of jobs")
         .iter()
@@ -83,12 +78,7 @@ pub async fn jobs_of_task(task_id: &str) -> Vec<Value> {
 pub async fn wait_for_an_idle_head() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let status: Value = reqwest::get(format!("{}/api/cluster_status", ray_address()))
-            .await
-            .expect("Ray answers")
-            .json()
-            .await
-            .expect("cluster status json");
+        let status: Value = ray_get("/api/cluster_status").await;
         let load = &status["data"]["clusterStatus"]["loadMetricsReport"];
         let cpus_used = load["usage"]["CPU"][0].as_f64().expect("CPU usage");
         let waiting_for_cpus = load["resourceDemand"]
@@ -107,13 +97,7 @@ pub async fn wait_for_an_idle_head() {
 /// What Ray reserves for a job: the resources its supervisor actor asks the scheduler for.
 /// (The Jobs API does not echo a job's entrypoint resources back.)
 pub async fn resources_ray_reserves_for(submission_id: &str) -> Value {
-    let url = format!("{}/api/v0/actors?detail=true&limit=10000", ray_address());
-    let actors: Value = reqwest::get(url)
-        .await
-        .expect("Ray answers")
-        .json()
-        .await
-        .expect("actors json");
+    let actors = ray_get("/api/v0/actors?detail=true&limit=10000").await;
     let name = format!("_ray_internal_job_actor_{submission_id}");
     actors["data"]["result"]["result"]
         .as_array()
