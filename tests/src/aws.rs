@@ -1,11 +1,16 @@
-//! The local AWS stack the AWS-level tests run against (`eval "$(localstack/up)"`: moto on
-//! this machine, LocalStack + MinIO where Docker runs), and fresh resources in it per test.
+//! The local AWS stack the AWS-level tests run against (`eval "$(localstack/up)"`: moto or
+//! LocalStack on the host on this machine, LocalStack + MinIO where Docker runs), and fresh
+//! resources in it per test.
 
-/// The stack's endpoint; the tests refuse to guess one.
-pub fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: start the local AWS stack with `eval \"$(localstack/up)\"` (tests/run does)")
-    })
+/// A service's endpoint as the AWS SDKs resolve it: `AWS_ENDPOINT_URL_<SERVICE>`, else
+/// `AWS_ENDPOINT_URL` (LocalStack on the host serves S3 and SQS, moto DynamoDB). The tests
+/// refuse to guess one.
+fn endpoint_of(service: &str) -> String {
+    std::env::var(format!("AWS_ENDPOINT_URL_{service}"))
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|_| {
+            panic!("AWS_ENDPOINT_URL is not set: start the local AWS stack with `eval \"$(localstack/up)\"` (tests/run does)")
+        })
 }
 
 /// A name no other test uses, valid for a table or a bucket.
@@ -14,7 +19,7 @@ pub fn unique_name(kind: &str) -> String {
 }
 
 pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
-    endpoint();
+    endpoint_of("DYNAMODB");
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     aws_sdk_dynamodb::Client::new(&config)
 }
@@ -24,7 +29,7 @@ pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
 /// tests an S3 SDK.
 async fn s3_put(path: &str, body: impl Into<reqwest::Body>) {
     let response = reqwest::Client::new()
-        .put(format!("{}/{path}", endpoint()))
+        .put(format!("{}/{path}", endpoint_of("S3")))
         .body(body)
         .send()
         .await
@@ -48,7 +53,7 @@ pub async fn put_object(bucket: &str, key: &str, body: Vec<u8>) {
 /// credential scope of its Authorization header and checks no signature.
 async fn sqs(action: &str, body: serde_json::Value) -> serde_json::Value {
     let response = reqwest::Client::new()
-        .post(endpoint())
+        .post(endpoint_of("SQS"))
         .header(
             "authorization",
             "AWS4-HMAC-SHA256 Credential=test/20261123/us-east-1/sqs/aws4_request, \
