@@ -217,6 +217,18 @@ async fn bad_requests_get_their_exact_4xx_code() {
             "INVALID_REQUEST",
         ),
         (
+            "a custom resource that is Ray's CPU",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"custom":{"CPU":4}}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "a custom resource of none",
+            br#"{"name":"a","script":"jobs/noop.py","resources":{"custom":{"serve":0}}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
             "an unknown resource",
             br#"{"name":"a","script":"jobs/noop.py","resources":{"tpus":1}}"#.to_vec(),
             StatusCode::BAD_REQUEST,

@@ -377,8 +377,9 @@ async fn a_tasks_resources_and_names_reach_its_ray_job_and_a_restarted_server_su
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &env)
         .await
         .with_api_key("ray-key-for-acme");
-    // The head has no GPU, so Ray holds the job back and the task stays pending.
-    let resources = json!({"cpus": 0.5, "gpus": 1, "memory_mb": 64});
+    // The head has no GPU and no "serve" resource (the serving group's in
+    // infra/k8s/raycluster.yaml), so Ray holds the job back and the task stays pending.
+    let resources = json!({"cpus": 0.5, "gpus": 1, "memory_mb": 64, "custom": {"serve": 1}});
     let id = server
         .submit_for_id(&json!({"name": "needs-a-gpu", "script": "slow.py", "resources": resources}))
         .await;
@@ -394,7 +395,7 @@ async fn a_tasks_resources_and_names_reach_its_ray_job_and_a_restarted_server_su
     assert_eq!(job["status"], "PENDING", "{job:#}");
     assert_eq!(
         resources_ray_reserves_for(&format!("{id}-1")).await,
-        json!({"CPU": 0.5, "GPU": 1.0, "memory": 67108864.0})
+        json!({"CPU": 0.5, "GPU": 1.0, "memory": 67108864.0, "serve": 1.0})
     );
     assert_eq!(job["metadata"]["lancer_task_name"], "needs-a-gpu");
     assert_eq!(job["metadata"]["lancer_tenant"], "acme");

@@ -129,6 +129,13 @@ async fn main() -> Result<()> {
     }
     let port = task.u64_param("port")?.unwrap_or(0);
     let port = u16::try_from(port).context("port must be at most 65535")?;
+    // Loopback unless the task says otherwise: on a KubeRay serving worker the endpoint
+    // is reached through a Service, so there it binds the pod's interfaces ("0.0.0.0").
+    let host: std::net::IpAddr = task
+        .str_param("host")?
+        .unwrap_or_else(|| "127.0.0.1".into())
+        .parse()
+        .context("host must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
     let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
     let (row, version) =
         mnist::lake::load_model(&task.input, task.u64_param("version")?, &storage_options())
@@ -146,7 +153,7 @@ async fn main() -> Result<()> {
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(model);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .context("binding the port")?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -1,5 +1,7 @@
 //! The task record and its state machine. Pure data and pure functions: no I/O.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -90,7 +92,7 @@ impl std::str::FromStr for TaskStatus {
     }
 }
 
-/// What a task may use while it runs. Dispatchers that schedule (Ray) honour all three;
+/// What a task may use while it runs. Dispatchers that schedule (Ray) honour all of it;
 /// the local dispatcher runs one batch task per concurrency slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +100,10 @@ pub struct Resources {
     pub cpus: f64,
     pub gpus: f64,
     pub memory_mb: u64,
+    /// Ray custom resources the task's node must offer, such as `{"serve": 1}` for the
+    /// KubeRay worker group behind the serving Service (`infra/k8s/`). At most 16 names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, f64>,
 }
 
 impl Default for Resources {
@@ -106,6 +112,7 @@ impl Default for Resources {
             cpus: 1.0,
             gpus: 0.0,
             memory_mb: 0,
+            custom: BTreeMap::new(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Request validation and name resolution. Pure functions: the lake and the scripts
 //! registry are consulted by the callers, never here.
 
+use std::collections::BTreeMap;
+
 use super::error::Invalid;
 use super::path::{LakePath, Name, printable};
 use super::task::{Resources, TaskSpec};
@@ -15,6 +17,10 @@ pub const MAX_ATTEMPTS: u32 = 10;
 pub const MAX_CPUS: f64 = 1024.0;
 pub const MAX_GPUS: f64 = 64.0;
 pub const MAX_MEMORY_MB: u64 = 16 << 20;
+pub const MAX_CUSTOM_RESOURCES: usize = 16;
+/// Ray's own resources, which `cpus`, `gpus` and `memory_mb` already name; a custom entry
+/// of the same name would reserve them twice.
+const RAY_BUILTIN_RESOURCES: &[&str] = &["CPU", "GPU", "memory", "object_store_memory"];
 const MAX_SCRIPT_BYTES: usize = 1024;
 
 /// The two kinds of Lance artifact in the lake.
@@ -141,6 +147,34 @@ fn check_resources(resources: &Resources) -> Result<()> {
             "resources.memory_mb must be at most {MAX_MEMORY_MB} (16 TiB)"
         )));
     }
+    check_custom_resources(&resources.custom)
+}
+
+fn check_custom_resources(custom: &BTreeMap<String, f64>) -> Result<()> {
+    if custom.len() > MAX_CUSTOM_RESOURCES {
+        return Err(Invalid::rule(format!(
+            "resources.custom names at most {MAX_CUSTOM_RESOURCES} resources"
+        )));
+    }
+    for (name, amount) in custom {
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
+        if !well_formed || RAY_BUILTIN_RESOURCES.contains(&name.as_str()) {
+            return Err(Invalid::rule(format!(
+                "resources.custom: '{}' is not a custom resource name (1-64 of A-Z a-z 0-9 _ - . : /, \
+                 not CPU, GPU or memory)",
+                printable(name)
+            )));
+        }
+        if !(amount.is_finite() && *amount > 0.0 && *amount <= MAX_CPUS) {
+            return Err(Invalid::rule(format!(
+                "resources.custom.{name} must be more than 0 and at most {MAX_CPUS}"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -189,10 +223,33 @@ mod tests {
         ] {
             assert!(check_resources(&bad).is_err(), "{bad:?}");
         }
+        let too_many: BTreeMap<String, f64> = (0..=MAX_CUSTOM_RESOURCES)
+            .map(|i| (format!("r{i}"), 1.0))
+            .collect();
+        let long_name = "r".repeat(65);
+        for custom in [
+            too_many,
+            BTreeMap::from([("CPU".to_owned(), 1.0)]),
+            BTreeMap::from([("GPU".to_owned(), 1.0)]),
+            BTreeMap::from([(String::new(), 1.0)]),
+            BTreeMap::from([(long_name, 1.0)]),
+            BTreeMap::from([("serve\n".to_owned(), 1.0)]),
+            BTreeMap::from([("serve".to_owned(), 0.0)]),
+            BTreeMap::from([("serve".to_owned(), f64::INFINITY)]),
+        ] {
+            let bad = Resources {
+                custom,
+                ..ok.clone()
+            };
+            assert!(check_resources(&bad).is_err(), "{bad:?}");
+        }
         let most = Resources {
             cpus: MAX_CPUS,
             gpus: MAX_GPUS,
             memory_mb: MAX_MEMORY_MB,
+            custom: (0..MAX_CUSTOM_RESOURCES)
+                .map(|i| (format!("node-group/{i}"), MAX_CPUS))
+                .collect(),
         };
         assert!(check_resources(&most).is_ok());
         assert!(

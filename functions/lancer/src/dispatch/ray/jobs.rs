@@ -47,6 +47,9 @@ pub struct JobRequest {
     /// Bytes; absent for no reservation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entrypoint_memory: Option<u64>,
+    /// Custom resources the job's node must offer; absent for none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub entrypoint_resources: BTreeMap<String, f64>,
     pub runtime_env: RuntimeEnv,
     pub metadata: BTreeMap<String, String>,
 }
@@ -237,6 +240,7 @@ mod tests {
             entrypoint_num_cpus: 1.0,
             entrypoint_num_gpus: 0.0,
             entrypoint_memory: None,
+            entrypoint_resources: BTreeMap::new(),
             runtime_env: RuntimeEnv {
                 env_vars: BTreeMap::from([("A".into(), "1".into())]),
             },
@@ -245,5 +249,12 @@ mod tests {
         let json = serde_json::to_value(&request).expect("json");
         assert_eq!(json["runtime_env"]["env_vars"]["A"], "1");
         assert!(json.get("entrypoint_memory").is_none(), "{json}");
+        assert!(json.get("entrypoint_resources").is_none(), "{json}");
+        let serving = JobRequest {
+            entrypoint_resources: BTreeMap::from([("serve".into(), 1.0)]),
+            ..request
+        };
+        let json = serde_json::to_value(&serving).expect("json");
+        assert_eq!(json["entrypoint_resources"]["serve"], 1.0);
     }
 }

@@ -68,6 +68,7 @@ impl Inner {
             // Validation bounds memory_mb far below overflow; a stored record is trusted
             // no further than that.
             entrypoint_memory: resources.memory_mb.checked_mul(1 << 20).filter(|&b| b > 0),
+            entrypoint_resources: resources.custom.clone(),
             runtime_env: RuntimeEnv {
                 env_vars: self.env.clone(),
             },
