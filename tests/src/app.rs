@@ -12,7 +12,7 @@ use lancer::dispatch::memory::RecordingDispatcher;
 use lancer::domain::ingest::IngestRules;
 use lancer::http::{AppState, router};
 use lancer::lake::lance::LanceLake;
-use lancer::ports::{Lake, TaskStore};
+use lancer::ports::{Lake, PipelineStore, TaskStore};
 use lancer::store::memory::MemoryTaskStore;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -20,6 +20,7 @@ use tower::ServiceExt;
 pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn TaskStore>,
+    pub pipelines: Arc<dyn PipelineStore>,
     pub lake: Arc<dyn Lake>,
     pub dispatcher: Arc<RecordingDispatcher>,
     pub dir: tempfile::TempDir,
@@ -103,6 +104,7 @@ impl TestApp {
         AppState {
             service: Service {
                 store: self.store.clone(),
+                pipelines: self.pipelines.clone(),
                 lake: self.lake.clone(),
                 dispatcher: self.dispatcher.clone(),
                 scripts: self.scripts(),
@@ -112,6 +114,33 @@ impl TestApp {
             },
             timeouts: Default::default(),
         }
+    }
+
+    /// One reconcile round of the pipelines, as `lancer serve` runs every second.
+    pub async fn advance_pipelines(&self) {
+        self.state(None, IngestRules::default())
+            .service
+            .advance_pipelines()
+            .await
+            .expect("advance");
+    }
+
+    /// Moves a task as a runner would: starts it, then applies `ending`.
+    pub async fn finish(&self, id: &str, ending: lancer::domain::task::Change) {
+        use lancer::domain::task::Change;
+        let pending = self.store.get(id).await.expect("get").expect("stored");
+        let start = Change::Start {
+            backend: "test".into(),
+        };
+        let running = self
+            .store
+            .transition(id, pending.guard(), start)
+            .await
+            .expect("start");
+        self.store
+            .transition(id, running.guard(), ending)
+            .await
+            .expect("end");
     }
 
     /// The scripts folder: `jobs/noop.py`, registered.
@@ -144,6 +173,7 @@ impl TestApp {
             router: Router::new(),
             dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
             store,
+            pipelines: Arc::new(MemoryTaskStore::new()),
             lake,
             dir,
         };

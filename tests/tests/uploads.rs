@@ -273,6 +273,7 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
     let store = Arc::new(MemoryTaskStore::new());
     let service = Service {
         store: store.clone(),
+        pipelines: store.clone(),
         lake,
         dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
         scripts: app.scripts(),

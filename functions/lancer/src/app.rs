@@ -9,12 +9,11 @@ use crate::application::Service;
 use crate::config::{Backend, Config, ConfigError, TaskTable};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
-use crate::dispatch::spawn_reconciler;
 use crate::domain::fair::FairLimits;
 use crate::error::{Error, Result};
 use crate::http::{AppState, router};
 use crate::lake::lance::LanceLake;
-use crate::ports::{Dispatcher, Lake, TaskStore};
+use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 use crate::runner::RunnerContext;
 use crate::scripts::{REGISTRY_FILE, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
@@ -36,17 +35,21 @@ pub enum StartError {
 }
 
 /// The task table the configuration names (DynamoDB with the standard AWS chain's
-/// credentials, region and endpoint).
-pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>> {
+/// credentials, region and endpoint), which holds the pipelines too.
+pub async fn open_stores(config: &Config) -> Result<(Arc<dyn TaskStore>, Arc<dyn PipelineStore>)> {
     Ok(match &config.tasks {
         TaskTable::Dynamo { table } => {
             let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            Arc::new(DynamoTaskStore::new(
+            let store = Arc::new(DynamoTaskStore::new(
                 aws_sdk_dynamodb::Client::new(&aws),
                 table.clone(),
-            ))
+            ));
+            (store.clone(), store)
         }
-        TaskTable::Sqlite(path) => Arc::new(SqliteTaskStore::open(path)?),
+        TaskTable::Sqlite(path) => {
+            let store = Arc::new(SqliteTaskStore::open(path)?);
+            (store.clone(), store)
+        }
     })
 }
 
@@ -99,8 +102,9 @@ pub fn open_dispatcher(
 /// The use cases over the adapters the configuration selects: what the API and the
 /// ingestion handler run.
 pub async fn service(config: &Config) -> Result<Service, StartError> {
-    let store = open_store(config).await?;
+    let (store, pipelines) = open_stores(config).await?;
     Ok(Service {
+        pipelines,
         lake: open_lake(config)?,
         dispatcher: open_dispatcher(config, store.clone())?,
         store,
@@ -124,13 +128,10 @@ pub async fn app_state(config: &Config) -> Result<AppState, StartError> {
 pub async fn serve(config: &Config) -> Result<(), StartError> {
     check_open(config)?;
     check_scripts(config)?;
-    let state = app_state(config).await?;
-    let dispatcher = state.service.dispatcher.clone();
-    // Tasks left pending or running by a previous server are picked up again.
-    if let Err(err) = dispatcher.reconcile().await {
-        warn!(%err, backend = dispatcher.backend(), "first reconcile failed; retrying every half lease");
-    }
-    spawn_reconciler(dispatcher, config.dispatch.lease);
+    let state = Arc::new(app_state(config).await?);
+    // Tasks and pipelines left by a previous server are picked up again.
+    reconcile_once(&state.service).await;
+    spawn_reconciler(state.clone(), config.dispatch.lease);
     let app = router(state);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -147,6 +148,50 @@ pub async fn serve(config: &Config) -> Result<(), StartError> {
     })
     .await;
     Ok(())
+}
+
+/// How often running pipelines are advanced: a step starts at most this long after the
+/// steps it waits for end.
+pub const PIPELINE_TICK: Duration = Duration::from_secs(1);
+
+/// One round of reconcile: the dispatcher's (leases, pending tasks), then the pipelines'.
+/// What the AWS sweeper runs per invocation; failures are logged and retried next round.
+pub async fn reconcile_once(service: &Service) {
+    let dispatcher = &service.dispatcher;
+    if let Err(err) = dispatcher.reconcile().await {
+        warn!(%err, backend = dispatcher.backend(), "reconcile failed");
+    }
+    if let Err(err) = service.advance_pipelines().await {
+        warn!(%err, "advancing pipelines failed");
+    }
+}
+
+/// Reconciles the dispatcher every half lease and advances pipelines every
+/// `PIPELINE_TICK`, until the process ends. Nothing is kept between rounds: the store is
+/// the truth, so any number of processes may run this.
+pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
+    owner: Arc<S>,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let service = (*owner).as_ref();
+        let mut tasks = tokio::time::interval((lease / 2).max(Duration::from_millis(500)));
+        let mut pipelines = tokio::time::interval(PIPELINE_TICK);
+        loop {
+            tokio::select! {
+                _ = tasks.tick() => {
+                    if let Err(err) = service.dispatcher.reconcile().await {
+                        warn!(%err, backend = service.dispatcher.backend(), "reconcile failed");
+                    }
+                }
+                _ = pipelines.tick() => {
+                    if let Err(err) = service.advance_pipelines().await {
+                        warn!(%err, "advancing pipelines failed");
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// How long a client has to send a request's headers: a slow-loris client that drips
@@ -246,7 +291,7 @@ pub fn on_lambda() -> bool {
 
 pub async fn runner_context(config: &Config) -> Result<RunnerContext, StartError> {
     Ok(RunnerContext {
-        store: open_store(config).await?,
+        store: open_stores(config).await?.0,
         lake: open_lake(config)?,
         scripts: config.scripts.root.clone(),
         python: config.scripts.python.clone(),

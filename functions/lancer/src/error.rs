@@ -41,6 +41,7 @@ pub enum Resource {
     Dataset,
     Model,
     Task,
+    Pipeline,
     Route,
 }
 
@@ -50,6 +51,7 @@ impl std::fmt::Display for Resource {
             Resource::Dataset => "Dataset",
             Resource::Model => "Model",
             Resource::Task => "Task",
+            Resource::Pipeline => "Pipeline",
             Resource::Route => "Route",
         })
     }

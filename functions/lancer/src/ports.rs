@@ -12,16 +12,25 @@ use utoipa::ToSchema;
 
 use crate::dispatch::{sweep_expired, tasks_with_status};
 use crate::domain::path::{LakePath, Name};
+use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::domain::validate::ArtifactKind;
 use crate::error::Result;
 
-/// The outcome of `TaskStore::create`.
+/// The outcome of `TaskStore::create` and `PipelineStore::create_pipeline`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Created {
-    New(Task),
-    /// A task with the same tenant and idempotency key already existed.
-    Existing(Task),
+pub enum Created<T = Task> {
+    New(T),
+    /// A record with the same tenant and idempotency key already existed.
+    Existing(T),
+}
+
+impl<T> Created<T> {
+    pub fn into_inner(self) -> T {
+        match self {
+            Created::New(record) | Created::Existing(record) => record,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +72,40 @@ pub trait TaskStore: Send + Sync {
 
     /// Running tasks whose last heartbeat is older than `cutoff`, across tenants.
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelinePage {
+    /// Newest first.
+    pub pipelines: Vec<Pipeline>,
+    pub next_page_token: Option<String>,
+}
+
+/// Where pipeline records live. A record changes only by `update_pipeline`, a
+/// compare-and-set on its `revision`, so of two processes advancing the same pipeline
+/// exactly one writes each step.
+#[async_trait]
+pub trait PipelineStore: Send + Sync {
+    /// Stores a new pipeline; with an idempotency key taken by the same tenant, returns the
+    /// pipeline that holds it (a different spec under the key is `Error::Conflict`).
+    async fn create_pipeline(&self, pipeline: Pipeline) -> Result<Created<Pipeline>>;
+
+    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>>;
+
+    /// A tenant's pipelines, newest first, `limit` (1-1000) at a time.
+    async fn list_pipelines(
+        &self,
+        tenant: &str,
+        limit: usize,
+        page_token: Option<&str>,
+    ) -> Result<PipelinePage>;
+
+    /// Every running pipeline across tenants, oldest first: what reconcile advances.
+    async fn running_pipelines(&self) -> Result<Vec<Pipeline>>;
+
+    /// Stores `next` if the stored record's revision is still `next.revision`, and returns
+    /// it with the revision bumped; `Error::Stale` if another write came first.
+    async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline>;
 }
 
 /// One field of an artifact's Arrow schema.

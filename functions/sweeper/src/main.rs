@@ -1,30 +1,31 @@
 //! `lancer-sweeper`: fails the running tasks whose runner stopped heartbeating (or requeues
-//! them while attempts remain) and hands pending tasks to the dispatcher. Under AWS Lambda
-//! once per scheduled invocation; anywhere else every half lease until Ctrl-C.
+//! them while attempts remain), hands pending tasks to the dispatcher, and advances running
+//! pipelines. Under AWS Lambda once per scheduled invocation; anywhere else on a timer
+//! until Ctrl-C.
+
+use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use lancer::app::{init_tracing, on_lambda, open_dispatcher, open_store};
+use lancer::app::{init_tracing, on_lambda, reconcile_once, service, spawn_reconciler};
 use lancer::config::Config;
-use lancer::dispatch::spawn_reconciler;
 use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let store = open_store(&config).await?;
-    let dispatcher = open_dispatcher(&config, store)?;
+    let service = Arc::new(service(&config).await?);
     if on_lambda() {
         let handler = service_fn(move |_: LambdaEvent<Value>| {
-            let dispatcher = dispatcher.clone();
+            let service = service.clone();
             async move {
-                dispatcher.reconcile().await?;
+                reconcile_once(&service).await;
                 Ok::<_, lambda_runtime::Error>(json!({"swept": true}))
             }
         });
         return lambda_runtime::run(handler).await;
     }
-    spawn_reconciler(dispatcher, config.dispatch.lease);
+    spawn_reconciler(service, config.dispatch.lease);
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The use cases: what a tenant can ask of lancer, whoever carries the request (the REST
-//! API, the Lambda ingestion path, the CLI's server). Each takes parsed domain values and
+//! API, the Lambda ingestion path, the CLI's server, reconcile). Each takes parsed domain values and
 //! the ports; none knows about HTTP.
 
 use std::path::PathBuf;
@@ -9,18 +9,21 @@ use crate::config::{ApiKeys, UploadLimits};
 use crate::domain::ingest::IngestRules;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
-use crate::ports::{Dispatcher, Lake, TaskStore};
+use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 
 mod artifacts;
+mod pipelines;
 mod tasks;
 mod uploads;
 
+pub use pipelines::STEP_NOT_STARTED;
 pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog};
 pub use uploads::Uploaded;
 
 /// The ports and the operator's settings every use case runs against.
 pub struct Service {
     pub store: Arc<dyn TaskStore>,
+    pub pipelines: Arc<dyn PipelineStore>,
     pub lake: Arc<dyn Lake>,
     pub dispatcher: Arc<dyn Dispatcher>,
     /// The folder holding `lancer-scripts.json` and the scripts it registers.
@@ -52,5 +55,11 @@ impl Service {
             .tenant_of(key)
             .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
         Ok(Tenant::keyed(name.clone()))
+    }
+}
+
+impl AsRef<Service> for Service {
+    fn as_ref(&self) -> &Service {
+        self
     }
 }

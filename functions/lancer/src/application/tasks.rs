@@ -33,6 +33,34 @@ pub struct TaskLog {
     pub status: TaskStatus,
 }
 
+/// Takes the key a transport carries beside the body (`Idempotency-Key`) into the body's
+/// own field; the two must agree.
+pub(super) fn merge_idempotency_key(
+    field: &mut Option<String>,
+    header: Option<&str>,
+) -> Result<()> {
+    let Some(key) = header else {
+        return Ok(());
+    };
+    check_idempotency_key(key)?;
+    if field.as_ref().is_some_and(|field| field != key) {
+        return Err(Error::invalid(
+            "Idempotency-Key header and idempotency_key field differ",
+        ));
+    }
+    *field = Some(key.to_owned());
+    Ok(())
+}
+
+/// A listing's page size: 1-1000, 100 unless asked.
+pub(super) fn page_size(limit: Option<usize>) -> Result<usize> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=crate::store::MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid("limit must be between 1 and 1000"));
+    }
+    Ok(limit)
+}
+
 impl Service {
     /// Validates, resolves and stores a task, then hands it to the dispatcher. A spec whose
     /// idempotency key was seen before answers the first task. `idempotency_header` is the
@@ -44,19 +72,7 @@ impl Service {
         mut spec: TaskSpec,
         idempotency_header: Option<&str>,
     ) -> Result<Created> {
-        if let Some(key) = idempotency_header {
-            check_idempotency_key(key)?;
-            if spec
-                .idempotency_key
-                .as_ref()
-                .is_some_and(|field| field != key)
-            {
-                return Err(Error::invalid(
-                    "Idempotency-Key header and idempotency_key field differ",
-                ));
-            }
-            spec.idempotency_key = Some(key.to_owned());
-        }
+        merge_idempotency_key(&mut spec.idempotency_key, idempotency_header)?;
         check_spec(&spec)?;
         ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
         let input_path = match parse_input(&spec.input)? {
@@ -122,10 +138,7 @@ impl Service {
             .map(str::parse::<TaskStatus>)
             .transpose()
             .map_err(Error::InvalidRequest)?;
-        let limit = limit.unwrap_or(100);
-        if !(1..=crate::store::MAX_PAGE).contains(&limit) {
-            return Err(Error::invalid("limit must be between 1 and 1000"));
-        }
+        let limit = page_size(limit)?;
         self.store
             .list(&ListQuery {
                 tenant: Some(tenant.name.to_string()),

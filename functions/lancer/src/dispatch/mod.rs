@@ -1,34 +1,17 @@
 //! Dispatcher adapters (local subprocesses, Ray jobs, an in-memory fake) and what every
 //! backend shares: the lease sweep and the reconcile loop.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::domain::task::{Change, Task, TaskStatus, expire};
 use crate::error::{Error, Result};
-use crate::ports::{Dispatcher, ListQuery, TaskStore};
+use crate::ports::{ListQuery, TaskStore};
 
 pub mod local;
 pub mod memory;
 pub mod ray;
-
-/// Reconciles now and then every half lease, until the process ends.
-pub fn spawn_reconciler(
-    dispatcher: Arc<dyn Dispatcher>,
-    lease: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval((lease / 2).max(Duration::from_millis(500)));
-        loop {
-            tick.tick().await;
-            if let Err(err) = dispatcher.reconcile().await {
-                error!(%err, backend = dispatcher.backend(), "reconcile failed");
-            }
-        }
-    })
-}
 
 /// Ends the running tasks whose runner stopped heartbeating for longer than `lease`:
 /// requeued while attempts remain (returned, to be dispatched again), else failed.

@@ -5,6 +5,7 @@ pub mod error;
 pub mod fair;
 pub mod ingest;
 pub mod path;
+pub mod pipeline;
 pub mod task;
 pub mod tenant;
 pub mod validate;

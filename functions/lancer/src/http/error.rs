@@ -33,6 +33,7 @@ pub fn code_of(err: &Error) -> &'static str {
             Resource::Dataset => "DATASET_NOT_FOUND",
             Resource::Model => "MODEL_NOT_FOUND",
             Resource::Task => "TASK_NOT_FOUND",
+            Resource::Pipeline => "PIPELINE_NOT_FOUND",
             Resource::Route => "NOT_FOUND",
         },
         Error::Unauthorized(_) => "UNAUTHORIZED",

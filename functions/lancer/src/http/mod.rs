@@ -17,6 +17,7 @@ use crate::domain::validate::MAX_BODY_BYTES;
 pub mod auth;
 pub mod error;
 mod lake;
+mod pipelines;
 mod tasks;
 pub mod uploads;
 
@@ -28,18 +29,26 @@ pub struct AppState {
     pub timeouts: Timeouts,
 }
 
+impl AsRef<Service> for AppState {
+    fn as_ref(&self) -> &Service {
+        &self.service
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "lancer", description = "ML tasks on a Lance data lake: ingest, train, serve."),
     paths(
         tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
+        pipelines::submit, pipelines::list, pipelines::get_pipeline, pipelines::cancel,
+        pipelines::retry,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
         lake::list_models, lake::get_model, lake::delete_model,
         uploads::upload, health,
     ),
-    components(schemas(error::ErrorBody, tasks::TaskList)),
+    components(schemas(error::ErrorBody, tasks::TaskList, pipelines::PipelineList)),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "datasets"), (name = "models"), (name = "uploads"))
+    tags((name = "tasks"), (name = "pipelines"), (name = "datasets"), (name = "models"), (name = "uploads"))
 )]
 pub struct ApiDoc;
 
@@ -113,14 +122,19 @@ macro_rules! time_limit {
     };
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API over `state`, owned or shared (`lancer serve` shares it with reconcile).
+pub fn router(state: impl Into<Arc<AppState>>) -> Router {
+    let state = state.into();
     let Timeouts { request, upload } = state.timeouts;
-    let state = Arc::new(state);
     let api = Router::new()
         .route("/tasks", post(tasks::submit).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get_task))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/logs", get(tasks::logs))
+        .route("/pipelines", post(pipelines::submit).get(pipelines::list))
+        .route("/pipelines/{id}", get(pipelines::get_pipeline))
+        .route("/pipelines/{id}/cancel", post(pipelines::cancel))
+        .route("/pipelines/{id}/retry", post(pipelines::retry))
         .route("/datasets", get(lake::list_datasets))
         .route(
             "/datasets/{id}",

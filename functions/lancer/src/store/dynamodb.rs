@@ -4,6 +4,7 @@
 //! serves dispatchers and sweepers across tenants. Task ids are UUIDv7, so id order is
 //! creation order. Idempotency keys are reserved by items `key#<tenant>#<key>` written in
 //! the same transaction as the task; they carry no tenant or status, so no index sees them.
+//! Pipelines share the table under their own attributes and indexes (`pipelines`).
 
 use std::collections::HashMap;
 
@@ -23,6 +24,10 @@ use super::{
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
+
+mod pipelines;
+
+pub use pipelines::{PIPELINES_BY_TENANT, PIPELINES_RUNNING};
 
 pub const BY_TENANT: &str = "by_tenant";
 pub const BY_STATUS: &str = "by_status";
@@ -82,9 +87,13 @@ impl DynamoTaskStore {
             .attribute_definitions(string_key("id")?)
             .attribute_definitions(string_key("tenant")?)
             .attribute_definitions(string_key("status")?)
+            .attribute_definitions(string_key(pipelines::TENANT)?)
+            .attribute_definitions(string_key(pipelines::RUNNING)?)
             .key_schema(key("id", KeyType::Hash)?)
             .global_secondary_indexes(index(BY_TENANT, "tenant")?)
             .global_secondary_indexes(index(BY_STATUS, "status")?)
+            .global_secondary_indexes(index(PIPELINES_BY_TENANT, pipelines::TENANT)?)
+            .global_secondary_indexes(index(PIPELINES_RUNNING, pipelines::RUNNING)?)
             .send()
             .await
             .map_err(|err| aws_error("CreateTable", err))?;
@@ -412,8 +421,8 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Task>> {
-        if id.starts_with("key#") {
-            return Ok(None); // a reservation, not a task
+        if id.contains('#') {
+            return Ok(None); // a reservation or a pipeline, not a task
         }
         self.read(id).await
     }

@@ -1,4 +1,4 @@
-//! The in-memory TaskStore: the fake every test of a caller can use.
+//! The in-memory TaskStore and PipelineStore: the fake every test of a caller can use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -7,16 +7,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
+    decode_page_token, existing_for_key, existing_pipeline_for_key, next_heartbeat, next_pipeline,
+    next_record, page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of,
+    task_not_found,
 };
+use crate::domain::pipeline::{Pipeline, PipelineStatus};
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
-use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
+use crate::ports::{Created, ListQuery, PipelinePage, PipelineStore, TaskPage, TaskStore};
 
 #[derive(Default)]
 struct State {
     tasks: BTreeMap<String, Task>,
     keys: HashMap<(String, String), String>,
+    pipelines: BTreeMap<String, Pipeline>,
+    pipeline_keys: HashMap<(String, String), String>,
 }
 
 #[derive(Default)]
@@ -105,5 +110,73 @@ impl TaskStore for MemoryTaskStore {
             .filter(|task| task.heartbeat_at.is_none_or(|beat| beat < cutoff))
             .cloned()
             .collect())
+    }
+}
+
+#[async_trait]
+impl PipelineStore for MemoryTaskStore {
+    async fn create_pipeline(&self, pipeline: Pipeline) -> Result<Created<Pipeline>> {
+        let mut state = self.lock()?;
+        if let Some(key) = &pipeline.spec.idempotency_key {
+            let slot = (pipeline.tenant.to_string(), key.clone());
+            if let Some(existing) = state
+                .pipeline_keys
+                .get(&slot)
+                .and_then(|id| state.pipelines.get(id))
+            {
+                return existing_pipeline_for_key(existing.clone(), &pipeline);
+            }
+            state.pipeline_keys.insert(slot, pipeline.id.to_string());
+        }
+        state
+            .pipelines
+            .insert(pipeline.id.to_string(), pipeline.clone());
+        Ok(Created::New(pipeline))
+    }
+
+    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+        Ok(self.lock()?.pipelines.get(id).cloned())
+    }
+
+    async fn list_pipelines(
+        &self,
+        tenant: &str,
+        limit: usize,
+        page_token: Option<&str>,
+    ) -> Result<PipelinePage> {
+        let before = page_token.map(decode_page_token).transpose()?;
+        let limit = page_limit(limit);
+        let pipelines = self
+            .lock()?
+            .pipelines
+            .values()
+            .rev()
+            .filter(|p| before.as_deref().is_none_or(|last| p.id.as_str() < last))
+            .filter(|p| p.tenant == tenant)
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(pipeline_page_of(pipelines, limit))
+    }
+
+    async fn running_pipelines(&self) -> Result<Vec<Pipeline>> {
+        Ok(self
+            .lock()?
+            .pipelines
+            .values()
+            .filter(|p| p.status == PipelineStatus::Running)
+            .cloned()
+            .collect())
+    }
+
+    async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline> {
+        let mut state = self.lock()?;
+        let current = state
+            .pipelines
+            .get_mut(next.id.as_str())
+            .ok_or_else(|| pipeline_not_found(&next.id))?;
+        let next = next_pipeline(current, next)?;
+        *current = next.clone();
+        Ok(next)
     }
 }

@@ -4,9 +4,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, apply, apply_heartbeat};
 use crate::error::{Error, Resource, Result};
-use crate::ports::Created;
+use crate::ports::{Created, PipelinePage};
 
 pub mod dynamodb;
 pub mod memory;
@@ -81,14 +82,64 @@ pub fn page_limit(limit: usize) -> usize {
 /// A page from up to `limit + 1` tasks, newest first: the extra one only says that
 /// another page exists, and the token points past the last task served.
 pub fn page_of(mut tasks: Vec<Task>, limit: usize) -> crate::ports::TaskPage {
-    let next_page_token = if tasks.len() > limit {
-        tasks.truncate(limit);
-        tasks.last().map(|last| encode_page_token(&last.id))
-    } else {
-        None
-    };
+    let next_page_token = cut_page(&mut tasks, limit, |task| task.id.as_str());
     crate::ports::TaskPage {
         tasks,
         next_page_token,
     }
+}
+
+/// `page_of` for pipelines.
+pub fn pipeline_page_of(mut pipelines: Vec<Pipeline>, limit: usize) -> PipelinePage {
+    let next_page_token = cut_page(&mut pipelines, limit, |pipeline| pipeline.id.as_str());
+    PipelinePage {
+        pipelines,
+        next_page_token,
+    }
+}
+
+fn cut_page<T, Id: AsRef<str> + ?Sized>(
+    records: &mut Vec<T>,
+    limit: usize,
+    id: impl Fn(&T) -> &Id,
+) -> Option<String> {
+    if records.len() <= limit {
+        return None;
+    }
+    records.truncate(limit);
+    records
+        .last()
+        .map(|last| encode_page_token(id(last).as_ref()))
+}
+
+/// `existing_for_key` for pipelines.
+pub fn existing_pipeline_for_key(
+    existing: Pipeline,
+    requested: &Pipeline,
+) -> Result<Created<Pipeline>> {
+    if existing.spec == requested.spec {
+        Ok(Created::Existing(existing))
+    } else {
+        Err(Error::Conflict(format!(
+            "idempotency key is already used by pipeline {} with a different request",
+            existing.id
+        )))
+    }
+}
+
+/// The compare-and-set every pipeline adapter shares: `next` with its revision bumped if
+/// `current` still has the revision `next` was read at.
+pub fn next_pipeline(current: &Pipeline, mut next: Pipeline) -> Result<Pipeline> {
+    if current.revision != next.revision {
+        return Err(Error::Stale(format!(
+            "pipeline {} is at revision {}, not {}",
+            current.id, current.revision, next.revision
+        )));
+    }
+    next.revision += 1;
+    Ok(next)
+}
+
+pub fn pipeline_not_found(id: &str) -> Error {
+    Error::not_found(Resource::Pipeline, id)
 }

@@ -1,4 +1,4 @@
-//! The SQLite TaskStore of the embedded default. WAL mode and a busy timeout let the
+//! The SQLite TaskStore (and PipelineStore, in `pipelines`) of the embedded default. WAL mode and a busy timeout let the
 //! server and every runner process write the same file at once; each change runs in an
 //! IMMEDIATE transaction whose UPDATE is guarded by status and attempt.
 
@@ -17,6 +17,8 @@ use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
+mod pipelines;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -31,6 +33,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS tasks_by_key ON tasks (tenant, idempotency_key
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_tenant ON tasks (tenant, id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, heartbeat_ms);
+CREATE TABLE IF NOT EXISTS pipelines (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    idempotency_key TEXT,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS pipelines_by_key ON pipelines (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pipelines_by_tenant ON pipelines (tenant, id);
+CREATE INDEX IF NOT EXISTS pipelines_by_status ON pipelines (status, id);
 ";
 
 pub struct SqliteTaskStore {

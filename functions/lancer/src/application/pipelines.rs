@@ -1,0 +1,304 @@
+//! Pipelines: submit, read, list, cancel, retry, and the advance that reconcile runs.
+
+use tracing::{info, warn};
+
+use super::Service;
+use super::tasks::merge_idempotency_key;
+use crate::dispatch::cancel_in_store;
+use crate::domain::path::printable;
+use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline};
+use crate::domain::task::{Task, TaskError, TaskId};
+use crate::domain::tenant::Tenant;
+use crate::error::{Error, Resource, Result};
+use crate::ports::{Created, PipelinePage};
+use crate::scripts::ScriptRegistry;
+
+/// The code a step gets when its task could not be submitted (its input is gone, its
+/// script was unregistered since the pipeline was accepted).
+pub const STEP_NOT_STARTED: &str = "STEP_NOT_STARTED";
+
+impl Service {
+    /// Validates and stores a pipeline, then starts the steps that wait for nothing. A spec
+    /// whose idempotency key was seen before answers the first pipeline.
+    pub async fn submit_pipeline(
+        &self,
+        tenant: &Tenant,
+        mut spec: PipelineSpec,
+        idempotency_header: Option<&str>,
+    ) -> Result<Created<Pipeline>> {
+        merge_idempotency_key(&mut spec.idempotency_key, idempotency_header)?;
+        check_pipeline(&spec)?;
+        let registry = ScriptRegistry::load(&self.scripts)?;
+        for step in &spec.steps {
+            registry.resolve(&step.task.script).map_err(|err| {
+                Error::invalid(format!("step '{}': {err}", printable(&step.task.name)))
+            })?;
+        }
+        let id = PipelineId::from_uuid(uuid::Uuid::now_v7());
+        let pipeline = Pipeline::new(id, tenant, spec, chrono::Utc::now());
+        Ok(match self.pipelines.create_pipeline(pipeline).await? {
+            Created::New(pipeline) => {
+                info!(pipeline = %pipeline.id, name = %pipeline.spec.name, "pipeline submitted");
+                // Stored: if this first advance fails, reconcile makes it.
+                Created::New(self.advance(pipeline.clone()).await.unwrap_or_else(|err| {
+                    warn!(pipeline = %pipeline.id, %err, "first advance failed; reconcile will retry");
+                    pipeline
+                }))
+            }
+            existing => existing,
+        })
+    }
+
+    /// The pipeline if it exists and belongs to the tenant.
+    pub async fn pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
+        let not_found = || Error::not_found(Resource::Pipeline, printable(id));
+        let id = PipelineId::parse(id).map_err(|_| not_found())?;
+        match self.pipelines.pipeline(&id).await? {
+            Some(pipeline) if pipeline.tenant == tenant.name => Ok(pipeline),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The tenant's pipelines, newest first, a page of `limit` (1-1000, default 100).
+    pub async fn list_pipelines(
+        &self,
+        tenant: &Tenant,
+        limit: Option<usize>,
+        page_token: Option<&str>,
+    ) -> Result<PipelinePage> {
+        let limit = super::tasks::page_size(limit)?;
+        self.pipelines
+            .list_pipelines(&tenant.name, limit, page_token)
+            .await
+    }
+
+    /// Cancels the pipeline: waiting steps never start, and running or pending step tasks
+    /// (a completed pipeline's service too) are cancelled.
+    pub async fn cancel_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
+        let (mut pipeline, live) = loop {
+            let mut pipeline = self.pipeline(tenant, id).await?;
+            if !pipeline.can_cancel() {
+                return Err(Error::Conflict(format!(
+                    "pipeline {} is already {}",
+                    pipeline.id, pipeline.status
+                )));
+            }
+            let live = pipeline.cancel(chrono::Utc::now());
+            match self.pipelines.update_pipeline(pipeline).await {
+                Ok(pipeline) => break (pipeline, live),
+                Err(Error::Stale(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        info!(pipeline = %pipeline.id, tasks = live.len(), "pipeline cancelled");
+        for task in self.cancel_step_tasks(&live).await? {
+            pipeline.observe(&task);
+        }
+        // The steps' own statuses are a mirror: losing this write to another only delays it.
+        Ok(
+            match self.pipelines.update_pipeline(pipeline.clone()).await {
+                Ok(mirrored) => mirrored,
+                Err(Error::Stale(_)) => pipeline,
+                Err(err) => return Err(err),
+            },
+        )
+    }
+
+    /// Resumes a failed or cancelled pipeline from its first step that did not complete.
+    pub async fn retry_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
+        let pipeline = loop {
+            let mut pipeline = self.pipeline(tenant, id).await?;
+            pipeline
+                .retry()
+                .map_err(|err| Error::Conflict(err.to_string()))?;
+            pipeline.updated_at = chrono::Utc::now();
+            match self.pipelines.update_pipeline(pipeline).await {
+                Ok(pipeline) => break pipeline,
+                Err(Error::Stale(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        info!(pipeline = %pipeline.id, "pipeline retried");
+        self.advance(pipeline).await
+    }
+
+    /// One round of every running pipeline: what `lancer serve` and the AWS sweeper run.
+    /// A pipeline that fails to advance is logged and tried again next round.
+    pub async fn advance_pipelines(&self) -> Result<()> {
+        for pipeline in self.pipelines.running_pipelines().await? {
+            let id = pipeline.id.clone();
+            if let Err(err) = self.advance(pipeline).await {
+                warn!(pipeline = %id, %err, "pipeline could not advance");
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirrors the steps' tasks, starts the steps that may start, and stores the result
+    /// under the revision it read. Step tasks carry an idempotency key of the pipeline,
+    /// the step and its round, so a second process advancing the same revision submits
+    /// the same tasks, and only one of the two writes lands.
+    async fn advance(&self, read: Pipeline) -> Result<Pipeline> {
+        let mut next = read.clone();
+        for step in read.steps.iter().filter(|step| step.status.is_live()) {
+            if let Some(task) = self.step_task(step.task_id.as_ref()).await? {
+                next.observe(&task);
+            }
+        }
+        let now = chrono::Utc::now();
+        next.settle(now);
+        let mut started = Vec::new();
+        for step in next.ready() {
+            match self
+                .submit_task(&next.tenant(), next.task_spec(step), None)
+                .await
+            {
+                Ok(created) => {
+                    let task = created.into_inner();
+                    next.started(step, &task);
+                    started.push(task);
+                }
+                Err(Error::Internal(source)) => return Err(Error::Internal(source)),
+                Err(refused) => next
+                    .could_not_start(step, TaskError::new(STEP_NOT_STARTED, refused.to_string())),
+            }
+        }
+        next.settle(now);
+        if next == read {
+            return Ok(read);
+        }
+        next.updated_at = now;
+        match self.pipelines.update_pipeline(next).await {
+            Err(Error::Stale(_)) => self.lost_advance(&read.id, &started).await,
+            written => written,
+        }
+    }
+
+    /// Another write came first. If it was a cancel, the tasks this round started are
+    /// unknown to it, so they are cancelled here.
+    async fn lost_advance(&self, id: &PipelineId, started: &[Task]) -> Result<Pipeline> {
+        let fresh = self
+            .pipelines
+            .pipeline(id)
+            .await?
+            .ok_or_else(|| Error::not_found(Resource::Pipeline, id.as_str()))?;
+        if fresh.status == PipelineStatus::Cancelled {
+            let ids: Vec<TaskId> = started.iter().map(|task| task.id.clone()).collect();
+            self.cancel_step_tasks(&ids).await?;
+        }
+        Ok(fresh)
+    }
+
+    async fn step_task(&self, id: Option<&TaskId>) -> Result<Option<Task>> {
+        match id {
+            Some(id) => self.store.get(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Cancels the tasks that have not finished; each as it is now.
+    async fn cancel_step_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        for id in ids {
+            let Some(mut task) = self.store.get(id).await? else {
+                continue;
+            };
+            // A runner may move it (pending -> running) between our read and our write.
+            while !task.status.is_terminal() {
+                match cancel_in_store(self.store.as_ref(), &task).await {
+                    Ok(cancelled) => {
+                        self.dispatcher.cancel(&cancelled).await?;
+                        task = cancelled;
+                    }
+                    Err(Error::Stale(_)) => match self.store.get(id).await? {
+                        Some(now) => task = now,
+                        None => break,
+                    },
+                    Err(err) => return Err(err),
+                }
+            }
+            tasks.push(task);
+        }
+        Ok(tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::dispatch::memory::RecordingDispatcher;
+    use crate::domain::task::Change;
+    use crate::lake::memory::MemoryLake;
+    use crate::store::memory::MemoryTaskStore;
+
+    fn service() -> Service {
+        let scripts = std::env::temp_dir().join(format!("lancer-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&scripts).expect("mkdir");
+        std::fs::write(scripts.join("job.py"), "def run(i, o, p):\n    return {}\n")
+            .expect("write");
+        std::fs::write(
+            scripts.join(crate::scripts::REGISTRY_FILE),
+            r#"{"scripts": ["job.py"]}"#,
+        )
+        .expect("write");
+        let store = Arc::new(MemoryTaskStore::new());
+        Service {
+            dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
+            store: store.clone(),
+            pipelines: store,
+            lake: Arc::new(MemoryLake::new()),
+            scripts,
+            api_keys: None,
+            ingest_rules: Default::default(),
+            upload_limits: Default::default(),
+        }
+    }
+
+    /// Two processes that read the same revision both submit the next step: the step's
+    /// idempotency key makes that one task, and only one of their writes lands.
+    #[tokio::test]
+    async fn two_advances_from_the_same_revision_start_the_next_step_once() {
+        let service = service();
+        let spec = serde_json::from_value(json!({"name": "flow", "steps": [
+            {"name": "clean", "script": "job.py", "output": "digits"},
+            {"name": "train", "script": "job.py", "input": "${steps.clean.output}"},
+        ]}))
+        .expect("spec");
+        let tenant = Tenant::single();
+        let pipeline = service
+            .submit_pipeline(&tenant, spec, None)
+            .await
+            .expect("submit")
+            .into_inner();
+        let clean = pipeline.steps[0].task_id.clone().expect("clean started");
+        let task = service.store.get(&clean).await.expect("get").expect("task");
+        let start = Change::Start {
+            backend: "test".into(),
+        };
+        let running = service
+            .store
+            .transition(&clean, task.guard(), start)
+            .await
+            .expect("start");
+        let done = Change::Complete { result: json!({}) };
+        service
+            .store
+            .transition(&clean, running.guard(), done)
+            .await
+            .expect("complete");
+        let read = service.pipeline(&tenant, &pipeline.id).await.expect("read");
+        let first = service.advance(read.clone()).await.expect("first");
+        let second = service.advance(read).await.expect("second");
+        assert_eq!(first.revision, second.revision, "the second write lost");
+        assert_eq!(first.steps[1].task_id, second.steps[1].task_id);
+        let page = service
+            .list_tasks(&tenant, None, None, None)
+            .await
+            .expect("list");
+        assert_eq!(page.tasks.len(), 2, "clean and one train");
+    }
+}

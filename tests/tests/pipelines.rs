@@ -1,0 +1,295 @@
+//! Pipelines through the REST API: submitted, advanced by reconcile rounds, cancelled and
+//! retried, over the in-memory stores and a dispatcher that records what it was asked.
+
+use axum::http::StatusCode;
+use lancer::domain::task::{Change, TaskError};
+use lancer_tests::app::TestApp;
+use serde_json::{Value, json};
+
+fn flow() -> Value {
+    json!({
+        "name": "flow",
+        "steps": [
+            {"name": "clean", "script": "jobs/noop.py", "output": "digits"},
+            {"name": "train", "script": "jobs/noop.py", "input": "${steps.clean.output}", "output": "models/cnn"},
+            {"name": "report", "script": "jobs/noop.py", "after": ["train"]},
+        ],
+    })
+}
+
+async fn submit(app: &TestApp, body: &Value) -> Value {
+    let answer = app.post("/api/v1/pipelines", body, &[]).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    answer.json()
+}
+
+async fn read(app: &TestApp, id: &str) -> Value {
+    let answer = app.get(&format!("/api/v1/pipelines/{id}"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    answer.json()
+}
+
+fn statuses(pipeline: &Value) -> Vec<String> {
+    pipeline["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["status"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn task_of(pipeline: &Value, step: usize) -> String {
+    pipeline["steps"][step]["task_id"]
+        .as_str()
+        .expect("the step has a task")
+        .to_owned()
+}
+
+fn completed() -> Change {
+    Change::Complete {
+        result: json!({"ok": true}),
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_runs_its_steps_in_order_feeding_each_the_output_it_names() {
+    let app = TestApp::new(None);
+    let pipeline = submit(&app, &flow()).await;
+    let id = pipeline["id"].as_str().expect("id").to_owned();
+    assert_eq!(statuses(&pipeline), ["pending", "waiting", "waiting"]);
+    assert_eq!(pipeline["status"], "running");
+    app.finish(&task_of(&pipeline, 0), completed()).await;
+    app.advance_pipelines().await;
+    let pipeline = read(&app, &id).await;
+    assert_eq!(statuses(&pipeline), ["completed", "pending", "waiting"]);
+    let train = app
+        .get(&format!("/api/v1/tasks/{}", task_of(&pipeline, 1)), &[])
+        .await
+        .json();
+    assert_eq!(train["spec"]["input"], "datasets/digits.lance");
+    assert_eq!(train["input_path"], "datasets/digits.lance");
+    assert_eq!(train["spec"]["name"], "train");
+    app.finish(&task_of(&pipeline, 1), completed()).await;
+    app.advance_pipelines().await;
+    let pipeline = read(&app, &id).await;
+    app.finish(&task_of(&pipeline, 2), completed()).await;
+    app.advance_pipelines().await;
+    let pipeline = read(&app, &id).await;
+    assert_eq!(statuses(&pipeline), ["completed", "completed", "completed"]);
+    assert_eq!(pipeline["status"], "completed");
+    assert!(pipeline["finished_at"].is_string());
+    assert_eq!(app.dispatcher.submitted().len(), 3, "one task per step");
+}
+
+#[tokio::test]
+async fn a_failed_step_skips_what_follows_and_retry_resumes_from_it_keeping_completed_steps() {
+    let app = TestApp::new(None);
+    let pipeline = submit(&app, &flow()).await;
+    let id = pipeline["id"].as_str().expect("id").to_owned();
+    let clean = task_of(&pipeline, 0);
+    app.finish(&clean, completed()).await;
+    app.advance_pipelines().await;
+    let first_train = task_of(&read(&app, &id).await, 1);
+    let fail = Change::Fail {
+        error: TaskError::new("SCRIPT_ERROR", "out of memory"),
+    };
+    app.finish(&first_train, fail).await;
+    app.advance_pipelines().await;
+    let failed = read(&app, &id).await;
+    assert_eq!(statuses(&failed), ["completed", "failed", "skipped"]);
+    assert_eq!(failed["status"], "failed");
+    let running = app
+        .post(&format!("/api/v1/pipelines/{id}/retry"), &json!({}), &[])
+        .await;
+    assert_eq!(running.status, StatusCode::OK, "{}", running.text());
+    let resumed = running.json();
+    assert_eq!(statuses(&resumed), ["completed", "pending", "waiting"]);
+    assert_eq!(task_of(&resumed, 0), clean, "the completed step is kept");
+    let second_train = task_of(&resumed, 1);
+    assert_ne!(
+        second_train, first_train,
+        "the failed step runs as a new task"
+    );
+    assert_eq!(
+        resumed["steps"][1]["tasks"],
+        json!([first_train, second_train])
+    );
+    assert_eq!(resumed["steps"][1]["round"], 1);
+    let again = app
+        .post(&format!("/api/v1/pipelines/{id}/retry"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_pipeline_cancels_its_live_step_and_starts_nothing_after() {
+    let app = TestApp::new(None);
+    let pipeline = submit(&app, &flow()).await;
+    let id = pipeline["id"].as_str().expect("id").to_owned();
+    let clean = task_of(&pipeline, 0);
+    let answer = app
+        .post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let cancelled = answer.json();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(
+        statuses(&cancelled),
+        ["cancelled", "cancelled", "cancelled"]
+    );
+    let task = app.get(&format!("/api/v1/tasks/{clean}"), &[]).await.json();
+    assert_eq!(task["status"], "cancelled");
+    assert_eq!(app.dispatcher.cancelled(), vec![clean]);
+    app.advance_pipelines().await;
+    assert_eq!(
+        app.dispatcher.submitted().len(),
+        1,
+        "nothing started after the cancel"
+    );
+    let again = app
+        .post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+    let retried = app
+        .post(&format!("/api/v1/pipelines/{id}/retry"), &json!({}), &[])
+        .await;
+    assert_eq!(statuses(&retried.json()), ["pending", "waiting", "waiting"]);
+}
+
+#[tokio::test]
+async fn a_step_whose_input_cannot_be_found_fails_with_the_reason_and_stops_the_pipeline() {
+    let app = TestApp::new(None);
+    let body = json!({"name": "lost", "steps": [
+        {"name": "train", "script": "jobs/noop.py", "input": "no_such_data"},
+        {"name": "serve", "script": "jobs/noop.py", "after": ["train"]},
+    ]});
+    let pipeline = submit(&app, &body).await;
+    assert_eq!(pipeline["status"], "failed");
+    assert_eq!(statuses(&pipeline), ["failed", "skipped"]);
+    let error = &pipeline["steps"][0]["error"];
+    assert_eq!(error["code"], "STEP_NOT_STARTED");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no_such_data"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn pipelines_that_could_never_run_are_refused_with_400_naming_the_step() {
+    let app = TestApp::new(None);
+    let step = |name: &str, extra: Value| {
+        let mut step = json!({"name": name, "script": "jobs/noop.py", "output": name});
+        step.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        step
+    };
+    let too_many: Vec<Value> = (0..33).map(|n| step(&format!("s{n}"), json!({}))).collect();
+    let cases = [
+        (
+            json!([
+                step("a", json!({"after": ["b"]})),
+                step("b", json!({"input": "${steps.a.output}"}))
+            ]),
+            "cycle",
+        ),
+        (json!([step("a", json!({"after": ["ghost"]}))]), "ghost"),
+        (
+            json!([step("a", json!({})), step("a", json!({}))]),
+            "same name",
+        ),
+        (json!(too_many), "33"),
+        (
+            json!([step("a", json!({"max_attempts": 0}))]),
+            "step 'a': max_attempts",
+        ),
+        (
+            json!([step("a", json!({"script": "jobs/unregistered.py"}))]),
+            "step 'a'",
+        ),
+        (json!([step("a", json!({"aftr": ["b"]}))]), "aftr"),
+    ];
+    for (steps, expected) in cases {
+        let answer = app
+            .post(
+                "/api/v1/pipelines",
+                &json!({"name": "bad", "steps": steps}),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            "{}",
+            answer.text()
+        );
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    assert!(app.dispatcher.submitted().is_empty(), "nothing ran");
+    let list = app.get("/api/v1/pipelines", &[]).await.json();
+    assert_eq!(list["pipelines"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_answers_the_first_pipeline_and_another_spec_conflicts() {
+    let app = TestApp::new(None);
+    let key = [("Idempotency-Key", "nightly-2026-12-01")];
+    let first = app.post("/api/v1/pipelines", &flow(), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = app.post("/api/v1/pipelines", &flow(), &key).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    let mut other = flow();
+    other["name"] = json!("other");
+    let conflict = app.post("/api/v1/pipelines", &other, &key).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{}", conflict.text());
+    assert_eq!(
+        app.dispatcher.submitted().len(),
+        1,
+        "the repeat started nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_pipelines() {
+    let app = TestApp::new(Some("acme-secret-key=acme,globex-secret-key=globex"));
+    let acme = [("Authorization", "Bearer acme-secret-key")];
+    let globex = [("Authorization", "Bearer globex-secret-key")];
+    let created = app.post("/api/v1/pipelines", &flow(), &acme).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    for path in [format!("/api/v1/pipelines/{id}")] {
+        let theirs = app.get(&path, &globex).await;
+        assert_eq!(
+            (theirs.status, theirs.code().as_str()),
+            (StatusCode::NOT_FOUND, "PIPELINE_NOT_FOUND")
+        );
+    }
+    let cancel = app
+        .post(
+            &format!("/api/v1/pipelines/{id}/cancel"),
+            &json!({}),
+            &globex,
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND);
+    let list = app.get("/api/v1/pipelines", &globex).await.json();
+    assert_eq!(list["pipelines"], json!([]));
+    let mine = app.get("/api/v1/pipelines", &acme).await.json();
+    assert_eq!(mine["pipelines"][0]["id"], json!(id));
+    let bogus = app.get("/api/v1/pipelines/..%2Fescape", &acme).await;
+    assert_eq!(bogus.status, StatusCode::NOT_FOUND);
+}
