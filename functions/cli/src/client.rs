@@ -1,6 +1,7 @@
 //! A small typed client of the REST API: it speaks the library's own types.
 
 use anyhow::{Context, Result, bail};
+use lancer::domain::pipeline::Pipeline;
 use lancer::domain::task::{Task, TaskStatus};
 use lancer::ports::ArtifactSummary;
 use reqwest::{Method, RequestBuilder, Response};
@@ -27,6 +28,13 @@ pub struct LogSlice {
 #[derive(Deserialize)]
 pub struct TaskList {
     pub tasks: Vec<Task>,
+    pub next_page_token: Option<String>,
+}
+
+/// A page of `GET /pipelines`.
+#[derive(Deserialize)]
+pub struct PipelineList {
+    pub pipelines: Vec<Pipeline>,
     pub next_page_token: Option<String>,
 }
 
@@ -143,5 +151,39 @@ impl Client {
         self.send(self.request(Method::DELETE, &format!("/{kind}/{id}")))
             .await?;
         Ok(())
+    }
+
+    pub async fn submit_pipeline(
+        &self,
+        spec: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Pipeline> {
+        let mut request = self.request(Method::POST, "/pipelines").json(spec);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.json(request).await
+    }
+
+    pub async fn pipeline(&self, id: &str) -> Result<Pipeline> {
+        self.json(self.request(Method::GET, &format!("/pipelines/{id}")))
+            .await
+    }
+
+    pub async fn list_pipelines(
+        &self,
+        limit: usize,
+        page_token: Option<&str>,
+    ) -> Result<PipelineList> {
+        let mut query = vec![("limit", limit.to_string())];
+        query.extend(page_token.map(|t| ("page_token", t.to_owned())));
+        self.json(self.request(Method::GET, "/pipelines").query(&query))
+            .await
+    }
+
+    /// `POST /pipelines/{id}/<action>`: cancel or retry.
+    pub async fn pipeline_action(&self, id: &str, action: &str) -> Result<Pipeline> {
+        self.json(self.request(Method::POST, &format!("/pipelines/{id}/{action}")))
+            .await
     }
 }

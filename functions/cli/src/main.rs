@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 mod bench;
 mod client;
+mod pipelines;
 
 use client::Client;
 use lancer::domain::task::TaskStatus;
@@ -34,6 +35,9 @@ enum Command {
     /// Submit, list, inspect, cancel and follow tasks.
     #[command(subcommand)]
     Tasks(TaskCommand),
+    /// Submit, list, inspect, cancel, retry and wait for pipelines of tasks.
+    #[command(subcommand)]
+    Pipelines(pipelines::PipelineCommand),
     /// Datasets in the lake.
     Datasets(ArtifactArgs),
     /// Models in the lake.
@@ -208,6 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => Ok(lancer::app::serve(&args.config()?).await?),
         Command::Tasks(command) => tasks(&remote.client()?, command).await,
+        Command::Pipelines(command) => pipelines::run(&remote.client()?, command).await,
         Command::Datasets(args) => artifacts(&remote.client()?, "datasets", args.command).await,
         Command::Models(args) => artifacts(&remote.client()?, "models", args.command).await,
         Command::Bench {
