@@ -107,6 +107,12 @@ impl Invocation {
     }
 }
 
+/// The version of its input the platform settled on (`LANCER_INPUT_VERSION`): the one it
+/// records as read, so the job reads exactly that one.
+pub fn input_version() -> Option<u64> {
+    std::env::var("LANCER_INPUT_VERSION").ok()?.parse().ok()
+}
+
 /// Object-store options for Lance, as the platform hands them over.
 pub fn storage_options() -> HashMap<String, String> {
     std::env::var("LANCER_STORAGE_OPTIONS")

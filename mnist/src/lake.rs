@@ -71,12 +71,20 @@ impl Split {
     }
 }
 
-/// The train and test rows of a cleaned dataset, and the version read.
+/// The train and test rows of a cleaned dataset (the newest version, or `version`), and
+/// the version read.
 pub async fn read_splits(
     uri: &str,
+    version: Option<u64>,
     storage_options: &HashMap<String, String>,
 ) -> Result<(Split, Split, u64)> {
-    let dataset = open(uri, storage_options).await?;
+    let mut dataset = open(uri, storage_options).await?;
+    if let Some(version) = version {
+        dataset = dataset
+            .checkout_version(version)
+            .await
+            .with_context(|| format!("dataset version {version}"))?;
+    }
     let version = dataset.version().version;
     let mut scan = dataset.scan();
     scan.project(&["image", "label", "split"])

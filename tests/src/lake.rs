@@ -253,6 +253,31 @@ pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
     );
 }
 
+pub async fn a_version_tagged_with_its_writer_names_it_and_only_it(f: LakeFixture) {
+    let path = artifact("", ArtifactKind::Model, "cnn");
+    assert_eq!(f.lake.latest_version(&path).await.expect("latest"), None);
+    f.seed.model("", "cnn", &[0.5, 0.9]).await;
+    assert_eq!(f.lake.latest_version(&path).await.expect("latest"), Some(2));
+    f.lake.tag_writer(&path, 2, "task-b").await.expect("tag");
+    f.lake
+        .tag_writer(&path, 2, "task-b")
+        .await
+        .expect("tagging again is a no-op");
+    f.lake.tag_writer(&path, 1, "task-a").await.expect("tag");
+    let detail = f
+        .lake
+        .describe(&root(""), ArtifactKind::Model, &name("cnn"))
+        .await
+        .expect("describe")
+        .expect("exists");
+    let writers: Vec<(u64, Option<&str>)> = detail
+        .versions
+        .iter()
+        .map(|v| (v.version, v.task_id.as_deref()))
+        .collect();
+    assert_eq!(writers, [(1, Some("task-a")), (2, Some("task-b"))]);
+}
+
 pub async fn a_model_reports_its_newest_metrics(f: LakeFixture) {
     f.seed.model("", "cnn", &[0.91, 0.98]).await;
     let detail = f
@@ -502,6 +527,7 @@ macro_rules! lake_conformance {
             a_written_dataset_is_listed_with_schema_and_row_count,
             describe_gives_fields_versions_and_size,
             a_model_reports_its_newest_metrics,
+            a_version_tagged_with_its_writer_names_it_and_only_it,
             delete_removes_an_artifact_once,
             tenants_see_only_their_own_prefix,
             objects_are_read_back_from_any_offset,

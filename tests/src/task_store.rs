@@ -254,6 +254,8 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
         }),
         endpoint: Some("http://127.0.0.1:9999".into()),
         sandbox: Some("landlock".into()),
+        input_version: Some(3),
+        output_version: Some(7),
     };
     let updated = f
         .store
@@ -265,6 +267,14 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
         Some(0.25)
     );
     assert_eq!(updated.endpoint.as_deref(), Some("http://127.0.0.1:9999"));
+    assert_eq!(
+        (
+            updated.lineage.input_version,
+            updated.lineage.output_version
+        ),
+        (Some(3), Some(7)),
+        "the versions it read and wrote"
+    );
     assert!(updated.heartbeat_at >= running.heartbeat_at);
     assert_eq!(
         f.store.get(&task.id).await.expect("get"),

@@ -164,3 +164,91 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
     );
     server.stop().await;
 }
+
+/// Appends `rows` rows to its output dataset.
+const APPEND_PY: &str = r#"
+import json, os
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    table = pa.table({"index": list(range(params["rows"]))})
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    lance.write_dataset(table, output_path, mode="append", storage_options=options)
+    return {}
+"#;
+
+/// Reads its input at the version the platform gives it, and, with an output, writes a
+/// one-row model saying what it read.
+const READ_PY: &str = r#"
+import json, os
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    version = int(os.environ["LANCER_INPUT_VERSION"])
+    rows = lance.dataset(input_path, version=version, storage_options=options).count_rows()
+    if output_path:
+        table = pa.table({"metrics": [json.dumps({"rows": rows})]})
+        lance.write_dataset(table, output_path, mode="append", storage_options=options)
+    return {"rows": rows, "version": version}
+"#;
+
+#[tokio::test]
+async fn versions_name_their_writers_and_a_model_names_the_dataset_version_it_read() {
+    let scripts = [("append.py", APPEND_PY, false), ("read.py", READ_PY, false)];
+    let server = Server::start(&scripts, &[]).await;
+    let within = Duration::from_secs(90);
+    let append = |rows: u32| json!({"name": "ingest", "script": "append.py", "output": "digits", "params": {"rows": rows}});
+    let first = server.run_to_completion(&append(10), within).await;
+    let second = server.run_to_completion(&append(5), within).await;
+    assert_eq!(second["lineage"]["output_version"], 2);
+
+    let digits = server.get_json("/datasets/digits").await;
+    let writers: Vec<(u64, String)> = digits["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap_or(0),
+                v["task_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let ids = [&first["id"], &second["id"]].map(|id| id.as_str().unwrap_or("").to_owned());
+    assert_eq!(writers, [(1, ids[0].clone()), (2, ids[1].clone())]);
+
+    let read = |input: &str| json!({"name": "fit", "script": "read.py", "input": input, "output": "models/fit"});
+    let latest = server.run_to_completion(&read("digits"), within).await;
+    assert_eq!(latest["result"], json!({"rows": 15, "version": 2}));
+    assert_eq!(latest["lineage"]["input_version"], 2);
+    let pinned = server.run_to_completion(&read("digits@1"), within).await;
+    assert_eq!(
+        pinned["result"],
+        json!({"rows": 10, "version": 1}),
+        "the pinned version was read"
+    );
+
+    let model = server.get_json("/models/fit").await;
+    let first_version = &model["versions"][0];
+    assert_eq!(first_version["task_id"], latest["id"]);
+    assert_eq!(
+        (
+            &first_version["input_path"],
+            &first_version["input_version"]
+        ),
+        (&json!("digits"), &json!(2)),
+        "the model's first version was trained on version 2 of digits: {model:#}"
+    );
+    assert_eq!(model["versions"][1]["input_version"], 1);
+
+    let missing = server.submit_for_id(&read("digits@9")).await;
+    let failed = server.wait_finished(&missing, within).await;
+    assert_eq!(
+        failed["error"]["code"], "INPUT_VERSION_NOT_FOUND",
+        "{failed:#}"
+    );
+    server.stop().await;
+}

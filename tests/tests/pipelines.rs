@@ -69,6 +69,12 @@ async fn a_pipeline_runs_its_steps_in_order_feeding_each_the_output_it_names() {
     assert_eq!(train["spec"]["input"], "datasets/digits.lance");
     assert_eq!(train["input_path"], "datasets/digits.lance");
     assert_eq!(train["spec"]["name"], "train");
+    assert_eq!(
+        train["lineage"]["pipeline"],
+        json!(id),
+        "the task names its pipeline"
+    );
+    assert_eq!(train["lineage"]["step"], "train");
     app.finish(&task_of(&pipeline, 1), completed()).await;
     app.advance_pipelines().await;
     let pipeline = read(&app, &id).await;

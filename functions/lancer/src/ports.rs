@@ -118,11 +118,32 @@ pub struct Field {
     pub nullable: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// One version of a dataset or model, and what made it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Version {
     pub version: u64,
     pub timestamp: DateTime<Utc>,
+    /// The task that wrote it (the version's `lancer-task-<id>` tag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// That task's pipeline and step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What that task read: a model version names the dataset version it was trained on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_version: Option<u64>,
 }
+
+/// The tag that marks the version a task wrote.
+pub fn writer_tag(task: &str) -> String {
+    format!("{WRITER_TAG_PREFIX}{task}")
+}
+
+pub const WRITER_TAG_PREFIX: &str = "lancer-task-";
 
 /// A dataset or model as `GET /datasets` and `GET /models` list it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -242,6 +263,14 @@ pub trait Lake: Send + Sync {
         kind: ArtifactKind,
         name: &Name,
     ) -> Result<Option<ArtifactDetail>>;
+
+    /// The latest version of the Lance dataset at `path`; `None` if there is none.
+    async fn latest_version(&self, path: &LakePath) -> Result<Option<u64>>;
+
+    /// Marks `version` of the dataset at `path` as written by `task` (the Lance tag
+    /// `writer_tag(task)`), so its version listing names the writer. Marking it again is a
+    /// no-op.
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()>;
 
     /// Removes the artifact; false if it did not exist.
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool>;

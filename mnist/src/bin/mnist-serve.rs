@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
-use mnist::contract::{Invocation, Progress, init_logging, storage_options};
+use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::idx::PIXELS;
 use mnist::model::{Net, images_tensor};
 use serde_json::{Value, json};
@@ -137,9 +137,12 @@ async fn main() -> Result<()> {
         .parse()
         .context("host must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
     let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
-    let (row, version) =
-        mnist::lake::load_model(&task.input, task.u64_param("version")?, &storage_options())
-            .await?;
+    let (row, version) = mnist::lake::load_model(
+        &task.input,
+        task.u64_param("version")?.or(input_version()),
+        &storage_options(),
+    )
+    .await?;
     let net = Net::from_safetensors(&row.weights, &device)?;
     let model = Arc::new(Model {
         net,

@@ -8,7 +8,7 @@
 //! Result: `{accuracy, loss, model_version}`.
 
 use anyhow::{Result, bail};
-use mnist::contract::{Invocation, Progress, init_logging, storage_options};
+use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::lake::{ModelRow, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
 use mnist::train::{EpochStats, Observer, TrainOptions, default_learning_rate, train};
@@ -82,7 +82,8 @@ async fn main() -> Result<()> {
         ..options
     };
     let storage = storage_options();
-    let (train_split, test_split, version) = read_splits(&task.input, &storage).await?;
+    let (train_split, test_split, version) =
+        read_splits(&task.input, input_version(), &storage).await?;
     tracing::info!(
         train = train_split.len(),
         test = test_split.len(),

@@ -3,9 +3,9 @@
 use super::Service;
 use crate::domain::path::Name;
 use crate::domain::tenant::Tenant;
-use crate::domain::validate::ArtifactKind;
+use crate::domain::validate::{ArtifactKind, split_version};
 use crate::error::{Error, Resource, Result};
-use crate::ports::{ArtifactDetail, ArtifactSummary};
+use crate::ports::{ArtifactDetail, ArtifactSummary, Version};
 
 fn resource_of(kind: ArtifactKind) -> Resource {
     match kind {
@@ -31,10 +31,38 @@ impl Service {
         id: &str,
     ) -> Result<ArtifactDetail> {
         let name = Name::parse("id", id)?;
-        self.lake
+        let mut detail = self
+            .lake
             .describe(&tenant.root, kind, &name)
             .await?
-            .ok_or_else(|| Error::not_found(resource_of(kind), id))
+            .ok_or_else(|| Error::not_found(resource_of(kind), id))?;
+        for version in &mut detail.versions {
+            self.add_lineage(tenant, version).await?;
+        }
+        Ok(detail)
+    }
+
+    /// Names what made a version from the task that wrote it: its pipeline step, and the
+    /// input version it read.
+    async fn add_lineage(&self, tenant: &Tenant, version: &mut Version) -> Result<()> {
+        let Some(id) = &version.task_id else {
+            return Ok(());
+        };
+        let Some(task) = self.store.get(id).await? else {
+            return Ok(()); // expired from the task table; the tag still names it
+        };
+        if task.tenant != tenant.name {
+            return Ok(());
+        }
+        let lineage = task.lineage;
+        version.pipeline_id = lineage.pipeline;
+        version.step = lineage.step;
+        if !task.spec.input.is_empty() {
+            let (input, _) = split_version(&task.spec.input)?;
+            version.input_path = Some(input.to_owned());
+            version.input_version = lineage.input_version;
+        }
+        Ok(())
     }
 
     /// Deletes a dataset or model with every version.

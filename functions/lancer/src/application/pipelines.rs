@@ -7,7 +7,7 @@ use super::tasks::merge_idempotency_key;
 use crate::dispatch::cancel_in_store;
 use crate::domain::path::printable;
 use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline};
-use crate::domain::task::{Task, TaskError, TaskId};
+use crate::domain::task::{Lineage, Task, TaskError, TaskId};
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, PipelinePage};
@@ -149,8 +149,13 @@ impl Service {
         next.settle(now);
         let mut started = Vec::new();
         for step in next.ready() {
+            let origin = Lineage {
+                pipeline: Some(next.id.to_string()),
+                step: Some(next.steps[step].name.clone()),
+                ..Lineage::default()
+            };
             match self
-                .submit_task(&next.tenant(), next.task_spec(step), None)
+                .create_task(&next.tenant(), next.task_spec(step), origin)
                 .await
             {
                 Ok(created) => {

@@ -3,10 +3,11 @@
 use super::Service;
 use crate::dispatch::cancel_in_store;
 use crate::domain::path::{LakePath, Name, printable};
-use crate::domain::task::{Task, TaskId, TaskSpec, TaskStatus};
+use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{
     ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
+    split_version,
 };
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, ListQuery, LogChunk, TaskPage};
@@ -73,16 +74,35 @@ impl Service {
         idempotency_header: Option<&str>,
     ) -> Result<Created> {
         merge_idempotency_key(&mut spec.idempotency_key, idempotency_header)?;
+        self.create_task(tenant, spec, Lineage::default()).await
+    }
+
+    /// Validates, resolves and stores a task whose lineage starts as `lineage` (the
+    /// pipeline step it runs), then hands it to the dispatcher.
+    pub(super) async fn create_task(
+        &self,
+        tenant: &Tenant,
+        spec: TaskSpec,
+        mut lineage: Lineage,
+    ) -> Result<Created> {
         check_spec(&spec)?;
         ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
-        let input_path = match parse_input(&spec.input)? {
+        let (input, pinned) = split_version(&spec.input)?;
+        let input_path = match parse_input(input)? {
             InputRef::None => None,
+            InputRef::Path(path) if pinned.is_some() && !path.as_str().ends_with(".lance") => {
+                return Err(Error::invalid(format!(
+                    "input '{}': only a dataset or a model has versions",
+                    printable(&spec.input)
+                )));
+            }
             InputRef::Path(path) => Some(tenant.path(&path)),
             InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
         };
+        lineage.input_version = pinned;
         let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
         let id = TaskId::from_uuid(uuid::Uuid::now_v7());
-        let task = Task::new(
+        let mut task = Task::new(
             &id,
             tenant,
             spec,
@@ -90,6 +110,7 @@ impl Service {
             output_path,
             chrono::Utc::now(),
         );
+        task.lineage = lineage;
         let created = self.store.create(task).await?;
         if let Created::New(task) = &created {
             // The task is safely stored; a dispatcher hiccup is healed by reconcile.

@@ -214,6 +214,28 @@ pub struct Task {
     #[serde(alias = "logs_uri")]
     #[schema(value_type = String)]
     pub log_path: LakePath,
+    /// Which versions it read and wrote, and the pipeline step that started it.
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+/// Where a task's data came from and went: Lance versions, so a model names the exact
+/// dataset it was trained on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lineage {
+    /// The version of `input_path` the script was given (`LANCER_INPUT_VERSION`): pinned by
+    /// an input of `name@N`, else the latest when the task started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_version: Option<u64>,
+    /// The version of `output_path` once the task completed; that version of the dataset
+    /// carries the tag `lancer-task-<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_version: Option<u64>,
+    /// The pipeline whose step this task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 impl Task {
@@ -246,6 +268,7 @@ impl Task {
             endpoint: None,
             sandbox: None,
             log_path: log_of(&tenant.root, id.as_name(), 1),
+            lineage: Lineage::default(),
         }
     }
 
@@ -357,6 +380,8 @@ pub struct Heartbeat {
     pub progress: Option<Progress>,
     pub endpoint: Option<String>,
     pub sandbox: Option<String>,
+    pub input_version: Option<u64>,
+    pub output_version: Option<u64>,
 }
 
 pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Task {
@@ -370,6 +395,12 @@ pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Tas
     }
     if let Some(sandbox) = &beat.sandbox {
         next.sandbox = Some(sandbox.clone());
+    }
+    if beat.input_version.is_some() {
+        next.lineage.input_version = beat.input_version;
+    }
+    if beat.output_version.is_some() {
+        next.lineage.output_version = beat.output_version;
     }
     next
 }

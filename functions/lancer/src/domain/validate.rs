@@ -61,6 +61,20 @@ pub enum InputRef {
 
 const INPUT_FOLDERS: [&str; 3] = ["datasets", "models", "raw"];
 
+/// Splits a pinned version off an input: `mnist_clean@3` reads version 3.
+pub fn split_version(input: &str) -> Result<(&str, Option<u64>)> {
+    let Some((artifact, version)) = input.rsplit_once('@') else {
+        return Ok((input, None));
+    };
+    match version.parse::<u64>() {
+        Ok(version) if version > 0 => Ok((artifact, Some(version))),
+        _ => Err(Invalid::rule(format!(
+            "input '{}': the version after '@' must be a number from 1",
+            printable(input)
+        ))),
+    }
+}
+
 pub fn parse_input(input: &str) -> Result<InputRef> {
     if input.is_empty() {
         return Ok(InputRef::None);
@@ -274,6 +288,17 @@ mod tests {
             ))
         );
         assert!(parse_input("logs/x.log").is_err());
+        assert_eq!(
+            split_version("mnist_clean@3").ok(),
+            Some(("mnist_clean", Some(3)))
+        );
+        assert_eq!(
+            split_version("mnist_clean").ok(),
+            Some(("mnist_clean", None))
+        );
+        for bad in ["x@0", "x@", "x@-1", "x@v2", "x@1@2"] {
+            assert!(split_version(bad).is_err(), "{bad}");
+        }
         assert!(parse_input("raw/../tenants/x").is_err());
         assert!(parse_input("/data/raw").is_err());
         assert!(parse_input("datasets/%2e%2e/%2e%2e/acme/datasets/secret.lance").is_err());

@@ -22,6 +22,7 @@ use crate::ports::{
     ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ModelInfo, ObjectStat, Stored,
     Version,
 };
+use crate::ports::{WRITER_TAG_PREFIX, writer_tag};
 
 /// Columns of a model row that `describe` reports (weights stay unread).
 const MODEL_INFO_COLUMNS: [&str; 3] = ["metrics", "params", "created_at"];
@@ -199,6 +200,16 @@ impl Lake for LanceLake {
         };
         let summary = self.summarize(name, &relative, &dataset).await?;
         let fields = fields_of(&ArrowSchema::from(dataset.schema()));
+        let writers: HashMap<u64, String> = dataset
+            .tags()
+            .list()
+            .await?
+            .into_iter()
+            .filter_map(|(tag, contents)| {
+                let task = tag.strip_prefix(WRITER_TAG_PREFIX)?;
+                Some((contents.version, task.to_owned()))
+            })
+            .collect();
         let versions = dataset
             .versions()
             .await?
@@ -206,6 +217,8 @@ impl Lake for LanceLake {
             .map(|version| Version {
                 version: version.version,
                 timestamp: version.timestamp,
+                task_id: writers.get(&version.version).cloned(),
+                ..Version::default()
             })
             .collect();
         let model = match kind {
@@ -220,6 +233,25 @@ impl Lake for LanceLake {
             size_bytes: self.size_of(&relative).await?,
             model,
         }))
+    }
+
+    async fn latest_version(&self, path: &LakePath) -> Result<Option<u64>> {
+        Ok(self
+            .open_dataset(path)
+            .await?
+            .map(|dataset| dataset.version().version))
+    }
+
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()> {
+        let dataset = self
+            .open_dataset(path)
+            .await?
+            .ok_or_else(|| Error::internal(format!("no dataset at {path} to tag")))?;
+        match dataset.tags().create(&writer_tag(task), version).await {
+            // A runner retrying its write-back tags the same version again.
+            Ok(()) | Err(::lance::Error::RefConflict { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {

@@ -22,6 +22,8 @@ use crate::ports::{
 struct Write {
     rows: RecordBatch,
     at: DateTime<Utc>,
+    /// The task the version is tagged with.
+    writer: Option<String>,
 }
 
 #[derive(Default)]
@@ -52,6 +54,7 @@ impl MemoryLake {
         writes.push(Write {
             rows,
             at: Utc::now(),
+            writer: None,
         });
         Ok(())
     }
@@ -85,6 +88,8 @@ impl MemoryLake {
             .map(|(version, write)| Version {
                 version,
                 timestamp: write.at,
+                task_id: write.writer.clone(),
+                ..Version::default()
             })
             .collect();
         Some(ArtifactDetail {
@@ -133,6 +138,24 @@ impl Lake for MemoryLake {
         Ok(artifacts
             .get(&path)
             .and_then(|writes| self.detail(kind, name, &path, writes)))
+    }
+
+    async fn latest_version(&self, path: &LakePath) -> Result<Option<u64>> {
+        let artifacts = self.artifacts.lock().map_err(poisoned)?;
+        Ok(artifacts
+            .get(path)
+            .map(|writes| writes.len() as u64)
+            .filter(|&versions| versions > 0))
+    }
+
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()> {
+        let mut artifacts = self.artifacts.lock().map_err(poisoned)?;
+        let write = artifacts
+            .get_mut(path)
+            .and_then(|writes| writes.get_mut((version as usize).checked_sub(1)?))
+            .ok_or_else(|| Error::internal(format!("no version {version} at {path} to tag")))?;
+        write.writer.get_or_insert_with(|| task.to_owned());
+        Ok(())
     }
 
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {

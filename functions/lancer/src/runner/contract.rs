@@ -242,5 +242,8 @@ pub fn script_env(
         ]
         .map(|(name, value)| (name.to_owned(), value)),
     );
+    if let Some(version) = task.lineage.input_version {
+        env.insert("LANCER_INPUT_VERSION".into(), version.to_string());
+    }
     env
 }

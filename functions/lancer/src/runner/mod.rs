@@ -153,6 +153,10 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     if let Err(verdict) = record_sandbox(ctx, task).await {
         return Ok(verdict);
     }
+    let task = &match pin_input(ctx, task).await? {
+        Ok(task) => task,
+        Err(verdict) => return Ok(verdict),
+    };
     let mut child = match command(ctx, task, &script, files)?.spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -166,7 +170,11 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     let why = match watch(ctx, task, &mut child, &mut log, &mut progress).await? {
         Ended::Exited(status) => {
             log.flush(ctx.lake.as_ref(), &task.log_path).await;
-            return Ok(Verdict::Report(outcome(status, files, &log)));
+            let change = outcome(status, files, &log);
+            if matches!(change, Change::Complete { .. }) {
+                record_output(ctx, task).await?;
+            }
+            return Ok(Verdict::Report(change));
         }
         Ended::Stopped(why) => why,
     };
@@ -196,6 +204,57 @@ async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict>
     watch::heartbeat(ctx, task, beat)
         .await
         .map_err(|_| Verdict::Abandon)
+}
+
+/// Settles which version of its input the task reads (the pinned one, else the latest),
+/// records it on the task, and returns the task with it: the script gets it as
+/// `LANCER_INPUT_VERSION`.
+async fn pin_input(ctx: &RunnerContext, task: &Task) -> Result<Result<Task, Verdict>> {
+    let Some(input) = task
+        .input_path
+        .as_ref()
+        .filter(|p| p.as_str().ends_with(".lance"))
+    else {
+        return Ok(Ok(task.clone()));
+    };
+    let latest = ctx.lake.latest_version(input).await?;
+    let version = match (task.lineage.input_version, latest) {
+        (Some(pinned), Some(latest)) if pinned <= latest => pinned,
+        (Some(pinned), _) => {
+            let message = format!("input {input} has no version {pinned}");
+            return Ok(Err(fail("INPUT_VERSION_NOT_FOUND", message)));
+        }
+        (None, Some(latest)) => latest,
+        // Not written yet: the script decides what a missing input means.
+        (None, None) => return Ok(Ok(task.clone())),
+    };
+    let beat = Heartbeat {
+        input_version: Some(version),
+        ..Heartbeat::default()
+    };
+    match ctx.store.heartbeat(&task.id, task.attempt, beat).await {
+        Ok(task) => Ok(Ok(task)),
+        Err(Error::Stale(_)) => Ok(Err(Verdict::Abandon)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Records the version a completed task's output became, and tags it with the task.
+async fn record_output(ctx: &RunnerContext, task: &Task) -> Result<()> {
+    let Some(output) = &task.output_path else {
+        return Ok(());
+    };
+    let Some(version) = ctx.lake.latest_version(output).await? else {
+        return Ok(());
+    };
+    ctx.lake.tag_writer(output, version, &task.id).await?;
+    let beat = Heartbeat {
+        output_version: Some(version),
+        ..Heartbeat::default()
+    };
+    // A lost lease shows in the write-back that follows.
+    let _ = watch::heartbeat(ctx, task, beat).await;
+    Ok(())
 }
 
 async fn still_this_attempt(ctx: &RunnerContext, task: &Task) -> bool {
