@@ -143,6 +143,41 @@ impl TestApp {
             .expect("end");
     }
 
+    /// Completes a task as a runner would after its script wrote `rows` rows as a new
+    /// version of its output dataset: that version is recorded on the task.
+    pub async fn finish_writing(&self, id: &str, rows: usize) {
+        use lancer::domain::task::{Change, Heartbeat};
+        let task = self.store.get(id).await.expect("get").expect("stored");
+        let output = task.output_path.clone().expect("an output");
+        let options = self.lake.storage_options().into_iter().collect();
+        let batch = crate::lake::dataset_batch(rows);
+        crate::lake::write_lance(&self.lake.uri_of(&output), batch, &options).await;
+        let version = self.lake.latest_version(&output).await.expect("version");
+        let start = Change::Start {
+            backend: "test".into(),
+        };
+        let running = self
+            .store
+            .transition(id, task.guard(), start)
+            .await
+            .expect("start");
+        let beat = Heartbeat {
+            output_version: version,
+            ..Heartbeat::default()
+        };
+        self.store
+            .heartbeat(id, running.attempt, beat)
+            .await
+            .expect("heartbeat");
+        let done = Change::Complete {
+            result: serde_json::json!({}),
+        };
+        self.store
+            .transition(id, running.guard(), done)
+            .await
+            .expect("complete");
+    }
+
     /// The scripts folder: `jobs/noop.py`, registered.
     pub fn scripts(&self) -> std::path::PathBuf {
         self.dir.path().join("scripts")

@@ -49,7 +49,7 @@ fn artifact(prefix: &str, kind: ArtifactKind, id: &str) -> LakePath {
     root(prefix).join(&kind.path_of(&name(id)))
 }
 
-fn dataset_batch(rows: usize) -> RecordBatch {
+pub fn dataset_batch(rows: usize) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("index", DataType::Int64, false),
         Field::new("label", DataType::Int64, false),

@@ -156,6 +156,41 @@ pub async fn running_pipelines_are_those_still_running_across_tenants(f: Fixture
     assert_eq!(running, vec![first.id.to_string(), third.id.to_string()]);
 }
 
+pub async fn the_cache_remembers_the_newest_task_per_tenant_and_digest(f: Fixture) {
+    let store = f.store.as_ref();
+    assert_eq!(store.cached_task("acme", "d1").await.expect("get"), None);
+    store
+        .remember_task("acme", "d1", "task-1")
+        .await
+        .expect("put");
+    store
+        .remember_task("acme", "d1", "task-2")
+        .await
+        .expect("replace");
+    store
+        .remember_task("globex", "d1", "task-3")
+        .await
+        .expect("put");
+    assert_eq!(
+        store
+            .cached_task("acme", "d1")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("task-2")
+    );
+    assert_eq!(
+        store
+            .cached_task("globex", "d1")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("task-3"),
+        "each tenant has its own cache"
+    );
+    assert_eq!(store.cached_task("acme", "d2").await.expect("get"), None);
+}
+
 #[macro_export]
 macro_rules! pipeline_store_conformance {
     ($make:path) => {
@@ -166,6 +201,7 @@ macro_rules! pipeline_store_conformance {
             an_update_of_an_unknown_pipeline_is_not_found,
             listing_pages_through_a_tenants_pipelines_newest_first,
             running_pipelines_are_those_still_running_across_tenants,
+            the_cache_remembers_the_newest_task_per_tenant_and_digest,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {

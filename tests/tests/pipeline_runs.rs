@@ -252,3 +252,32 @@ async fn versions_name_their_writers_and_a_model_names_the_dataset_version_it_re
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_same_pipeline_submitted_again_with_caching_on_finishes_from_the_cache() {
+    let scripts = [("append.py", APPEND_PY, false), ("read.py", READ_PY, false)];
+    let server = Server::start(&scripts, &[]).await;
+    let spec = json!({"name": "cached", "cache": true, "steps": [
+        {"name": "ingest", "script": "append.py", "output": "digits", "params": {"rows": 10}},
+        {"name": "fit", "script": "read.py", "input": "${steps.ingest.output}", "output": "models/fit"},
+    ]});
+    let first = submit_pipeline(&server, &spec).await;
+    let first = wait_for_pipeline(&server, &first, "completed").await;
+    let started = Instant::now();
+    let again = submit_pipeline(&server, &spec).await;
+    let again = wait_for_pipeline(&server, &again, "completed").await;
+    let took = started.elapsed();
+    for step in 0..2 {
+        assert_eq!(
+            again["steps"][step]["cached_from"], first["steps"][step]["task_id"],
+            "{again:#}"
+        );
+        assert_eq!(again["steps"][step]["tasks"], json!([]), "nothing ran");
+    }
+    let tasks = server.get_json("/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(2));
+    let digits = server.get_json("/datasets/digits").await;
+    assert_eq!(digits["version"], 1, "the cached step wrote nothing");
+    eprintln!("the cached pipeline completed in {took:?}");
+    server.stop().await;
+}

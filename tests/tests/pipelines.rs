@@ -299,3 +299,101 @@ async fn a_tenant_sees_only_its_own_pipelines() {
     let bogus = app.get("/api/v1/pipelines/..%2Fescape", &acme).await;
     assert_eq!(bogus.status, StatusCode::NOT_FOUND);
 }
+
+fn cached_flow(clean_caches: bool) -> Value {
+    json!({
+        "name": "cached",
+        "cache": true,
+        "steps": [
+            {"name": "clean", "script": "jobs/noop.py", "output": "digits", "cache": clean_caches},
+            {"name": "train", "script": "jobs/noop.py", "input": "${steps.clean.output}",
+             "output": "models/cnn", "params": {"epochs": 2}},
+        ],
+    })
+}
+
+#[tokio::test]
+async fn a_cached_step_reuses_an_earlier_output_and_a_new_input_version_or_cache_false_runs_it() {
+    let app = TestApp::new(None);
+    let first = submit(&app, &cached_flow(true)).await;
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    app.finish_writing(&task_of(&first, 0), 10).await;
+    app.advance_pipelines().await;
+    let first = read(&app, &first_id).await;
+    let train = app
+        .get(&format!("/api/v1/tasks/{}", task_of(&first, 1)), &[])
+        .await
+        .json();
+    assert_eq!(
+        train["spec"]["input"], "datasets/digits.lance@1",
+        "pinned to what clean wrote"
+    );
+    let key = &train["cache_key"];
+    for part in ["script_sha256", "params_sha256", "digest"] {
+        assert_eq!(
+            key[part].as_str().map(str::len),
+            Some(64),
+            "{part} in {key}"
+        );
+    }
+    assert_eq!(
+        (&key["input"], &key["input_version"]),
+        (&json!("datasets/digits.lance"), &json!("1"))
+    );
+    app.finish_writing(&task_of(&first, 1), 1).await;
+    app.advance_pipelines().await;
+    assert_eq!(read(&app, &first_id).await["status"], "completed");
+    assert_eq!(app.dispatcher.submitted().len(), 2);
+
+    let again = submit(&app, &cached_flow(true)).await;
+    let again_id = again["id"].as_str().expect("id").to_owned();
+    app.advance_pipelines().await;
+    let again = read(&app, &again_id).await;
+    assert_eq!(again["status"], "completed", "{again:#}");
+    let first = read(&app, &first_id).await;
+    for step in 0..2 {
+        assert_eq!(
+            again["steps"][step]["cached_from"],
+            first["steps"][step]["task_id"]
+        );
+        assert_eq!(
+            again["steps"][step]["cache_key"]["digest"],
+            first["steps"][step]["cache_key"]["digest"]
+        );
+    }
+    assert_eq!(app.dispatcher.submitted().len(), 2, "nothing ran");
+
+    let forced = submit(&app, &cached_flow(false)).await;
+    let forced_id = forced["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        forced["steps"][0]["status"], "pending",
+        "cache: false runs the step"
+    );
+    app.finish_writing(&task_of(&forced, 0), 20).await;
+    app.advance_pipelines().await;
+    let forced = read(&app, &forced_id).await;
+    assert_eq!(
+        forced["steps"][1]["status"], "pending",
+        "a new input version misses"
+    );
+    let (old, new) = (
+        &first["steps"][1]["cache_key"],
+        &forced["steps"][1]["cache_key"],
+    );
+    let differing: Vec<&str> = [
+        "script_sha256",
+        "params_sha256",
+        "input",
+        "input_version",
+        "output",
+    ]
+    .into_iter()
+    .filter(|part| old[part] != new[part])
+    .collect();
+    assert_eq!(
+        differing,
+        ["input_version"],
+        "the keys' parts say why it missed"
+    );
+    assert_eq!(new["input_version"], "2");
+}

@@ -106,6 +106,12 @@ pub trait PipelineStore: Send + Sync {
     /// Stores `next` if the stored record's revision is still `next.revision`, and returns
     /// it with the revision bumped; `Error::Stale` if another write came first.
     async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline>;
+
+    /// The task a tenant's cache remembers under a cache key's digest.
+    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>>;
+
+    /// Remembers `task`, completed, under the digest (replacing an older one).
+    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()>;
 }
 
 /// One field of an artifact's Arrow schema.
@@ -271,6 +277,11 @@ pub trait Lake: Send + Sync {
     /// `writer_tag(task)`), so its version listing names the writer. Marking it again is a
     /// no-op.
     async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()>;
+
+    /// A digest of the object at `path`, or of every object under it: names, sizes and
+    /// versions. What stands for the version of an input that is no Lance dataset (a
+    /// `raw/` folder) in a cache key; `None` if nothing is there.
+    async fn fingerprint(&self, path: &LakePath) -> Result<Option<String>>;
 
     /// Removes the artifact; false if it did not exist.
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool>;

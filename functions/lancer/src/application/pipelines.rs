@@ -5,13 +5,21 @@ use tracing::{info, warn};
 use super::Service;
 use super::tasks::merge_idempotency_key;
 use crate::dispatch::cancel_in_store;
+use crate::domain::cache::CacheKey;
 use crate::domain::path::printable;
 use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline};
-use crate::domain::task::{Lineage, Task, TaskError, TaskId};
+use crate::domain::task::{Lineage, Task, TaskError, TaskId, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, PipelinePage};
 use crate::scripts::ScriptRegistry;
+
+/// How a ready step starts.
+enum Start {
+    /// From the cache: the earlier task whose output it reuses, and the key that matched.
+    Cached(Task, CacheKey),
+    Stored(Task),
+}
 
 /// The code a step gets when its task could not be submitted (its input is gone, its
 /// script was unregistered since the pipeline was accepted).
@@ -134,40 +142,17 @@ impl Service {
         Ok(())
     }
 
-    /// Mirrors the steps' tasks, starts the steps that may start, and stores the result
-    /// under the revision it read. Step tasks carry an idempotency key of the pipeline,
-    /// the step and its round, so a second process advancing the same revision submits
-    /// the same tasks, and only one of the two writes lands.
+    /// Mirrors the steps' tasks, starts the steps that may start (or completes them from
+    /// the cache), and stores the result under the revision it read. Step tasks carry an
+    /// idempotency key of the pipeline, the step and its round, so a second process
+    /// advancing the same revision submits the same tasks, and only one of the two writes
+    /// lands.
     async fn advance(&self, read: Pipeline) -> Result<Pipeline> {
         let mut next = read.clone();
-        for step in read.steps.iter().filter(|step| step.status.is_live()) {
-            if let Some(task) = self.step_task(step.task_id.as_ref()).await? {
-                next.observe(&task);
-            }
-        }
+        self.observe_steps(&mut next).await?;
         let now = chrono::Utc::now();
         next.settle(now);
-        let mut started = Vec::new();
-        for step in next.ready() {
-            let origin = Lineage {
-                pipeline: Some(next.id.to_string()),
-                step: Some(next.steps[step].name.clone()),
-                ..Lineage::default()
-            };
-            match self
-                .create_task(&next.tenant(), next.task_spec(step), origin)
-                .await
-            {
-                Ok(created) => {
-                    let task = created.into_inner();
-                    next.started(step, &task);
-                    started.push(task);
-                }
-                Err(Error::Internal(source)) => return Err(Error::Internal(source)),
-                Err(refused) => next
-                    .could_not_start(step, TaskError::new(STEP_NOT_STARTED, refused.to_string())),
-            }
-        }
+        let started = self.start_ready_steps(&mut next).await?;
         next.settle(now);
         if next == read {
             return Ok(read);
@@ -177,6 +162,100 @@ impl Service {
             Err(Error::Stale(_)) => self.lost_advance(&read.id, &started).await,
             written => written,
         }
+    }
+
+    /// Mirrors each live step's task into the pipeline; a task that completed is
+    /// remembered in the tenant's cache under its key.
+    async fn observe_steps(&self, pipeline: &mut Pipeline) -> Result<()> {
+        let live: Vec<TaskId> = pipeline
+            .steps
+            .iter()
+            .filter(|step| step.status.is_live())
+            .filter_map(|step| step.task_id.clone())
+            .collect();
+        for id in live {
+            let Some(task) = self.store.get(&id).await? else {
+                continue;
+            };
+            pipeline.observe(&task);
+            if let (TaskStatus::Completed, Some(key)) = (task.status, &task.cache_key) {
+                self.pipelines
+                    .remember_task(&task.tenant, &key.digest, &task.id)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the steps whose upstream steps are done; a step that caches and whose key
+    /// matches an earlier completed task completes with that task's output instead.
+    async fn start_ready_steps(&self, next: &mut Pipeline) -> Result<Vec<Task>> {
+        let tenant = next.tenant();
+        let mut started = Vec::new();
+        for step in next.ready() {
+            let origin = Lineage {
+                pipeline: Some(next.id.to_string()),
+                step: Some(next.steps[step].name.clone()),
+                ..Lineage::default()
+            };
+            let prepared = match self
+                .prepare_task(&tenant, next.task_spec(step), origin)
+                .await
+            {
+                Ok(task) => self.reuse_or_store(next.caches(step), task).await,
+                Err(err) => Err(err),
+            };
+            match prepared {
+                Ok(Start::Cached(earlier, key)) => next.cached(step, &earlier, key),
+                Ok(Start::Stored(task)) => {
+                    next.started(step, &task);
+                    started.push(task);
+                }
+                Err(Error::Internal(source)) => return Err(Error::Internal(source)),
+                Err(refused) => next
+                    .could_not_start(step, TaskError::new(STEP_NOT_STARTED, refused.to_string())),
+            }
+        }
+        Ok(started)
+    }
+
+    /// The earlier task to reuse when `caches` and the cache holds one for the task's key,
+    /// else the task, stored.
+    async fn reuse_or_store(&self, caches: bool, task: Task) -> Result<Start> {
+        let key = task.cache_key.clone().filter(|_| caches);
+        if let Some(key) = key
+            && let Some(earlier) = self.cache_hit(&task, &key).await?
+        {
+            info!(task = %earlier.id, digest = %key.digest, "cache hit");
+            return Ok(Start::Cached(earlier, key));
+        }
+        Ok(Start::Stored(self.store_task(task).await?.into_inner()))
+    }
+
+    /// The completed task the tenant's cache holds for `key`, if its output version is
+    /// still in the lake.
+    async fn cache_hit(&self, task: &Task, key: &CacheKey) -> Result<Option<Task>> {
+        let Some(id) = self
+            .pipelines
+            .cached_task(&task.tenant, &key.digest)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(earlier) = self.store.get(&id).await? else {
+            return Ok(None);
+        };
+        let usable = earlier.status == TaskStatus::Completed && earlier.tenant == task.tenant;
+        let output_kept = match (&earlier.output_path, earlier.lineage.output_version) {
+            (None, _) => true,
+            (Some(path), Some(version)) => self
+                .lake
+                .latest_version(path)
+                .await?
+                .is_some_and(|latest| latest >= version),
+            (Some(_), None) => false,
+        };
+        Ok((usable && output_kept).then_some(earlier))
     }
 
     /// Another write came first. If it was a cancel, the tasks this round started are
@@ -192,13 +271,6 @@ impl Service {
             self.cancel_step_tasks(&ids).await?;
         }
         Ok(fresh)
-    }
-
-    async fn step_task(&self, id: Option<&TaskId>) -> Result<Option<Task>> {
-        match id {
-            Some(id) => self.store.get(id).await,
-            None => Ok(None),
-        }
     }
 
     /// Cancels the tasks that have not finished; each as it is now.

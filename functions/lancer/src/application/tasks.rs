@@ -2,6 +2,7 @@
 
 use super::Service;
 use crate::dispatch::cancel_in_store;
+use crate::domain::cache::CacheKey;
 use crate::domain::path::{LakePath, Name, printable};
 use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
@@ -83,10 +84,22 @@ impl Service {
         &self,
         tenant: &Tenant,
         spec: TaskSpec,
-        mut lineage: Lineage,
+        lineage: Lineage,
     ) -> Result<Created> {
+        let task = self.prepare_task(tenant, spec, lineage).await?;
+        self.store_task(task).await
+    }
+
+    /// A new task from a spec, not yet stored: validated, its input and output resolved in
+    /// the tenant's folder, its input pinned to a version, and its cache key computed.
+    pub(super) async fn prepare_task(
+        &self,
+        tenant: &Tenant,
+        spec: TaskSpec,
+        mut lineage: Lineage,
+    ) -> Result<Task> {
         check_spec(&spec)?;
-        ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
+        let script = ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
         let (input, pinned) = split_version(&spec.input)?;
         let input_path = match parse_input(input)? {
             InputRef::None => None,
@@ -99,8 +112,23 @@ impl Service {
             InputRef::Path(path) => Some(tenant.path(&path)),
             InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
         };
-        lineage.input_version = pinned;
+        let input_version = match &input_path {
+            Some(path) => self.input_version(path, pinned).await?,
+            None => None,
+        };
+        // A Lance input is read at the version current now, unless pinned.
+        lineage.input_version = input_version.as_deref().and_then(|v| v.parse().ok());
         let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
+        let content = tokio::fs::read(&script.path).await?;
+        let cache_key = CacheKey::new(
+            &spec.script,
+            &content,
+            &spec.params,
+            input_path
+                .as_ref()
+                .map(|path| (path.to_string(), input_version)),
+            output_path.as_ref().map(LakePath::to_string),
+        );
         let id = TaskId::from_uuid(uuid::Uuid::now_v7());
         let mut task = Task::new(
             &id,
@@ -111,6 +139,26 @@ impl Service {
             chrono::Utc::now(),
         );
         task.lineage = lineage;
+        task.cache_key = Some(cache_key);
+        Ok(task)
+    }
+
+    /// The version of an input as its cache key holds it: the pinned or latest Lance
+    /// version, or the fingerprint of the objects at other paths (`raw/`).
+    async fn input_version(&self, path: &LakePath, pinned: Option<u64>) -> Result<Option<String>> {
+        if !path.as_str().ends_with(".lance") {
+            return self.lake.fingerprint(path).await;
+        }
+        let version = match pinned {
+            Some(pinned) => Some(pinned),
+            None => self.lake.latest_version(path).await?,
+        };
+        Ok(version.map(|version| version.to_string()))
+    }
+
+    /// Stores a prepared task and hands it to the dispatcher; a task holding the same
+    /// idempotency key is answered instead.
+    pub(super) async fn store_task(&self, task: Task) -> Result<Created> {
         let created = self.store.create(task).await?;
         if let Created::New(task) = &created {
             // The task is safely stored; a dispatcher hiccup is healed by reconcile.

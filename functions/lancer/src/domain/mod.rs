@@ -1,6 +1,7 @@
 //! The domain: the task model, its state machine, names and lake paths, tenants, request
 //! validation and ingestion rules. No I/O here.
 
+pub mod cache;
 pub mod error;
 pub mod fair;
 pub mod ingest;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::cache::CacheKey;
 use super::error::Invalid;
 use super::path::{LakePath, Name, printable};
 use super::task::{Task, TaskError, TaskId, TaskSpec, TaskStatus};
@@ -17,6 +18,8 @@ use super::validate::{check_idempotency_key, check_spec, resolve_output};
 
 /// The most steps one pipeline may have.
 pub const MAX_STEPS: usize = 32;
+/// The most bytes of a pipeline's spec: its record must fit a DynamoDB item (400 KB).
+pub const MAX_SPEC_BYTES: usize = 128 * 1024;
 
 super::path::name_type!(
     /// A pipeline's id: a UUIDv7, so ids sort by creation time.
@@ -37,6 +40,10 @@ pub struct PipelineSpec {
     pub name: String,
     /// At most 32. Each step's `name` is unique in the pipeline.
     pub steps: Vec<StepSpec>,
+    /// Whether steps reuse an earlier completed task with the same cache key instead of
+    /// running (a step's own `cache` overrides it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
@@ -50,6 +57,9 @@ pub struct StepSpec {
     /// Steps that must complete before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// Overrides the pipeline's `cache` for this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
     #[serde(flatten)]
     pub task: TaskSpec,
 }
@@ -64,8 +74,12 @@ impl TryFrom<Map<String, Value>> for StepSpec {
             None => Vec::new(),
             Some(after) => serde_json::from_value(after).map_err(|err| format!("after: {err}"))?,
         };
+        let cache = match fields.remove("cache") {
+            None => None,
+            Some(cache) => serde_json::from_value(cache).map_err(|err| format!("cache: {err}"))?,
+        };
         let task = serde_json::from_value(Value::Object(fields)).map_err(|err| err.to_string())?;
-        Ok(Self { after, task })
+        Ok(Self { after, cache, task })
     }
 }
 
@@ -154,6 +168,16 @@ pub struct Step {
     /// Why the step failed without a task (its task could not be submitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
+    /// The version its output became: what a step reading it is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_version: Option<u64>,
+    /// Its cache key, when it started or was found in the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<CacheKey>,
+    /// The earlier task whose output it reused instead of running (a cache hit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub cached_from: Option<TaskId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -186,6 +210,12 @@ pub fn check_pipeline(spec: &PipelineSpec) -> Result<(), Invalid> {
     Name::parse("pipeline name", &spec.name)?;
     if let Some(key) = &spec.idempotency_key {
         check_idempotency_key(key)?;
+    }
+    let bytes = serde_json::to_vec(spec).map_or(usize::MAX, |bytes| bytes.len());
+    if bytes > MAX_SPEC_BYTES {
+        return Err(Invalid::TooLarge(format!(
+            "the pipeline is {bytes} bytes; the limit is {MAX_SPEC_BYTES}"
+        )));
     }
     if spec.steps.is_empty() || spec.steps.len() > MAX_STEPS {
         return Err(Invalid::rule(format!(
@@ -302,6 +332,9 @@ impl Pipeline {
                 tasks: Vec::new(),
                 round: 0,
                 error: None,
+                output_version: None,
+                cache_key: None,
+                cached_from: None,
             })
             .collect();
         Self {
@@ -347,6 +380,7 @@ impl Pipeline {
             .find(|step| step.task_id.as_ref() == Some(&task.id))
         {
             step.status = StepStatus::of_task(task);
+            step.output_version = task.lineage.output_version;
         }
     }
 
@@ -371,14 +405,19 @@ impl Pipeline {
     pub fn task_spec(&self, step: usize) -> TaskSpec {
         let mut spec = self.spec.steps[step].task.clone();
         if let Some(upstream) = input_reference(&spec.input) {
-            // The output as the lake path it resolves to: `digits` and `datasets/digits`
-            // are both `datasets/digits.lance`, which an input names as a path.
-            let output = &self.spec.steps[self.index_of(upstream)].task.output;
-            spec.input = resolve_output(output)
+            // The output as the lake path it resolves to (`digits` and `datasets/digits`
+            // are both `datasets/digits.lance`), pinned to the version the step wrote.
+            let upstream = self.index_of(upstream);
+            let output = &self.spec.steps[upstream].task.output;
+            let path = resolve_output(output)
                 .ok()
                 .flatten()
                 .map(|path| path.to_string())
                 .unwrap_or_default();
+            spec.input = match self.steps[upstream].output_version {
+                Some(version) => format!("{path}@{version}"),
+                None => path,
+            };
         }
         let state = &self.steps[step];
         spec.idempotency_key = Some(format!(
@@ -396,6 +435,22 @@ impl Pipeline {
         }
         state.task_id = Some(task.id.clone());
         state.status = StepStatus::of_task(task);
+        state.cache_key = task.cache_key.clone();
+    }
+
+    /// Whether a step may reuse an earlier task's output.
+    pub fn caches(&self, step: usize) -> bool {
+        self.spec.steps[step].cache.unwrap_or(self.spec.cache)
+    }
+
+    /// A step whose key matched `earlier`, a completed task: it completes with that task's
+    /// output version, without running.
+    pub fn cached(&mut self, step: usize, earlier: &Task, key: CacheKey) {
+        let state = &mut self.steps[step];
+        state.status = StepStatus::Completed;
+        state.output_version = earlier.lineage.output_version;
+        state.cache_key = Some(key);
+        state.cached_from = Some(earlier.id.clone());
     }
 
     /// A step whose task could not even be submitted fails with the reason.
@@ -501,6 +556,9 @@ impl Pipeline {
             state.status = StepStatus::Waiting;
             state.task_id = None;
             state.error = None;
+            state.output_version = None;
+            state.cache_key = None;
+            state.cached_from = None;
             state.round += 1;
         }
         self.status = PipelineStatus::Running;

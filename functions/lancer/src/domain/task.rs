@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::cache::CacheKey;
 use super::path::{LakePath, Name};
 use super::tenant::{Tenant, TenantName};
 
@@ -217,6 +218,10 @@ pub struct Task {
     /// Which versions it read and wrote, and the pipeline step that started it.
     #[serde(default)]
     pub lineage: Lineage,
+    /// What its result depends on: a pipeline step with `cache: true` whose key matches
+    /// an earlier completed task reuses that task's output instead of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<CacheKey>,
 }
 
 /// Where a task's data came from and went: Lance versions, so a model names the exact
@@ -269,6 +274,7 @@ impl Task {
             sandbox: None,
             log_path: log_of(&tenant.root, id.as_name(), 1),
             lineage: Lineage::default(),
+            cache_key: None,
         }
     }
 

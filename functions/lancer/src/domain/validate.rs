@@ -296,9 +296,11 @@ mod tests {
             split_version("mnist_clean").ok(),
             Some(("mnist_clean", None))
         );
-        for bad in ["x@0", "x@", "x@-1", "x@v2", "x@1@2"] {
+        for bad in ["x@0", "x@", "x@-1", "x@v2"] {
             assert!(split_version(bad).is_err(), "{bad}");
         }
+        let (twice, _) = split_version("x@1@2").expect("the last @ splits");
+        assert!(parse_input(twice).is_err(), "x@1 is no name");
         assert!(parse_input("raw/../tenants/x").is_err());
         assert!(parse_input("/data/raw").is_err());
         assert!(parse_input("datasets/%2e%2e/%2e%2e/acme/datasets/secret.lance").is_err());

@@ -344,18 +344,31 @@ impl Lake for LanceLake {
         match self.store.head(&self.object_path(path)).await {
             Ok(meta) => Ok(Some(ObjectStat {
                 size: meta.size,
-                // Local files have no ETag; size and modification time stand in for one.
-                version: meta.e_tag.or(meta.version).unwrap_or_else(|| {
-                    format!(
-                        "{}-{}",
-                        meta.size,
-                        meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
-                    )
-                }),
+                version: object_version(&meta),
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(err) => Err(Error::internal(err)),
         }
+    }
+
+    async fn fingerprint(&self, path: &LakePath) -> Result<Option<String>> {
+        let location = self.object_path(path);
+        let mut objects: Vec<object_store::ObjectMeta> = match self.store.head(&location).await {
+            Ok(meta) => vec![meta],
+            Err(object_store::Error::NotFound { .. }) => self
+                .store
+                .list(Some(&location))
+                .try_collect()
+                .await
+                .map_err(Error::internal)?,
+            Err(err) => return Err(Error::internal(err)),
+        };
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let described = objects.iter().map(|meta| {
+            let version = object_version(meta);
+            format!("{} {} {version}\n", meta.location, meta.size)
+        });
+        Ok(super::digest_of(described))
     }
 
     fn uri_of(&self, path: &LakePath) -> String {
@@ -377,4 +390,19 @@ impl LanceLake {
             .starts_with('/')
             .then(|| std::path::PathBuf::from(&self.root))
     }
+}
+
+/// An object's version: its ETag where the store keeps one; local files have none, so
+/// size and modification time stand in.
+fn object_version(meta: &object_store::ObjectMeta) -> String {
+    meta.e_tag
+        .clone()
+        .or(meta.version.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                meta.size,
+                meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
+            )
+        })
 }

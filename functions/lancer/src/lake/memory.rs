@@ -197,6 +197,18 @@ impl Lake for MemoryLake {
         Ok(Stored::Whole(size))
     }
 
+    async fn fingerprint(&self, path: &LakePath) -> Result<Option<String>> {
+        let objects = self.objects.lock().map_err(poisoned)?;
+        let described =
+            objects
+                .iter()
+                .filter(|(key, _)| key.starts_with(path))
+                .map(|(key, bytes)| {
+                    format!("{key} {}\n", super::digest_of([bytes]).unwrap_or_default())
+                });
+        Ok(super::digest_of(described))
+    }
+
     async fn usage(&self, folder: &LakePath) -> Result<u64> {
         let objects = self.objects.lock().map_err(poisoned)?;
         Ok(objects

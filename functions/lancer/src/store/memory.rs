@@ -22,6 +22,7 @@ struct State {
     keys: HashMap<(String, String), String>,
     pipelines: BTreeMap<String, Pipeline>,
     pipeline_keys: HashMap<(String, String), String>,
+    cache: HashMap<(String, String), String>,
 }
 
 #[derive(Default)]
@@ -178,5 +179,16 @@ impl PipelineStore for MemoryTaskStore {
         let next = next_pipeline(current, next)?;
         *current = next.clone();
         Ok(next)
+    }
+
+    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
+        let slot = (tenant.to_owned(), digest.to_owned());
+        Ok(self.lock()?.cache.get(&slot).cloned())
+    }
+
+    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
+        let slot = (tenant.to_owned(), digest.to_owned());
+        self.lock()?.cache.insert(slot, task.to_owned());
+        Ok(())
     }
 }

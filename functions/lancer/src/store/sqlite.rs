@@ -45,6 +45,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS pipelines_by_key ON pipelines (tenant, idempot
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS pipelines_by_tenant ON pipelines (tenant, id);
 CREATE INDEX IF NOT EXISTS pipelines_by_status ON pipelines (status, id);
+CREATE TABLE IF NOT EXISTS cache (
+    tenant TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, digest)
+);
 ";
 
 pub struct SqliteTaskStore {

@@ -239,4 +239,32 @@ impl PipelineStore for DynamoTaskStore {
             Err(err) => Err(aws_error("PutItem", err)),
         }
     }
+
+    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
+        let item = self.item(&cache_item_id(tenant, digest)).await?;
+        Ok(item
+            .as_ref()
+            .and_then(|item| item.get("task_id")?.as_s().ok())
+            .cloned())
+    }
+
+    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
+        let item = HashMap::from([
+            ("id".to_owned(), s(&cache_item_id(tenant, digest))),
+            ("task_id".to_owned(), s(task)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|err| aws_error("PutItem", err))?;
+        Ok(())
+    }
+}
+
+/// A cache entry's item: no tenant or status attribute, so no index sees it.
+fn cache_item_id(tenant: &str, digest: &str) -> String {
+    format!("cache#{tenant}#{digest}")
 }

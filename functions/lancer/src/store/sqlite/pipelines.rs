@@ -149,4 +149,30 @@ impl PipelineStore for SqliteTaskStore {
     async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline> {
         self.with_conn(move |conn| update(conn, next)).await
     }
+
+    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
+        let (tenant, digest) = (tenant.to_owned(), digest.to_owned());
+        self.with_conn(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT task_id FROM cache WHERE tenant = ?1 AND digest = ?2",
+                    params![tenant, digest],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
+        let (tenant, digest, task) = (tenant.to_owned(), digest.to_owned(), task.to_owned());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO cache (tenant, digest, task_id) VALUES (?1, ?2, ?3)",
+                params![tenant, digest, task],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
