@@ -297,3 +297,127 @@ fn assert_a_drawn_seven(image: &[f64]) {
         shown()
     );
 }
+
+const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+
+/// `mnist/pipeline.json`, training one epoch so the test stays short.
+fn quick_mnist_pipeline() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("mnist/pipeline.json")).expect("read");
+    let mut spec: Value = serde_json::from_str(&text).expect("the pipeline is JSON");
+    spec["steps"][1]["params"] = json!({"epochs": 1});
+    spec
+}
+
+async fn pipeline_when_done(server: &Server, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let pipeline = server.get_json(&format!("/pipelines/{id}")).await;
+        if pipeline["status"] != "running" {
+            return pipeline;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pipeline:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_model_names_its_data() {
+    let rules = json!([{"name": "mnist", "prefix": "raw/mnist/", "require": MNIST_FILES,
+                        "pipeline": quick_mnist_pipeline()}]);
+    let script_env = json!({ "LANCER_MNIST_BIN": bin_dir() }).to_string();
+    let env = [
+        ("LANCER_SCRIPT_ENV", script_env.as_str()),
+        ("LANCER_INGEST_RULES", &rules.to_string()),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_in(dir, &repo_root(), &env).await;
+    let source = tempfile::tempdir().expect("tempdir");
+    fetch_data(source.path());
+    let http = reqwest::Client::new();
+    let mut answer = Value::Null;
+    for file in MNIST_FILES {
+        let body = std::fs::read(source.path().join("raw/mnist").join(file)).expect("read");
+        let put = http
+            .put(server.api(&format!("/uploads/mnist/{file}")))
+            .body(body);
+        answer = put
+            .send()
+            .await
+            .expect("upload")
+            .json()
+            .await
+            .expect("json");
+    }
+    let id = answer["pipeline"]["id"]
+        .as_str()
+        .expect("the last file started the pipeline")
+        .to_owned();
+    let pipeline = pipeline_when_done(&server, &id).await;
+    assert_eq!(pipeline["status"], "completed", "{pipeline:#}");
+    let step = |name: &str| {
+        pipeline["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .expect("step")
+    };
+    let serve = server
+        .task(step("mnist-serve")["task_id"].as_str().expect("serve"))
+        .await;
+    let endpoint = serve["endpoint"].as_str().expect("an endpoint");
+    assert!(
+        http.get(format!("{endpoint}/healthz"))
+            .send()
+            .await
+            .expect("health")
+            .status()
+            .is_success()
+    );
+
+    let model = server.get_json("/models/mnist_cnn").await;
+    let made = &model["versions"][0];
+    assert_eq!(made["task_id"], step("mnist-train")["task_id"], "{model:#}");
+    assert_eq!(
+        (&made["pipeline_id"], &made["step"]),
+        (&json!(id), &json!("mnist-train"))
+    );
+    assert_eq!(made["input_path"], "datasets/mnist_clean.lance");
+    assert_eq!(made["input_version"], step("mnist-clean")["output_version"]);
+
+    let mut cached = quick_mnist_pipeline();
+    cached["cache"] = json!(true);
+    let started = std::time::Instant::now();
+    let again: Value = http
+        .post(server.api("/pipelines"))
+        .json(&cached)
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let again = pipeline_when_done(&server, again["id"].as_str().expect("id")).await;
+    assert_eq!(again["status"], "completed", "{again:#}");
+    for (index, name) in ["mnist-clean", "mnist-train"].into_iter().enumerate() {
+        assert_eq!(
+            again["steps"][index]["cached_from"],
+            step(name)["task_id"],
+            "{name} came from the cache"
+        );
+    }
+    eprintln!(
+        "the cached MNIST pipeline was serving after {:?}",
+        started.elapsed()
+    );
+    for id in [&id, again["id"].as_str().expect("id")] {
+        server.post(&format!("/pipelines/{id}/cancel")).await;
+    }
+    server.stop().await;
+}

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::application::Service;
+use crate::application::{Ingested, Service};
 use crate::domain::path::LakePath;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
@@ -149,10 +149,18 @@ pub async fn ingest_event(service: &Service, lake: &LakeRoot, event: &Value) -> 
         };
         let (tenant, relative) = Tenant::of_key(&key);
         match service.ingest(&tenant, &relative).await? {
-            Some(Created::New(task)) => created.push(task.id),
-            Some(Created::Existing(task)) => {
-                info!(%key, task = %task.id, "already ingested by this task");
-            }
+            Some(Ingested::Task(task)) => match *task {
+                Created::New(task) => created.push(task.id.to_string()),
+                Created::Existing(task) => {
+                    info!(%key, task = %task.id, "already ingested by this task");
+                }
+            },
+            Some(Ingested::Pipeline(pipeline)) => match *pipeline {
+                Created::New(pipeline) => created.push(pipeline.id.to_string()),
+                Created::Existing(pipeline) => {
+                    info!(%key, pipeline = %pipeline.id, "already ingested by this pipeline");
+                }
+            },
             None => {}
         }
     }

@@ -18,7 +18,7 @@ mod uploads;
 
 pub use pipelines::STEP_NOT_STARTED;
 pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog};
-pub use uploads::Uploaded;
+pub use uploads::{Ingested, Uploaded};
 
 /// The ports and the operator's settings every use case runs against.
 pub struct Service {

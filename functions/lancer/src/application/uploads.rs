@@ -7,7 +7,9 @@ use tracing::info;
 use utoipa::ToSchema;
 
 use super::Service;
+use crate::domain::ingest::RulePipeline;
 use crate::domain::path::LakePath;
+use crate::domain::pipeline::{Pipeline, PipelineSpec};
 use crate::domain::task::Task;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
@@ -23,6 +25,16 @@ pub struct Uploaded {
     /// The ingestion task the upload completed, if a rule matched and every file it
     /// requires is present.
     pub task: Option<Task>,
+    /// Or the pipeline it started, for a rule that names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+/// What a complete upload started.
+#[derive(Debug)]
+pub enum Ingested {
+    Task(Box<Created>),
+    Pipeline(Box<Created<Pipeline>>),
 }
 
 impl Service {
@@ -35,16 +47,16 @@ impl Service {
         body: ByteStream,
     ) -> Result<Uploaded> {
         let (relative, size) = self.receive_upload(tenant, key, announced, body).await?;
-        let task = self
-            .ingest(tenant, &relative)
-            .await?
-            .map(|created| match created {
-                Created::New(task) | Created::Existing(task) => task,
-            });
+        let (task, pipeline) = match self.ingest(tenant, &relative).await? {
+            Some(Ingested::Task(created)) => (Some(created.into_inner()), None),
+            Some(Ingested::Pipeline(created)) => (None, Some(created.into_inner())),
+            None => (None, None),
+        };
         Ok(Uploaded {
             path: tenant.path(&relative),
             size,
             task,
+            pipeline,
         })
     }
 
@@ -91,8 +103,9 @@ impl Service {
     }
 
     /// Runs the ingestion rules on an object that arrived at lake-relative `key`
-    /// (tenant folder excluded): creates the rule's task once its upload is complete.
-    pub async fn ingest(&self, tenant: &Tenant, key: &LakePath) -> Result<Option<Created>> {
+    /// (tenant folder excluded): creates the rule's task, or starts its pipeline, once its
+    /// upload is complete.
+    pub async fn ingest(&self, tenant: &Tenant, key: &LakePath) -> Result<Option<Ingested>> {
         let Some(rule) = self.ingest_rules.rule_for(key) else {
             return Ok(None);
         };
@@ -106,12 +119,36 @@ impl Service {
                 }
             }
         }
+        if let Some(pipeline) = &rule.pipeline {
+            let spec = match pipeline {
+                RulePipeline::File(file) => self.pipeline_file(file)?,
+                RulePipeline::Inline(spec) => (**spec).clone(),
+            };
+            let key_of_upload = rule.idempotency_key(&present);
+            let created = self
+                .submit_pipeline(tenant, spec, Some(&key_of_upload))
+                .await?;
+            if let Created::New(pipeline) = &created {
+                info!(rule = %rule.name, %key, pipeline = %pipeline.id, "ingestion pipeline started");
+            }
+            return Ok(Some(Ingested::Pipeline(Box::new(created))));
+        }
         let created = self
             .submit_task(tenant, rule.task_for(key, &present), None)
             .await?;
         if let Created::New(task) = &created {
             info!(rule = %rule.name, %key, task = %task.id, "ingestion task created");
         }
-        Ok(Some(created))
+        Ok(Some(Ingested::Task(Box::new(created))))
+    }
+
+    /// A rule's pipeline file in the scripts folder. It is the operator's: a broken one is
+    /// an internal error, logged, not the uploader's fault.
+    fn pipeline_file(&self, file: &str) -> Result<PipelineSpec> {
+        let path = self.scripts.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| Error::internal(format!("{}: {err}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|err| Error::internal(format!("{}: {err}", path.display())))
     }
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::Invalid;
 use super::path::LakePath;
+use super::pipeline::PipelineSpec;
 use super::task::TaskSpec;
 
 /// One rule of `LANCER_INGEST_RULES` (a JSON array).
@@ -25,10 +26,25 @@ pub struct IngestRule {
     /// File names under `prefix` that make a complete upload; empty: any one object is.
     #[serde(default)]
     pub require: Vec<String>,
+    /// The task to run: a registered script, its output and params...
+    #[serde(default)]
     pub script: String,
+    #[serde(default)]
     pub output: String,
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// ... or a pipeline to start, whose steps name their own inputs.
+    #[serde(default)]
+    pub pipeline: Option<RulePipeline>,
+}
+
+/// The pipeline a rule starts: a JSON file in the scripts folder (`mnist/pipeline.json`),
+/// or the spec itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RulePipeline {
+    File(String),
+    Inline(Box<PipelineSpec>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +55,22 @@ impl IngestRules {
         let rules: Vec<IngestRule> = serde_json::from_str(json)
             .map_err(|err| Invalid::rule(format!("LANCER_INGEST_RULES: {err}")))?;
         for rule in &rules {
+            if rule.script.is_empty() == rule.pipeline.is_none() {
+                return Err(Invalid::rule(format!(
+                    "ingest rule {}: name a script (with its output) or a pipeline file, not both",
+                    rule.name
+                )));
+            }
+            let file = match &rule.pipeline {
+                Some(RulePipeline::File(file)) => file.as_str(),
+                _ => "inline.json",
+            };
+            if !file.ends_with(".json") || LakePath::parse("pipeline", file).is_err() {
+                return Err(Invalid::rule(format!(
+                    "ingest rule {}: pipeline must be a relative .json path in the scripts folder",
+                    rule.name
+                )));
+            }
             if rule.prefix.segments().next() != Some("raw") {
                 return Err(Invalid::rule(format!(
                     "ingest rule {}: prefix must be a folder under raw/, like raw/mnist/",
@@ -90,9 +122,10 @@ impl IngestRule {
         }
     }
 
-    /// The task for a complete upload; `present` holds each required key with its version
-    /// (ETag or version id).
-    pub fn task_for(&self, uploaded: &LakePath, present: &[(LakePath, String)]) -> TaskSpec {
+    /// The idempotency key of what a complete upload starts: every event of one upload
+    /// gives the same. `present` holds each required key with its version (ETag or
+    /// version id).
+    pub fn idempotency_key(&self, present: &[(LakePath, String)]) -> String {
         let mut parts: Vec<String> = present
             .iter()
             .map(|(key, version)| format!("{key}@{version}"))
@@ -103,6 +136,12 @@ impl IngestRule {
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
+        // SHA-256 (its first 128 bits) is stable across builds, as a stored key must be.
+        format!("ingest:{}:{fingerprint}", self.name)
+    }
+
+    /// The task for a complete upload of a rule that names a script.
+    pub fn task_for(&self, uploaded: &LakePath, present: &[(LakePath, String)]) -> TaskSpec {
         let input = if self.require.is_empty() {
             uploaded.to_string()
         } else {
@@ -116,8 +155,7 @@ impl IngestRule {
             params: self.params.clone(),
             resources: Default::default(),
             max_attempts: 1,
-            // SHA-256 (its first 128 bits) is stable across builds, as a stored key must be.
-            idempotency_key: Some(format!("ingest:{}:{fingerprint}", self.name)),
+            idempotency_key: Some(self.idempotency_key(present)),
         }
     }
 }
@@ -203,6 +241,33 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_starts_a_pipeline_from_a_file_or_written_inline() {
+        let rules = IngestRules::parse(
+            r#"[
+              {"name": "file", "prefix": "raw/a/", "pipeline": "mnist/pipeline.json"},
+              {"name": "inline", "prefix": "raw/b/", "pipeline":
+                {"name": "p", "steps": [{"name": "s", "script": "s.py"}]}}
+            ]"#,
+        )
+        .expect("valid rules");
+        let file = rules
+            .rule_for(&p("raw/a/x"))
+            .and_then(|r| r.pipeline.clone());
+        assert_eq!(file, Some(RulePipeline::File("mnist/pipeline.json".into())));
+        let inline = rules
+            .rule_for(&p("raw/b/x"))
+            .and_then(|r| r.pipeline.clone());
+        assert!(matches!(inline, Some(RulePipeline::Inline(spec)) if spec.steps.len() == 1));
+        let present = [(p("raw/a/x"), "etag-1".to_owned())];
+        let rule = rules.rule_for(&p("raw/a/x")).expect("rule");
+        assert_eq!(
+            rule.idempotency_key(&present),
+            rule.idempotency_key(&present)
+        );
+        assert!(rule.idempotency_key(&present).starts_with("ingest:file:"));
+    }
+
+    #[test]
     fn bad_rules_are_refused_with_the_reason() {
         for (json, why) in [
             (
@@ -222,6 +287,15 @@ mod tests {
                 "LANCER_INGEST_RULES",
             ),
             (r#"{"name":"x"}"#, "LANCER_INGEST_RULES"),
+            (r#"[{"name":"x","prefix":"raw/a/"}]"#, "script"),
+            (
+                r#"[{"name":"x","prefix":"raw/a/","script":"s","pipeline":"p.json"}]"#,
+                "not both",
+            ),
+            (
+                r#"[{"name":"x","prefix":"raw/a/","pipeline":"../p.json"}]"#,
+                "relative .json",
+            ),
         ] {
             let err = IngestRules::parse(json).expect_err(json);
             assert!(err.to_string().contains(why), "{json}: {err}");
