@@ -5,6 +5,7 @@ pub mod aws;
 pub mod dispatcher;
 pub mod lake;
 pub mod lambda;
+pub mod mnist;
 pub mod pipeline_store;
 pub mod ray;
 pub mod scripts;

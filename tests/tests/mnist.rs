@@ -4,18 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use lancer_tests::mnist::{
+    MNIST_FILES, check_pipeline_run, fetch_data, pipeline_when_done, quick_mnist_pipeline,
+};
 use lancer_tests::server::{Server, bin_dir, repo_root};
 use mnist::idx::{ImageReader, PIXELS, read_labels};
 use serde_json::{Value, json};
-
-fn fetch_data(lake: &Path) {
-    let status = std::process::Command::new(repo_root().join("mnist/fetch-data"))
-        .arg("--lake")
-        .arg(lake)
-        .status()
-        .expect("run fetch-data");
-    assert!(status.success(), "fetch-data failed");
-}
 
 /// The first `n` held-out digits and their labels, straight from the IDX files.
 fn test_digits(lake: &Path, n: usize) -> (Vec<Vec<f32>>, Vec<u8>) {
@@ -298,33 +292,6 @@ fn assert_a_drawn_seven(image: &[f64]) {
     );
 }
 
-const MNIST_FILES: [&str; 4] = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-];
-
-/// `mnist/pipeline.json`, training one epoch so the test stays short.
-fn quick_mnist_pipeline() -> Value {
-    let text = std::fs::read_to_string(repo_root().join("mnist/pipeline.json")).expect("read");
-    let mut spec: Value = serde_json::from_str(&text).expect("the pipeline is JSON");
-    spec["steps"][1]["params"] = json!({"epochs": 1});
-    spec
-}
-
-async fn pipeline_when_done(server: &Server, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let pipeline = server.get_json(&format!("/pipelines/{id}")).await;
-        if pipeline["status"] != "running" {
-            return pipeline;
-        }
-        assert!(std::time::Instant::now() < deadline, "{pipeline:#}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test]
 async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_model_names_its_data() {
     let rules = json!([{"name": "mnist", "prefix": "raw/mnist/", "require": MNIST_FILES,
@@ -357,8 +324,7 @@ async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_mode
         .as_str()
         .expect("the last file started the pipeline")
         .to_owned();
-    let pipeline = pipeline_when_done(&server, &id).await;
-    assert_eq!(pipeline["status"], "completed", "{pipeline:#}");
+    let pipeline = check_pipeline_run(&server, &id).await;
     let step = |name: &str| {
         pipeline["steps"]
             .as_array()
@@ -368,29 +334,6 @@ async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_mode
             .cloned()
             .expect("step")
     };
-    let serve = server
-        .task(step("mnist-serve")["task_id"].as_str().expect("serve"))
-        .await;
-    let endpoint = serve["endpoint"].as_str().expect("an endpoint");
-    assert!(
-        http.get(format!("{endpoint}/healthz"))
-            .send()
-            .await
-            .expect("health")
-            .status()
-            .is_success()
-    );
-
-    let model = server.get_json("/models/mnist_cnn").await;
-    let made = &model["versions"][0];
-    assert_eq!(made["task_id"], step("mnist-train")["task_id"], "{model:#}");
-    assert_eq!(
-        (&made["pipeline_id"], &made["step"]),
-        (&json!(id), &json!("mnist-train"))
-    );
-    assert_eq!(made["input_path"], "datasets/mnist_clean.lance");
-    assert_eq!(made["input_version"], step("mnist-clean")["output_version"]);
-
     let mut cached = quick_mnist_pipeline();
     cached["cache"] = json!(true);
     let started = std::time::Instant::now();

@@ -464,3 +464,35 @@ async fn lancer_ray_env_gives_the_runner_on_ray_the_nodes_own_scripts_folder() {
     assert_eq!(done["result"], json!({"copy": "the node's"}));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_mnist_pipeline_with_its_daft_step_runs_as_ray_jobs() {
+    use lancer_tests::mnist::{check_pipeline_run, fetch_data, quick_mnist_pipeline};
+    use lancer_tests::server::{bin_dir, repo_root};
+    let script_env = json!({ "LANCER_MNIST_BIN": bin_dir() }).to_string();
+    let address = ray_address();
+    let env = [
+        ("LANCER_BACKEND", "ray"),
+        ("RAY_ADDRESS", address.as_str()),
+        ("LANCER_SCRIPT_ENV", script_env.as_str()),
+    ];
+    let server = Server::start_in(tempfile::tempdir().expect("tempdir"), &repo_root(), &env).await;
+    fetch_data(&server.lake());
+    let submitted: Value = reqwest::Client::new()
+        .post(server.api("/pipelines"))
+        .json(&quick_mnist_pipeline())
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = submitted["id"].as_str().expect("id").to_owned();
+    let pipeline = check_pipeline_run(&server, &id).await;
+    for step in pipeline["steps"].as_array().expect("steps") {
+        let task = server.task(step["task_id"].as_str().expect("task")).await;
+        assert_eq!(task["backend"], "ray", "{} ran on Ray", step["name"]);
+    }
+    server.post(&format!("/pipelines/{id}/cancel")).await;
+    server.stop().await;
+}
