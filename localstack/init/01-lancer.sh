@@ -5,13 +5,13 @@ set -euo pipefail
 table="${LANCER_TASK_TABLE:-lancer-tasks}" bucket="${LANCER_BUCKET:-lancer-lake}" queue="${LANCER_INGEST_QUEUE:-lancer-ingest}"
 awslocal dynamodb create-table --table-name "$table" --billing-mode PAY_PER_REQUEST \
   --attribute-definitions AttributeName=id,AttributeType=S AttributeName=tenant,AttributeType=S AttributeName=status,AttributeType=S \
-    AttributeName=pipeline_tenant,AttributeType=S AttributeName=pipeline_running,AttributeType=S \
+    AttributeName=pipeline_tenant,AttributeType=S AttributeName=pipeline_active,AttributeType=S \
   --key-schema AttributeName=id,KeyType=HASH \
   --global-secondary-indexes \
     'IndexName=by_tenant,KeySchema=[{AttributeName=tenant,KeyType=HASH},{AttributeName=id,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
     'IndexName=by_status,KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=id,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
     'IndexName=pipelines_by_tenant,KeySchema=[{AttributeName=pipeline_tenant,KeyType=HASH},{AttributeName=id,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
-    'IndexName=pipelines_running,KeySchema=[{AttributeName=pipeline_running,KeyType=HASH},{AttributeName=id,KeyType=RANGE}],Projection={ProjectionType=ALL}'
+    'IndexName=pipelines_active,KeySchema=[{AttributeName=pipeline_active,KeyType=HASH},{AttributeName=id,KeyType=RANGE}],Projection={ProjectionType=ALL}'
 awslocal dynamodb update-time-to-live --table-name "$table" \
   --time-to-live-specification Enabled=true,AttributeName=expires_at
 awslocal s3 mb "s3://$bucket"

@@ -2,7 +2,7 @@
 //! MNIST example trains with it at lr 1.0 and a StepLR decay of 0.7 per epoch.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::Optimizer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +34,30 @@ struct State {
 pub struct Adadelta {
     states: Vec<State>,
     params: ParamsAdadelta,
+}
+
+impl Adadelta {
+    /// The running averages, per variable: what a checkpoint keeps.
+    pub fn averages(&self) -> Vec<(Tensor, Tensor)> {
+        self.states
+            .iter()
+            .map(|s| {
+                (
+                    s.square_avg.as_tensor().clone(),
+                    s.acc_delta.as_tensor().clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Restores the running averages `averages` gave.
+    pub fn restore(&self, averages: &[(Tensor, Tensor)]) -> Result<()> {
+        for (state, (square_avg, acc_delta)) in self.states.iter().zip(averages) {
+            state.square_avg.set(square_avg)?;
+            state.acc_delta.set(acc_delta)?;
+        }
+        Ok(())
+    }
 }
 
 impl Optimizer for Adadelta {

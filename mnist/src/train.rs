@@ -5,7 +5,7 @@ use candle_core::{D, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
 
 use crate::adadelta::{Adadelta, ParamsAdadelta};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::idx::PIXELS;
 use crate::lake::Split;
@@ -39,7 +39,7 @@ impl Default for TrainOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     /// Mean training loss over the epoch.
@@ -128,12 +128,54 @@ impl Opt {
     }
 }
 
+/// Where a run keeps its checkpoints, and where it resumed from.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints<'a> {
+    /// A folder to save a checkpoint in after every epoch and resume from; `None`: none.
+    pub dir: Option<&'a std::path::Path>,
+}
+
+/// A trained net, its history, and the epoch it resumed after (0: it started afresh).
+pub struct Trained {
+    pub net: Net,
+    pub history: Vec<EpochStats>,
+    pub resumed_after: usize,
+}
+
 pub fn train(
     train: &Split,
     test: &Split,
     options: &TrainOptions,
     observer: &mut dyn Observer,
-) -> Result<(Net, Vec<EpochStats>)> {
+    checkpoints: Checkpoints<'_>,
+) -> Result<Trained> {
+    check(train, test, options)?;
+    let device = crate::model::device(&options.device)?;
+    let mut run = Run::start(options, train.len(), &device)?;
+    // Adam's running averages live inside candle's optimizer, out of a checkpoint's reach.
+    let dir = checkpoints
+        .dir
+        .filter(|_| matches!(run.optimizer, Opt::Adadelta(_) | Opt::Sgd(_)));
+    let resumed_after = match dir {
+        Some(dir) => run.resume(dir, options, &device)?,
+        None => 0,
+    };
+    for epoch in resumed_after + 1..=options.epochs {
+        let stats = run.epoch(epoch, train, test, options, observer, &device)?;
+        observer.epoch(&stats);
+        run.history.push(stats);
+        if let Some(dir) = dir {
+            crate::checkpoint::save(dir, options, &run.checkpoint(epoch)?)?;
+        }
+    }
+    Ok(Trained {
+        net: run.net,
+        history: run.history,
+        resumed_after,
+    })
+}
+
+fn check(train: &Split, test: &Split, options: &TrainOptions) -> Result<()> {
     if train.is_empty() || test.is_empty() {
         bail!(
             "the dataset needs train and test rows (train {}, test {})",
@@ -147,51 +189,137 @@ pub fn train(
     if !(options.lr_decay > 0.0 && options.lr_decay <= 1.0) {
         bail!("lr_decay must be in (0, 1], not {}", options.lr_decay);
     }
-    let device = crate::model::device(&options.device)?;
-    let (net, vars) = Net::init(options.seed, &device)?;
-    let mut optimizer = Opt::new(options, vars)?;
-    let base_lr = optimizer.learning_rate();
-    let mut rng = Rng::new(options.seed.wrapping_add(1));
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let batches = train.len().div_ceil(options.batch_size);
-    let mut history = Vec::new();
-    let mut pixels = Vec::with_capacity(options.batch_size * PIXELS);
-    for epoch in 1..=options.epochs {
-        optimizer.set_learning_rate(base_lr * options.lr_decay.powi(epoch as i32 - 1));
+    Ok(())
+}
+
+/// Everything a training run carries from one epoch to the next.
+struct Run {
+    net: Net,
+    vars: Vec<candle_core::Var>,
+    optimizer: Opt,
+    base_lr: f64,
+    rng: Rng,
+    order: Vec<usize>,
+    history: Vec<EpochStats>,
+    pixels: Vec<f32>,
+}
+
+impl Run {
+    fn start(options: &TrainOptions, rows: usize, device: &Device) -> Result<Self> {
+        let (net, vars) = Net::init(options.seed, device)?;
+        let optimizer = Opt::new(options, vars.clone())?;
+        Ok(Self {
+            net,
+            vars,
+            base_lr: optimizer.learning_rate(),
+            optimizer,
+            rng: Rng::new(options.seed.wrapping_add(1)),
+            order: (0..rows).collect(),
+            history: Vec::new(),
+            pixels: Vec::with_capacity(options.batch_size * PIXELS),
+        })
+    }
+
+    /// Continues from the checkpoint in `dir`, if it holds one of this run; the epochs done.
+    fn resume(
+        &mut self,
+        dir: &std::path::Path,
+        options: &TrainOptions,
+        device: &Device,
+    ) -> Result<usize> {
+        let Some(mut saved) = crate::checkpoint::load(dir, options, device)? else {
+            return Ok(0);
+        };
+        let mut take = |name: String| {
+            saved
+                .tensors
+                .remove(&name)
+                .ok_or_else(|| anyhow::anyhow!("the checkpoint lacks {name}"))
+        };
+        let mut averages = Vec::new();
+        for (index, var) in self.vars.iter().enumerate() {
+            var.set(&take(format!("weight.{index}"))?)?;
+            if matches!(self.optimizer, Opt::Adadelta(_)) {
+                averages.push((
+                    take(format!("square_avg.{index}"))?,
+                    take(format!("acc_delta.{index}"))?,
+                ));
+            }
+        }
+        if let Opt::Adadelta(optimizer) = &self.optimizer {
+            optimizer.restore(&averages)?;
+        }
+        self.rng = Rng::new(saved.rng_state);
+        self.order = saved.order;
+        self.history = saved.history;
+        tracing::info!(epoch = saved.epoch, "resumed from a checkpoint");
+        Ok(saved.epoch)
+    }
+
+    fn checkpoint(&self, epoch: usize) -> Result<crate::checkpoint::Checkpoint> {
+        let mut tensors = std::collections::HashMap::new();
+        for (index, var) in self.vars.iter().enumerate() {
+            tensors.insert(format!("weight.{index}"), var.as_tensor().clone());
+        }
+        if let Opt::Adadelta(optimizer) = &self.optimizer {
+            for (index, (square_avg, acc_delta)) in optimizer.averages().into_iter().enumerate() {
+                tensors.insert(format!("square_avg.{index}"), square_avg);
+                tensors.insert(format!("acc_delta.{index}"), acc_delta);
+            }
+        }
+        Ok(crate::checkpoint::Checkpoint {
+            epoch,
+            rng_state: self.rng.state(),
+            order: self.order.clone(),
+            history: self.history.clone(),
+            tensors,
+        })
+    }
+
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        train: &Split,
+        test: &Split,
+        options: &TrainOptions,
+        observer: &mut dyn Observer,
+        device: &Device,
+    ) -> Result<EpochStats> {
+        let lr = self.base_lr * options.lr_decay.powi(epoch as i32 - 1);
+        self.optimizer.set_learning_rate(lr);
         let started = std::time::Instant::now();
-        rng.shuffle(&mut order);
+        self.rng.shuffle(&mut self.order);
+        let batches = train.len().div_ceil(options.batch_size);
         let mut loss_sum = 0.0;
-        for (batch, rows) in order.chunks(options.batch_size).enumerate() {
-            pixels.clear();
+        for (batch, rows) in self.order.chunks(options.batch_size).enumerate() {
+            self.pixels.clear();
             for &row in rows {
-                pixels.extend_from_slice(&train.images[row * PIXELS..(row + 1) * PIXELS]);
+                self.pixels
+                    .extend_from_slice(&train.images[row * PIXELS..(row + 1) * PIXELS]);
             }
             let labels: Vec<u32> = rows
                 .iter()
                 .map(|&row| u32::from(train.labels[row]))
                 .collect();
-            let x = images_tensor(&pixels, &device)?;
-            let y = Tensor::from_vec(labels, rows.len(), &device)?;
-            let logits = net.forward(&x, Some(&mut rng))?;
+            let x = images_tensor(&self.pixels, device)?;
+            let y = Tensor::from_vec(labels, rows.len(), device)?;
+            let logits = self.net.forward(&x, Some(&mut self.rng))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            optimizer.step(&loss)?;
+            self.optimizer.step(&loss)?;
             let loss = f64::from(loss.to_scalar::<f32>()?);
             loss_sum += loss;
             observer.batch(epoch, batch + 1, batches, loss);
         }
-        let (loss, correct) = evaluate(&net, test, &device)?;
-        let stats = EpochStats {
+        let (loss, correct) = evaluate(&self.net, test, device)?;
+        Ok(EpochStats {
             epoch,
             train_loss: loss_sum / batches as f64,
             loss,
             accuracy: correct as f64 / test.len() as f64,
             correct,
             seconds: started.elapsed().as_secs_f64(),
-        };
-        observer.epoch(&stats);
-        history.push(stats);
+        })
     }
-    Ok((net, history))
 }
 
 /// Mean cross-entropy and the number of correct predictions on a split.

@@ -2,7 +2,20 @@
 
 use mnist::lake::Split;
 use mnist::model::{Net, images_tensor};
-use mnist::train::{EpochStats, Observer, TrainOptions, evaluate, train};
+use mnist::train::{Checkpoints, EpochStats, Observer, TrainOptions, Trained, evaluate, train};
+
+/// Trains without checkpoints: the net and its history.
+fn fit(train_split: &Split, test: &Split, options: &TrainOptions) -> (Net, Vec<EpochStats>) {
+    let Trained { net, history, .. } = train(
+        train_split,
+        test,
+        options,
+        &mut Quiet,
+        Checkpoints::default(),
+    )
+    .expect("train");
+    (net, history)
+}
 
 struct Quiet;
 
@@ -31,8 +44,8 @@ fn the_same_seed_trains_the_same_model() {
         batch_size: 16,
         ..Default::default()
     };
-    let (first, history_a) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
-    let (second, history_b) = train(&halves(64), &halves(16), &options, &mut Quiet).expect("train");
+    let (first, history_a) = fit(&halves(64), &halves(16), &options);
+    let (second, history_b) = fit(&halves(64), &halves(16), &options);
     assert_eq!(history_a[0].train_loss, history_b[0].train_loss);
     assert_eq!(history_a[0].loss, history_b[0].loss);
     assert_eq!(
@@ -40,7 +53,7 @@ fn the_same_seed_trains_the_same_model() {
         second.to_safetensors().expect("bytes")
     );
     let other = TrainOptions { seed: 1, ..options };
-    let (_, history_c) = train(&halves(64), &halves(16), &other, &mut Quiet).expect("train");
+    let (_, history_c) = fit(&halves(64), &halves(16), &other);
     assert_ne!(
         history_a[0].train_loss, history_c[0].train_loss,
         "another seed, another run"
@@ -55,7 +68,7 @@ fn training_learns_a_separable_task_and_the_weights_round_trip() {
         ..Default::default()
     };
     let test = halves(20);
-    let (net, history) = train(&halves(96), &test, &options, &mut Quiet).expect("train");
+    let (net, history) = fit(&halves(96), &test, &options);
     assert_eq!(history.len(), 2);
     assert_eq!(history[1].accuracy, 1.0, "{history:?}");
     let bytes = net.to_safetensors().expect("bytes");
@@ -91,7 +104,7 @@ fn bad_options_are_refused() {
         },
     ] {
         assert!(
-            train(&data, &data, &options, &mut Quiet).is_err(),
+            train(&data, &data, &options, &mut Quiet, Checkpoints::default()).is_err(),
             "{options:?}"
         );
     }
@@ -100,9 +113,62 @@ fn bad_options_are_refused() {
             &data,
             &Split::default(),
             &TrainOptions::default(),
-            &mut Quiet
+            &mut Quiet,
+            Checkpoints::default()
         )
         .is_err(),
         "no test rows"
+    );
+}
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_a_run_never_stopped() {
+    let options = TrainOptions {
+        epochs: 3,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let (whole, whole_history) = fit(&halves(64), &halves(16), &options);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoints = || Checkpoints {
+        dir: Some(dir.path()),
+    };
+    let first = TrainOptions {
+        epochs: 1,
+        ..options.clone()
+    };
+    let stopped =
+        train(&halves(64), &halves(16), &first, &mut Quiet, checkpoints()).expect("train");
+    assert_eq!(stopped.resumed_after, 0);
+    let resumed = train(
+        &halves(64),
+        &halves(16),
+        &options,
+        &mut Quiet,
+        checkpoints(),
+    )
+    .expect("train");
+    assert_eq!(resumed.resumed_after, 1, "it went on after the saved epoch");
+    let figures = |history: &[EpochStats]| -> Vec<(usize, f64, f64, usize)> {
+        history
+            .iter()
+            .map(|e| (e.epoch, e.train_loss, e.loss, e.correct))
+            .collect()
+    };
+    assert_eq!(
+        figures(&resumed.history),
+        figures(&whole_history),
+        "the history spans every epoch, with the same losses"
+    );
+    assert_eq!(
+        resumed.net.to_safetensors().expect("bytes"),
+        whole.to_safetensors().expect("bytes"),
+        "the same weights to the byte"
+    );
+    let other = TrainOptions { seed: 7, ..options };
+    let fresh = train(&halves(64), &halves(16), &other, &mut Quiet, checkpoints()).expect("train");
+    assert_eq!(
+        fresh.resumed_after, 0,
+        "a checkpoint of other options is not resumed"
     );
 }

@@ -139,21 +139,26 @@ pub async fn listing_pages_through_a_tenants_pipelines_newest_first(f: Fixture) 
     assert_eq!(seen, ids, "every pipeline of the tenant once, newest first");
 }
 
-pub async fn running_pipelines_are_those_still_running_across_tenants(f: Fixture) {
+pub async fn active_pipelines_are_the_running_ones_and_schedules_across_tenants(f: Fixture) {
     let store = f.store.as_ref();
     let first = created(store, new_pipeline("acme", spec("a", None))).await;
     let mut done = created(store, new_pipeline("acme", spec("b", None))).await;
+    let mut nightly = spec("nightly", None);
+    nightly.schedule = Some("0 3 * * *".into());
+    let schedule = created(store, new_pipeline("globex", nightly)).await;
+    assert_eq!(schedule.status, PipelineStatus::Scheduled);
     let third = created(store, new_pipeline("globex", spec("c", None))).await;
     done.status = PipelineStatus::Completed;
     store.update_pipeline(done).await.expect("complete");
-    let running: Vec<String> = store
-        .running_pipelines()
+    let active: Vec<String> = store
+        .active_pipelines()
         .await
-        .expect("running")
+        .expect("active")
         .iter()
         .map(|p| p.id.to_string())
         .collect();
-    assert_eq!(running, vec![first.id.to_string(), third.id.to_string()]);
+    let expected = [&first, &schedule, &third].map(|p| p.id.to_string());
+    assert_eq!(active, expected, "oldest first, finished ones left out");
 }
 
 pub async fn the_cache_remembers_the_newest_task_per_tenant_and_digest(f: Fixture) {
@@ -200,7 +205,7 @@ macro_rules! pipeline_store_conformance {
             of_two_racing_updates_from_one_revision_exactly_one_wins,
             an_update_of_an_unknown_pipeline_is_not_found,
             listing_pages_through_a_tenants_pipelines_newest_first,
-            running_pipelines_are_those_still_running_across_tenants,
+            active_pipelines_are_the_running_ones_and_schedules_across_tenants,
             the_cache_remembers_the_newest_task_per_tenant_and_digest,
         );
     };

@@ -364,3 +364,62 @@ async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_mode
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_training_runner_killed_mid_run_resumes_after_its_last_epoch_with_the_same_weights() {
+    use lancer_tests::server::{kill_9, runner_pid};
+    let script_env = json!({ "LANCER_MNIST_BIN": bin_dir() }).to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_in(dir, &repo_root(), &[("LANCER_SCRIPT_ENV", &script_env)]).await;
+    fetch_data(&server.lake());
+    let within = Duration::from_secs(300);
+    let clean = json!({"name": "clean", "script": "mnist/bin/mnist-clean", "input": "raw/mnist/",
+                       "output": "mnist_clean", "params": {"normalize": true, "flatten": true}});
+    server.run_to_completion(&clean, within).await;
+    let fit = |output: &str, attempts: u32| {
+        json!({"name": "fit", "script": "mnist/bin/mnist-train", "input": "mnist_clean",
+               "output": output, "params": {"epochs": 2}, "max_attempts": attempts})
+    };
+    let whole = server
+        .run_to_completion(&fit("models/whole", 1), within)
+        .await;
+    assert_eq!(whole["result"]["epochs_run"], 2);
+
+    let id = server.submit_for_id(&fit("models/killed", 2)).await;
+    let in_epoch_two = |task: &Value| {
+        task["progress"]["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("epoch 2/2 batch"))
+    };
+    server.wait_until(&id, within, in_epoch_two).await;
+    kill_9(runner_pid(&id).await.expect("a runner trains"));
+    let done = server.wait_finished(&id, within).await;
+    assert_eq!(
+        (&done["status"], &done["attempt"]),
+        (&json!("completed"), &json!(2)),
+        "{done:#}"
+    );
+    assert_eq!(
+        done["result"]["resumed_after_epoch"], 1,
+        "the retry resumed after epoch 1"
+    );
+    assert_eq!(
+        done["result"]["epochs_run"], 1,
+        "so it ran one epoch, not two"
+    );
+    let weights = |name: &str| {
+        let uri = server.lake().join(format!("models/{name}.lance"));
+        async move {
+            let storage = std::collections::HashMap::new();
+            let (row, _) = mnist::lake::load_model(&uri.to_string_lossy(), None, &storage)
+                .await
+                .expect("a model");
+            row.weights
+        }
+    };
+    assert!(
+        weights("killed").await == weights("whole").await,
+        "the resumed run's weights equal the uninterrupted run's, byte for byte"
+    );
+    server.stop().await;
+}

@@ -397,3 +397,63 @@ async fn a_cached_step_reuses_an_earlier_output_and_a_new_input_version_or_cache
     );
     assert_eq!(new["input_version"], "2");
 }
+
+#[tokio::test]
+async fn a_schedule_starts_one_run_per_tick_however_many_reconcilers_fire_it() {
+    let app = TestApp::new(None);
+    let mut every_minute = flow();
+    every_minute["schedule"] = json!("* * * * *");
+    let schedule = submit(&app, &every_minute).await;
+    let id = schedule["id"].as_str().expect("id").to_owned();
+    assert_eq!(schedule["status"], "scheduled");
+    assert!(
+        app.dispatcher.submitted().is_empty(),
+        "a schedule runs nothing itself"
+    );
+    // The first tick after its creation is at most a minute away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(65);
+    let fired = loop {
+        tokio::join!(app.advance_pipelines(), app.advance_pipelines());
+        let schedule = read(&app, &id).await;
+        if !schedule["fired"].is_null() {
+            break schedule;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never fired: {schedule:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let runs = fired["fired"]["runs"].as_array().expect("runs").clone();
+    assert_eq!(runs.len(), 1, "one run for the tick: {fired:#}");
+    let run = read(&app, runs[0].as_str().expect("run id")).await;
+    assert_eq!(
+        (&run["status"], &run["scheduled_by"]),
+        (&json!("running"), &json!(id))
+    );
+    assert_eq!(run["spec"]["schedule"], Value::Null);
+    app.advance_pipelines().await;
+    let list = app.get("/api/v1/pipelines", &[]).await.json();
+    assert_eq!(
+        list["pipelines"].as_array().map(Vec::len),
+        Some(2),
+        "the schedule and one run"
+    );
+    assert_eq!(
+        app.dispatcher.submitted().len(),
+        1,
+        "the run's first step, once"
+    );
+    let cancelled = app
+        .post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        cancelled.json()["status"],
+        "cancelled",
+        "cancelling stops the schedule"
+    );
+    let bad = app
+        .post("/api/v1/pipelines", &json!({"name": "x", "schedule": "every day", "steps": [{"name": "a", "script": "jobs/noop.py"}]}), &[])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+}

@@ -100,8 +100,9 @@ pub trait PipelineStore: Send + Sync {
         page_token: Option<&str>,
     ) -> Result<PipelinePage>;
 
-    /// Every running pipeline across tenants, oldest first: what reconcile advances.
-    async fn running_pipelines(&self) -> Result<Vec<Pipeline>>;
+    /// Every running pipeline and every schedule across tenants, oldest first: what
+    /// reconcile advances or fires.
+    async fn active_pipelines(&self) -> Result<Vec<Pipeline>>;
 
     /// Stores `next` if the stored record's revision is still `next.revision`, and returns
     /// it with the revision bumped; `Error::Stale` if another write came first.

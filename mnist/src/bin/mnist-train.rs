@@ -5,13 +5,19 @@
 //! PyTorch's example), `learning_rate` (the optimizer's default: adadelta 1.0, adam 0.001,
 //! sgd 0.01), `lr_decay` (0.7: multiplies the rate after each epoch, PyTorch's StepLR gamma),
 //! `batch_size` (64), `seed` (42), `device` (cpu|cuda).
-//! Result: `{accuracy, loss, model_version}`.
+//! Result: `{accuracy, loss, model_version, resumed_after_epoch, epochs_run}`.
+//!
+//! With `LANCER_CHECKPOINT_DIR` (a folder on a local lake), it saves a checkpoint after each
+//! epoch and, started again with the same params (a retry after a crash), resumes after the
+//! last saved epoch: the final weights are those of a run never stopped.
 
 use anyhow::{Result, bail};
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::lake::{ModelRow, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
-use mnist::train::{EpochStats, Observer, TrainOptions, default_learning_rate, train};
+use mnist::train::{
+    Checkpoints, EpochStats, Observer, TrainOptions, Trained, default_learning_rate, train,
+};
 use serde_json::json;
 
 struct Report {
@@ -95,7 +101,24 @@ async fn main() -> Result<()> {
         epochs: options.epochs,
         last_sent: std::time::Instant::now(),
     };
-    let (net, history) = train(&train_split, &test_split, &options, &mut report)?;
+    // A folder on a local lake; on object storage there is no file to resume from yet.
+    let checkpoint_dir = std::env::var_os("LANCER_CHECKPOINT_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.is_absolute() && dir.is_dir());
+    let checkpoints = Checkpoints {
+        dir: checkpoint_dir.as_deref(),
+    };
+    let Trained {
+        net,
+        history,
+        resumed_after,
+    } = train(
+        &train_split,
+        &test_split,
+        &options,
+        &mut report,
+        checkpoints,
+    )?;
     let last = history
         .last()
         .cloned()
@@ -117,7 +140,11 @@ async fn main() -> Result<()> {
         created_at: chrono::Utc::now().to_rfc3339(),
     };
     let model_version = append_model(&task.output, &row, &storage).await?;
-    task.finish(
-        &json!({"accuracy": last.accuracy, "loss": last.loss, "model_version": model_version}),
-    )
+    task.finish(&json!({
+        "accuracy": last.accuracy,
+        "loss": last.loss,
+        "model_version": model_version,
+        "resumed_after_epoch": resumed_after,
+        "epochs_run": options.epochs - resumed_after,
+    }))
 }

@@ -42,8 +42,20 @@ impl Service {
                 Error::invalid(format!("step '{}': {err}", printable(&step.task.name)))
             })?;
         }
+        self.store_pipeline(tenant, spec, None).await
+    }
+
+    /// Stores a checked pipeline (a run of `scheduled_by`, if given) and starts the steps
+    /// that wait for nothing.
+    async fn store_pipeline(
+        &self,
+        tenant: &Tenant,
+        spec: PipelineSpec,
+        scheduled_by: Option<PipelineId>,
+    ) -> Result<Created<Pipeline>> {
         let id = PipelineId::from_uuid(uuid::Uuid::now_v7());
-        let pipeline = Pipeline::new(id, tenant, spec, chrono::Utc::now());
+        let mut pipeline = Pipeline::new(id, tenant, spec, chrono::Utc::now());
+        pipeline.scheduled_by = scheduled_by;
         Ok(match self.pipelines.create_pipeline(pipeline).await? {
             Created::New(pipeline) => {
                 info!(pipeline = %pipeline.id, name = %pipeline.spec.name, "pipeline submitted");
@@ -130,16 +142,41 @@ impl Service {
         self.advance(pipeline).await
     }
 
-    /// One round of every running pipeline: what `lancer serve` and the AWS sweeper run.
-    /// A pipeline that fails to advance is logged and tried again next round.
+    /// One round of every running pipeline and schedule: what `lancer serve` and the AWS
+    /// sweeper run. A pipeline that fails to advance is logged and tried again next round.
     pub async fn advance_pipelines(&self) -> Result<()> {
-        for pipeline in self.pipelines.running_pipelines().await? {
+        for pipeline in self.pipelines.active_pipelines().await? {
             let id = pipeline.id.clone();
-            if let Err(err) = self.advance(pipeline).await {
+            let advanced = match pipeline.status {
+                PipelineStatus::Scheduled => self.fire(pipeline).await,
+                _ => self.advance(pipeline).await.map(drop),
+            };
+            if let Err(err) = advanced {
                 warn!(pipeline = %id, %err, "pipeline could not advance");
             }
         }
         Ok(())
+    }
+
+    /// Starts the run a schedule's tick is due for. The run's idempotency key names the
+    /// schedule and the tick, so two reconcilers firing the same tick start one run.
+    async fn fire(&self, mut schedule: Pipeline) -> Result<()> {
+        let Some(tick) = schedule.due_tick(chrono::Utc::now()) else {
+            return Ok(());
+        };
+        let mut spec = schedule.run_spec();
+        spec.idempotency_key = Some(format!("schedule/{}/{}", schedule.id, tick.to_rfc3339()));
+        let run = self
+            .store_pipeline(&schedule.tenant(), spec, Some(schedule.id.clone()))
+            .await?
+            .into_inner();
+        info!(schedule = %schedule.id, run = %run.id, %tick, "schedule fired");
+        schedule.record_fired(tick, run.id);
+        match self.pipelines.update_pipeline(schedule).await {
+            // Another reconciler recorded this tick (and found the same run by its key).
+            Ok(_) | Err(Error::Stale(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Mirrors the steps' tasks, starts the steps that may start (or completes them from
@@ -377,5 +414,50 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(page.tasks.len(), 2, "clean and one train");
+    }
+
+    /// Two reconcilers that read a schedule at the same revision both fire its tick: the
+    /// run's idempotency key (the schedule and the tick) makes that one run.
+    #[tokio::test]
+    async fn two_reconcilers_firing_the_same_tick_start_one_run() {
+        let service = service();
+        let spec: PipelineSpec = serde_json::from_value(json!({"name": "nightly",
+            "schedule": "* * * * *", "steps": [{"name": "clean", "script": "job.py"}]}))
+        .expect("spec");
+        let tenant = Tenant::single();
+        let two_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(2);
+        let id = PipelineId::from_uuid(uuid::Uuid::now_v7());
+        let schedule = Pipeline::new(id, &tenant, spec, two_minutes_ago);
+        let read = service
+            .pipelines
+            .create_pipeline(schedule)
+            .await
+            .expect("create")
+            .into_inner();
+        service.fire(read.clone()).await.expect("first");
+        service.fire(read).await.expect("second");
+        let page = service
+            .list_pipelines(&tenant, None, None)
+            .await
+            .expect("list");
+        let runs: Vec<_> = page
+            .pipelines
+            .iter()
+            .filter(|p| p.scheduled_by.is_some())
+            .collect();
+        assert_eq!(runs.len(), 1, "one run for the tick");
+        let stored = service
+            .pipeline(&tenant, &id_of(&page))
+            .await
+            .expect("schedule");
+        assert_eq!(stored.fired.map(|f| f.runs), Some(vec![runs[0].id.clone()]));
+    }
+
+    fn id_of(page: &PipelinePage) -> String {
+        page.pipelines
+            .iter()
+            .find(|p| p.status == PipelineStatus::Scheduled)
+            .map(|p| p.id.to_string())
+            .expect("the schedule")
     }
 }

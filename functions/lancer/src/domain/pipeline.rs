@@ -44,6 +44,10 @@ pub struct PipelineSpec {
     /// running (a step's own `cache` overrides it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
+    /// A cron expression (five fields, UTC): the pipeline is then a schedule that starts a
+    /// run of its steps at each tick, rather than running itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
@@ -86,6 +90,8 @@ impl TryFrom<Map<String, Value>> for StepSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PipelineStatus {
+    /// A schedule: it starts runs, each a pipeline of its own.
+    Scheduled,
     Running,
     Completed,
     Failed,
@@ -93,8 +99,14 @@ pub enum PipelineStatus {
 }
 
 impl PipelineStatus {
+    /// Running, or a schedule: what reconcile looks after.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Scheduled)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Running => "running",
             Self::Completed => "completed",
             Self::Failed => "failed",
@@ -194,9 +206,42 @@ pub struct Pipeline {
     pub steps: Vec<Step>,
     /// Bumped by every write: the compare-and-set guard of the record.
     pub revision: u64,
+    /// For a schedule: the last tick it fired, and its newest runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired: Option<Fired>,
+    /// For a run of a schedule: the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub scheduled_by: Option<PipelineId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What a schedule has fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Fired {
+    pub tick: DateTime<Utc>,
+    /// Its newest runs, newest last (at most `KEPT_RUNS`).
+    #[schema(value_type = Vec<String>)]
+    pub runs: Vec<PipelineId>,
+}
+
+/// How many run ids a schedule keeps.
+pub const KEPT_RUNS: usize = 20;
+
+/// A schedule's cron expression: five fields (minute to weekday), UTC.
+pub fn parse_schedule(expression: &str) -> Result<croner::Cron, Invalid> {
+    let refused = || {
+        Invalid::rule(format!(
+            "schedule '{}' must be a cron expression of five fields (minute hour day month weekday), such as \"0 3 * * *\"",
+            printable(expression)
+        ))
+    };
+    if expression.len() > 100 || expression.split_whitespace().count() != 5 {
+        return Err(refused());
+    }
+    expression.parse::<croner::Cron>().map_err(|_| refused())
 }
 
 /// `${steps.<name>.output}`: the output of step `<name>`.
@@ -210,6 +255,9 @@ pub fn check_pipeline(spec: &PipelineSpec) -> Result<(), Invalid> {
     Name::parse("pipeline name", &spec.name)?;
     if let Some(key) = &spec.idempotency_key {
         check_idempotency_key(key)?;
+    }
+    if let Some(schedule) = &spec.schedule {
+        parse_schedule(schedule)?;
     }
     let bytes = serde_json::to_vec(spec).map_or(usize::MAX, |bytes| bytes.len());
     if bytes > MAX_SPEC_BYTES {
@@ -337,14 +385,20 @@ impl Pipeline {
                 cached_from: None,
             })
             .collect();
+        let status = match spec.schedule {
+            Some(_) => PipelineStatus::Scheduled,
+            None => PipelineStatus::Running,
+        };
         Self {
             id,
             tenant: tenant.name.clone(),
             tenant_root: tenant.root.clone(),
             spec,
-            status: PipelineStatus::Running,
+            status,
             steps,
             revision: 0,
+            fired: None,
+            scheduled_by: None,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -506,10 +560,56 @@ impl Pipeline {
         self.finished_at = Some(now);
     }
 
-    /// Whether `cancel` has anything to do: the pipeline runs, or a step's task still does
-    /// (a completed pipeline's service).
+    /// Whether `cancel` has anything to do: the pipeline runs or is a schedule, or a step's
+    /// task still does (a completed pipeline's service).
     pub fn can_cancel(&self) -> bool {
-        self.status == PipelineStatus::Running || self.steps.iter().any(|s| s.status.is_live())
+        matches!(
+            self.status,
+            PipelineStatus::Running | PipelineStatus::Scheduled
+        ) || self.steps.iter().any(|s| s.status.is_live())
+    }
+
+    /// The tick a schedule should fire now: the newest tick at or before `now` that is
+    /// later than the last one it fired (or than its creation). Ticks missed while no
+    /// reconciler ran are not made up: only the newest fires.
+    pub fn due_tick(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.status != PipelineStatus::Scheduled {
+            return None;
+        }
+        let cron = parse_schedule(self.spec.schedule.as_deref()?).ok()?;
+        // Whole seconds: the tick names the run, so every reconciler must compute the same.
+        let now = chrono::SubsecRound::trunc_subsecs(now, 0);
+        let tick =
+            chrono::SubsecRound::trunc_subsecs(cron.find_previous_occurrence(&now, true).ok()?, 0);
+        let since = self
+            .fired
+            .as_ref()
+            .map_or(self.created_at, |fired| fired.tick);
+        (tick > since).then_some(tick)
+    }
+
+    /// The spec of one run of a schedule: its steps, without the schedule or its key.
+    pub fn run_spec(&self) -> PipelineSpec {
+        PipelineSpec {
+            schedule: None,
+            idempotency_key: None,
+            ..self.spec.clone()
+        }
+    }
+
+    /// Records that the schedule fired `tick` as the run `run`.
+    pub fn record_fired(&mut self, tick: DateTime<Utc>, run: PipelineId) {
+        let mut runs = self
+            .fired
+            .take()
+            .map(|fired| fired.runs)
+            .unwrap_or_default();
+        if !runs.contains(&run) {
+            runs.push(run);
+        }
+        let excess = runs.len().saturating_sub(KEPT_RUNS);
+        runs.drain(..excess);
+        self.fired = Some(Fired { tick, runs });
     }
 
     /// Cancels the pipeline: waiting steps will never start. Returns the tasks to cancel.
@@ -724,6 +824,53 @@ mod tests {
             pipeline.retry().is_err(),
             "a running pipeline is not retried"
         );
+    }
+
+    #[test]
+    fn a_schedule_fires_each_tick_once_and_only_the_newest_missed_one() {
+        let mut spec = flow().spec;
+        spec.schedule = Some("*/5 * * * *".into());
+        check_pipeline(&spec).expect("a valid schedule");
+        let created: DateTime<Utc> = "2026-12-01T10:01:00Z".parse().expect("time");
+        let id = PipelineId::from_uuid(uuid::Uuid::now_v7());
+        let mut schedule = Pipeline::new(id, &Tenant::single(), spec, created);
+        assert_eq!(schedule.status, PipelineStatus::Scheduled);
+        assert!(
+            schedule.ready().is_empty(),
+            "a schedule runs no steps itself"
+        );
+        let at = |time: &str| time.parse::<DateTime<Utc>>().expect("time");
+        assert_eq!(schedule.due_tick(at("2026-12-01T10:04:59Z")), None);
+        let tick = at("2026-12-01T10:05:00Z");
+        assert_eq!(schedule.due_tick(at("2026-12-01T10:05:30Z")), Some(tick));
+        assert_eq!(
+            schedule.due_tick(at("2026-12-01T10:05:30.123456789Z")),
+            Some(tick),
+            "the tick has no fraction of a second, whenever it is asked"
+        );
+        let run = PipelineId::from_uuid(uuid::Uuid::now_v7());
+        schedule.record_fired(tick, run.clone());
+        assert_eq!(
+            schedule.due_tick(at("2026-12-01T10:09:59Z")),
+            None,
+            "once per tick"
+        );
+        assert_eq!(
+            schedule.due_tick(at("2026-12-01T10:31:00Z")),
+            Some(at("2026-12-01T10:30:00Z")),
+            "after an outage, the newest tick fires, not every missed one"
+        );
+        assert_eq!(schedule.run_spec().schedule, None);
+        for bad in [
+            "* * * *",
+            "*/5 * * * * *",
+            "61 * * * *",
+            "not cron at all x",
+        ] {
+            let mut spec = flow().spec;
+            spec.schedule = Some(bad.into());
+            assert!(check_pipeline(&spec).is_err(), "{bad}");
+        }
     }
 
     #[test]

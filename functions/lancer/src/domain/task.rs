@@ -283,6 +283,24 @@ impl Task {
         log_of(&self.tenant_root, self.id.as_name(), attempt)
     }
 
+    /// The lake folder kept for the task's checkpoints (`LANCER_CHECKPOINT_DIR`): the same
+    /// for every attempt, and for a pipeline step the same across the pipeline's retries.
+    pub fn checkpoint_dir(&self) -> LakePath {
+        let step = match (&self.lineage.pipeline, &self.lineage.step) {
+            (Some(pipeline), Some(step)) => LakePath::parse(
+                "checkpoint",
+                &format!("checkpoints/pipelines/{pipeline}/{step}"),
+            )
+            .ok(),
+            _ => None,
+        };
+        let folder = step.unwrap_or_else(|| {
+            let tasks = LakePath::parse("checkpoint", "checkpoints/tasks").expect("a valid folder");
+            tasks.child(self.id.as_name())
+        });
+        self.tenant_root.join(&folder)
+    }
+
     /// The precondition of a compare-and-set write against this record as it is now.
     pub fn guard(&self) -> Guard {
         Guard {

@@ -101,6 +101,12 @@ pub fn command(
     files: &Files,
 ) -> Result<Command> {
     let program = program(ctx, task, script, files);
+    // On a local lake the folder must exist for the script to write into it; on object
+    // storage there are no folders to make.
+    let checkpoints = ctx.lake.uri_of(&task.checkpoint_dir());
+    if checkpoints.starts_with('/') {
+        std::fs::create_dir_all(&checkpoints)?;
+    }
     let line = match ctx.sandbox {
         SandboxMode::Off => program,
         mode => {
@@ -245,5 +251,9 @@ pub fn script_env(
     if let Some(version) = task.lineage.input_version {
         env.insert("LANCER_INPUT_VERSION".into(), version.to_string());
     }
+    env.insert(
+        "LANCER_CHECKPOINT_DIR".into(),
+        ctx.lake.uri_of(&task.checkpoint_dir()),
+    );
     env
 }

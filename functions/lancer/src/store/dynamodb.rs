@@ -27,7 +27,7 @@ use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
 mod pipelines;
 
-pub use pipelines::{PIPELINES_BY_TENANT, PIPELINES_RUNNING};
+pub use pipelines::{PIPELINES_ACTIVE, PIPELINES_BY_TENANT};
 
 pub const BY_TENANT: &str = "by_tenant";
 pub const BY_STATUS: &str = "by_status";
@@ -88,12 +88,12 @@ impl DynamoTaskStore {
             .attribute_definitions(string_key("tenant")?)
             .attribute_definitions(string_key("status")?)
             .attribute_definitions(string_key(pipelines::TENANT)?)
-            .attribute_definitions(string_key(pipelines::RUNNING)?)
+            .attribute_definitions(string_key(pipelines::ACTIVE)?)
             .key_schema(key("id", KeyType::Hash)?)
             .global_secondary_indexes(index(BY_TENANT, "tenant")?)
             .global_secondary_indexes(index(BY_STATUS, "status")?)
             .global_secondary_indexes(index(PIPELINES_BY_TENANT, pipelines::TENANT)?)
-            .global_secondary_indexes(index(PIPELINES_RUNNING, pipelines::RUNNING)?)
+            .global_secondary_indexes(index(PIPELINES_ACTIVE, pipelines::ACTIVE)?)
             .send()
             .await
             .map_err(|err| aws_error("CreateTable", err))?;

@@ -11,7 +11,7 @@ use super::{
     next_record, page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of,
     task_not_found,
 };
-use crate::domain::pipeline::{Pipeline, PipelineStatus};
+use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, PipelinePage, PipelineStore, TaskPage, TaskStore};
@@ -160,12 +160,12 @@ impl PipelineStore for MemoryTaskStore {
         Ok(pipeline_page_of(pipelines, limit))
     }
 
-    async fn running_pipelines(&self) -> Result<Vec<Pipeline>> {
+    async fn active_pipelines(&self) -> Result<Vec<Pipeline>> {
         Ok(self
             .lock()?
             .pipelines
             .values()
-            .filter(|p| p.status == PipelineStatus::Running)
+            .filter(|p| p.status.is_active())
             .cloned()
             .collect())
     }

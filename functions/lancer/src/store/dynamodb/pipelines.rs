@@ -1,7 +1,7 @@
 //! Pipelines in the task table: items `pipeline#<id>` with the record as JSON in `body`,
-//! `pipeline_tenant` for `pipelines_by_tenant`, and `pipeline_running` only while the
-//! pipeline runs, so the sparse `pipelines_running` index holds just what reconcile
-//! advances. The revision guards every write; keys are reserved by
+//! `pipeline_tenant` for `pipelines_by_tenant`, and `pipeline_active` only while the
+//! pipeline runs or is a schedule, so the sparse `pipelines_active` index holds just what
+//! reconcile looks after. The revision guards every write; keys are reserved by
 //! `pipeline-key#<tenant>#<key>` items written in the same transaction.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use super::{DynamoTaskStore, Item, MAX_QUERY_PAGE, aws_error, is_condition_failure, n, s};
-use crate::domain::pipeline::{Pipeline, PipelineStatus};
+use crate::domain::pipeline::Pipeline;
 use crate::error::{Error, Result};
 use crate::ports::{Created, PipelinePage, PipelineStore};
 use crate::store::{
@@ -19,9 +19,11 @@ use crate::store::{
 };
 
 pub const PIPELINES_BY_TENANT: &str = "pipelines_by_tenant";
-pub const PIPELINES_RUNNING: &str = "pipelines_running";
+pub const PIPELINES_ACTIVE: &str = "pipelines_active";
 pub(super) const TENANT: &str = "pipeline_tenant";
-pub(super) const RUNNING: &str = "pipeline_running";
+pub(super) const ACTIVE: &str = "pipeline_active";
+/// The one value of `pipeline_active`: the index is keyed by it.
+const ACTIVE_VALUE: &str = "active";
 
 fn item_id(id: &str) -> String {
     format!("pipeline#{id}")
@@ -34,8 +36,8 @@ fn item_of(pipeline: &Pipeline) -> Result<Item> {
         ("revision".to_owned(), n(pipeline.revision)),
         ("body".to_owned(), s(&serde_json::to_string(pipeline)?)),
     ]);
-    if pipeline.status == PipelineStatus::Running {
-        item.insert(RUNNING.to_owned(), s(PipelineStatus::Running.as_str()));
+    if pipeline.status.is_active() {
+        item.insert(ACTIVE.to_owned(), s(ACTIVE_VALUE));
     }
     Ok(item)
 }
@@ -201,14 +203,9 @@ impl PipelineStore for DynamoTaskStore {
         Ok(pipeline_page_of(pipelines, limit))
     }
 
-    async fn running_pipelines(&self) -> Result<Vec<Pipeline>> {
+    async fn active_pipelines(&self) -> Result<Vec<Pipeline>> {
         let mut running = self
-            .query_pipelines(
-                PIPELINES_RUNNING,
-                (RUNNING, PipelineStatus::Running.as_str()),
-                None,
-                usize::MAX,
-            )
+            .query_pipelines(PIPELINES_ACTIVE, (ACTIVE, ACTIVE_VALUE), None, usize::MAX)
             .await?;
         running.reverse();
         Ok(running)

@@ -135,12 +135,15 @@ impl PipelineStore for SqliteTaskStore {
         .await
     }
 
-    async fn running_pipelines(&self) -> Result<Vec<Pipeline>> {
+    async fn active_pipelines(&self) -> Result<Vec<Pipeline>> {
         self.with_conn(|conn| {
             select(
                 conn,
-                "SELECT body FROM pipelines WHERE status = ?1 ORDER BY id",
-                [PipelineStatus::Running.as_str()],
+                "SELECT body FROM pipelines WHERE status IN (?1, ?2) ORDER BY id",
+                [
+                    PipelineStatus::Running.as_str(),
+                    PipelineStatus::Scheduled.as_str(),
+                ],
             )
         })
         .await
