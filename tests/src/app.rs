@@ -60,6 +60,15 @@ impl TestApp {
         Self::build(keys, store, IngestRules::default())
     }
 
+    /// An app whose tasks and pipelines live in `tasks` and `pipelines` (one store, as the
+    /// real adapters are, or two).
+    pub fn with_stores(tasks: Arc<dyn TaskStore>, pipelines: Arc<dyn PipelineStore>) -> Self {
+        let mut app = Self::build(None, tasks, IngestRules::default());
+        app.pipelines = pipelines;
+        app.router = router(app.state(None, IngestRules::default()));
+        app
+    }
+
     /// An app whose uploads run `rules` (a `LANCER_INGEST_RULES` JSON array).
     pub fn with_ingest_rules(keys: Option<&str>, rules: &str) -> Self {
         let rules = IngestRules::parse(rules).expect("valid rules");

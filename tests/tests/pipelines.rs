@@ -457,3 +457,64 @@ async fn a_schedule_starts_one_run_per_tick_however_many_reconcilers_fire_it() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
 }
+
+/// The DAG advances the same on every store: SQLite and DynamoDB hold both the tasks and
+/// the pipelines, as `lancer serve` and the AWS level use them.
+mod on_every_store {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn runs_in_order_cancels_and_retries(app: TestApp) {
+        let pipeline = submit(&app, &flow()).await;
+        let id = pipeline["id"].as_str().expect("id").to_owned();
+        app.finish(&task_of(&pipeline, 0), completed()).await;
+        app.advance_pipelines().await;
+        let pipeline = read(&app, &id).await;
+        assert_eq!(statuses(&pipeline), ["completed", "pending", "waiting"]);
+        let cancel = app
+            .post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}), &[])
+            .await;
+        assert_eq!(
+            statuses(&cancel.json()),
+            ["completed", "cancelled", "cancelled"]
+        );
+        let retried = app
+            .post(&format!("/api/v1/pipelines/{id}/retry"), &json!({}), &[])
+            .await;
+        let retried = retried.json();
+        assert_eq!(statuses(&retried), ["completed", "pending", "waiting"]);
+        app.finish(&task_of(&retried, 1), completed()).await;
+        app.advance_pipelines().await;
+        app.finish(&task_of(&read(&app, &id).await, 2), completed())
+            .await;
+        app.advance_pipelines().await;
+        let done = read(&app, &id).await;
+        assert_eq!(
+            (done["status"].as_str(), statuses(&done)),
+            (Some("completed"), vec!["completed".to_owned(); 3])
+        );
+    }
+
+    #[tokio::test]
+    async fn on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = lancer::store::sqlite::SqliteTaskStore::open(dir.path().join("tasks.db"))
+            .expect("sqlite");
+        let store = Arc::new(store);
+        runs_in_order_cancels_and_retries(TestApp::with_stores(store.clone(), store)).await;
+    }
+
+    #[tokio::test]
+    async fn on_dynamodb() {
+        use lancer::store::dynamodb::DynamoTaskStore;
+        use lancer_tests::aws::{dynamodb_client, unique_name};
+        let client = dynamodb_client().await;
+        let table = unique_name("tasks");
+        DynamoTaskStore::create_table(&client, &table)
+            .await
+            .expect("create table");
+        let store = Arc::new(DynamoTaskStore::new(client, table));
+        runs_in_order_cancels_and_retries(TestApp::with_stores(store.clone(), store)).await;
+    }
+}
