@@ -128,11 +128,11 @@ impl Opt {
     }
 }
 
-/// Where a run keeps its checkpoints, and where it resumed from.
-#[derive(Debug, Clone, Default)]
+/// Where a run keeps its checkpoints.
+#[derive(Default)]
 pub struct Checkpoints<'a> {
     /// A folder to save a checkpoint in after every epoch and resume from; `None`: none.
-    pub dir: Option<&'a std::path::Path>,
+    pub folder: Option<&'a crate::checkpoint::Folder>,
 }
 
 /// A trained net, its history, and the epoch it resumed after (0: it started afresh).
@@ -154,7 +154,7 @@ pub fn train(
     let mut run = Run::start(options, train.len(), &device)?;
     // Adam's running averages live inside candle's optimizer, out of a checkpoint's reach.
     let dir = checkpoints
-        .dir
+        .folder
         .filter(|_| matches!(run.optimizer, Opt::Adadelta(_) | Opt::Sgd(_)));
     let resumed_after = match dir {
         Some(dir) => run.resume(dir, options, &device)?,
@@ -223,7 +223,7 @@ impl Run {
     /// Continues from the checkpoint in `dir`, if it holds one of this run; the epochs done.
     fn resume(
         &mut self,
-        dir: &std::path::Path,
+        dir: &crate::checkpoint::Folder,
         options: &TrainOptions,
         device: &Device,
     ) -> Result<usize> {

@@ -1,5 +1,6 @@
 //! The CNN trains, learns, and repeats itself exactly under the same seed on the CPU.
 
+use mnist::checkpoint::Folder;
 use mnist::lake::Split;
 use mnist::model::{Net, images_tensor};
 use mnist::train::{Checkpoints, EpochStats, Observer, TrainOptions, Trained, evaluate, train};
@@ -130,8 +131,33 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_a_run_never_stoppe
     };
     let (whole, whole_history) = fit(&halves(64), &halves(16), &options);
     let dir = tempfile::tempdir().expect("tempdir");
+    let folder = Folder::Local(dir.path().to_path_buf());
+    resumes_with_the_same_weights(&folder, &options, &whole, &whole_history);
+    let in_memory = Folder::Remote {
+        store: std::sync::Arc::new(object_store::memory::InMemory::new()),
+        prefix: "tenants/acme/checkpoints/tasks/t1".into(),
+    };
+    // Object storage goes through the same calls as S3 (object_store's in-memory store),
+    // from a multi-threaded runtime, as mnist-train runs.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::task::block_in_place(|| {
+            resumes_with_the_same_weights(&in_memory, &options, &whole, &whole_history)
+        })
+    });
+}
+
+fn resumes_with_the_same_weights(
+    folder: &Folder,
+    options: &TrainOptions,
+    whole: &Net,
+    whole_history: &[EpochStats],
+) {
+    let options = options.clone();
     let checkpoints = || Checkpoints {
-        dir: Some(dir.path()),
+        folder: Some(folder),
     };
     let first = TrainOptions {
         epochs: 1,
@@ -157,7 +183,7 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_a_run_never_stoppe
     };
     assert_eq!(
         figures(&resumed.history),
-        figures(&whole_history),
+        figures(whole_history),
         "the history spans every epoch, with the same losses"
     );
     assert_eq!(

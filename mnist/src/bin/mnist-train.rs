@@ -7,11 +7,12 @@
 //! `batch_size` (64), `seed` (42), `device` (cpu|cuda).
 //! Result: `{accuracy, loss, model_version, resumed_after_epoch, epochs_run}`.
 //!
-//! With `LANCER_CHECKPOINT_DIR` (a folder on a local lake), it saves a checkpoint after each
+//! With `LANCER_CHECKPOINT_DIR` (a folder on a local lake, or an `s3://` prefix), it saves a checkpoint after each
 //! epoch and, started again with the same params (a retry after a crash), resumes after the
 //! last saved epoch: the final weights are those of a run never stopped.
 
 use anyhow::{Result, bail};
+use mnist::checkpoint::Folder;
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::lake::{ModelRow, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
@@ -101,12 +102,12 @@ async fn main() -> Result<()> {
         epochs: options.epochs,
         last_sent: std::time::Instant::now(),
     };
-    // A folder on a local lake; on object storage there is no file to resume from yet.
-    let checkpoint_dir = std::env::var_os("LANCER_CHECKPOINT_DIR")
-        .map(std::path::PathBuf::from)
-        .filter(|dir| dir.is_absolute() && dir.is_dir());
+    let folder = match std::env::var("LANCER_CHECKPOINT_DIR") {
+        Ok(location) => Some(Folder::open(&location, &storage)?),
+        Err(_) => None,
+    };
     let checkpoints = Checkpoints {
-        dir: checkpoint_dir.as_deref(),
+        folder: folder.as_ref(),
     };
     let Trained {
         net,
