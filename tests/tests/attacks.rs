@@ -205,6 +205,8 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
         "LANCER_LAKE",
         "LANCER_STORAGE_OPTIONS",
         "LANCER_PROGRESS_FILE",
+        "LANCER_INPUT_VERSION",
+        "LANCER_CHECKPOINT_DIR",
         "HOME",
         "TMPDIR",
         "PYTHONUNBUFFERED",
@@ -226,6 +228,11 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
         env["LANCER_LAKE"],
         format!("{}/tenants/other", lake.display()),
         "the script's lake is its tenant's folder"
+    );
+    assert_eq!(
+        env["LANCER_CHECKPOINT_DIR"],
+        format!("{}/tenants/other/checkpoints/tasks/{id}", lake.display()),
+        "its checkpoints live in its tenant's folder too"
     );
     assert_eq!(
         env["HOME"], done["result"]["cwd"],

@@ -327,3 +327,41 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         Some("raw/b.csv")
     );
 }
+
+#[tokio::test]
+async fn a_rule_naming_a_pipeline_file_starts_that_pipeline_once_per_upload() {
+    let rules = r#"[{"name": "flow", "prefix": "raw/flow/", "require": ["a.csv", "b.csv"],
+                    "pipeline": "pipelines/flow.json"}]"#;
+    let app = TestApp::with_ingest_rules(None, rules);
+    std::fs::create_dir_all(app.scripts().join("pipelines")).expect("mkdir");
+    let flow = serde_json::json!({"name": "flow", "steps": [
+        {"name": "load", "script": "jobs/noop.py", "input": "raw/flow/", "output": "rows"},
+        {"name": "fit", "script": "jobs/noop.py", "input": "${steps.load.output}"},
+    ]});
+    std::fs::write(app.scripts().join("pipelines/flow.json"), flow.to_string()).expect("write");
+    let half = put(&app, "flow/a.csv", b"a", &[]).await;
+    assert!(
+        half["pipeline"].is_null() && half["task"].is_null(),
+        "{half}"
+    );
+    let whole = put(&app, "flow/b.csv", b"b", &[]).await;
+    let pipeline = &whole["pipeline"];
+    assert_eq!(pipeline["spec"]["name"], "flow", "{whole}");
+    assert_eq!(pipeline["steps"][0]["status"], "pending");
+    let key = pipeline["spec"]["idempotency_key"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(key.starts_with("ingest:flow:"), "the upload's key: {key}");
+    assert_eq!(
+        app.dispatcher.submitted().len(),
+        1,
+        "its first step started"
+    );
+    // Writing a file again is new data, so a new upload: a new pipeline, as for tasks.
+    let again = put(&app, "flow/b.csv", b"b2", &[]).await;
+    assert_ne!(again["pipeline"]["id"], pipeline["id"]);
+    assert_ne!(
+        again["pipeline"]["spec"]["idempotency_key"],
+        pipeline["spec"]["idempotency_key"]
+    );
+}
