@@ -158,8 +158,15 @@ impl DynamoTaskStore {
         }
     }
 
-    async fn create_keyed(&self, task: Task, key: &str) -> Result<Created> {
-        let reservation = key_item_id(&task.tenant, key);
+    /// Writes `item` with the reservation item `reservation`, whose `holder_attribute`
+    /// names `holder`, in one transaction that holds only if neither exists yet.
+    pub(super) async fn put_reserved(
+        &self,
+        reservation: &str,
+        holder_attribute: &str,
+        holder: &str,
+        item: Item,
+    ) -> Result<Reserved> {
         let put = |item: Item| {
             Put::builder()
                 .table_name(&self.table)
@@ -169,22 +176,18 @@ impl DynamoTaskStore {
                 .map_err(Error::internal)
         };
         let reserve = HashMap::from([
-            ("id".to_owned(), s(&reservation)),
-            ("task_id".to_owned(), s(&task.id)),
+            ("id".to_owned(), s(reservation)),
+            (holder_attribute.to_owned(), s(holder)),
         ]);
         let written = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(put(reserve)?).build())
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(put(item_of(&task)?)?)
-                    .build(),
-            )
+            .transact_items(TransactWriteItem::builder().put(put(item)?).build())
             .send()
             .await;
         let err = match written {
-            Ok(_) => return Ok(Created::New(task)),
+            Ok(_) => return Ok(Reserved::Written),
             Err(err) => err,
         };
         let canceled = err
@@ -193,14 +196,26 @@ impl DynamoTaskStore {
         if !canceled {
             return Err(aws_error("TransactWriteItems", err));
         }
-        // The key (or, never in practice, the id) is taken: answer with its holder.
-        let holder_id = self
-            .item(&reservation)
+        // The key (or, never in practice, the id) is taken: name its holder.
+        let holder = self
+            .item(reservation)
             .await?
             .as_ref()
-            .and_then(|item| item.get("task_id"))
+            .and_then(|item| item.get(holder_attribute))
             .and_then(|value| value.as_s().ok())
             .cloned();
+        Ok(Reserved::Taken(holder))
+    }
+
+    async fn create_keyed(&self, task: Task, key: &str) -> Result<Created> {
+        let reservation = key_item_id(&task.tenant, key);
+        let holder_id = match self
+            .put_reserved(&reservation, "task_id", &task.id, item_of(&task)?)
+            .await?
+        {
+            Reserved::Written => return Ok(Created::New(task)),
+            Reserved::Taken(holder) => holder,
+        };
         match holder_id {
             Some(id) => match self.read(&id).await? {
                 Some(existing) => existing_for_key(existing, &task),
@@ -340,6 +355,14 @@ impl DynamoTaskStore {
         tasks.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(tasks)
     }
+}
+
+/// What `put_reserved` did.
+pub(super) enum Reserved {
+    Written,
+    /// The reservation exists already: the id it names, if any (none: the item's own id
+    /// was taken).
+    Taken(Option<String>),
 }
 
 /// DynamoDB reads at most 1 MB per page anyway; this bounds each round trip.

@@ -6,10 +6,9 @@
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
-
-use super::{DynamoTaskStore, Item, MAX_QUERY_PAGE, aws_error, is_condition_failure, n, s};
+use super::{
+    DynamoTaskStore, Item, MAX_QUERY_PAGE, Reserved, aws_error, is_condition_failure, n, s,
+};
 use crate::domain::pipeline::Pipeline;
 use crate::error::{Error, Result};
 use crate::ports::{Created, PipelinePage, PipelineStore};
@@ -17,6 +16,7 @@ use crate::store::{
     decode_page_token, existing_pipeline_for_key, next_pipeline, page_limit, pipeline_not_found,
     pipeline_page_of,
 };
+use async_trait::async_trait;
 
 pub const PIPELINES_BY_TENANT: &str = "pipelines_by_tenant";
 pub const PIPELINES_ACTIVE: &str = "pipelines_active";
@@ -105,44 +105,16 @@ impl DynamoTaskStore {
         key: &str,
     ) -> Result<Created<Pipeline>> {
         let reservation = format!("pipeline-key#{}#{key}", pipeline.tenant);
-        let put = |item: Item| {
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(id)")
-                .build()
-                .map_err(Error::internal)
-        };
-        let reserve = HashMap::from([
-            ("id".to_owned(), s(&reservation)),
-            ("pipeline_id".to_owned(), s(&pipeline.id)),
-        ]);
-        let written = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put(reserve)?).build())
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(put(item_of(&pipeline)?)?)
-                    .build(),
-            )
-            .send()
-            .await;
-        let Err(err) = written else {
-            return Ok(Created::New(pipeline));
-        };
-        if !err
-            .as_service_error()
-            .is_some_and(|e| e.is_transaction_canceled_exception())
+        let item = item_of(&pipeline)?;
+        let holder = match self
+            .put_reserved(&reservation, "pipeline_id", &pipeline.id, item)
+            .await?
         {
-            return Err(aws_error("TransactWriteItems", err));
-        }
-        let holder = self.item(&reservation).await?;
-        let holder = holder
-            .as_ref()
-            .and_then(|item| item.get("pipeline_id")?.as_s().ok());
+            Reserved::Written => return Ok(Created::New(pipeline)),
+            Reserved::Taken(holder) => holder,
+        };
         match holder {
-            Some(id) => match self.read_pipeline(&item_id(id)).await? {
+            Some(id) => match self.read_pipeline(&item_id(&id)).await? {
                 Some(existing) => existing_pipeline_for_key(existing, &pipeline),
                 None => Err(Error::Conflict(
                     "idempotency key is being taken; try again".into(),
