@@ -4,7 +4,6 @@ use tracing::{info, warn};
 
 use super::Service;
 use super::tasks::merge_idempotency_key;
-use crate::dispatch::cancel_in_store;
 use crate::domain::cache::CacheKey;
 use crate::domain::path::printable;
 use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline};
@@ -314,24 +313,16 @@ impl Service {
     async fn cancel_step_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
         let mut tasks = Vec::new();
         for id in ids {
-            let Some(mut task) = self.store.get(id).await? else {
+            let Some(task) = self.store.get(id).await? else {
                 continue;
             };
-            // A runner may move it (pending -> running) between our read and our write.
-            while !task.status.is_terminal() {
-                match cancel_in_store(self.store.as_ref(), &task).await {
-                    Ok(cancelled) => {
-                        self.dispatcher.cancel(&cancelled).await?;
-                        task = cancelled;
-                    }
-                    Err(Error::Stale(_)) => match self.store.get(id).await? {
-                        Some(now) => task = now,
-                        None => break,
-                    },
-                    Err(err) => return Err(err),
-                }
-            }
-            tasks.push(task);
+            let now = match self.cancel_current(task).await {
+                Ok(cancelled) => Some(cancelled),
+                // It finished first: as it finished.
+                Err(Error::Conflict(_)) => self.store.get(id).await?,
+                Err(err) => return Err(err),
+            };
+            tasks.extend(now);
         }
         Ok(tasks)
     }

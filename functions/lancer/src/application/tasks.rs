@@ -220,13 +220,22 @@ impl Service {
 
     /// Cancels a pending or running task and stops its runner; a finished one is a conflict.
     pub async fn cancel_task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
-        let mut task = self.task(tenant, id).await?;
-        // A runner may move it (pending -> running) between our read and our write: read again.
+        let task = self.task(tenant, id).await?;
+        self.cancel_current(task).await
+    }
+
+    /// Cancels a task from the state read, reading it again while a runner moves it on
+    /// (pending -> running), and stops its runner; a finished task is a conflict.
+    pub(super) async fn cancel_current(&self, mut task: Task) -> Result<Task> {
         let cancelled = loop {
             match cancel_in_store(self.store.as_ref(), &task).await {
                 // A finished task answers Conflict before any write, so this ends.
                 Err(Error::Stale(_)) => {
-                    task = self.task(tenant, id).await?;
+                    task = self
+                        .store
+                        .get(&task.id)
+                        .await?
+                        .ok_or_else(|| Error::not_found(Resource::Task, task.id.as_str()))?;
                 }
                 other => break other?,
             }
