@@ -7,8 +7,8 @@ use crate::domain::path::{LakePath, Name, printable};
 use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{
-    ArtifactKind, InputRef, check_idempotency_key, check_spec, parse_input, resolve_output,
-    split_version,
+    ArtifactKind, InputRef, check_idempotency_key, check_spec, is_artifact, parse_input,
+    resolve_output, split_version,
 };
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, ListQuery, LogChunk, TaskPage};
@@ -103,7 +103,7 @@ impl Service {
         let (input, pinned) = split_version(&spec.input)?;
         let input_path = match parse_input(input)? {
             InputRef::None => None,
-            InputRef::Path(path) if pinned.is_some() && !path.as_str().ends_with(".lance") => {
+            InputRef::Path(path) if pinned.is_some() && !is_artifact(&path) => {
                 return Err(Error::invalid(format!(
                     "input '{}': only a dataset or a model has versions",
                     printable(&spec.input)
@@ -112,12 +112,20 @@ impl Service {
             InputRef::Path(path) => Some(tenant.path(&path)),
             InputRef::Name(name) => Some(self.resolve_input_name(tenant, &name).await?),
         };
-        let input_version = match &input_path {
-            Some(path) => self.input_version(path, pinned).await?,
-            None => None,
-        };
         // A Lance input is read at the version current now, unless pinned.
-        lineage.input_version = input_version.as_deref().and_then(|v| v.parse().ok());
+        let lance_input = input_path.as_ref().filter(|path| is_artifact(path));
+        lineage.input_version = match (lance_input, pinned) {
+            (Some(_), Some(pinned)) => Some(pinned),
+            (Some(path), None) => self.lake.latest_version(path).await?,
+            (None, _) => None,
+        };
+        // The cache key holds that version, or for other inputs (`raw/`) a fingerprint of
+        // their objects.
+        let input_version = match (&input_path, lance_input) {
+            (Some(_), Some(_)) => lineage.input_version.map(|version| version.to_string()),
+            (Some(path), None) => self.lake.fingerprint(path).await?,
+            (None, _) => None,
+        };
         let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
         let content = tokio::fs::read(&script.path).await?;
         let cache_key = CacheKey::new(
@@ -141,19 +149,6 @@ impl Service {
         task.lineage = lineage;
         task.cache_key = Some(cache_key);
         Ok(task)
-    }
-
-    /// The version of an input as its cache key holds it: the pinned or latest Lance
-    /// version, or the fingerprint of the objects at other paths (`raw/`).
-    async fn input_version(&self, path: &LakePath, pinned: Option<u64>) -> Result<Option<String>> {
-        if !path.as_str().ends_with(".lance") {
-            return self.lake.fingerprint(path).await;
-        }
-        let version = match pinned {
-            Some(pinned) => Some(pinned),
-            None => self.lake.latest_version(path).await?,
-        };
-        Ok(version.map(|version| version.to_string()))
     }
 
     /// Stores a prepared task and hands it to the dispatcher; a task holding the same

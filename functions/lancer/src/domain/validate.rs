@@ -49,6 +49,11 @@ impl ArtifactKind {
     }
 }
 
+/// Whether a lake path names a Lance dataset or model (`….lance`), which has versions.
+pub fn is_artifact(path: &LakePath) -> bool {
+    path.as_str().ends_with(".lance")
+}
+
 /// What a task's `input` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputRef {

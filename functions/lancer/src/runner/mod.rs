@@ -15,6 +15,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskError, TaskStatus};
+use crate::domain::validate::is_artifact;
 use crate::error::{Error, Result};
 use crate::ports::{Lake, TaskStore};
 use crate::sandbox::SandboxMode;
@@ -210,11 +211,7 @@ async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict>
 /// records it on the task, and returns the task with it: the script gets it as
 /// `LANCER_INPUT_VERSION`.
 async fn pin_input(ctx: &RunnerContext, task: &Task) -> Result<Result<Task, Verdict>> {
-    let Some(input) = task
-        .input_path
-        .as_ref()
-        .filter(|p| p.as_str().ends_with(".lance"))
-    else {
+    let Some(input) = task.input_path.as_ref().filter(|path| is_artifact(path)) else {
         return Ok(Ok(task.clone()));
     };
     let latest = ctx.lake.latest_version(input).await?;
