@@ -157,10 +157,18 @@ pub const PIPELINE_TICK: Duration = Duration::from_secs(1);
 /// One round of reconcile: the dispatcher's (leases, pending tasks), then the pipelines'.
 /// What the AWS sweeper runs per invocation; failures are logged and retried next round.
 pub async fn reconcile_once(service: &Service) {
+    reconcile_tasks(service).await;
+    advance_pipelines(service).await;
+}
+
+async fn reconcile_tasks(service: &Service) {
     let dispatcher = &service.dispatcher;
     if let Err(err) = dispatcher.reconcile().await {
         warn!(%err, backend = dispatcher.backend(), "reconcile failed");
     }
+}
+
+async fn advance_pipelines(service: &Service) {
     if let Err(err) = service.advance_pipelines().await {
         warn!(%err, "advancing pipelines failed");
     }
@@ -179,16 +187,8 @@ pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
         let mut pipelines = tokio::time::interval(PIPELINE_TICK);
         loop {
             tokio::select! {
-                _ = tasks.tick() => {
-                    if let Err(err) = service.dispatcher.reconcile().await {
-                        warn!(%err, backend = service.dispatcher.backend(), "reconcile failed");
-                    }
-                }
-                _ = pipelines.tick() => {
-                    if let Err(err) = service.advance_pipelines().await {
-                        warn!(%err, "advancing pipelines failed");
-                    }
-                }
+                _ = tasks.tick() => reconcile_tasks(service).await,
+                _ = pipelines.tick() => advance_pipelines(service).await,
             }
         }
     })
