@@ -94,21 +94,17 @@ impl Service {
     /// Cancels the pipeline: waiting steps never start, and running or pending step tasks
     /// (a completed pipeline's service too) are cancelled.
     pub async fn cancel_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
-        let (mut pipeline, live) = loop {
-            let mut pipeline = self.pipeline(tenant, id).await?;
-            if !pipeline.can_cancel() {
-                return Err(Error::Conflict(format!(
-                    "pipeline {} is already {}",
-                    pipeline.id, pipeline.status
-                )));
-            }
-            let live = pipeline.cancel(chrono::Utc::now());
-            match self.pipelines.update_pipeline(pipeline).await {
-                Ok(pipeline) => break (pipeline, live),
-                Err(Error::Stale(_)) => continue,
-                Err(err) => return Err(err),
-            }
-        };
+        let (mut pipeline, live) = self
+            .modify_pipeline(tenant, id, |pipeline| {
+                if !pipeline.can_cancel() {
+                    return Err(Error::Conflict(format!(
+                        "pipeline {} is already {}",
+                        pipeline.id, pipeline.status
+                    )));
+                }
+                Ok(pipeline.cancel(chrono::Utc::now()))
+            })
+            .await?;
         info!(pipeline = %pipeline.id, tasks = live.len(), "pipeline cancelled");
         for task in self.cancel_step_tasks(&live).await? {
             pipeline.observe(&task);
@@ -125,20 +121,37 @@ impl Service {
 
     /// Resumes a failed or cancelled pipeline from its first step that did not complete.
     pub async fn retry_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
-        let pipeline = loop {
+        let (pipeline, ()) = self
+            .modify_pipeline(tenant, id, |pipeline| {
+                pipeline
+                    .retry()
+                    .map_err(|err| Error::Conflict(err.to_string()))?;
+                pipeline.updated_at = chrono::Utc::now();
+                Ok(())
+            })
+            .await?;
+        info!(pipeline = %pipeline.id, "pipeline retried");
+        self.advance(pipeline).await
+    }
+
+    /// Applies `change` to the tenant's pipeline as it is stored now and writes it back,
+    /// reading it again whenever another writer came first. Answers the written record and
+    /// what `change` returned.
+    async fn modify_pipeline<T>(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        mut change: impl FnMut(&mut Pipeline) -> Result<T>,
+    ) -> Result<(Pipeline, T)> {
+        loop {
             let mut pipeline = self.pipeline(tenant, id).await?;
-            pipeline
-                .retry()
-                .map_err(|err| Error::Conflict(err.to_string()))?;
-            pipeline.updated_at = chrono::Utc::now();
+            let answer = change(&mut pipeline)?;
             match self.pipelines.update_pipeline(pipeline).await {
-                Ok(pipeline) => break pipeline,
+                Ok(written) => return Ok((written, answer)),
                 Err(Error::Stale(_)) => continue,
                 Err(err) => return Err(err),
             }
-        };
-        info!(pipeline = %pipeline.id, "pipeline retried");
-        self.advance(pipeline).await
+        }
     }
 
     /// One round of every running pipeline and schedule: what `lancer serve` and the AWS
