@@ -40,8 +40,6 @@ impl LakeRoot {
     }
 }
 
-/// A local path made absolute against the current directory, as a child process that
-/// runs elsewhere must be given it; unchanged if that cannot be done.
 /// The SHA-256 (hex) of the parts in order; `None` when there are none.
 pub fn digest_of<T: AsRef<[u8]>>(parts: impl IntoIterator<Item = T>) -> Option<String> {
     use sha2::{Digest, Sha256};
@@ -51,15 +49,11 @@ pub fn digest_of<T: AsRef<[u8]>>(parts: impl IntoIterator<Item = T>) -> Option<S
         hasher.update(part.as_ref());
         any = true;
     }
-    any.then(|| {
-        hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
-    })
+    any.then(|| crate::domain::cache::hex(&hasher.finalize()))
 }
 
+/// A local path made absolute against the current directory, as a child process that
+/// runs elsewhere must be given it; unchanged if that cannot be done.
 pub fn absolute(path: &std::path::Path) -> String {
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
