@@ -37,9 +37,7 @@ pub async fn submit(
     headers: HeaderMap,
     ApiJson(spec): ApiJson<PipelineSpec>,
 ) -> Result<Response> {
-    let key = headers
-        .get("idempotency-key")
-        .map(|value| value.to_str().unwrap_or_default());
+    let key = super::tasks::idempotency_key(&headers);
     Ok(
         match state.service.submit_pipeline(&tenant, spec, key).await? {
             Created::New(pipeline) => (StatusCode::CREATED, Json(pipeline)).into_response(),

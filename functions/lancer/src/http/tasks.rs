@@ -37,14 +37,19 @@ pub async fn submit(
     headers: HeaderMap,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<Response> {
-    // A header that is not visible ASCII is no valid key; the use case says so.
-    let key = headers
-        .get("idempotency-key")
-        .map(|value| value.to_str().unwrap_or_default());
+    let key = idempotency_key(&headers);
     Ok(match state.service.submit_task(&tenant, spec, key).await? {
         Created::New(task) => (StatusCode::CREATED, Json(task)).into_response(),
         Created::Existing(task) => (StatusCode::OK, Json(task)).into_response(),
     })
+}
+
+/// The `Idempotency-Key` header. One that is not visible ASCII reads as empty, which is no
+/// valid key: the use case says so.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .map(|value| value.to_str().unwrap_or_default())
 }
 
 #[derive(Deserialize, IntoParams)]
