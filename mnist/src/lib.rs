@@ -5,11 +5,13 @@ pub mod adadelta;
 pub mod checkpoint;
 pub mod clean;
 pub mod contract;
+pub mod conv;
 pub mod idx;
-pub mod im2col;
 pub mod lake;
 pub mod model;
+pub mod pool;
 pub mod rng;
+pub mod serve;
 pub mod train;
 
 // The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory

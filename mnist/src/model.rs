@@ -73,6 +73,16 @@ impl Net {
         Ok(std::fs::read(&path)?)
     }
 
+    /// The same weights, cut off from autograd: evaluating with them builds no graph.
+    pub fn detached(&self) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.detach()))
+            .collect();
+        Self { tensors }
+    }
+
     fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
             .get(name)
@@ -82,12 +92,16 @@ impl Net {
     /// Logits for a batch of images `[n, 784]` in [0, 1]. With `dropout`, a training pass.
     pub fn forward(&self, images: &Tensor, dropout: Option<&mut Rng>) -> Result<Tensor> {
         let n = images.dim(0)?;
-        // NHWC throughout: convolutions are im2col + GEMM (see `im2col`).
+        // NHWC throughout: convolutions are fused im2col + GEMM on the CPU (see `conv`).
         let x = ((images.reshape((n, SIDE, SIDE, 1))? - MEAN)? / STD)?;
-        let x = conv_nhwc(&x, self.get("conv1.weight")?, self.get("conv1.bias")?)?.relu()?;
-        let x = conv_nhwc(&x, self.get("conv2.weight")?, self.get("conv2.bias")?)?.relu()?;
-        let (_, h, w, c) = x.dims4()?;
-        let x = x.reshape((n, h / 2, 2, w / 2, 2, c))?.max(4)?.max(2)?;
+        let x = conv_nhwc(&x, self.get("conv1.weight")?)?
+            .broadcast_add(self.get("conv1.bias")?)?
+            .relu()?;
+        // Pooling first, then bias and ReLU: the same values, since adding a channel's bias
+        // and ReLU both keep the order max-pooling picks by, on a quarter of the elements.
+        let x = crate::pool::max_pool2(&conv_nhwc(&x, self.get("conv2.weight")?)?)?
+            .broadcast_add(self.get("conv2.bias")?)?
+            .relu()?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
         let x = linear(&x, self.get("fc1.weight")?, self.get("fc1.bias")?)?.relu()?;
@@ -104,8 +118,8 @@ impl Net {
     }
 }
 
-fn conv_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(crate::im2col::conv_nhwc(x, weight, bias)?)
+fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok(crate::conv::conv_nhwc(x, weight)?)
 }
 
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {

@@ -262,7 +262,7 @@ impl Run {
             tensors.insert(format!("weight.{index}"), var.as_tensor().clone());
         }
         if let Opt::Adadelta(optimizer) = &self.optimizer {
-            for (index, (square_avg, acc_delta)) in optimizer.averages().into_iter().enumerate() {
+            for (index, (square_avg, acc_delta)) in optimizer.averages()?.into_iter().enumerate() {
                 tensors.insert(format!("square_avg.{index}"), square_avg);
                 tensors.insert(format!("acc_delta.{index}"), acc_delta);
             }
@@ -324,6 +324,8 @@ impl Run {
 
 /// Mean cross-entropy and the number of correct predictions on a split.
 pub fn evaluate(net: &Net, split: &Split, device: &Device) -> Result<(f64, usize)> {
+    // Weights still tied to autograd would make every chunk's forward pass keep its graph.
+    let net = net.detached();
     let mut loss_sum = 0.0;
     let mut correct = 0;
     for (chunk, labels) in split

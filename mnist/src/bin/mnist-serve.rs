@@ -2,122 +2,74 @@
 //! `params.version`) from the lake and serves `POST /predict`, `GET /healthz` and the
 //! drawing page at `/`. Reports its URL to the platform and runs until stopped.
 //!
-//! Params: `port` (0 = any free port), `version` (a Lance version of the model).
+//! Params: `port` (0 = any free port), `host`, `version` (a Lance version of the model),
+//! `device`, `max_batch` (images per forward pass, default 64) and `batch_wait_us` (how
+//! long a batch waits for more requests, default 0: it takes what is queued).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use candle_core::Device;
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
-use mnist::idx::PIXELS;
-use mnist::model::{Net, images_tensor};
+use mnist::model::Net;
+use mnist::serve::{BatchOptions, Batcher, parse, respond};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("../../index.html");
-const MAX_IMAGES: usize = 1024;
 
 struct Model {
-    net: Net,
-    device: Device,
+    batcher: Batcher,
     version: u64,
     metrics: Value,
 }
 
-struct BadRequest(String);
-
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": "INVALID_REQUEST", "message": self.0}});
-        (StatusCode::BAD_REQUEST, Json(body)).into_response()
-    }
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
 }
 
-fn pixels_of(value: &Value, what: &str, into: &mut Vec<f32>) -> Result<(), BadRequest> {
-    let values = value
-        .as_array()
-        .ok_or_else(|| BadRequest(format!("{what} must be an array of 784 numbers")))?;
-    if values.len() != PIXELS {
-        return Err(BadRequest(format!(
-            "{what} has {} values; an image has 784 (28x28, row by row)",
-            values.len()
-        )));
-    }
-    for pixel in values {
-        match pixel.as_f64() {
-            Some(p) if p.is_finite() => into.push(p as f32),
-            _ => {
-                return Err(BadRequest(format!(
-                    "{what} holds a value that is not a finite number"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn answer(probabilities: &[f32]) -> Value {
-    let (prediction, confidence) =
-        probabilities
-            .iter()
-            .copied()
-            .enumerate()
-            .fold(
-                (0, f32::MIN),
-                |best, (digit, p)| if p > best.1 { (digit, p) } else { best },
-            );
-    json!({"prediction": prediction, "confidence": confidence, "probabilities": probabilities})
-}
-
-async fn predict(
-    State(model): State<Arc<Model>>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, BadRequest> {
-    let Json(body) = body.map_err(|rejection| BadRequest(rejection.body_text()))?;
-    let mut pixels = Vec::new();
-    let batch = match (body.get("image"), body.get("images")) {
-        (Some(image), None) => {
-            pixels_of(image, "image", &mut pixels)?;
-            false
-        }
-        (None, Some(Value::Array(images))) if !images.is_empty() && images.len() <= MAX_IMAGES => {
-            for (n, image) in images.iter().enumerate() {
-                pixels_of(image, &format!("images[{n}]"), &mut pixels)?;
-            }
-            true
-        }
-        (None, Some(_)) => {
-            return Err(BadRequest(format!(
-                "images must be a list of 1 to {MAX_IMAGES} images"
-            )));
-        }
-        _ => {
-            return Err(BadRequest(
-                "send {\"image\": [784 numbers]} or {\"images\": [[784 numbers], ...]}".into(),
-            ));
-        }
+async fn predict(State(model): State<Arc<Model>>, body: Bytes) -> Response {
+    let images = match parse(&body) {
+        Ok(images) => images,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message),
     };
-    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<f32>>> {
-        let x = images_tensor(&pixels, &model.device)?;
-        Ok(model.net.probabilities(&x)?.to_vec2::<f32>()?)
-    })
-    .await
-    .map_err(|err| BadRequest(format!("prediction failed: {err}")))?
-    .map_err(|err| BadRequest(format!("prediction failed: {err}")))?;
-    let answers: Vec<Value> = rows.iter().map(|p| answer(p)).collect();
-    Ok(Json(if batch {
-        Value::Array(answers)
-    } else {
-        answers.into_iter().next().unwrap_or(Value::Null)
-    }))
+    match model.batcher.predict(images.pixels).await {
+        Ok(probabilities) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            respond(&probabilities, images.batch),
+        )
+            .into_response(),
+        Err(message) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PREDICTION_FAILED",
+            message,
+        ),
+    }
 }
 
 async fn health(State(model): State<Arc<Model>>) -> Json<Value> {
     Json(json!({"status": "ok", "model_version": model.version, "metrics": model.metrics}))
+}
+
+fn batch_options(task: &Invocation) -> Result<BatchOptions> {
+    let max_batch = task.u64_param("max_batch")?.unwrap_or(64);
+    if !(1..=1024).contains(&max_batch) {
+        bail!("max_batch must be between 1 and 1024, not {max_batch}");
+    }
+    let wait = task.u64_param("batch_wait_us")?.unwrap_or(0);
+    if wait > 100_000 {
+        bail!("batch_wait_us must be at most 100000 (0.1 s), not {wait}");
+    }
+    Ok(BatchOptions {
+        max_batch: max_batch as usize,
+        wait: Duration::from_micros(wait),
+    })
 }
 
 #[tokio::main]
@@ -137,6 +89,7 @@ async fn main() -> Result<()> {
         .parse()
         .context("host must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
     let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
+    let options = batch_options(&task)?;
     let (row, version) = mnist::lake::load_model(
         &task.input,
         task.u64_param("version")?.or(input_version()),
@@ -145,8 +98,7 @@ async fn main() -> Result<()> {
     .await?;
     let net = Net::from_safetensors(&row.weights, &device)?;
     let model = Arc::new(Model {
-        net,
-        device,
+        batcher: Batcher::start(net, device, options),
         version,
         metrics: row.metrics,
     });

@@ -1,0 +1,337 @@
+//! Valid k x k convolutions over NHWC tensors as one fused candle op: im2col into a small
+//! per-task buffer, then a GEMM, a few images at a time, on rayon.
+//!
+//! The unfused form (im2col of the whole batch, then one matmul) wrote a 42 MB patch
+//! matrix per batch for conv2, read it back, and allocated as much again for its gradient
+//! and col2im: perf put more of an epoch in page faults, memset and copies than in the
+//! GEMMs. Here the patches of a few images (2.6 MB for conv2) are built, multiplied and
+//! dropped while still in cache, and the weight gradient sums per task, not over one
+//! GEMM with a 36,864-long inner dimension that one core ran alone.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Images per rayon task: enough rows for the GEMM to run at speed, few enough that the
+/// patches stay in the last-level cache.
+const IMAGES_PER_TASK: usize = 4;
+
+/// `x [n, h, w, c]` (*) `kernel [o, k * k * c]` (patch order ky, kx, c) -> `[n, oh, ow, o]`.
+struct Conv {
+    k: usize,
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy)]
+struct Dims {
+    k: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    o: usize,
+}
+
+impl Dims {
+    fn out(&self) -> (usize, usize) {
+        (self.h - self.k + 1, self.w - self.k + 1)
+    }
+    fn positions(&self) -> usize {
+        let (oh, ow) = self.out();
+        oh * ow
+    }
+    fn patch(&self) -> usize {
+        self.k * self.k * self.c
+    }
+    fn image(&self) -> usize {
+        self.h * self.w * self.c
+    }
+}
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => bail!("conv needs contiguous tensors"),
+    }
+}
+
+/// Patches of `images` (whole images) into `cols`, `[images * positions, patch]`.
+fn im2col(d: Dims, images: &[f32], cols: &mut Vec<f32>) {
+    let (oh, ow) = d.out();
+    let (patch, row) = (d.patch(), d.k * d.c);
+    cols.clear();
+    cols.reserve(images.len() / d.image() * d.positions() * patch);
+    for image in images.chunks_exact(d.image()) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..d.k {
+                    // In NHWC the k pixels of one patch row, all channels, are contiguous.
+                    let from = ((oy + ky) * d.w + ox) * d.c;
+                    cols.extend_from_slice(&image[from..from + row]);
+                }
+            }
+        }
+    }
+}
+
+/// Adds patch gradients `cols` back onto the (zeroed) gradients of whole `images`.
+fn col2im(d: Dims, cols: &[f32], images: &mut [f32]) {
+    let (oh, ow) = d.out();
+    let (patch, row) = (d.patch(), d.k * d.c);
+    for (image, cols) in images
+        .chunks_exact_mut(d.image())
+        .zip(cols.chunks_exact(d.positions() * patch))
+    {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let col = &cols[(oy * ow + ox) * patch..][..patch];
+                for ky in 0..d.k {
+                    let to = ((oy + ky) * d.w + ox) * d.c;
+                    for (acc, g) in image[to..to + row].iter_mut().zip(&col[ky * row..][..row]) {
+                        *acc += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row-major matrix view for `matmul`: (data, rows, columns, transposed).
+struct Mat<'a>(&'a [f32], usize, usize, bool);
+
+impl Mat<'_> {
+    /// (row stride, column stride) of the matrix as used, after any transpose.
+    fn strides(&self) -> (isize, isize) {
+        if self.3 {
+            (1, self.2 as isize)
+        } else {
+            (self.2 as isize, 1)
+        }
+    }
+    fn shape(&self) -> (usize, usize) {
+        if self.3 {
+            (self.2, self.1)
+        } else {
+            (self.1, self.2)
+        }
+    }
+}
+
+/// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]`, row-major `dst`, on one core (the callers
+/// run one per rayon task).
+// The gemm crate's one entry point takes raw pointers and strides.
+#[allow(unsafe_code)]
+fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
+    let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
+    assert!(k == k2 && dst.len() == m * n, "matmul shapes disagree");
+    let ((lrs, lcs), (rrs, rcs)) = (lhs.strides(), rhs.strides());
+    // SAFETY: the shapes were checked above against the three slices' lengths, and the
+    // strides describe those row-major (or transposed) slices exactly.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lcs,
+            lrs,
+            rhs.0.as_ptr(),
+            rcs,
+            rrs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        kernel: &CpuStorage,
+        kernel_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = x_layout.shape().dims4()?;
+        let (o, patch) = kernel_layout.shape().dims2()?;
+        let d = Dims {
+            k: self.k,
+            h,
+            w,
+            c,
+            o,
+        };
+        if patch != d.patch() || h < d.k || w < d.k {
+            bail!("conv of a {h}x{w}x{c} image with a {o}x{patch} kernel");
+        }
+        let (x, kernel) = (contiguous(x, x_layout)?, contiguous(kernel, kernel_layout)?);
+        let (oh, ow) = d.out();
+        let per_task = IMAGES_PER_TASK * d.positions() * o;
+        let mut out = vec![0f32; n * d.positions() * o];
+        out.par_chunks_mut(per_task)
+            .zip(x.par_chunks(IMAGES_PER_TASK * d.image()))
+            .for_each_init(Vec::new, |cols, (out, images)| {
+                im2col(d, images, cols);
+                let rows = cols.len() / patch;
+                let kernel_t = Mat(kernel, o, patch, true);
+                matmul(out, Mat(cols, rows, patch, false), kernel_t, false);
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, o))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, h, w, c) = x.dims4()?;
+        let (o, _) = kernel.dims2()?;
+        let d = Dims {
+            k: self.k,
+            h,
+            w,
+            c,
+            o,
+        };
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let grad_kernel = with_slices(&x, &grad, |x, grad| kernel_gradient(d, x, grad))?;
+        let grad_kernel = Tensor::from_vec(grad_kernel, kernel.shape(), kernel.device())?;
+        // The images themselves (conv1's input) need no gradient.
+        let grad_x = if x.track_op() {
+            let kernel = kernel.contiguous()?;
+            let data = with_slices(&kernel, &grad, |k, grad| input_gradient(d, n, k, grad))?;
+            Some(Tensor::from_vec(data, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_kernel)))
+    }
+}
+
+/// Runs `f` on the values of two contiguous CPU tensors, in place.
+fn with_slices<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
+    let ((a, a_layout), (b, b_layout)) = (a.storage_and_layout(), b.storage_and_layout());
+    match (&*a, &*b) {
+        (Storage::Cpu(a), Storage::Cpu(b)) => {
+            Ok(f(contiguous(a, a_layout)?, contiguous(b, b_layout)?))
+        }
+        _ => bail!("the fused conv runs on the CPU"),
+    }
+}
+
+/// `sum over images of grad_img^T [o, positions] x cols_img [positions, patch]`.
+fn kernel_gradient(d: Dims, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (o, patch) = (d.o, d.patch());
+    let per_task = IMAGES_PER_TASK * d.positions() * o;
+    x.par_chunks(IMAGES_PER_TASK * d.image())
+        .zip(grad.par_chunks(per_task))
+        .fold(
+            || (vec![0f32; o * patch], Vec::new()),
+            |(mut sum, mut cols), (images, grad)| {
+                im2col(d, images, &mut cols);
+                let rows = cols.len() / patch;
+                let grad_t = Mat(grad, rows, o, true);
+                matmul(&mut sum, grad_t, Mat(&cols, rows, patch, false), true);
+                (sum, cols)
+            },
+        )
+        .map(|(sum, _)| sum)
+        .reduce(
+            || vec![0f32; o * patch],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// `col2im(grad_img [positions, o] x kernel [o, patch])` for every image.
+fn input_gradient(d: Dims, n: usize, kernel: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (o, patch) = (d.o, d.patch());
+    let mut out = vec![0f32; n * d.image()];
+    out.par_chunks_mut(IMAGES_PER_TASK * d.image())
+        .zip(grad.par_chunks(IMAGES_PER_TASK * d.positions() * o))
+        .for_each_init(Vec::new, |cols: &mut Vec<f32>, (images, grad)| {
+            let rows = grad.len() / o;
+            cols.resize(rows * patch, 0.0);
+            let kernel = Mat(kernel, o, patch, false);
+            matmul(cols, Mat(grad, rows, o, false), kernel, false);
+            col2im(d, cols, images);
+        });
+    out
+}
+
+/// A valid k x k convolution of NHWC `x` with PyTorch-layout `weight [o, c, k, k]`,
+/// without bias (the caller adds it, after pooling where it can).
+pub fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, _, _, c) = x.dims4()?;
+    let (o, wc, k, _) = weight.dims4()?;
+    if wc != c {
+        bail!("conv expects {wc} channels, got {c}");
+    }
+    if x.device().is_cpu() {
+        let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))?;
+        x.contiguous()?.apply_op2(&kernel, Conv { k })
+    } else {
+        // GPUs have their own convolution kernels.
+        x.permute((0, 3, 1, 2))?
+            .contiguous()?
+            .conv2d(weight, 0, 1, 1, 1)?
+            .permute((0, 2, 3, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::conv_nhwc;
+
+    #[test]
+    fn fused_convolution_matches_candles_convolution_and_its_gradients() -> candle_core::Result<()>
+    {
+        let device = Device::Cpu;
+        // 9 images: two full tasks of four and a partial one.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (9, 7, 6, 3), &device)?)?;
+        let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device)?)?;
+        let ours = conv_nhwc(&x, &weight)?;
+        let reference = x
+            .permute((0, 3, 1, 2))?
+            .conv2d(&weight, 0, 1, 1, 1)?
+            .permute((0, 2, 3, 1))?;
+        let difference = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(difference < 1e-4, "forward differs by {difference}");
+        let ours_grads = ours.sqr()?.sum_all()?.backward()?;
+        let reference_grads = reference.sqr()?.sum_all()?.backward()?;
+        for var in [&x, &weight] {
+            let a = ours_grads.get(var).expect("gradient");
+            let b = reference_grads.get(var).expect("gradient");
+            let difference = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(difference < 1e-3, "gradient differs by {difference}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn images_that_need_no_gradient_get_none() -> candle_core::Result<()> {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 5, 1), &device)?;
+        let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 1, 3, 3), &device)?)?;
+        let grads = conv_nhwc(&x, &weight)?.sum_all()?.backward()?;
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(&weight).is_some());
+        Ok(())
+    }
+}
