@@ -136,11 +136,50 @@ struct Meta {
     epoch: usize,
     rng_state: u64,
     order: Vec<usize>,
-    history: Vec<EpochStats>,
+    history: Vec<SavedEpoch>,
     /// The options it was trained with, but the number of epochs: a checkpoint from other
     /// options is not this run's.
     options: Value,
     tensors: String,
+}
+
+/// An epoch's figures with each float as its bits: serde_json's default float parser can
+/// read a number back one ulp off, and a resumed run's history must equal an uninterrupted
+/// run's exactly.
+#[derive(Serialize, Deserialize)]
+struct SavedEpoch {
+    epoch: usize,
+    train_loss: u64,
+    loss: u64,
+    accuracy: u64,
+    correct: usize,
+    seconds: u64,
+}
+
+impl From<&EpochStats> for SavedEpoch {
+    fn from(e: &EpochStats) -> Self {
+        Self {
+            epoch: e.epoch,
+            train_loss: e.train_loss.to_bits(),
+            loss: e.loss.to_bits(),
+            accuracy: e.accuracy.to_bits(),
+            correct: e.correct,
+            seconds: e.seconds.to_bits(),
+        }
+    }
+}
+
+impl From<SavedEpoch> for EpochStats {
+    fn from(e: SavedEpoch) -> Self {
+        Self {
+            epoch: e.epoch,
+            train_loss: f64::from_bits(e.train_loss),
+            loss: f64::from_bits(e.loss),
+            accuracy: f64::from_bits(e.accuracy),
+            correct: e.correct,
+            seconds: f64::from_bits(e.seconds),
+        }
+    }
 }
 
 fn options_key(options: &TrainOptions) -> Result<Value> {
@@ -162,7 +201,7 @@ pub fn save(folder: &Folder, options: &TrainOptions, checkpoint: &Checkpoint) ->
         epoch: checkpoint.epoch,
         rng_state: checkpoint.rng_state,
         order: checkpoint.order.clone(),
-        history: checkpoint.history.clone(),
+        history: checkpoint.history.iter().map(SavedEpoch::from).collect(),
         options: options_key(options)?,
         tensors: tensors.clone(),
     };
@@ -196,7 +235,7 @@ pub fn load(
         epoch: meta.epoch,
         rng_state: meta.rng_state,
         order: meta.order,
-        history: meta.history,
+        history: meta.history.into_iter().map(EpochStats::from).collect(),
         tensors,
     }))
 }
