@@ -46,10 +46,11 @@ impl Dims {
     }
 }
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU tensor, for the custom ops here and in `pool`.
+pub(crate) fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => bail!("conv needs contiguous tensors"),
+        None => bail!("the MNIST ops need contiguous tensors"),
     }
 }
 
@@ -150,6 +151,24 @@ fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
     }
 }
 
+impl Conv {
+    /// The batch size and sizes of a convolution of `x [n, h, w, c]` by `kernel [o, _]`.
+    fn dims(&self, x: &Shape, kernel: &Shape) -> Result<(usize, Dims)> {
+        let (n, h, w, c) = x.dims4()?;
+        let (o, _) = kernel.dims2()?;
+        Ok((
+            n,
+            Dims {
+                k: self.k,
+                h,
+                w,
+                c,
+                o,
+            },
+        ))
+    }
+}
+
 impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
         "conv-nhwc"
@@ -162,15 +181,8 @@ impl CustomOp2 for Conv {
         kernel: &CpuStorage,
         kernel_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, h, w, c) = x_layout.shape().dims4()?;
-        let (o, patch) = kernel_layout.shape().dims2()?;
-        let d = Dims {
-            k: self.k,
-            h,
-            w,
-            c,
-            o,
-        };
+        let (n, d) = self.dims(x_layout.shape(), kernel_layout.shape())?;
+        let (h, w, c, o, patch) = (d.h, d.w, d.c, d.o, kernel_layout.shape().dims2()?.1);
         if patch != d.patch() || h < d.k || w < d.k {
             bail!("conv of a {h}x{w}x{c} image with a {o}x{patch} kernel");
         }
@@ -196,15 +208,7 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, h, w, c) = x.dims4()?;
-        let (o, _) = kernel.dims2()?;
-        let d = Dims {
-            k: self.k,
-            h,
-            w,
-            c,
-            o,
-        };
+        let (n, d) = self.dims(x.shape(), kernel.shape())?;
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let grad_kernel = with_slices(&x, &grad, |x, grad| kernel_gradient(d, x, grad))?;
         let grad_kernel = Tensor::from_vec(grad_kernel, kernel.shape(), kernel.device())?;

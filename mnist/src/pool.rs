@@ -5,18 +5,13 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::conv::contiguous;
+
 /// `[n, h, w, c]` -> `[n, h/2, w/2, c]`, the largest of each 2x2 window.
 pub struct MaxPool2;
 
 /// The gradient of `MaxPool2`: (input, output, output gradient) -> input gradient.
 struct MaxPool2Grad;
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => bail!("max-pool needs a contiguous tensor"),
-    }
-}
 
 /// The four inputs of output (y, x) in one image, in the order PyTorch breaks ties.
 fn window(y: usize, x: usize, w: usize, c: usize) -> [usize; 4] {
