@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -267,12 +269,79 @@ impl Iterator for CleanBatches {
         match self.next_batch() {
             Ok(Some(batch)) => Some(Ok(batch)),
             Ok(None) => None,
-            Err(err) => Some(Err(ArrowError::ExternalError(err.into()))),
+            Err(err) => {
+                // A broken file ends the stream: reading on would repeat the error.
+                self.current = None;
+                self.parts = Vec::new().into_iter();
+                Some(Err(ArrowError::ExternalError(err.into())))
+            }
         }
     }
 }
 
 impl arrow_array::RecordBatchReader for CleanBatches {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+/// Batches cleaned ahead on a thread of their own.
+///
+/// Inflating gzip and converting pixels took a third of a 70,000-row clean (perf), and
+/// Lance's encoder waited for them; here both run beside the writer on the other core. The
+/// channel holds [`IN_FLIGHT`] batches, so memory stays at a few batches.
+pub struct Background {
+    batches: Receiver<std::result::Result<RecordBatch, ArrowError>>,
+    worker: Option<JoinHandle<()>>,
+    schema: SchemaRef,
+}
+
+/// Batches cleaned ahead of the writer.
+const IN_FLIGHT: usize = 2;
+
+impl CleanBatches {
+    pub fn in_background(self) -> Result<Background> {
+        let schema = self.schema.clone();
+        let (sender, batches) = sync_channel(IN_FLIGHT);
+        let worker = std::thread::Builder::new()
+            .name("mnist-clean-read".into())
+            .spawn(move || {
+                for batch in self {
+                    // The writer has gone (it failed): stop reading.
+                    if sender.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("starting the reading thread")?;
+        Ok(Background {
+            batches,
+            worker: Some(worker),
+            schema,
+        })
+    }
+}
+
+impl Iterator for Background {
+    type Item = std::result::Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Ok(batch) = self.batches.recv() {
+            return Some(batch);
+        }
+        // The sender is gone: the reader either finished or panicked, and a panic must not
+        // pass for the end of the data.
+        let worker = self.worker.take()?;
+        match worker.join() {
+            Ok(()) => None,
+            Err(_) => Some(Err(ArrowError::ExternalError(
+                "the reading thread panicked".into(),
+            ))),
+        }
+    }
+}
+
+impl arrow_array::RecordBatchReader for Background {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -15,6 +15,7 @@ use lance::Dataset;
 use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::{WriteMode, WriteParams};
 use lance::io::{ObjectStoreParams, StorageOptionsAccessor};
+use lance_file::writer::FileWriterOptions;
 
 use crate::idx::PIXELS;
 
@@ -25,6 +26,14 @@ fn write_params(mode: WriteMode, storage_options: &HashMap<String, String>) -> W
             storage_options_accessor: Some(Arc::new(StorageOptionsAccessor::with_static_options(
                 storage_options.clone(),
             ))),
+            ..Default::default()
+        }),
+        // Lance copies each batch's slices into its own buffer unless told to keep them.
+        // The arrays here are Rust's own, not views through the C data interface, so
+        // keeping them costs no memory the batch did not already hold (perf: the copy
+        // and its page faults were a fifth of a 70,000-row clean).
+        file_writer_options: Some(FileWriterOptions {
+            keep_original_array: Some(true),
             ..Default::default()
         }),
         ..Default::default()

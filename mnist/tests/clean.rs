@@ -209,6 +209,45 @@ fn the_batches_carry_the_schema_they_promise() {
     assert_eq!(names, ["index", "image", "label", "split"]);
 }
 
+#[test]
+fn cleaning_in_the_background_yields_the_same_batches_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_part(dir.path(), "train", &[1, 2, 3, 4, 5, 11], true);
+    write_part(dir.path(), "t10k", &[6, 7, 8], false);
+    let options = CleanOptions {
+        batch_rows: 2,
+        ..Default::default()
+    };
+    let (inline, inline_report) = clean(dir.path(), options.clone()).expect("clean");
+    let batches = CleanBatches::new(find_parts(dir.path()).expect("parts"), options).expect("new");
+    let report = batches.report.clone();
+    let background = batches.in_background().expect("thread");
+    assert_eq!(background.schema(), inline[0].schema());
+    let collected = background.collect::<Result<Vec<_>, _>>().expect("batches");
+    assert_eq!(collected, inline);
+    assert_eq!(*report.lock().expect("report"), inline_report);
+}
+
+#[test]
+fn an_error_while_cleaning_in_the_background_reaches_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_part(dir.path(), "train", &[1, 2, 3, 4], false);
+    let images = dir.path().join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&images).expect("read");
+    std::fs::write(&images, &bytes[..bytes.len() - 100]).expect("truncate");
+    let options = CleanOptions {
+        batch_rows: 3,
+        ..Default::default()
+    };
+    let batches = CleanBatches::new(find_parts(dir.path()).expect("parts"), options).expect("new");
+    let results: Vec<_> = batches.in_background().expect("thread").collect();
+    // The first three images are whole; the fourth is cut short.
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[0].as_ref().expect("first batch").num_rows(), 3);
+    let err = results[1].as_ref().expect_err("the truncated image");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
 /// Debian's `dataset-fashion-mnist`: the 70,000 images of full MNIST's size, as standard
 /// IDX gz files (`tests/run` installs it).
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

@@ -52,7 +52,8 @@ async fn main() -> Result<()> {
     let started = std::time::Instant::now();
     let batches = CleanBatches::new(parts, options)?;
     let report = batches.report.clone();
-    let dataset = mnist::lake::overwrite(batches, &task.output, &storage_options()).await?;
+    let dataset =
+        mnist::lake::overwrite(batches.in_background()?, &task.output, &storage_options()).await?;
     let report = report
         .lock()
         .map_err(|_| anyhow::anyhow!("report lock poisoned"))?
