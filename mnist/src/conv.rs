@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::sgemm::{self, Lhs, Rhs};
+
 /// Images per rayon task: enough rows for the GEMM to run at speed, few enough that the
 /// patches stay in the last-level cache.
 const IMAGES_PER_TASK: usize = 4;
@@ -117,13 +119,27 @@ impl Mat<'_> {
 }
 
 /// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]`, row-major `dst`, on one core (the callers
-/// run one per rayon task).
+/// run one per rayon task): conv2's shapes on [`sgemm`], the rest on the gemm crate.
 // The gemm crate's one entry point takes raw pointers and strides.
 #[allow(unsafe_code)]
 fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(k == k2 && dst.len() == m * n, "matmul shapes disagree");
     let ((lrs, lcs), (rrs, rcs)) = (lhs.strides(), rhs.strides());
+    if rcs == 1 {
+        let lhs_view = Lhs {
+            data: lhs.0,
+            row_stride: lrs as usize,
+            k_stride: lcs as usize,
+        };
+        let rhs_view = Rhs {
+            data: rhs.0,
+            row_stride: rrs as usize,
+        };
+        if sgemm::gemm(dst, n, lhs_view, rhs_view, k, accumulate) {
+            return;
+        }
+    }
     // SAFETY: the shapes were checked above against the three slices' lengths, and the
     // strides describe those row-major (or transposed) slices exactly.
     unsafe {
@@ -149,6 +165,17 @@ fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
             gemm::Parallelism::None,
         )
     }
+}
+
+/// `matrix [rows, columns]` transposed, row-major.
+fn transpose(matrix: &[f32], rows: usize, columns: usize) -> Vec<f32> {
+    let mut out = vec![0f32; matrix.len()];
+    for (r, row) in matrix.chunks_exact(columns).enumerate() {
+        for (c, &value) in row.iter().enumerate() {
+            out[c * rows + r] = value;
+        }
+    }
+    out
 }
 
 impl Conv {
@@ -189,13 +216,15 @@ impl CustomOp2 for Conv {
         let (x, kernel) = (contiguous(x, x_layout)?, contiguous(kernel, kernel_layout)?);
         let (oh, ow) = d.out();
         let per_task = IMAGES_PER_TASK * d.positions() * o;
+        // `[patch, o]`, so the GEMM reads contiguous rows of it.
+        let kernel_t = transpose(kernel, o, patch);
         let mut out = vec![0f32; n * d.positions() * o];
         out.par_chunks_mut(per_task)
             .zip(x.par_chunks(IMAGES_PER_TASK * d.image()))
             .for_each_init(Vec::new, |cols, (out, images)| {
                 im2col(d, images, cols);
                 let rows = cols.len() / patch;
-                let kernel_t = Mat(kernel, o, patch, true);
+                let kernel_t = Mat(&kernel_t, patch, o, false);
                 matmul(out, Mat(cols, rows, patch, false), kernel_t, false);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, o))))
@@ -239,26 +268,30 @@ fn with_slices<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -
 fn kernel_gradient(d: Dims, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (o, patch) = (d.o, d.patch());
     let per_task = IMAGES_PER_TASK * d.positions() * o;
-    x.par_chunks(IMAGES_PER_TASK * d.image())
+    // Summed as its transpose, `cols^T [patch, positions] x grad [positions, o]`: that
+    // form's right-hand rows are contiguous, which the GEMM wants.
+    let sum_t = x
+        .par_chunks(IMAGES_PER_TASK * d.image())
         .zip(grad.par_chunks(per_task))
         .fold(
-            || (vec![0f32; o * patch], Vec::new()),
+            || (vec![0f32; patch * o], Vec::new()),
             |(mut sum, mut cols), (images, grad)| {
                 im2col(d, images, &mut cols);
                 let rows = cols.len() / patch;
-                let grad_t = Mat(grad, rows, o, true);
-                matmul(&mut sum, grad_t, Mat(&cols, rows, patch, false), true);
+                let cols_t = Mat(&cols, rows, patch, true);
+                matmul(&mut sum, cols_t, Mat(grad, rows, o, false), true);
                 (sum, cols)
             },
         )
         .map(|(sum, _)| sum)
         .reduce(
-            || vec![0f32; o * patch],
+            || vec![0f32; patch * o],
             |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
                 a
             },
-        )
+        );
+    transpose(&sum_t, patch, o)
 }
 
 /// `col2im(grad_img [positions, o] x kernel [o, patch])` for every image.
@@ -306,24 +339,43 @@ mod tests {
     #[test]
     fn fused_convolution_matches_candles_convolution_and_its_gradients() -> candle_core::Result<()>
     {
+        // 9 images: two full tasks of four and a partial one. 3 channels in, 4 out runs
+        // on the gemm crate; 16 in and 16 out on the AVX2 kernel, except the last task,
+        // whose 9 rows are not a multiple of its 6-row tiles.
+        for (x_shape, w_shape) in [
+            ((9, 7, 6, 3), (4, 3, 3, 3)),
+            ((9, 5, 5, 16), (16, 16, 3, 3)),
+        ] {
+            compare_with_candle(x_shape, w_shape)?;
+        }
+        Ok(())
+    }
+
+    fn compare_with_candle(
+        x_shape: (usize, usize, usize, usize),
+        w_shape: (usize, usize, usize, usize),
+    ) -> candle_core::Result<()> {
         let device = Device::Cpu;
-        // 9 images: two full tasks of four and a partial one.
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (9, 7, 6, 3), &device)?)?;
-        let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, x_shape, &device)?)?;
+        let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, w_shape, &device)?)?;
         let ours = conv_nhwc(&x, &weight)?;
         let reference = x
             .permute((0, 3, 1, 2))?
             .conv2d(&weight, 0, 1, 1, 1)?
             .permute((0, 2, 3, 1))?;
         let difference = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(difference < 1e-4, "forward differs by {difference}");
+        assert!(difference < 1e-3, "forward differs by {difference}");
         let ours_grads = ours.sqr()?.sum_all()?.backward()?;
         let reference_grads = reference.sqr()?.sum_all()?.backward()?;
         for var in [&x, &weight] {
             let a = ours_grads.get(var).expect("gradient");
             let b = reference_grads.get(var).expect("gradient");
-            let difference = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(difference < 1e-3, "gradient differs by {difference}");
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            let difference = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+            assert!(
+                difference < 1e-4,
+                "gradient differs by {difference} (relative)"
+            );
         }
         Ok(())
     }

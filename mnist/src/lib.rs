@@ -12,6 +12,7 @@ pub mod model;
 pub mod pool;
 pub mod rng;
 pub mod serve;
+mod sgemm;
 pub mod train;
 
 // The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
