@@ -8,13 +8,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
-use utoipa_scalar::{Scalar, Servable};
 
 use crate::application::Service;
 use crate::config::Timeouts;
 use crate::domain::validate::MAX_BODY_BYTES;
 
 pub mod auth;
+mod console;
 pub mod error;
 mod lake;
 mod pipelines;
@@ -159,7 +159,7 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health))
-        .merge(Scalar::with_url("/docs", ApiDoc::openapi()))
+        .merge(console::routes())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -1,0 +1,433 @@
+// lancer's console: plain DOM over the public REST API (/api/v1), no framework, no build.
+// Every value from the API reaches the page as text (never as HTML): names, logs and
+// results are tenants' data.
+
+const KEY = "lancer.api-key";
+const view = document.getElementById("view");
+let active = null; // the timers of the view on screen, stopped when it changes
+
+// ---- the API --------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, { method = "GET", body, text = false } = {}) {
+  const headers = {};
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(`/api/v1${path}`, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) {
+    askForKey(key ? "That key was not accepted." : "");
+    throw new ApiError(401, "UNAUTHENTICATED", "An API key is needed.");
+  }
+  if (!response.ok) {
+    const error = await response.json().catch(() => ({}));
+    const { code = "ERROR", message = response.statusText } = error.error || {};
+    throw new ApiError(response.status, code, message);
+  }
+  return text ? response : response.json();
+}
+
+function askForKey(problem) {
+  const dialog = document.getElementById("key-dialog");
+  const error = document.getElementById("key-error");
+  error.textContent = problem;
+  error.hidden = !problem;
+  if (!dialog.open) dialog.showModal();
+}
+
+document.getElementById("key-form").addEventListener("submit", () => {
+  sessionStorage.setItem(KEY, document.getElementById("key-input").value.trim());
+  document.getElementById("key-input").value = "";
+  route();
+});
+
+document.getElementById("sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  location.reload();
+});
+
+// ---- DOM helpers ----------------------------------------------------------------------
+
+/** An element with attributes (`on*` become listeners) and children (strings as text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+const badge = (status) => el("span", { class: `badge ${status}` }, status);
+
+function bar(fraction) {
+  const percent = Math.max(0, Math.min(100, (fraction ?? 0) * 100));
+  const fill = el("span");
+  fill.style.width = `${percent.toFixed(1)}%`; // CSSOM, which the page's policy allows
+  return el("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+                     "aria-valuenow": Math.round(percent) },
+            fill);
+}
+
+function when(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return date.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+}
+
+function took(start, end) {
+  if (!start) return "";
+  const ms = (end ? new Date(end) : new Date()) - new Date(start);
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s < 90 ? `${s} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let unit = 0;
+  while (n >= 1000 && unit < units.length - 1) {
+    n /= 1000;
+    unit += 1;
+  }
+  return `${unit ? n.toFixed(n < 10 ? 2 : 1) : n} ${units[unit]}`;
+}
+
+function facts(pairs) {
+  return el("dl", { class: "facts" },
+            pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
+                 .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function table(headers, rows, empty = "Nothing here yet.") {
+  if (!rows.length) return el("p", { class: "muted" }, empty);
+  return el("div", { class: "table-wrap" },
+            el("table", {},
+               el("thead", {}, el("tr", {}, headers.map(([label, cls]) => el("th", { class: cls }, label)))),
+               el("tbody", {}, rows)));
+}
+
+const json = (value) => el("pre", {}, JSON.stringify(value, null, 2));
+const link = (href, text) => el("a", { href }, text);
+// UUIDv7 ids share their leading (time) digits, so the tail tells tasks apart.
+const short = (id) => (id && id.length > 12 ? `…${id.slice(-8)}` : id);
+
+function show(...nodes) {
+  view.replaceChildren(...nodes);
+}
+
+function failure(error) {
+  if (error.status === 401) return show(el("p", { class: "muted" }, "Waiting for an API key."));
+  show(el("h1", {}, "Could not load this page"),
+       el("p", { class: "error" }, `${error.code || "ERROR"}: ${error.message}`));
+}
+
+/** Runs `tick` now and every `ms` while this view is on screen. */
+function every(ms, tick) {
+  let stopped = false;
+  let timer = null;
+  const run = async () => {
+    try {
+      await tick();
+    } catch (error) {
+      if (!stopped) failure(error);
+      return;
+    }
+    if (!stopped) timer = setTimeout(run, ms);
+  };
+  active = { stop() { stopped = true; clearTimeout(timer); } };
+  return run();
+}
+
+// ---- tasks ----------------------------------------------------------------------------
+
+const STATUSES = ["", "pending", "running", "completed", "failed", "cancelled"];
+
+async function tasksView(query) {
+  const status = query.get("status") || "";
+  const name = query.get("name") || "";
+  const token = query.get("page") || "";
+  const select = el("select", { id: "status-filter", "aria-label": "Status",
+                                onchange: (e) => go("tasks", { status: e.target.value, name }) },
+                    STATUSES.map((s) => el("option", { value: s, selected: s === status }, s || "any status")));
+  const filter = el("input", { id: "name-filter", type: "search", placeholder: "name contains",
+                               "aria-label": "Name contains", value: name,
+                               onchange: (e) => go("tasks", { status, name: e.target.value }) });
+  const body = el("div");
+  const pager = el("div", { class: "toolbar" });
+  show(el("h1", {}, "Tasks"), el("div", { class: "toolbar" }, select, filter), body, pager);
+  const params = new URLSearchParams({ limit: "50" });
+  if (status) params.set("status", status);
+  if (token) params.set("page_token", token);
+  await every(2000, async () => {
+    const page = await api(`/tasks?${params}`);
+    const tasks = page.tasks.filter((t) => !name || t.spec.name.includes(name));
+    body.replaceChildren(table(
+      [["Name"], ["Status"], ["Progress"], ["Created", "wide"], ["Took", "num wide"], ["Id", "wide"]],
+      tasks.map((t) => el("tr", { "data-task": t.id },
+        el("td", {}, link(`#/tasks/${t.id}`, t.spec.name)),
+        el("td", {}, badge(t.status)),
+        el("td", {}, t.status === "running" ? bar(t.progress?.fraction) : ""),
+        el("td", { class: "wide" }, when(t.created_at)),
+        el("td", { class: "num wide" }, took(t.started_at, t.finished_at)),
+        el("td", { class: "wide" }, el("code", {}, short(t.id))))),
+      name ? "No task on this page has that name." : "No tasks yet."));
+    pager.replaceChildren(
+      token ? el("button", { onclick: () => go("tasks", { status, name }) }, "First page") : "",
+      page.next_page_token
+        ? el("button", { onclick: () => go("tasks", { status, name, page: page.next_page_token }) }, "Next page")
+        : "");
+  });
+}
+
+async function taskView(id) {
+  const head = el("div");
+  const progress = el("div");
+  const actions = el("div", { class: "toolbar" });
+  const outcome = el("div");
+  const log = el("pre", { class: "log", id: "log", "aria-label": "Log" });
+  show(head, progress, actions, outcome, el("h2", {}, "Log"), log);
+  let offset = 0;
+  let attempt = 0;
+  await every(1000, async () => {
+    const task = await api(`/tasks/${encodeURIComponent(id)}`);
+    renderTask(task, { head, progress, actions, outcome });
+    if (task.attempt !== attempt) {
+      attempt = task.attempt;
+      offset = 0;
+      log.textContent = "";
+    }
+    if (attempt > 0) {
+      const response = await api(`/tasks/${encodeURIComponent(id)}/logs?offset=${offset}&attempt=${attempt}`,
+                                 { text: true });
+      const chunk = await response.text();
+      offset = Number(response.headers.get("x-next-offset") || offset);
+      if (chunk) {
+        const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.append(chunk);
+        if (atEnd) log.scrollTop = log.scrollHeight;
+      }
+    }
+  });
+}
+
+function renderTask(task, { head, progress, actions, outcome }) {
+  const s = task.spec;
+  head.replaceChildren(
+    el("h1", {}, s.name, " ", badge(task.status)),
+    facts([["Id", el("code", {}, task.id)], ["Script", s.script], ["Input", s.input || "—"],
+           ["Output", s.output || "—"], ["Attempt", `${task.attempt} of ${s.max_attempts}`],
+           ["Backend", task.backend], ["Sandbox", task.sandbox],
+           ["Pipeline", task.lineage?.pipeline &&
+             link(`#/pipelines/${task.lineage.pipeline}`, `${task.lineage.pipeline} (${task.lineage.step})`)],
+           ["Created", when(task.created_at)], ["Started", when(task.started_at)],
+           ["Finished", when(task.finished_at)], ["Took", took(task.started_at, task.finished_at)],
+           ["Endpoint", task.endpoint && link(task.endpoint, task.endpoint)],
+           ["Params", Object.keys(s.params || {}).length ? JSON.stringify(s.params) : ""]]));
+  const p = task.progress;
+  progress.replaceChildren(...(p ? [
+    el("h2", {}, "Progress"),
+    el("div", { class: "progress-line" }, bar(p.fraction),
+       el("span", { id: "progress-text" }, p.fraction == null ? "" : `${Math.round(p.fraction * 100)}%`)),
+    p.message ? el("p", { id: "progress-message" }, p.message) : "",
+    p.metrics ? facts(Object.entries(p.metrics).map(([k, v]) => [k, typeof v === "number" ? String(v) : JSON.stringify(v)])) : "",
+  ] : []));
+  const live = task.status === "pending" || task.status === "running";
+  actions.replaceChildren(
+    live ? el("button", { class: "danger", id: "cancel", onclick: () => cancelTask(task.id) }, "Cancel") : "",
+    !live ? el("button", { id: "run-again", onclick: () => runAgain(task) }, "Run again") : "");
+  outcome.replaceChildren(
+    ...(task.error ? [el("h2", {}, "Error"), el("p", { class: "error" }, `${task.error.code}: ${task.error.message}`)] : []),
+    ...(task.result ? [el("h2", {}, "Result"), json(task.result)] : []));
+}
+
+async function cancelTask(id) {
+  if (!confirm("Cancel this task?")) return;
+  await api(`/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" }).catch(failure);
+}
+
+/** Submits the same spec as a new task (no idempotency key: it is a new run). */
+async function runAgain(task) {
+  const { idempotency_key: _, ...spec } = task.spec;
+  try {
+    const created = await api("/tasks", { method: "POST", body: spec });
+    location.hash = `#/tasks/${created.id}`;
+  } catch (error) {
+    failure(error);
+  }
+}
+
+// ---- pipelines ------------------------------------------------------------------------
+
+async function pipelinesView() {
+  const body = el("div");
+  show(el("h1", {}, "Pipelines"), body);
+  await every(2000, async () => {
+    const page = await api("/pipelines?limit=50");
+    body.replaceChildren(table(
+      [["Name"], ["Status"], ["Steps"], ["Created", "wide"], ["Id", "wide"]],
+      page.pipelines.map((p) => el("tr", {},
+        el("td", {}, link(`#/pipelines/${p.id}`, p.spec.name)),
+        el("td", {}, badge(p.status)),
+        el("td", {}, p.steps.map((s) => badge(s.status)).flatMap((b, i) => (i ? [" ", b] : [b]))),
+        el("td", { class: "wide" }, when(p.created_at)),
+        el("td", { class: "wide" }, el("code", {}, short(p.id))))),
+      "No pipelines yet."));
+  });
+}
+
+async function pipelineView(id) {
+  const head = el("div");
+  const dag = el("div", { class: "dag", id: "dag" });
+  const actions = el("div", { class: "toolbar" });
+  show(head, actions, el("h2", {}, "Steps"), dag);
+  await every(1500, async () => {
+    const p = await api(`/pipelines/${encodeURIComponent(id)}`);
+    head.replaceChildren(el("h1", {}, p.spec.name, " ", badge(p.status)),
+      facts([["Id", el("code", {}, p.id)], ["Created", when(p.created_at)], ["Finished", when(p.finished_at)],
+             ["Schedule", p.spec.schedule], ["Cache", p.spec.cache ? "on" : "off"]]));
+    const live = p.status === "running" || p.status === "pending" || p.status === "scheduled";
+    actions.replaceChildren(
+      live ? el("button", { class: "danger", onclick: () => pipelineAction(p.id, "cancel") }, "Cancel") : "",
+      p.status === "failed" || p.status === "cancelled"
+        ? el("button", { onclick: () => pipelineAction(p.id, "retry") }, "Retry") : "");
+    dag.replaceChildren(...p.steps.map((step, i) => {
+      const spec = p.spec.steps[i] || {};
+      return el("div", { class: "card", "data-step": step.name },
+        el("strong", {}, step.name), " ", badge(step.status),
+        spec.after?.length ? el("div", { class: "after" }, `after ${spec.after.join(", ")}`) : "",
+        step.cached_from ? el("div", { class: "muted" }, "from the cache") : "",
+        step.task_id ? el("div", {}, link(`#/tasks/${step.task_id}`, `task ${short(step.task_id)}`)) : "",
+        step.error ? el("div", { class: "error" }, step.error.message) : "");
+    }));
+  });
+}
+
+async function pipelineAction(id, action) {
+  await api(`/pipelines/${encodeURIComponent(id)}/${action}`, { method: "POST" }).catch(failure);
+}
+
+// ---- datasets and models --------------------------------------------------------------
+
+async function artifactsView(kind) {
+  const items = await api(`/${kind}`);
+  show(el("h1", {}, kind === "datasets" ? "Datasets" : "Models"),
+       table([["Name"], ["Rows", "num"], ["Columns", "wide"]],
+             items.map((a) => el("tr", {},
+               el("td", {}, link(`#/${kind}/${encodeURIComponent(a.id)}`, a.id)),
+               el("td", { class: "num" }, a.num_rows),
+               el("td", { class: "wide" }, Object.keys(a.schema || {}).join(", ")))),
+             `No ${kind} yet.`));
+}
+
+async function artifactView(kind, id) {
+  const a = await api(`/${kind}/${encodeURIComponent(id)}`);
+  const versions = [...a.versions].reverse();
+  show(el("h1", {}, a.id),
+       facts([["Rows", a.num_rows], ["Version", a.version], ["Size", bytes(a.size_bytes)],
+              ["Path", a.path]]),
+       ...(a.model ? [el("h2", {}, "Newest model"),
+                      facts(Object.entries(a.model.metrics || {}).map(([k, v]) => [k, String(v)])),
+                      el("h2", {}, "Params"), json(a.model.params || {})] : []),
+       el("h2", {}, "Schema"),
+       table([["Column"], ["Type"], ["Nullable", "wide"]],
+             a.fields.map((f) => el("tr", {}, el("td", {}, f.name), el("td", {}, el("code", {}, f.type)),
+                                    el("td", { class: "wide" }, f.nullable ? "yes" : "no")))),
+       el("h2", {}, "Versions"),
+       table([["Version", "num"], ["Written"], ["By task"], ["From", "wide"]],
+             versions.map((v) => el("tr", {},
+               el("td", { class: "num" }, v.version),
+               el("td", {}, when(v.timestamp)),
+               el("td", {}, v.task_id ? link(`#/tasks/${v.task_id}`, short(v.task_id)) : "—"),
+               el("td", { class: "wide" }, v.input_path ? `${v.input_path}${v.input_version ? ` @ v${v.input_version}` : ""}` : "")))));
+}
+
+// ---- the API reference (what /docs shows) ---------------------------------------------
+
+/** `#/{"$ref": "#/components/schemas/X"}` -> `X`, and arrays of refs -> `[X]`. */
+function schemaName(schema) {
+  if (!schema) return "";
+  if (schema.$ref) return schema.$ref.split("/").pop();
+  if (schema.type === "array") return `[${schemaName(schema.items)}]`;
+  return schema.type || "";
+}
+
+async function apiView() {
+  const response = await fetch("/api/v1/openapi.json");
+  const doc = await response.json();
+  const byTag = new Map();
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      if (!["get", "post", "put", "delete"].includes(method)) continue;
+      const tag = op.tags?.[0] || "other";
+      if (!byTag.has(tag)) byTag.set(tag, []);
+      byTag.get(tag).push({ path, method, op });
+    }
+  }
+  show(el("h1", {}, doc.info.title, " API ", el("span", { class: "muted" }, doc.info.version)),
+       el("p", {}, doc.info.description || "",
+          " Every call under /api/v1 takes ", el("code", {}, "Authorization: Bearer <key>"),
+          " when the server has keys. The machine-readable document: ",
+          link("/api/v1/openapi.json", "openapi.json"), "."),
+       ...[...byTag].flatMap(([tag, ops]) => [
+         el("h2", {}, tag),
+         ...ops.map(({ path, method, op }) => el("details", { class: "card endpoint" },
+           el("summary", {}, el("code", {}, `${method.toUpperCase()} ${path}`), " ", op.summary || ""),
+           op.description && op.description !== op.summary ? el("p", {}, op.description) : "",
+           op.parameters?.length ? table([["Parameter"], ["In"], ["Description"]],
+             op.parameters.map((p) => el("tr", {}, el("td", {}, el("code", {}, p.name), p.required ? " *" : ""),
+                                         el("td", {}, p.in), el("td", {}, p.description || "")))) : "",
+           op.requestBody ? el("p", {}, "Body: ",
+             el("code", {}, schemaName(Object.values(op.requestBody.content || {})[0]?.schema))) : "",
+           table([["Status"], ["Meaning"], ["Body"]],
+             Object.entries(op.responses || {}).map(([status, r]) => el("tr", {}, el("td", {}, status),
+               el("td", {}, r.description || ""),
+               el("td", {}, el("code", {}, schemaName(Object.values(r.content || {})[0]?.schema)))))))),
+       ]));
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+function go(section, params = {}) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v)).toString();
+  location.hash = `#/${section}${query ? `?${query}` : ""}`;
+}
+
+async function route() {
+  active?.stop();
+  active = null;
+  const [path, search = ""] = location.hash.replace(/^#\/?/, "").split("?");
+  const [first, id] = path.split("/").map(decodeURIComponent);
+  const section = first || "tasks";
+  for (const a of document.querySelectorAll("nav a")) {
+    a.toggleAttribute("aria-current", a.dataset.section === section);
+    if (a.dataset.section === section) a.setAttribute("aria-current", "page");
+  }
+  document.getElementById("sign-out").hidden = !sessionStorage.getItem(KEY);
+  try {
+    if (section === "tasks") await (id ? taskView(id) : tasksView(new URLSearchParams(search)));
+    else if (section === "pipelines") await (id ? pipelineView(id) : pipelinesView());
+    else if (section === "api") await apiView();
+    else if (section === "datasets" || section === "models") await (id ? artifactView(section, id) : artifactsView(section));
+    else show(el("h1", {}, "Not found"), el("p", {}, link("#/tasks", "Back to the tasks")));
+  } catch (error) {
+    failure(error);
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,107 @@
+// Drives lancer's console in headless Chromium against a running `lancer serve`.
+// Usage: node console.mjs <scenario> <server-url> <screenshot-dir> [args...]
+//   watch  URL DIR TASK_ID        the running task's progress rises and its log grows on its
+//                                 page; Cancel on the page cancels it; every view is drawn
+//   tenant URL DIR KEY OWN FOREIGN with KEY, the list shows task OWN and not FOREIGN, and
+//                                 FOREIGN's page says it was not found
+// Prints one JSON line of what it saw, for the Rust test to check against the API.
+import { chromium } from "playwright-core";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import assert from "node:assert/strict";
+
+const [scenario, url, shots, ...args] = process.argv.slice(2);
+assert.ok(scenario && url && shots, "usage: node console.mjs <scenario> <url> <screenshot-dir> ...");
+
+const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "lancer-chromium-")), {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1280, height: 800 },
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"],
+});
+const page = await browser.newPage();
+const problems = [];
+page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+// Chromium logs every 4xx answer as an error; those the scenarios provoke are asserted on.
+page.on("console", (message) => message.type() === "error" && !message.text().startsWith("Failed to load resource")
+  && problems.push(`console: ${message.text()}`));
+// The console must work offline: any request off this server fails the test.
+await page.route("**/*", (route) =>
+  route.request().url().startsWith(url) ? route.continue() : (problems.push(`off-site: ${route.request().url()}`), route.abort()));
+const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+
+try {
+  if (scenario === "watch") await watch(...args);
+  else if (scenario === "tenant") await tenant(...args);
+  else throw new Error(`unknown scenario ${scenario}`);
+  assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
+} finally {
+  await browser.close();
+}
+
+async function watch(taskId) {
+  await page.goto(`${url}/`);
+  const row = page.locator(`tr[data-task="${taskId}"]`);
+  await row.waitFor();
+  await row.locator(".badge.running").waitFor();
+  await shot("tasks");
+
+  await row.locator("a").click();
+  await page.waitForURL(`**/#/tasks/${taskId}`);
+  const percent = async () => Number((await page.locator("#progress-text").textContent()).replace("%", ""));
+  await page.locator("#progress-text").waitFor();
+  const first = await percent();
+  const logLines = async () => (await page.locator("#log").textContent()).split("\n").filter((l) => l.startsWith("step "));
+  await page.waitForFunction(() => document.getElementById("log").textContent.includes("step 3"));
+  const linesBefore = (await logLines()).length;
+  // Progress rises and log lines keep arriving without a reload.
+  await page.waitForFunction((was) => Number(document.getElementById("progress-text").textContent.replace("%", "")) > was, first);
+  await page.waitForFunction((was) => document.getElementById("log").textContent.split("\n")
+    .filter((l) => l.startsWith("step ")).length > was + 2, linesBefore);
+  const second = await percent();
+  const linesAfter = (await logLines()).length;
+  await shot("task-running");
+
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("#cancel").click();
+  await page.locator("h1 .badge.cancelled").waitFor({ timeout: 30000 });
+  await page.locator("#run-again").waitFor();
+  await shot("task-cancelled");
+
+  await page.goto(`${url}/#/tasks?status=cancelled`);
+  await page.locator(`tr[data-task="${taskId}"] .badge.cancelled`).waitFor();
+  for (const section of ["pipelines", "datasets", "models"]) {
+    await page.goto(`${url}/#/${section}`);
+    await page.locator("main h1").waitFor();
+    await shot(section);
+  }
+  // /docs draws the API reference from openapi.json, with nothing from a CDN.
+  await page.goto(`${url}/docs`);
+  await page.locator("details.endpoint summary code", { hasText: "POST /api/v1/tasks" }).first().waitFor();
+  await shot("api");
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.goto(`${url}/#/tasks/${taskId}`);
+  await page.locator("h1 .badge.cancelled").waitFor();
+  await shot("task-phone");
+  console.log(JSON.stringify({ first, second, linesBefore, linesAfter }));
+}
+
+async function tenant(key, own, foreign) {
+  await page.goto(`${url}/`);
+  // No key yet: the console asks for one instead of showing anything.
+  await page.locator("#key-dialog[open]").waitFor();
+  await shot("key-prompt");
+  await page.locator("#key-input").fill(key);
+  await page.locator("#key-form button").click();
+  await page.locator(`tr[data-task="${own}"]`).waitFor();
+  const foreignRows = await page.locator(`tr[data-task="${foreign}"]`).count();
+  await shot("tenant-tasks");
+  await page.goto(`${url}/#/tasks/${foreign}`);
+  await page.locator("main .error").waitFor();
+  const error = await page.locator("main .error").textContent();
+  await shot("tenant-foreign-task");
+  const stored = await page.evaluate(() => sessionStorage.getItem("lancer.api-key"));
+  console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key }));
+}

@@ -1,0 +1,120 @@
+//! The web console in headless Chromium (`tests/browser/console.mjs`) against a real
+//! `lancer serve`. Screenshots of each view go to `<target>/tmp/console-screenshots`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lancer_tests::scripts::SLOW_PY;
+use lancer_tests::server::{Server, repo_root};
+use serde_json::{Value, json};
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot folder");
+    dir
+}
+
+/// Runs one scenario of `console.mjs`; what it saw.
+fn browse(scenario: &str, url: &str, args: &[&str]) -> Value {
+    let browser_dir = repo_root().join("tests/browser");
+    let output = std::process::Command::new("node")
+        .arg(browser_dir.join("console.mjs"))
+        .args([scenario, url])
+        .arg(screenshots())
+        .args(args)
+        .current_dir(&browser_dir)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(output.stdout.trim_ascii()).expect("what the page showed")
+}
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_with_its_own_files_only() {
+    let server = Server::start(&[], &[]).await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/", server.url))
+        .send()
+        .await
+        .expect("get /");
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(policy.contains("default-src 'self'"), "{policy}");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("/console/console.js"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    for (file, kind) in [
+        ("console.js", "text/javascript"),
+        ("console.css", "text/css"),
+    ] {
+        let asset = http
+            .get(format!("{}/console/{file}", server.url))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(asset.status(), 200, "{file}");
+        assert!(
+            asset.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with(kind)
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_task_shows_its_progress_and_log_live_and_is_cancelled_from_its_page() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let id = server
+        .submit_for_id(&json!({"name": "slow-steps", "script": "slow.py"}))
+        .await;
+    server
+        .wait_until(&id, Duration::from_secs(60), |t| t["status"] == "running")
+        .await;
+    let seen = browse("watch", &server.url, &[&id]);
+    assert!(
+        seen["second"].as_f64() > seen["first"].as_f64(),
+        "progress rose on the page: {seen}"
+    );
+    assert!(
+        seen["linesAfter"].as_u64() > seen["linesBefore"].as_u64(),
+        "{seen}"
+    );
+    let task = server.task(&id).await;
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() {
+    let keys = [("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob")];
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &keys).await;
+    let spec = json!({"name": "quick", "script": "slow.py", "params": {"steps": 1}});
+    let ada = server.with_api_key("key-for-ada");
+    let own = ada.submit_for_id(&spec).await;
+    let ada = ada.with_api_key("key-for-bob");
+    let foreign = ada.submit_for_id(&spec).await;
+    let seen = browse("tenant", &ada.url, &["key-for-ada", &own, &foreign]);
+    assert_eq!(seen["foreignRows"], 0, "{seen}");
+    assert!(
+        seen["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NOT_FOUND")),
+        "{seen}"
+    );
+    assert_eq!(seen["keyInSessionStorage"], true);
+    ada.stop().await;
+}
