@@ -4,6 +4,8 @@
 //                                 page; Cancel on the page cancels it; every view is drawn
 //   tenant URL DIR KEY OWN FOREIGN with KEY, the list shows task OWN and not FOREIGN, and
 //                                 FOREIGN's page says it was not found
+//   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
+//                                 the pages show as text and never run
 // Prints one JSON line of what it saw, for the Rust test to check against the API.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
@@ -35,6 +37,7 @@ const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullP
 try {
   if (scenario === "watch") await watch(...args);
   else if (scenario === "tenant") await tenant(...args);
+  else if (scenario === "markup") await markup(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
 } finally {
@@ -104,4 +107,22 @@ async function tenant(key, own, foreign) {
   await shot("tenant-foreign-task");
   const stored = await page.evaluate(() => sessionStorage.getItem("lancer.api-key"));
   console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key }));
+}
+
+async function markup(taskId, text) {
+  await page.goto(`${url}/#/tasks/${taskId}`);
+  await page.locator("h1 .badge.completed").waitFor();
+  await page.waitForFunction((t) => document.getElementById("log").textContent.includes(t), text);
+  await shot("markup-task");
+  const seen = await page.evaluate((t) => ({
+    ran: window.__lancer_pwned === true,
+    elements: document.querySelectorAll("main img, main script, main b.injected").length,
+    params: document.querySelector("main dl.facts").textContent.includes(JSON.stringify(t).slice(1, -1)),
+    result: document.querySelector("main pre:not(.log)").textContent.includes(JSON.stringify(t).slice(1, -1)),
+  }), text);
+  await page.goto(`${url}/#/tasks`);
+  await page.locator(`tr[data-task="${taskId}"]`).waitFor();
+  seen.listElements = await page.locator("main img, main script, main b.injected").count();
+  seen.listRan = await page.evaluate(() => window.__lancer_pwned === true);
+  console.log(JSON.stringify(seen));
 }

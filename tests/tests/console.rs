@@ -118,3 +118,38 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() 
     assert_eq!(seen["keyInSessionStorage"], true);
     ada.stop().await;
 }
+
+/// Prints its params' `text` to the log and returns it as the result.
+const ECHO_PY: &str = r#"
+def run(input_path, output_path, params):
+    print(params["text"], flush=True)
+    return {"echo": params["text"]}
+"#;
+
+#[tokio::test]
+async fn markup_in_a_tasks_params_log_and_result_is_shown_as_text_and_never_runs() {
+    let server = Server::start(&[("echo.py", ECHO_PY, false)], &[]).await;
+    let markup = r#"<img src=x onerror="window.__lancer_pwned=true"><b class="injected">bold</b>"#;
+    // Task names are refused unless they are plain names; params, logs and results are free.
+    let spec = json!({"name": "echo", "script": "echo.py", "params": {"text": markup}});
+    let id = server
+        .run_to_completion(&spec, Duration::from_secs(60))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let seen = browse("markup", &server.url, &[&id, markup]);
+    assert_eq!(seen["ran"], false, "{seen}");
+    assert_eq!(seen["listRan"], false, "{seen}");
+    assert_eq!(
+        seen["elements"], 0,
+        "no element came from the markup: {seen}"
+    );
+    assert_eq!(seen["listElements"], 0, "{seen}");
+    assert_eq!(
+        seen["params"], true,
+        "the params are shown, as text: {seen}"
+    );
+    assert_eq!(seen["result"], true, "{seen}");
+    server.stop().await;
+}
