@@ -63,6 +63,17 @@ pub struct Server {
     http: reqwest::Client,
 }
 
+/// The tests' HTTP client. The server closes a connection that sends no request for 10 s
+/// (its slow-client defence); a pooled connection idle that long could be reused just as
+/// the server closes it, which reqwest reports as an incomplete message. Dropping idle
+/// connections after 5 s avoids that race.
+fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("an http client")
+}
+
 impl Server {
     /// Starts a server whose scripts folder holds and registers `scripts` (name, body,
     /// executable?).
@@ -133,7 +144,7 @@ impl Server {
                 .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
             child,
-            http: reqwest::Client::new(),
+            http: client(reqwest::Client::builder()),
         }
     }
 
@@ -142,10 +153,7 @@ impl Server {
         let mut headers = reqwest::header::HeaderMap::new();
         let value = format!("Bearer {key}").parse().expect("a header value");
         headers.insert(reqwest::header::AUTHORIZATION, value);
-        self.http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .expect("an http client");
+        self.http = client(reqwest::Client::builder().default_headers(headers));
         self
     }
 
