@@ -107,6 +107,12 @@ function bytes(n) {
   return `${unit ? n.toFixed(n < 10 ? 2 : 1) : n} ${units[unit]}`;
 }
 
+/** A metric as people read it: integers whole, other numbers to 4 significant digits. */
+function metric(v) {
+  if (typeof v !== "number") return JSON.stringify(v);
+  return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
+}
+
 function facts(pairs) {
   return el("dl", { class: "facts" },
             pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
@@ -244,7 +250,7 @@ function renderTask(task, { head, progress, actions, outcome }) {
     el("div", { class: "progress-line" }, bar(p.fraction),
        el("span", { id: "progress-text" }, p.fraction == null ? "" : `${Math.round(p.fraction * 100)}%`)),
     p.message ? el("p", { id: "progress-message" }, p.message) : "",
-    p.metrics ? facts(Object.entries(p.metrics).map(([k, v]) => [k, typeof v === "number" ? String(v) : JSON.stringify(v)])) : "",
+    p.metrics ? facts(Object.entries(p.metrics).map(([k, v]) => [k, metric(v)])) : "",
   ] : []));
   const live = task.status === "pending" || task.status === "running";
   actions.replaceChildren(
@@ -341,7 +347,7 @@ async function artifactView(kind, id) {
        facts([["Rows", a.num_rows], ["Version", a.version], ["Size", bytes(a.size_bytes)],
               ["Path", a.path]]),
        ...(a.model ? [el("h2", {}, "Newest model"),
-                      facts(Object.entries(a.model.metrics || {}).map(([k, v]) => [k, String(v)])),
+                      facts(Object.entries(a.model.metrics || {}).map(([k, v]) => [k, metric(v)])),
                       el("h2", {}, "Params"), json(a.model.params || {})] : []),
        el("h2", {}, "Schema"),
        table([["Column"], ["Type"], ["Nullable", "wide"]],
