@@ -41,6 +41,26 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|e| panic!("repo root {}: {e}", manifest_dir.display()))
 }
 
+/// Runs `tests/browser/<script>` (a playwright-core script driving headless Chromium)
+/// with `args`, and parses the one JSON line it prints of what the page showed. Panics
+/// with its output unless it succeeded.
+pub fn browse(script: &str, args: &[&std::ffi::OsStr]) -> Value {
+    let browser_dir = repo_root().join("tests/browser");
+    let output = std::process::Command::new("node")
+        .arg(browser_dir.join(script))
+        .args(args)
+        .current_dir(&browser_dir)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "browser test {script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(output.stdout.trim_ascii()).expect("what the page showed")
+}
+
 /// The Python interpreter for script tasks: `LANCER_PYTHON`, else the repo's `.venv`.
 pub fn python() -> String {
     if let Ok(python) = std::env::var("LANCER_PYTHON") {

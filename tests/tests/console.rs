@@ -1,11 +1,12 @@
 //! The web console in headless Chromium (`tests/browser/console.mjs`) against a real
 //! `lancer serve`. Screenshots of each view go to `<target>/tmp/console-screenshots`.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lancer_tests::scripts::SLOW_PY;
-use lancer_tests::server::{Server, repo_root};
+use lancer_tests::server::{self, Server};
 use serde_json::{Value, json};
 
 fn screenshots() -> PathBuf {
@@ -16,22 +17,10 @@ fn screenshots() -> PathBuf {
 
 /// Runs one scenario of `console.mjs`; what it saw.
 fn browse(scenario: &str, url: &str, args: &[&str]) -> Value {
-    let browser_dir = repo_root().join("tests/browser");
-    let output = std::process::Command::new("node")
-        .arg(browser_dir.join("console.mjs"))
-        .args([scenario, url])
-        .arg(screenshots())
-        .args(args)
-        .current_dir(&browser_dir)
-        .output()
-        .expect("run node");
-    assert!(
-        output.status.success(),
-        "browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(output.stdout.trim_ascii()).expect("what the page showed")
+    let shots = screenshots();
+    let mut all: Vec<&OsStr> = vec![scenario.as_ref(), url.as_ref(), shots.as_ref()];
+    all.extend(args.iter().map(OsStr::new));
+    server::browse("console.mjs", &all)
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lancer_tests::mnist::{
     MNIST_FILES, check_pipeline_run, fetch_data, pipeline_when_done, quick_mnist_pipeline,
 };
-use lancer_tests::server::{Server, bin_dir, repo_root};
+use lancer_tests::server::{Server, bin_dir, browse, repo_root};
 use mnist::idx::{ImageReader, PIXELS, read_labels};
 use serde_json::{Value, json};
 
@@ -192,23 +192,9 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
 /// bottom left), show the server's answer, and that answer must be 7, as an independent
 /// `/predict` of the same values says too.
 async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
-    let browser_dir = repo_root().join("tests/browser");
     let screenshot = std::env::temp_dir().join("lancer-mnist-page.png");
-    let output = std::process::Command::new("node")
-        .arg(browser_dir.join("draw-digit.mjs"))
-        .arg(format!("{endpoint}/"))
-        .arg(&screenshot)
-        .current_dir(&browser_dir)
-        .output()
-        .expect("run node");
-    assert!(
-        output.status.success(),
-        "browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let shown: Value =
-        serde_json::from_slice(output.stdout.trim_ascii()).expect("the page's prediction");
+    let page = format!("{endpoint}/");
+    let shown = browse("draw-digit.mjs", &[page.as_ref(), screenshot.as_ref()]);
     let image: Vec<f64> = serde_json::from_value(shown["image"].clone()).expect("784 values");
     assert_a_drawn_seven(&image);
     let independent = predict(http, endpoint, json!({"image": image})).await;
