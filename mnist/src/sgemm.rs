@@ -219,42 +219,29 @@ mod tests {
     #[test]
     fn shapes_off_the_tile_grid_are_declined_and_left_untouched() {
         let (a, b) = (values(64, 1), values(64, 2));
-        let mut out = vec![5f32; 4 * 16];
         let lhs = Lhs {
             data: &a,
             row_stride: 4,
             k_stride: 1,
         };
-        let rhs = Rhs {
-            data: &b,
-            row_stride: 16,
-        };
-        assert!(
-            !gemm(&mut out, 16, lhs, rhs, 4, false),
-            "4 rows are not a multiple of 6"
-        );
-        let mut out = vec![5f32; 6 * 8];
-        let rhs = Rhs {
-            data: &b,
-            row_stride: 8,
-        };
-        assert!(
-            !gemm(&mut out, 8, lhs, rhs, 4, false),
-            "8 columns are not a multiple of 16"
-        );
-        let mut out = vec![5f32; 6 * 16];
-        let rhs = Rhs {
-            data: &b,
-            row_stride: 16,
-        };
         let short = Lhs {
             data: &a[..20],
             ..lhs
         };
-        assert!(
-            !gemm(&mut out, 16, short, rhs, 4, false),
-            "lhs is too short for 6 rows"
-        );
-        assert!(out.iter().all(|&v| v == 5.0));
+        let rhs = |n| Rhs {
+            data: &b,
+            row_stride: n,
+        };
+        // (rows, columns, lhs, why it is declined)
+        let cases = [
+            (4, 16, lhs, "4 rows are not a multiple of 6"),
+            (6, 8, lhs, "8 columns are not a multiple of 16"),
+            (6, 16, short, "lhs is too short for 6 rows"),
+        ];
+        for (m, n, lhs, why) in cases {
+            let mut out = vec![5f32; m * n];
+            assert!(!gemm(&mut out, n, lhs, rhs(n), 4, false), "{why}");
+            assert!(out.iter().all(|&v| v == 5.0), "{why}: dst was written");
+        }
     }
 }

@@ -92,11 +92,11 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() 
     let keys = [("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob")];
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &keys).await;
     let spec = json!({"name": "quick", "script": "slow.py", "params": {"steps": 1}});
-    let ada = server.with_api_key("key-for-ada");
-    let own = ada.submit_for_id(&spec).await;
-    let ada = ada.with_api_key("key-for-bob");
-    let foreign = ada.submit_for_id(&spec).await;
-    let seen = browse("tenant", &ada.url, &["key-for-ada", &own, &foreign]);
+    let server = server.with_api_key("key-for-ada");
+    let own = server.submit_for_id(&spec).await;
+    let server = server.with_api_key("key-for-bob");
+    let foreign = server.submit_for_id(&spec).await;
+    let seen = browse("tenant", &server.url, &["key-for-ada", &own, &foreign]);
     assert_eq!(seen["foreignRows"], 0, "{seen}");
     assert!(
         seen["error"]
@@ -105,7 +105,7 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() 
         "{seen}"
     );
     assert_eq!(seen["keyInSessionStorage"], true);
-    ada.stop().await;
+    server.stop().await;
 }
 
 /// Prints its params' `text` to the log and returns it as the result.

@@ -420,8 +420,8 @@ async function route() {
   const [first, id] = path.split("/").map(decodeURIComponent);
   const section = first || "tasks";
   for (const a of document.querySelectorAll("nav a")) {
-    a.toggleAttribute("aria-current", a.dataset.section === section);
     if (a.dataset.section === section) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
   }
   document.getElementById("sign-out").hidden = !sessionStorage.getItem(KEY);
   try {
