@@ -100,7 +100,9 @@ pub fn schema(options: &CleanOptions) -> SchemaRef {
     };
     Arc::new(Schema::new(vec![
         Field::new("index", DataType::Int64, false),
-        Field::new("image", image_type, false),
+        // Marks the column as pictures for lancer's console, whichever layout it has.
+        Field::new("image", image_type, false)
+            .with_metadata([("lancer:image".to_owned(), format!("{SIDE}x{SIDE}"))].into()),
         Field::new("label", DataType::Int64, false),
         Field::new("split", DataType::Utf8, false),
     ]))

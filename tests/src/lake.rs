@@ -253,6 +253,108 @@ pub async fn describe_gives_fields_versions_and_size(f: LakeFixture) {
     );
 }
 
+/// The labels, then the indices, of a page of rows read with `columns: label,index`.
+fn labels_and_indices(slice: &lancer::ports::RowSlice) -> (Vec<i64>, Vec<i64>) {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    let column = |i: usize| -> Vec<i64> {
+        slice
+            .batches
+            .iter()
+            .flat_map(|b| b.column(i).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    };
+    (column(0), column(1))
+}
+
+pub async fn rows_are_read_by_page_column_and_version(f: LakeFixture) {
+    use lancer::error::Error;
+    use lancer::ports::RowsQuery;
+    f.seed.dataset("", "digits", 10).await;
+    f.seed.dataset("", "digits", 5).await;
+    let digits = name("digits");
+    let rows = |query: RowsQuery| {
+        let lake = f.lake.clone();
+        let digits = digits.clone();
+        async move {
+            lake.rows(&root(""), ArtifactKind::Dataset, &digits, &query)
+                .await
+        }
+    };
+    let columns = Some(vec!["label".to_owned(), "index".to_owned()]);
+    let page = RowsQuery {
+        offset: 8,
+        limit: 5,
+        columns: columns.clone(),
+        version: None,
+    };
+    let latest = rows(page.clone()).await.expect("rows").expect("exists");
+    assert_eq!(latest.total_rows, 15);
+    let names: Vec<&str> = latest.fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["label", "index"],
+        "the columns asked for, in that order"
+    );
+    assert_eq!(
+        labels_and_indices(&latest),
+        (vec![8, 9, 0, 1, 2], vec![8, 9, 0, 1, 2])
+    );
+    let first = f
+        .lake
+        .describe(&root(""), ArtifactKind::Dataset, &digits)
+        .await
+        .expect("describe")
+        .expect("exists")
+        .versions[0]
+        .version;
+    let old = rows(RowsQuery {
+        version: Some(first),
+        ..page.clone()
+    })
+    .await
+    .expect("rows")
+    .expect("exists");
+    assert_eq!((old.version, old.total_rows), (first, 10));
+    assert_eq!(
+        labels_and_indices(&old),
+        (vec![8, 9], vec![8, 9]),
+        "the version as it was"
+    );
+    let past_the_end = rows(RowsQuery {
+        offset: 40,
+        ..page.clone()
+    })
+    .await
+    .expect("rows");
+    assert_eq!(
+        past_the_end.map(|s| s.batches.iter().map(|b| b.num_rows()).sum::<usize>()),
+        Some(0)
+    );
+    let unknown_column = RowsQuery {
+        columns: Some(vec!["secret".into()]),
+        ..page.clone()
+    };
+    assert!(matches!(
+        rows(unknown_column).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    let unknown_version = RowsQuery {
+        version: Some(first + 99),
+        ..page.clone()
+    };
+    assert!(matches!(
+        rows(unknown_version).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    let absent = f
+        .lake
+        .rows(&root(""), ArtifactKind::Dataset, &name("absent"), &page)
+        .await
+        .expect("rows");
+    assert!(absent.is_none());
+}
+
 pub async fn a_version_tagged_with_its_writer_names_it_and_only_it(f: LakeFixture) {
     let path = artifact("", ArtifactKind::Model, "cnn");
     assert_eq!(f.lake.latest_version(&path).await.expect("latest"), None);
@@ -526,6 +628,7 @@ macro_rules! lake_conformance {
         $crate::lake_conformance!(@tests $make;
             a_written_dataset_is_listed_with_schema_and_row_count,
             describe_gives_fields_versions_and_size,
+            rows_are_read_by_page_column_and_version,
             a_model_reports_its_newest_metrics,
             a_version_tagged_with_its_writer_names_it_and_only_it,
             delete_removes_an_artifact_once,

@@ -59,16 +59,28 @@ pub const SERVE_PY: &str = r#"
 import http.server, json, os, threading
 
 class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"hello": "lancer"}).encode()
+    def answer(self, received=b""):
+        body = json.dumps({
+            "hello": "lancer", "method": self.command, "path": self.path,
+            "body": received.decode(), "authorization": self.headers.get("authorization"),
+            "cookie": self.headers.get("cookie"),
+        }).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self):
+        self.answer()
+
+    def do_POST(self):
+        self.answer(self.rfile.read(int(self.headers.get("content-length", 0))))
+
 def run(input_path, output_path, params):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", params.get("port", 0)), Hello)
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    host = os.environ["LANCER_SERVE_HOST"]
+    server = http.server.ThreadingHTTPServer((host, params.get("port", 0)), Hello)
+    url = f"http://{host}:{server.server_address[1]}"
     with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
         progress.write(json.dumps({"endpoint": url, "message": "serving"}) + "\n")
     print(f"serving on {url}", flush=True)

@@ -38,6 +38,90 @@ async fn a_python_run_script_completes_with_its_result_and_its_lance_dataset_is_
 }
 
 #[tokio::test]
+async fn a_datasets_rows_are_paged_by_offset_and_column_through_the_api() {
+    let server = Server::start(&[("ingest.py", INGEST_PY, false)], &[]).await;
+    server
+        .run_to_completion(
+            &json!({"name": "ingest", "script": "ingest.py", "output": "numbers", "params": {"rows": 25}}),
+            Duration::from_secs(90),
+        )
+        .await;
+    let page = server
+        .get_json("/datasets/numbers/rows?offset=20&limit=3")
+        .await;
+    assert_eq!(page["total_rows"], 25);
+    assert_eq!(page["next_offset"], 23);
+    assert_eq!(
+        page["rows"],
+        json!([{"index": 20, "label": 0}, {"index": 21, "label": 1}, {"index": 22, "label": 2}])
+    );
+    let last = server
+        .get_json("/datasets/numbers/rows?offset=23&columns=label")
+        .await;
+    assert_eq!(last["rows"], json!([{"label": 3}, {"label": 4}]));
+    assert_eq!(last["fields"][0]["name"], "label");
+    assert!(
+        last.get("next_offset").is_none(),
+        "the last page says so: {last}"
+    );
+    for (query, code) in [
+        ("limit=101", "INVALID_REQUEST"),
+        ("columns=label,nope", "INVALID_REQUEST"),
+        ("version=99", "INVALID_REQUEST"),
+    ] {
+        let refused = server
+            .get_json(&format!("/datasets/numbers/rows?{query}"))
+            .await;
+        assert_eq!(refused["error"]["code"], code, "{query}: {refused}");
+    }
+    let absent = server.get_json("/datasets/absent/rows").await;
+    assert_eq!(absent["error"]["code"], "DATASET_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_progress_report_is_kept_with_its_time_and_outlives_the_runner() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let done = server
+        .run_to_completion(
+            &json!({"name": "slow", "script": "slow.py", "params": {"steps": 12}}),
+            Duration::from_secs(60),
+        )
+        .await;
+    let id = done["id"].as_str().expect("id");
+    let history = server.get_json(&format!("/tasks/{id}/progress")).await;
+    assert_eq!(
+        (history["attempt"].clone(), history["status"].clone()),
+        (json!(1), json!("completed"))
+    );
+    assert_eq!(
+        (history["reported"].clone(), history["dropped"].clone()),
+        (json!(12), json!(0))
+    );
+    let points = history["points"].as_array().expect("points");
+    let steps: Vec<u64> = points
+        .iter()
+        .map(|p| p["metrics"]["step"].as_u64().expect("a step"))
+        .collect();
+    assert_eq!(steps, (0..12).collect::<Vec<_>>(), "every report, in order");
+    let times: Vec<chrono::DateTime<chrono::Utc>> = points
+        .iter()
+        .map(|p| p["at"].as_str().expect("at").parse().expect("a time"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(
+        times[11] > times[0],
+        "reports a second apart have different times"
+    );
+    assert_eq!(points[3]["message"], "step 3");
+    let refused = server
+        .get_json(&format!("/tasks/{id}/progress?attempt=2"))
+        .await;
+    assert_eq!(refused["error"]["code"], "INVALID_REQUEST");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_executable_following_the_contract_completes_with_its_result() {
     let server = Server::start(&[("contract.sh", CONTRACT_SH, true)], &[]).await;
     let task = server
@@ -340,6 +424,101 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
 }
 
 #[tokio::test]
+async fn a_serving_tasks_endpoint_listens_on_loopback_and_is_reached_through_the_api_with_its_tenants_key()
+ {
+    let keys = [("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob")];
+    let server = Server::start(&[("serve.py", SERVE_PY, false)], &keys)
+        .await
+        .with_api_key("key-for-ada");
+    let id = server
+        .submit_for_id(&json!({"name": "hello-svc", "script": "serve.py"}))
+        .await;
+    let serving = server
+        .wait_until(&id, Duration::from_secs(60), |t| t["endpoint"].is_string())
+        .await;
+    let endpoint = url::Url::parse(serving["endpoint"].as_str().expect("endpoint")).expect("a URL");
+    assert_eq!(
+        endpoint.host_str(),
+        Some("127.0.0.1"),
+        "loopback on the embedded level"
+    );
+    let base = server.api(&format!("/tasks/{id}/endpoint"));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let echoed: serde_json::Value = http
+        .post(format!("{base}/echo/path?x=1"))
+        .bearer_auth("key-for-ada")
+        .body("ping")
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&echoed["method"], &echoed["path"], &echoed["body"]),
+        (&json!("POST"), &json!("/echo/path?x=1"), &json!("ping")),
+        "{echoed}"
+    );
+    assert_eq!(
+        echoed["authorization"],
+        json!(null),
+        "the key stays with lancer"
+    );
+    let by_cookie = http
+        .get(format!("{base}/"))
+        .header("cookie", "lancer_key=key-for-ada")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(by_cookie.status(), 200, "the console's cookie opens it too");
+    let by_cookie: serde_json::Value = by_cookie.json().await.expect("json");
+    assert_eq!(
+        (&by_cookie["path"], &by_cookie["cookie"]),
+        (&json!("/"), &json!(null))
+    );
+    let anonymous = http.get(format!("{base}/")).send().await.expect("get");
+    assert_eq!(anonymous.status(), 401);
+    let foreign = http
+        .get(format!("{base}/"))
+        .bearer_auth("key-for-bob")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        foreign.status(),
+        404,
+        "another tenant's endpoint does not exist for bob"
+    );
+    let bare = http
+        .get(&base)
+        .bearer_auth("key-for-ada")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bare.status(), 308);
+    assert!(
+        bare.headers()["location"]
+            .to_str()
+            .is_ok_and(|l| l.ends_with("/endpoint/"))
+    );
+    assert_eq!(
+        server.post(&format!("/tasks/{id}/cancel")).await.status(),
+        200
+    );
+    let gone = http
+        .get(format!("{base}/"))
+        .bearer_auth("key-for-ada")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(gone.status(), 409, "a cancelled task serves nothing");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
     let server = Server::start(
         &[("serve.py", SERVE_PY, false), ("slow.py", SLOW_PY, false)],
@@ -361,7 +540,7 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
         .json()
         .await
         .expect("json");
-    assert_eq!(hello, json!({"hello": "lancer"}));
+    assert_eq!(hello["hello"], "lancer");
     // Concurrency is 1: this batch task runs only because the service gave its slot back.
     let batch = server
         .submit_for_id(&json!({"name": "beside", "script": "slow.py", "params": {"steps": 3}}))

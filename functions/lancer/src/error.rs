@@ -31,6 +31,9 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     Timeout(String),
+    /// A serving task's endpoint did not answer the request passed on to it.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error: {0}")]
     Internal(#[source] Source),
 }

@@ -123,6 +123,33 @@ pub struct Field {
     #[serde(rename = "type")]
     pub data_type: String,
     pub nullable: bool,
+    /// The picture shape, `[height, width]` or `[height, width, channels]`, of a column
+    /// whose Arrow field metadata says `lancer:image` = `28x28` (or `32x32x3`): its
+    /// values are drawn as pictures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Vec<u32>>,
+}
+
+/// Which rows of an artifact to read: parsed and bounded by the use case.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowsQuery {
+    pub offset: u64,
+    pub limit: u64,
+    /// Only these columns, in this order; every column when `None`.
+    pub columns: Option<Vec<String>>,
+    /// The latest version when `None`.
+    pub version: Option<u64>,
+}
+
+/// Rows of one version of an artifact.
+#[derive(Debug, Clone)]
+pub struct RowSlice {
+    pub version: u64,
+    /// Rows in that version.
+    pub total_rows: u64,
+    pub fields: Vec<Field>,
+    /// The rows asked for, in order (possibly fewer, at the end).
+    pub batches: Vec<arrow_array::RecordBatch>,
 }
 
 /// One version of a dataset or model, and what made it.
@@ -283,6 +310,17 @@ pub trait Lake: Send + Sync {
     /// versions. What stands for the version of an input that is no Lance dataset (a
     /// `raw/` folder) in a cache key; `None` if nothing is there.
     async fn fingerprint(&self, path: &LakePath) -> Result<Option<String>>;
+
+    /// At most `query.limit` rows from `query.offset` of one version of an artifact (the
+    /// latest unless asked), with only the columns asked for; `None` if there is no such
+    /// artifact. A column or version it does not have is `Error::InvalidRequest`.
+    async fn rows(
+        &self,
+        root: &LakePath,
+        kind: ArtifactKind,
+        name: &Name,
+        query: &RowsQuery,
+    ) -> Result<Option<RowSlice>>;
 
     /// Removes the artifact; false if it did not exist.
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool>;

@@ -2,7 +2,11 @@
 //! `params.version`) from the lake and serves `POST /predict`, `GET /healthz` and the
 //! drawing page at `/`. Reports its URL to the platform and runs until stopped.
 //!
-//! Params: `port` (0 = any free port), `host`, `version` (a Lance version of the model),
+//! It binds the address the platform gives in `LANCER_SERVE_HOST` (loopback unless the
+//! operator says otherwise), never one a task asks for: the endpoint is reached through
+//! lancer's API (`/api/v1/tasks/{id}/endpoint/`), behind its keys.
+//!
+//! Params: `port` (0 = any free port), `version` (a Lance version of the model),
 //! `device`, `max_batch` (images per forward pass, default 64) and `batch_wait_us` (how
 //! long a batch waits for more requests, default 0: it takes what is queued).
 
@@ -81,13 +85,15 @@ async fn main() -> Result<()> {
     }
     let port = task.u64_param("port")?.unwrap_or(0);
     let port = u16::try_from(port).context("port must be at most 65535")?;
-    // Loopback unless the task says otherwise: on a KubeRay serving worker the endpoint
+    if task.str_param("host")?.is_some() {
+        bail!("the address to bind is the operator's (LANCER_SERVE_HOST), not a param");
+    }
+    // Loopback unless the operator says otherwise: on a KubeRay serving worker the endpoint
     // is reached through a Service, so there it binds the pod's interfaces ("0.0.0.0").
-    let host: std::net::IpAddr = task
-        .str_param("host")?
-        .unwrap_or_else(|| "127.0.0.1".into())
+    let host: std::net::IpAddr = std::env::var("LANCER_SERVE_HOST")
+        .unwrap_or_else(|_| "127.0.0.1".into())
         .parse()
-        .context("host must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
+        .context("LANCER_SERVE_HOST must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
     let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
     let options = batch_options(&task)?;
     let (row, version) = mnist::lake::load_model(

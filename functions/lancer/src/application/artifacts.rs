@@ -7,7 +7,7 @@ use crate::domain::validate::{ArtifactKind, split_version};
 use crate::error::{Error, Resource, Result};
 use crate::ports::{ArtifactDetail, ArtifactSummary, Version};
 
-fn resource_of(kind: ArtifactKind) -> Resource {
+pub(super) fn resource_of(kind: ArtifactKind) -> Resource {
     match kind {
         ArtifactKind::Dataset => Resource::Dataset,
         ArtifactKind::Model => Resource::Model,

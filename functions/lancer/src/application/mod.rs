@@ -13,11 +13,13 @@ use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 
 mod artifacts;
 mod pipelines;
+mod rows;
 mod tasks;
 mod uploads;
 
 pub use pipelines::STEP_NOT_STARTED;
-pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog};
+pub use rows::{MAX_ROWS, Rows, RowsRequest};
+pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog, TaskProgress};
 pub use uploads::{Ingested, Uploaded};
 
 /// The ports and the operator's settings every use case runs against.

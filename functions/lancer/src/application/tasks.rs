@@ -4,6 +4,7 @@ use super::Service;
 use crate::dispatch::cancel_in_store;
 use crate::domain::cache::CacheKey;
 use crate::domain::path::{LakePath, Name, printable};
+use crate::domain::progress::ProgressHistory;
 use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{
@@ -25,6 +26,20 @@ pub struct LogRequest {
     pub offset: Option<u64>,
     /// 1 to [`MAX_LOG_CHUNK`] (the default).
     pub limit: Option<u64>,
+}
+
+/// The most bytes of a stored progress history read back: its bounds (2,000 points of
+/// 2 KiB) with room to spare.
+const MAX_HISTORY_BYTES: u64 = 8 << 20;
+
+/// An attempt's progress history.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TaskProgress {
+    pub task_id: String,
+    pub attempt: u32,
+    pub status: TaskStatus,
+    #[serde(flatten)]
+    pub history: ProgressHistory,
 }
 
 /// A piece of a task's log, ending at a line end unless it reaches the log's end.
@@ -52,6 +67,18 @@ pub(super) fn merge_idempotency_key(
     }
     *field = Some(key.to_owned());
     Ok(())
+}
+
+/// The attempt asked for, 1 to the task's attempts so far (default: the latest).
+fn check_attempt(task: &Task, attempt: Option<u32>) -> Result<u32> {
+    let latest = task.attempt.max(1);
+    let attempt = attempt.unwrap_or(latest);
+    if !(1..=latest).contains(&attempt) {
+        return Err(Error::invalid(format!(
+            "attempt must be between 1 and {latest}, the task's attempts so far"
+        )));
+    }
+    Ok(attempt)
 }
 
 /// A listing's page size: 1-1000, 100 unless asked.
@@ -255,13 +282,7 @@ impl Service {
                 "limit must be between 1 and {MAX_LOG_CHUNK}"
             )));
         }
-        let latest = task.attempt.max(1);
-        let attempt = request.attempt.unwrap_or(latest);
-        if !(1..=latest).contains(&attempt) {
-            return Err(Error::invalid(format!(
-                "attempt must be between 1 and {latest}, the task's attempts so far"
-            )));
-        }
+        let attempt = check_attempt(&task, request.attempt)?;
         let chunk = match self
             .lake
             .read_from(&task.log_of(attempt), offset, limit)
@@ -278,5 +299,52 @@ impl Service {
             attempt,
             status: task.status,
         })
+    }
+
+    /// Every progress report of an attempt (default: the latest) with its time, as the
+    /// runner keeps it in the lake; empty before the script's first report.
+    pub async fn task_progress(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        attempt: Option<u32>,
+    ) -> Result<TaskProgress> {
+        let task = self.task(tenant, id).await?;
+        let attempt = check_attempt(&task, attempt)?;
+        let history = match self
+            .lake
+            .read_from(&task.progress_of(attempt), 0, MAX_HISTORY_BYTES)
+            .await?
+        {
+            Some(chunk) => serde_json::from_slice(&chunk.bytes).map_err(Error::internal)?,
+            None => ProgressHistory::default(),
+        };
+        Ok(TaskProgress {
+            task_id: task.id.to_string(),
+            attempt,
+            status: task.status,
+            history,
+        })
+    }
+
+    /// Where a tenant's running serving task answers: the endpoint its script reported.
+    pub async fn serving_endpoint(&self, tenant: &Tenant, id: &str) -> Result<url::Url> {
+        let task = self.task(tenant, id).await?;
+        if task.status != TaskStatus::Running {
+            return Err(Error::Conflict(format!(
+                "task {} is {}, not serving",
+                task.id,
+                task.status.as_str()
+            )));
+        }
+        let reported = task.endpoint.as_deref().ok_or_else(|| {
+            Error::Conflict(format!("task {} has not reported an endpoint yet", task.id))
+        })?;
+        url::Url::parse(reported)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+            .ok_or_else(|| {
+                Error::internal(format!("task {}: its endpoint is not an http URL", task.id))
+            })
     }
 }

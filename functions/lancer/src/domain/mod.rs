@@ -7,6 +7,7 @@ pub mod fair;
 pub mod ingest;
 pub mod path;
 pub mod pipeline;
+pub mod progress;
 pub mod task;
 pub mod tenant;
 pub mod validate;

@@ -272,7 +272,7 @@ impl Task {
             backend: None,
             endpoint: None,
             sandbox: None,
-            log_path: log_of(&tenant.root, id.as_name(), 1),
+            log_path: log_of(&tenant.root, id.as_name(), 1, ".log"),
             lineage: Lineage::default(),
             cache_key: None,
         }
@@ -280,7 +280,17 @@ impl Task {
 
     /// The lake path of one attempt's log.
     pub fn log_of(&self, attempt: u32) -> LakePath {
-        log_of(&self.tenant_root, self.id.as_name(), attempt)
+        log_of(&self.tenant_root, self.id.as_name(), attempt, ".log")
+    }
+
+    /// The lake path of one attempt's progress history, beside its log.
+    pub fn progress_of(&self, attempt: u32) -> LakePath {
+        log_of(
+            &self.tenant_root,
+            self.id.as_name(),
+            attempt,
+            ".progress.json",
+        )
     }
 
     /// The lake folder kept for the task's checkpoints (`LANCER_CHECKPOINT_DIR`): the same
@@ -310,14 +320,14 @@ impl Task {
     }
 }
 
-/// `logs/<id>/<attempt>.log` in the tenant's folder.
-fn log_of(tenant_root: &LakePath, id: &Name, attempt: u32) -> LakePath {
+/// `logs/<id>/<attempt><suffix>` in the tenant's folder.
+fn log_of(tenant_root: &LakePath, id: &Name, attempt: u32, suffix: &'static str) -> LakePath {
     let logs = LakePath::parse("logs", "logs").expect("a valid folder");
     let attempt = Name::parse("attempt", &attempt.to_string()).expect("digits are a name");
     tenant_root
         .join(&logs)
         .child(id)
-        .child_with_suffix(&attempt, ".log")
+        .child_with_suffix(&attempt, suffix)
 }
 
 /// What a conditional write expects to find: the status and the attempt it read.

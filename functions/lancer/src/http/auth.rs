@@ -27,3 +27,21 @@ pub async fn authenticate(
     request.extensions_mut().insert(tenant);
     Ok(next.run(request).await)
 }
+
+/// As `authenticate`, and on the endpoint routes the key may come in the console's cookie
+/// instead: a browser opening a served page sends no `Authorization` header.
+pub async fn authenticate_endpoint(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let header = match request.headers().get(AUTHORIZATION) {
+        Some(value) => Some(value.to_str().unwrap_or_default().to_owned()),
+        None => {
+            super::endpoint::key_from_cookie(request.headers()).map(|key| format!("Bearer {key}"))
+        }
+    };
+    let tenant = state.service.tenant_of(header.as_deref())?;
+    request.extensions_mut().insert(tenant);
+    Ok(next.run(request).await)
+}

@@ -20,7 +20,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// INVALID_REQUEST, UNAUTHORIZED, DATASET_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND,
-    /// NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, INTERNAL_ERROR.
+    /// NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, ENDPOINT_UNREACHABLE,
+    /// INTERNAL_ERROR.
     pub code: String,
     pub message: String,
 }
@@ -40,6 +41,7 @@ pub fn code_of(err: &Error) -> &'static str {
         Error::Conflict(_) | Error::Stale(_) => "CONFLICT",
         Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
         Error::Timeout(_) => "REQUEST_TIMEOUT",
+        Error::BadGateway(_) => "ENDPOINT_UNREACHABLE",
         Error::Internal(_) => "INTERNAL_ERROR",
     }
 }
@@ -52,6 +54,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::Conflict(_) | Error::Stale(_) => StatusCode::CONFLICT,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -7,8 +7,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use super::error::ErrorBody;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::{ApiQuery, ErrorBody};
 use super::{AppState, Tenant};
+use crate::application::{Rows, RowsRequest};
 use crate::domain::validate::ArtifactKind;
 use crate::error::Result;
 use crate::ports::{ArtifactDetail, ArtifactSummary};
@@ -103,4 +107,63 @@ pub async fn delete_model(
         .delete_artifact(&tenant, ArtifactKind::Model, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RowsParams {
+    /// The first row, from 0.
+    offset: Option<u64>,
+    /// Rows in the page, 1 to 100 (default 20). A page also stops before 4 MiB of JSON.
+    limit: Option<u64>,
+    /// Comma-separated columns to return (default: all), at most 64.
+    columns: Option<String>,
+    /// The version to read (default: the latest).
+    version: Option<u64>,
+}
+
+impl From<RowsParams> for RowsRequest {
+    fn from(params: RowsParams) -> Self {
+        Self {
+            offset: params.offset,
+            limit: params.limit,
+            columns: params.columns,
+            version: params.version,
+        }
+    }
+}
+
+/// A page of a dataset's rows, at its latest version or `version`. Binary cells are given
+/// as their size; a column whose field metadata has `lancer:image` carries its picture
+/// shape in `fields`.
+#[utoipa::path(get, path = "/api/v1/datasets/{id}/rows", tag = "datasets", params(RowsParams),
+    responses((status = 200, body = Rows), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn dataset_rows(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<RowsParams>,
+) -> Result<Json<Rows>> {
+    let rows = state
+        .service
+        .artifact_rows(&tenant, ArtifactKind::Dataset, &id, params.into())
+        .await?;
+    Ok(Json(rows))
+}
+
+/// A page of a model's rows: one row per saved version (its metrics, params and the
+/// size of its weights), at its latest version or `version`.
+#[utoipa::path(get, path = "/api/v1/models/{id}/rows", tag = "models", params(RowsParams),
+    responses((status = 200, body = Rows), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn model_rows(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<RowsParams>,
+) -> Result<Json<Rows>> {
+    let rows = state
+        .service
+        .artifact_rows(&tenant, ArtifactKind::Model, &id, params.into())
+        .await?;
+    Ok(Json(rows))
 }

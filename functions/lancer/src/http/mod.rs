@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use utoipa::OpenApi;
 
 use crate::application::Service;
@@ -15,6 +15,7 @@ use crate::domain::validate::MAX_BODY_BYTES;
 
 pub mod auth;
 mod console;
+pub mod endpoint;
 pub mod error;
 mod lake;
 mod pipelines;
@@ -40,10 +41,12 @@ impl AsRef<Service> for AppState {
     info(title = "lancer", description = "ML tasks on a Lance data lake: ingest, train, serve."),
     paths(
         tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
+        tasks::progress, endpoint::proxy_root,
         pipelines::submit, pipelines::list, pipelines::get_pipeline, pipelines::cancel,
         pipelines::retry,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
-        lake::list_models, lake::get_model, lake::delete_model,
+        lake::dataset_rows, lake::list_models, lake::get_model, lake::delete_model,
+        lake::model_rows,
         uploads::upload, health,
     ),
     components(schemas(error::ErrorBody, tasks::TaskList, pipelines::PipelineList)),
@@ -131,6 +134,7 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .route("/tasks/{id}", get(tasks::get_task))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/logs", get(tasks::logs))
+        .route("/tasks/{id}/progress", get(tasks::progress))
         .route("/pipelines", post(pipelines::submit).get(pipelines::list))
         .route("/pipelines/{id}", get(pipelines::get_pipeline))
         .route("/pipelines/{id}/cancel", post(pipelines::cancel))
@@ -140,7 +144,9 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
             "/datasets/{id}",
             get(lake::get_dataset).delete(lake::delete_dataset),
         )
+        .route("/datasets/{id}/rows", get(lake::dataset_rows))
         .route("/models", get(lake::list_models))
+        .route("/models/{id}/rows", get(lake::model_rows))
         .route(
             "/models/{id}",
             get(lake::get_model).delete(lake::delete_model),
@@ -155,6 +161,7 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .merge(endpoints(&state))
         .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", api)
@@ -164,6 +171,23 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The serving tasks' endpoints, behind the API's auth (or the console's key cookie), with
+/// the upload's time limit since a request may carry a body.
+fn endpoints(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/tasks/{id}/endpoint", any(endpoint::to_root))
+        .route("/tasks/{id}/endpoint/", any(endpoint::proxy_root))
+        .route("/tasks/{id}/endpoint/{*path}", any(endpoint::proxy))
+        .layer(time_limit!(state.timeouts.upload))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            endpoint::MAX_PROXIED_BODY,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate_endpoint,
+        ))
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

@@ -1,4 +1,4 @@
-//! `/api/v1/tasks`: submit, list, get, cancel, logs.
+//! `/api/v1/tasks`: submit, list, get, cancel, logs, progress.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiJson, ApiQuery, ErrorBody};
 use super::{AppState, Tenant};
-use crate::application::{LogRequest, TaskLog};
+use crate::application::{LogRequest, TaskLog, TaskProgress};
 use crate::domain::task::{Task, TaskSpec};
 use crate::error::Result;
 use crate::ports::Created;
@@ -168,4 +168,33 @@ pub async fn logs(
     headers.insert("x-task-status", HeaderValue::from_static(status.as_str()));
     headers.insert("x-attempt", HeaderValue::from(attempt));
     Ok(response)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressParams {
+    /// Which attempt's history, 1 to the task's `attempt` (default: the latest).
+    attempt: Option<u32>,
+}
+
+/// Every progress report of a task's attempt with the time it was read, oldest first: the
+/// points of a loss curve. Kept in the lake beside the log, so it outlives the runner.
+/// Bounded at 2,000 points of at most 2 KiB each: past that, the most frequent series of
+/// reports (those with the same metric names) is thinned evenly, and `dropped` counts
+/// what was left out.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/progress", tag = "tasks", params(ProgressParams),
+    responses((status = 200, body = TaskProgress), (status = 404, body = ErrorBody))
+)]
+pub async fn progress(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ProgressParams>,
+) -> Result<Json<TaskProgress>> {
+    let history = state
+        .service
+        .task_progress(&tenant, &id, params.attempt)
+        .await?;
+    Ok(Json(history))
 }

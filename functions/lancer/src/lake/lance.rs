@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{LakeRoot, fields_of, model_info_of};
+use super::{LakeRoot, fields_of, model_info_of, no_such_version, projection};
 use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
@@ -19,8 +19,8 @@ use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ModelInfo, ObjectStat, Stored,
-    Version,
+    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ModelInfo, ObjectStat, RowSlice,
+    RowsQuery, Stored, Version,
 };
 use crate::ports::{WRITER_TAG_PREFIX, writer_tag};
 
@@ -232,6 +232,51 @@ impl Lake for LanceLake {
             versions,
             size_bytes: self.size_of(&relative).await?,
             model,
+        }))
+    }
+
+    async fn rows(
+        &self,
+        root: &LakePath,
+        kind: ArtifactKind,
+        name: &Name,
+        query: &RowsQuery,
+    ) -> Result<Option<RowSlice>> {
+        let relative = root.join(&kind.path_of(name));
+        let Some(latest) = self.open_dataset(&relative).await? else {
+            return Ok(None);
+        };
+        let dataset = match query.version {
+            Some(version) if version != latest.version().version => {
+                if !latest
+                    .versions()
+                    .await?
+                    .iter()
+                    .any(|v| v.version == version)
+                {
+                    return Err(no_such_version(version));
+                }
+                latest.checkout_version(version).await?
+            }
+            _ => latest,
+        };
+        let schema = ArrowSchema::from(dataset.schema());
+        let picked = projection(&schema, query.columns.as_deref())?;
+        let columns: Vec<&str> = picked
+            .iter()
+            .map(|&i| schema.field(i).name().as_str())
+            .collect();
+        let total_rows = dataset.count_rows(None).await? as u64;
+        let mut scan = dataset.scan();
+        scan.project(&columns)?;
+        // Both fit an i64: the use case bounds them.
+        scan.limit(Some(query.limit as i64), Some(query.offset as i64))?;
+        let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
+        Ok(Some(RowSlice {
+            version: dataset.version().version,
+            total_rows,
+            fields: fields_of(&schema.project(&picked)?),
+            batches,
         }))
     }
 

@@ -10,12 +10,13 @@ use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{fields_of, model_info_of};
+use super::{fields_of, model_info_of, no_such_version, projection};
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
-    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ObjectStat, Stored, Version,
+    ArtifactDetail, ArtifactSummary, ByteStream, Lake, LogChunk, ObjectStat, RowSlice, RowsQuery,
+    Stored, Version,
 };
 
 /// One write to an artifact: the rows it appended, and when.
@@ -138,6 +139,48 @@ impl Lake for MemoryLake {
         Ok(artifacts
             .get(&path)
             .and_then(|writes| self.detail(kind, name, &path, writes)))
+    }
+
+    async fn rows(
+        &self,
+        root: &LakePath,
+        kind: ArtifactKind,
+        name: &Name,
+        query: &RowsQuery,
+    ) -> Result<Option<RowSlice>> {
+        let path = root.join(&kind.path_of(name));
+        let artifacts = self.artifacts.lock().map_err(poisoned)?;
+        let Some(writes) = artifacts.get(&path).filter(|w| !w.is_empty()) else {
+            return Ok(None);
+        };
+        let version = query.version.unwrap_or(writes.len() as u64);
+        let Some(writes) = (version as usize)
+            .checked_sub(1)
+            .and_then(|last| writes.get(..=last))
+        else {
+            return Err(no_such_version(version));
+        };
+        let schema = writes[0].rows.schema();
+        let picked = projection(&schema, query.columns.as_deref())?;
+        let mut skip = query.offset;
+        let mut want = query.limit;
+        let mut batches = Vec::new();
+        for rows in writes.iter().map(|w| &w.rows) {
+            let len = rows.num_rows() as u64;
+            let start = skip.min(len);
+            skip -= start;
+            let take = want.min(len - start);
+            if take > 0 {
+                batches.push(rows.slice(start as usize, take as usize).project(&picked)?);
+                want -= take;
+            }
+        }
+        Ok(Some(RowSlice {
+            version,
+            total_rows: writes.iter().map(|w| w.rows.num_rows() as u64).sum(),
+            fields: fields_of(&schema.project(&picked)?),
+            batches,
+        }))
     }
 
     async fn latest_version(&self, path: &LakePath) -> Result<Option<u64>> {

@@ -7,6 +7,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use url::Url;
 
+use crate::domain::path::printable;
+use crate::error::{Error, Result};
 use crate::ports::{Field, ModelInfo};
 
 pub mod lance;
@@ -79,8 +81,52 @@ pub(crate) fn fields_of(schema: &arrow_schema::Schema) -> Vec<Field> {
             name: field.name().clone(),
             data_type: field.data_type().to_string(),
             nullable: field.is_nullable(),
+            image: field
+                .metadata()
+                .get(IMAGE_METADATA)
+                .and_then(|shape| image_shape(shape)),
         })
         .collect()
+}
+
+/// The Arrow field metadata key that marks a column of pictures, with their shape.
+pub const IMAGE_METADATA: &str = "lancer:image";
+
+/// `28x28` or `32x32x3` as dimensions: two or three, each 1 to 4096, channels 1, 3 or 4.
+fn image_shape(text: &str) -> Option<Vec<u32>> {
+    let dims: Vec<u32> = text
+        .split('x')
+        .map(|d| d.trim().parse().ok().filter(|d| (1..=4096).contains(d)))
+        .collect::<Option<_>>()?;
+    match dims.as_slice() {
+        [_, _] => Some(dims),
+        [_, _, channels] if [1, 3, 4].contains(channels) => Some(dims),
+        _ => None,
+    }
+}
+
+/// The indices of `columns` in `schema`, in their order (all when `None`); a name the
+/// schema lacks is the caller's mistake.
+pub(crate) fn projection(
+    schema: &arrow_schema::Schema,
+    columns: Option<&[String]>,
+) -> Result<Vec<usize>> {
+    let Some(columns) = columns else {
+        return Ok((0..schema.fields().len()).collect());
+    };
+    columns
+        .iter()
+        .map(|column| {
+            schema
+                .index_of(column)
+                .map_err(|_| Error::invalid(format!("there is no column '{}'", printable(column))))
+        })
+        .collect()
+}
+
+/// The error for a version an artifact does not have.
+pub(crate) fn no_such_version(version: u64) -> Error {
+    Error::invalid(format!("there is no version {version}"))
 }
 
 /// A model's metrics, params and created_at: its newest row's (a model appends one row
@@ -115,6 +161,17 @@ fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_column_names_its_shape_in_its_metadata() {
+        assert_eq!(image_shape("28x28"), Some(vec![28, 28]));
+        assert_eq!(image_shape("32x32x3"), Some(vec![32, 32, 3]));
+        for bad in [
+            "28", "28x", "0x28", "28x28x2", "5000x1", "1x2x3x4", "axb", "",
+        ] {
+            assert_eq!(image_shape(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn urls_are_object_stores_and_paths_and_drives_are_local() {

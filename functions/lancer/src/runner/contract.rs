@@ -213,6 +213,9 @@ fn path_or_empty(ctx: &RunnerContext, path: Option<&LakePath>) -> String {
 
 /// The whole environment of a script: the inherited allow-list, the operator's
 /// `LANCER_SCRIPT_ENV`, then the contract's own variables, which nothing overrides.
+/// The address serving scripts bind (`LANCER_SERVE_HOST`).
+pub const SERVE_HOST: &str = "LANCER_SERVE_HOST";
+
 pub fn script_env(
     ctx: &RunnerContext,
     task: &Task,
@@ -229,6 +232,10 @@ pub fn script_env(
     let mut env: BTreeMap<String, String> = inherited
         .filter_map(|name| runner_var(name).map(|value| (name.to_string(), value)))
         .collect();
+    // Where serving scripts listen: loopback, so an endpoint is reached only through the
+    // API's proxy, unless the operator opens it (a KubeRay serving pod).
+    let serve_host = runner_var(SERVE_HOST).unwrap_or_else(|| "127.0.0.1".to_owned());
+    env.insert(SERVE_HOST.to_owned(), serve_host);
     env.extend(ctx.script_env.clone());
     let workdir = files.workdir.to_string_lossy().into_owned();
     let storage_options = serde_json::to_string(&ctx.lake.storage_options()).unwrap_or_default();

@@ -26,13 +26,31 @@ const MAX_PARTIAL_LINE: usize = 4096;
 /// The most characters of a failure's explanation.
 const MAX_ERROR_LINE: usize = 500;
 
+/// When an object that grows is next rewritten whole (object stores cannot append): once
+/// a second while small, less often as it grows.
+#[derive(Default)]
+pub(super) struct RewriteClock {
+    next: Option<tokio::time::Instant>,
+}
+
+impl RewriteClock {
+    pub(super) fn due(&self) -> bool {
+        self.next
+            .is_none_or(|due| tokio::time::Instant::now() >= due)
+    }
+
+    pub(super) fn rewrote(&mut self, len: usize) {
+        self.next = Some(tokio::time::Instant::now() + rewrite_interval(len));
+    }
+}
+
 #[derive(Default)]
 pub struct LogBuffer {
     pub(super) bytes: Vec<u8>,
     /// Output past `MAX_STORED_LOG`, counted but not kept.
     pub(super) dropped: u64,
     flushed: usize,
-    next_rewrite: Option<tokio::time::Instant>,
+    clock: RewriteClock,
     stderr_tail: VecDeque<String>,
     stderr_partial: Vec<u8>,
 }
@@ -121,10 +139,7 @@ impl LogBuffer {
 
     /// Rewrites the log if it changed and its last rewrite was long enough ago.
     pub async fn flush_when_due(&mut self, lake: &dyn Lake, path: &LakePath) {
-        if self
-            .next_rewrite
-            .is_none_or(|due| tokio::time::Instant::now() >= due)
-        {
+        if self.clock.due() {
             self.flush(lake, path).await;
         }
     }
@@ -137,8 +152,7 @@ impl LogBuffer {
         match lake.put(path, self.bytes.clone()).await {
             Ok(()) => {
                 self.flushed = self.bytes.len();
-                self.next_rewrite =
-                    Some(tokio::time::Instant::now() + rewrite_interval(self.flushed));
+                self.clock.rewrote(self.flushed);
             }
             Err(err) => warn!(%err, "cannot write the task log to the lake"),
         }

@@ -168,9 +168,11 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     };
     let mut log = LogBuffer::default();
     let mut progress = ProgressReader::new(files.progress.clone());
+    let history = task.progress_of(task.attempt);
     let why = match watch(ctx, task, &mut child, &mut log, &mut progress).await? {
         Ended::Exited(status) => {
             log.flush(ctx.lake.as_ref(), &task.log_path).await;
+            progress.flush(ctx.lake.as_ref(), &history).await;
             let change = outcome(status, files, &log);
             if matches!(change, Change::Complete { .. }) {
                 record_output(ctx, task).await?;
@@ -184,6 +186,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     if still_this_attempt(ctx, task).await {
         log.note(&format!("task stopped: {why}"));
         log.flush(ctx.lake.as_ref(), &task.log_path).await;
+        progress.flush(ctx.lake.as_ref(), &history).await;
     }
     Ok(Verdict::Abandon)
 }

@@ -1,11 +1,16 @@
-//! Reads the JSON lines a script appends to `LANCER_PROGRESS_FILE`.
+//! Reads the JSON lines a script appends to `LANCER_PROGRESS_FILE`, and keeps their
+//! history in the lake beside the log.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use tracing::warn;
 
+use super::log::RewriteClock;
+use crate::domain::path::LakePath;
+use crate::domain::progress::ProgressHistory;
 use crate::domain::task::{Heartbeat, Progress};
+use crate::ports::Lake;
 
 /// The most of the file one read takes: a script that writes faster is read over several
 /// ticks, and a line longer than this is skipped, so the runner's memory stays bounded.
@@ -14,6 +19,10 @@ const MAX_READ: u64 = 1 << 20;
 pub struct ProgressReader {
     path: PathBuf,
     offset: u64,
+    history: ProgressHistory,
+    /// Whether the history changed since it was last written.
+    dirty: bool,
+    clock: RewriteClock,
 }
 
 #[derive(serde::Deserialize)]
@@ -25,7 +34,36 @@ struct ProgressLine {
 
 impl ProgressReader {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, offset: 0 }
+        Self {
+            path,
+            offset: 0,
+            history: ProgressHistory::default(),
+            dirty: false,
+            clock: RewriteClock::default(),
+        }
+    }
+
+    /// Rewrites the history if it changed and its last rewrite was long enough ago.
+    pub async fn flush_when_due(&mut self, lake: &dyn Lake, path: &LakePath) {
+        if self.clock.due() {
+            self.flush(lake, path).await;
+        }
+    }
+
+    /// Rewrites the history if it changed.
+    pub async fn flush(&mut self, lake: &dyn Lake, path: &LakePath) {
+        if !self.dirty {
+            return;
+        }
+        let json = serde_json::to_vec(&self.history).expect("a history serialises");
+        let len = json.len();
+        match lake.put(path, json).await {
+            Ok(()) => {
+                self.dirty = false;
+                self.clock.rewrote(len);
+            }
+            Err(err) => warn!(%err, "cannot write the progress history to the lake"),
+        }
     }
 
     /// The newest complete progress line (and the newest endpoint) since the last read.
@@ -42,6 +80,7 @@ impl ProgressReader {
         };
         self.offset += complete as u64;
         let mut beat = Heartbeat::default();
+        let now = chrono::Utc::now();
         for line in fresh[..complete]
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -49,6 +88,8 @@ impl ProgressReader {
             match serde_json::from_slice::<ProgressLine>(line) {
                 Ok(ProgressLine { progress, endpoint }) => {
                     if progress != Progress::default() {
+                        self.history.record(progress.clone(), now);
+                        self.dirty = true;
                         beat.progress = Some(progress);
                     }
                     if endpoint.is_some() {

@@ -93,6 +93,7 @@ pub async fn watch(
                     }
                     beat.reset();
                 }
+                progress.flush_when_due(ctx.lake.as_ref(), &task.progress_of(task.attempt)).await;
             }
             _ = beat.tick() => {
                 if let Err(Lost(why)) = heartbeat(ctx, task, Heartbeat::default()).await {
