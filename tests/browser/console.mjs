@@ -6,6 +6,11 @@
 //                                 FOREIGN's page says it was not found
 //   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
 //                                 the pages show as text and never run
+//   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
+//   mnist  URL DIR DATASET MODEL SERVE_TASK
+//                                 the dataset's rows show digits as pictures, the model
+//                                 its saved versions, the serving task a link to its
+//                                 endpoint through the API
 // Prints one JSON line of what it saw, for the Rust test to check against the API.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
@@ -38,6 +43,8 @@ try {
   if (scenario === "watch") await watch(...args);
   else if (scenario === "tenant") await tenant(...args);
   else if (scenario === "markup") await markup(...args);
+  else if (scenario === "chart") await lossChart(...args);
+  else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
 } finally {
@@ -125,4 +132,46 @@ async function markup(taskId, text) {
   seen.listElements = await page.locator("main img, main script, main b.injected").count();
   seen.listRan = await page.evaluate(() => window.__lancer_pwned === true);
   console.log(JSON.stringify(seen));
+}
+
+async function lossChart(taskId) {
+  await page.goto(`${url}/#/tasks/${taskId}`);
+  const points = () => page.locator("#chart-loss").getAttribute("data-points").then(Number);
+  await page.locator("#chart-loss").waitFor();
+  const first = await points();
+  // A new epoch's report adds a point without a reload.
+  await page.waitForFunction((was) => Number(document.getElementById("chart-loss")?.dataset.points) > was, first,
+                             { timeout: 30000 });
+  const second = await points();
+  await shot("task-loss-chart");
+  await page.locator("h1 .badge.completed").waitFor({ timeout: 60000 });
+  await page.waitForTimeout(1500); // the last history read after completion
+  const last = await points();
+  const circles = await page.locator("#chart-loss circle").count();
+  await shot("task-loss-chart-done");
+  console.log(JSON.stringify({ first, second, last, circles }));
+}
+
+async function mnist(dataset, model, serveTask) {
+  await page.goto(`${url}/#/datasets/${dataset}`);
+  await page.locator("#rows canvas.picture").first().waitFor();
+  const pictures = await page.locator("#rows canvas.picture").count();
+  // Every drawn digit has ink: some pixel of each canvas is lit.
+  const inked = await page.evaluate(() => [...document.querySelectorAll("#rows canvas.picture")].filter((c) => {
+    const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    return data.some((v, i) => i % 4 !== 3 && v > 128);
+  }).length);
+  await shot("dataset-digits");
+  await page.locator("#rows-next").click();
+  await page.locator("#rows .muted", { hasText: "rows 21–40" }).waitFor();
+  await page.goto(`${url}/#/models/${model}`);
+  await page.locator("tr.saved-version").first().waitFor();
+  const savedVersions = await page.locator("tr.saved-version").count();
+  const accuracyShown = await page.locator("#model-versions th", { hasText: "accuracy" }).count();
+  await shot("model-versions");
+  await page.goto(`${url}/#/tasks/${serveTask}`);
+  await page.locator("#endpoint-link").waitFor();
+  const endpointHref = await page.locator("#endpoint-link").getAttribute("href");
+  await shot("task-serving");
+  console.log(JSON.stringify({ pictures, inked, savedVersions, accuracyShown, endpointHref }));
 }

@@ -142,3 +142,46 @@ async fn markup_in_a_tasks_params_log_and_result_is_shown_as_text_and_never_runs
     assert_eq!(seen["result"], true, "{seen}");
     server.stop().await;
 }
+
+/// Reports a loss per epoch, one epoch every 1.5 s, with batch losses between.
+const EPOCHS_PY: &str = r#"
+import json, os, time
+
+def run(input_path, output_path, params):
+    epochs = params.get("epochs", 5)
+    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
+        def report(line):
+            progress.write(json.dumps(line) + "\n")
+            progress.flush()
+        for epoch in range(1, epochs + 1):
+            for batch in range(5):
+                time.sleep(0.3)
+                report({"fraction": (epoch - 1 + batch / 5) / epochs, "metrics": {"epoch": epoch, "batch_loss": 2.0 / (epoch + batch / 5)}})
+            report({"fraction": epoch / epochs, "message": f"epoch {epoch}", "metrics": {"epoch": epoch, "loss": 1.0 / epoch, "accuracy": 1 - 0.5 / epoch}})
+            print(f"epoch {epoch}", flush=True)
+    return {"epochs": epochs}
+"#;
+
+#[tokio::test]
+async fn a_training_tasks_loss_chart_gains_a_point_per_epoch_while_it_runs() {
+    let server = Server::start(&[("epochs.py", EPOCHS_PY, false)], &[]).await;
+    let id = server
+        .submit_for_id(&json!({"name": "epochs", "script": "epochs.py", "params": {"epochs": 6}}))
+        .await;
+    server
+        .wait_until(&id, Duration::from_secs(60), |t| t["status"] == "running")
+        .await;
+    let seen = browse("chart", &server.url, &[&id]);
+    assert!(seen["second"].as_u64() > seen["first"].as_u64(), "{seen}");
+    let history = server.get_json(&format!("/tasks/{id}/progress")).await;
+    let losses = history["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter(|p| p["metrics"]["loss"].is_number())
+        .count();
+    assert_eq!(losses, 6, "one loss per epoch: {history}");
+    assert_eq!(seen["last"], 6, "the chart shows every epoch: {seen}");
+    assert_eq!(seen["circles"], 6, "{seen}");
+    server.stop().await;
+}

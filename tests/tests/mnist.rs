@@ -167,7 +167,19 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
         .expect("html");
     assert!(page.contains("<canvas id=\"pad\""));
 
-    draw_in_a_real_browser(&http, &endpoint).await;
+    // The drawing page, and its /predict, through the API's endpoint proxy.
+    let proxied = server.api(&format!("/tasks/{serve_id}/endpoint"));
+    draw_in_a_real_browser(&http, &proxied, &endpoint).await;
+    let seen = console_sees(&server.url, "mnist_clean", "mnist_cnn", &serve_id);
+    assert_eq!(seen["pictures"], 20, "a page of digits: {seen}");
+    assert_eq!(seen["inked"], 20, "every digit drawn with ink: {seen}");
+    assert_eq!(seen["savedVersions"], 1, "{seen}");
+    assert_eq!(seen["accuracyShown"], 1, "{seen}");
+    assert_eq!(
+        seen["endpointHref"],
+        format!("/api/v1/tasks/{serve_id}/endpoint/"),
+        "{seen}"
+    );
 
     assert_eq!(
         server
@@ -191,9 +203,9 @@ async fn the_mnist_jobs_clean_enrich_train_and_serve_as_platform_tasks() {
 /// black, MNIST's 20-pixel box centred by mass, the bar on top and the stroke ending at the
 /// bottom left), show the server's answer, and that answer must be 7, as an independent
 /// `/predict` of the same values says too.
-async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
+async fn draw_in_a_real_browser(http: &reqwest::Client, proxied: &str, endpoint: &str) {
     let screenshot = std::env::temp_dir().join("lancer-mnist-page.png");
-    let page = format!("{endpoint}/");
+    let page = format!("{proxied}/");
     let shown = browse("draw-digit.mjs", &[page.as_ref(), screenshot.as_ref()]);
     let image: Vec<f64> = serde_json::from_value(shown["image"].clone()).expect("784 values");
     assert_a_drawn_seven(&image);
@@ -206,6 +218,22 @@ async fn draw_in_a_real_browser(http: &reqwest::Client, endpoint: &str) {
         shown["prediction"], 7,
         "the drawn 7 is read as 7: {independent}"
     );
+}
+
+/// What the console shows of the MNIST lake and the serving task (`console.mjs mnist`),
+/// with screenshots in `<target>/tmp/console-screenshots`.
+fn console_sees(url: &str, dataset: &str, model: &str, serve_task: &str) -> Value {
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let args: [&std::ffi::OsStr; 6] = [
+        "mnist".as_ref(),
+        url.as_ref(),
+        shots.as_ref(),
+        dataset.as_ref(),
+        model.as_ref(),
+        serve_task.as_ref(),
+    ];
+    browse("console.mjs", &args)
 }
 
 /// `/predict`'s answer to a body it accepts.

@@ -52,8 +52,18 @@ document.getElementById("key-form").addEventListener("submit", () => {
 
 document.getElementById("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(KEY);
+  keyCookie(null);
   location.reload();
 });
+
+/**
+ * The key as a cookie for the endpoint proxy only (the server reads it nowhere else): a
+ * served page opened from a link is a navigation, which carries no Authorization header.
+ */
+function keyCookie(key) {
+  const scope = "path=/api/v1/tasks/; SameSite=Strict";
+  document.cookie = key ? `lancer_key=${encodeURIComponent(key)}; ${scope}` : `lancer_key=; max-age=0; ${scope}`;
+}
 
 // ---- DOM helpers ----------------------------------------------------------------------
 
@@ -132,6 +142,71 @@ const link = (href, text) => el("a", { href }, text);
 // UUIDv7 ids share their leading (time) digits, so the tail tells tasks apart.
 const short = (id) => (id && id.length > 12 ? `…${id.slice(-8)}` : id);
 
+// ---- charts ---------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
+
+/** A line chart of `points` ([x, y] pairs) with its extremes labelled: plain SVG. */
+function chart(id, title, xLabel, points) {
+  const [w, h, left, bottom, pad] = [420, 200, 52, 28, 10];
+  const xs = points.map(([x]) => x);
+  const ys = points.map(([, y]) => y);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (y0 === y1) [y0, y1] = [y0 - 1, y1 + 1];
+  const px = (x) => left + (x1 === x0 ? (w - left - pad) / 2 : ((x - x0) / (x1 - x0)) * (w - left - pad));
+  const py = (y) => pad + (1 - (y - y0) / (y1 - y0)) * (h - bottom - pad);
+  const line = points.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ");
+  const label = (x, y, text, anchor = "end") => svg("text", { x, y, "text-anchor": anchor }, text);
+  const picture = svg("svg", { viewBox: `0 0 ${w} ${h}`, class: "chart", role: "img",
+                               "aria-label": `${title} by ${xLabel}` },
+    svg("line", { x1: left, y1: h - bottom, x2: w - pad, y2: h - bottom, class: "axis" }),
+    svg("line", { x1: left, y1: pad, x2: left, y2: h - bottom, class: "axis" }),
+    label(left - 4, pad + 4, metric(y1)), label(left - 4, h - bottom, metric(y0)),
+    label(left, h - 8, metric(x0), "start"), label(w - pad, h - 8, metric(x1)),
+    label((w + left) / 2, h - 8, xLabel, "middle"),
+    svg("polyline", { points: line, class: "series" }),
+    ...(points.length <= 60 ? points.map(([x, y]) => svg("circle", { cx: px(x), cy: py(y), r: 2.5 })) : []));
+  return el("figure", { class: "card chart-card", id, "data-points": points.length },
+            el("figcaption", {}, title, " ",
+               el("span", { class: "muted" }, `last ${metric(ys[ys.length - 1])}`)),
+            picture);
+}
+
+/**
+ * One chart per numeric metric in a history of reports. Its x is `epoch` or `step` when
+ * that numbers its reports one to one (loss per epoch), else the percentage done when
+ * every report has one, else seconds since the first (as the runner read them).
+ */
+function metricCharts(points) {
+  const start = points[0]?.at ? new Date(points[0].at) : 0;
+  const series = new Map();
+  for (const p of points) {
+    for (const [name, value] of Object.entries(p.metrics || {})) {
+      if (typeof value !== "number" || name === "epoch" || name === "step") continue;
+      if (!series.has(name)) series.set(name, []);
+      series.get(name).push({ metrics: p.metrics, fraction: p.fraction,
+                              seconds: (new Date(p.at) - start) / 1000, value });
+    }
+  }
+  return [...series].map(([name, reports]) => {
+    const by = ["epoch", "step"].find((key) => {
+      const xs = reports.map((r) => r.metrics[key]);
+      return xs.every((x) => typeof x === "number") && new Set(xs).size === xs.length;
+    });
+    const done = !by && reports.every((r, i) => typeof r.fraction === "number"
+                                           && (i === 0 || r.fraction >= reports[i - 1].fraction));
+    const xy = reports.map((r) => [by ? r.metrics[by] : done ? r.fraction * 100 : r.seconds, r.value]);
+    return chart(`chart-${name}`, name, by || (done ? "% done" : "seconds"), xy);
+  });
+}
+
 function show(...nodes) {
   view.replaceChildren(...nodes);
 }
@@ -205,10 +280,12 @@ async function taskView(id) {
   const progress = el("div");
   const actions = el("div", { class: "toolbar" });
   const outcome = el("div");
+  const charts = el("div", { class: "grid", id: "charts" });
   const log = el("pre", { class: "log", id: "log", "aria-label": "Log" });
-  show(head, progress, actions, outcome, el("h2", {}, "Log"), log);
+  show(head, progress, charts, actions, outcome, el("h2", {}, "Log"), log);
   let offset = 0;
   let attempt = 0;
+  let charted = null; // the report the charts last showed
   await every(1000, async () => {
     const task = await api(`/tasks/${encodeURIComponent(id)}`);
     renderTask(task, { head, progress, actions, outcome });
@@ -216,6 +293,13 @@ async function taskView(id) {
       attempt = task.attempt;
       offset = 0;
       log.textContent = "";
+      charted = null;
+    }
+    const latest = JSON.stringify([task.attempt, task.progress, task.status]);
+    if (attempt > 0 && latest !== charted) {
+      charted = latest;
+      const history = await api(`/tasks/${encodeURIComponent(id)}/progress?attempt=${attempt}`);
+      charts.replaceChildren(...metricCharts(history.points));
     }
     if (attempt > 0) {
       const response = await api(`/tasks/${encodeURIComponent(id)}/logs?offset=${offset}&attempt=${attempt}`,
@@ -242,7 +326,9 @@ function renderTask(task, { head, progress, actions, outcome }) {
              link(`#/pipelines/${task.lineage.pipeline}`, `${task.lineage.pipeline} (${task.lineage.step})`)],
            ["Created", when(task.created_at)], ["Started", when(task.started_at)],
            ["Finished", when(task.finished_at)], ["Took", took(task.started_at, task.finished_at)],
-           ["Endpoint", task.endpoint && link(task.endpoint, task.endpoint)],
+           ["Endpoint", task.endpoint && task.status === "running" &&
+             el("span", {}, el("a", { href: `/api/v1/tasks/${encodeURIComponent(task.id)}/endpoint/`, id: "endpoint-link" },
+                               "open through lancer"), " ", el("code", { class: "muted" }, task.endpoint))],
            ["Params", Object.keys(s.params || {}).length ? JSON.stringify(s.params) : ""]]));
   const p = task.progress;
   progress.replaceChildren(...(p ? [
@@ -342,24 +428,120 @@ async function artifactsView(kind) {
 
 async function artifactView(kind, id) {
   const a = await api(`/${kind}/${encodeURIComponent(id)}`);
-  const versions = [...a.versions].reverse();
+  const rows = el("div", { id: "rows" });
+  const history = el("div", { id: "model-versions" });
   show(el("h1", {}, a.id),
        facts([["Rows", a.num_rows], ["Version", a.version], ["Size", bytes(a.size_bytes)],
               ["Path", a.path]]),
-       ...(a.model ? [el("h2", {}, "Newest model"),
-                      facts(Object.entries(a.model.metrics || {}).map(([k, v]) => [k, metric(v)])),
-                      el("h2", {}, "Params"), json(a.model.params || {})] : []),
+       ...(a.model ? newestModel(a.model, history) : []),
        el("h2", {}, "Schema"),
        table([["Column"], ["Type"], ["Nullable", "wide"]],
              a.fields.map((f) => el("tr", {}, el("td", {}, f.name), el("td", {}, el("code", {}, f.type)),
                                     el("td", { class: "wide" }, f.nullable ? "yes" : "no")))),
        el("h2", {}, "Versions"),
        table([["Version", "num"], ["Written"], ["By task"], ["From", "wide"]],
-             versions.map((v) => el("tr", {},
+             [...a.versions].reverse().map((v) => el("tr", {},
                el("td", { class: "num" }, v.version),
                el("td", {}, when(v.timestamp)),
                el("td", {}, v.task_id ? link(`#/tasks/${v.task_id}`, short(v.task_id)) : "—"),
-               el("td", { class: "wide" }, v.input_path ? `${v.input_path}${v.input_version ? ` @ v${v.input_version}` : ""}` : "")))));
+               el("td", { class: "wide" }, from(v))))),
+       ...(kind === "datasets" ? [el("h2", {}, "Rows"), rows] : []));
+  if (kind === "datasets") await rowsPage(a, rows, 0);
+  else await modelVersions(a, history);
+}
+
+/** The newest model's metrics, its training by epoch when it kept a history, its params. */
+function newestModel(model, history) {
+  const metrics = model.metrics || {};
+  const epochs = Array.isArray(metrics.history) ? metrics.history.filter((h) => h && typeof h === "object") : [];
+  return [
+    el("h2", {}, "Newest model"),
+    facts(Object.entries(metrics).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, metric(v)])),
+    ...(epochs.length ? [el("h2", {}, "Its training, by epoch"),
+                         el("div", { class: "grid", id: "model-training" }, ...metricCharts(epochs.map((h) => ({ metrics: h }))))] : []),
+    el("h2", {}, "Params"), json(model.params || {}), history,
+  ];
+}
+
+const from = (v) => (v.input_path ? `${v.input_path}${v.input_version ? ` @ v${v.input_version}` : ""}` : "");
+
+const PAGE_ROWS = 20;
+
+/** A page of a dataset's rows, image columns drawn as pictures, with Previous and Next. */
+async function rowsPage(a, into, offset) {
+  const page = await api(`/datasets/${encodeURIComponent(a.id)}/rows?offset=${offset}&limit=${PAGE_ROWS}`);
+  const move = (to) => rowsPage(a, into, to).catch(failure);
+  const last = offset + page.rows.length;
+  into.replaceChildren(
+    el("div", { class: "toolbar" },
+       el("button", { id: "rows-previous", disabled: offset === 0, onclick: () => move(Math.max(0, offset - PAGE_ROWS)) },
+          "Previous"),
+       el("span", { class: "muted" }, page.rows.length ? `rows ${offset + 1}–${last} of ${page.total_rows}` : "no rows"),
+       el("button", { id: "rows-next", disabled: page.next_offset == null, onclick: () => move(page.next_offset) },
+          "Next")),
+    table(page.fields.map((f) => [f.name]),
+          page.rows.map((row) => el("tr", {}, page.fields.map((f) => el("td", {}, cell(row[f.name], f)))))));
+}
+
+/** A value as the rows table shows it: a picture, a size, or text. */
+function cell(value, field) {
+  const shape = field.image || pictureShape(value);
+  if (shape) return picture(value, shape);
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    if (typeof value.bytes === "number") return el("span", { class: "muted" }, bytes(value.bytes));
+    if (typeof value.items === "number") return el("span", { class: "muted" }, `${value.items} items`);
+  }
+  if (typeof value === "number") return metric(value);
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > 120 ? `${text.slice(0, 120)}…` : text;
+}
+
+/** 784 numbers, or 28 lists of 28, read as a 28x28 picture even when unmarked. */
+function pictureShape(value) {
+  if (!Array.isArray(value)) return null;
+  if (value.length === 784 && typeof value[0] === "number") return [28, 28];
+  if (value.length === 28 && Array.isArray(value[0]) && value[0].length === 28) return [28, 28];
+  return null;
+}
+
+/** Draws gray (or RGB/RGBA) values, in [0, 1] or [0, 255], on a canvas. */
+function picture(value, [height, width, channels = 1]) {
+  const flat = Array.isArray(value) ? value.flat(2) : [];
+  if (flat.length !== height * width * channels) return el("span", { class: "muted" }, "(not a picture)");
+  const scale = Math.max(...flat) > 1 ? 1 : 255;
+  const canvas = el("canvas", { width, height, class: "picture", role: "img", "aria-label": "picture" });
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  for (let i = 0; i < height * width; i += 1) {
+    const at = (c) => flat[i * channels + Math.min(c, channels - 1)] * scale;
+    image.data.set([at(0), at(1), at(2), channels === 4 ? at(3) : 255], i * 4);
+  }
+  context.putImageData(image, 0, 0);
+  return canvas;
+}
+
+/** A model's saved versions (one row each) with their metrics, as a table and charts. */
+async function modelVersions(a, into) {
+  const wanted = ["metrics", "params", "dataset", "created_at"].filter((c) => a.fields.some((f) => f.name === c));
+  if (!wanted.includes("metrics")) return;
+  const page = await api(`/models/${encodeURIComponent(a.id)}/rows?columns=${wanted.join(",")}&limit=100`);
+  const parse = (text) => { try { return JSON.parse(text); } catch { return {}; } };
+  // Each save appends one row, so row i is the model's (i + 1)-th version.
+  const saved = page.rows.map((row, i) => ({ row, version: a.versions[i], metrics: parse(row.metrics) }));
+  const names = [...new Set(saved.flatMap((s) => Object.keys(s.metrics)))]
+    .filter((n) => saved.some((s) => typeof s.metrics[n] === "number"));
+  into.replaceChildren(
+    el("h2", {}, "Saved versions"),
+    table([["Version", "num"], ["Saved"], ["Trained on", "wide"], ...names.map((n) => [n, "num"])],
+          [...saved].reverse().map((s) => el("tr", { class: "saved-version" },
+            el("td", { class: "num" }, s.version?.version ?? "—"),
+            el("td", {}, when(s.row.created_at || s.version?.timestamp)),
+            el("td", { class: "wide" }, (s.version && from(s.version)) || s.row.dataset || ""),
+            ...names.map((n) => el("td", { class: "num" }, s.metrics[n] == null ? "" : metric(s.metrics[n])))))),
+    el("div", { class: "grid" },
+       ...(saved.length > 1 ? names.map((n) => chart(`versions-${n}`, `${n} by version`, "version",
+         saved.filter((s) => typeof s.metrics[n] === "number")
+              .map((s, i) => [s.version?.version ?? i + 1, s.metrics[n]]))) : [])));
 }
 
 // ---- the API reference (what /docs shows) ---------------------------------------------
@@ -424,6 +606,7 @@ async function route() {
     else a.removeAttribute("aria-current");
   }
   document.getElementById("sign-out").hidden = !sessionStorage.getItem(KEY);
+  keyCookie(sessionStorage.getItem(KEY));
   try {
     if (section === "tasks") await (id ? taskView(id) : tasksView(new URLSearchParams(search)));
     else if (section === "pipelines") await (id ? pipelineView(id) : pipelinesView());
