@@ -122,6 +122,7 @@ impl TestApp {
                 upload_limits: UploadLimits::default(),
             },
             timeouts: Default::default(),
+            metrics_open: false,
         }
     }
 

@@ -121,6 +121,122 @@ async fn every_progress_report_is_kept_with_its_time_and_outlives_the_runner() {
     server.stop().await;
 }
 
+/// The value of one series in a Prometheus text page; `None` if it is not there.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn metrics_count_the_tasks_that_ran_by_tenant_and_status_behind_the_api_keys() {
+    let keys = [("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob")];
+    let scripts = [("slow.py", SLOW_PY, false), ("fail.py", FAIL_PY, false)];
+    let server = Server::start(&scripts, &keys)
+        .await
+        .with_api_key("key-for-ada");
+    let quick = json!({"name": "quick", "script": "slow.py", "params": {"steps": 1}});
+    for _ in 0..2 {
+        server
+            .run_to_completion(&quick, Duration::from_secs(60))
+            .await;
+    }
+    let failing = server
+        .submit_for_id(&json!({"name": "fails", "script": "fail.py"}))
+        .await;
+    server
+        .wait_finished(&failing, Duration::from_secs(60))
+        .await;
+    let server = server.with_api_key("key-for-bob");
+    server
+        .run_to_completion(&quick, Duration::from_secs(60))
+        .await;
+    let http = reqwest::Client::new();
+    let scrape = |key: Option<&'static str>| {
+        let request = http.get(format!("{}/metrics", server.url));
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        async move { request.send().await.expect("scrape") }
+    };
+    assert_eq!(scrape(None).await.status(), 401, "metrics need a key");
+    let text = scrape(Some("key-for-ada"))
+        .await
+        .text()
+        .await
+        .expect("text");
+    let ada = |labels: &str| {
+        series(
+            &text,
+            &format!("lancer_tasks{{tenant=\"ada\",status=\"{labels}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            ada("completed"),
+            ada("failed"),
+            ada("running"),
+            ada("pending")
+        ),
+        (Some(2.0), Some(1.0), Some(0.0), Some(0.0)),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tenant=\"bob\""),
+        "ada sees none of bob's tasks:\n{text}"
+    );
+    let waits = series(
+        &text,
+        "lancer_task_queue_wait_seconds_count{tenant=\"ada\"}",
+    );
+    assert_eq!(waits, Some(3.0), "every task of ada's started once");
+    let runs = series(
+        &text,
+        "lancer_task_run_seconds_count{tenant=\"ada\",status=\"completed\"}",
+    );
+    assert_eq!(runs, Some(2.0));
+    let submits = series(
+        &text,
+        "lancer_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/tasks\",status=\"201\"}",
+    );
+    assert_eq!(
+        submits,
+        Some(4.0),
+        "the process's own series count every tenant's requests"
+    );
+    let dispatched = series(
+        &text,
+        "lancer_dispatch_duration_seconds_count{backend=\"local\",outcome=\"ok\"}",
+    );
+    assert_eq!(dispatched, Some(4.0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn open_metrics_cover_every_tenant_without_a_key() {
+    let env = [
+        ("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob"),
+        ("LANCER_METRICS_OPEN", "true"),
+    ];
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &env)
+        .await
+        .with_api_key("key-for-bob");
+    let quick = json!({"name": "quick", "script": "slow.py", "params": {"steps": 1}});
+    server
+        .run_to_completion(&quick, Duration::from_secs(60))
+        .await;
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let bob = series(&text, "lancer_tasks{tenant=\"bob\",status=\"completed\"}");
+    assert_eq!(bob, Some(1.0), "{text}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_executable_following_the_contract_completes_with_its_result() {
     let server = Server::start(&[("contract.sh", CONTRACT_SH, true)], &[]).await;

@@ -120,6 +120,7 @@ pub async fn app_state(config: &Config) -> Result<AppState, StartError> {
     Ok(AppState {
         service: service(config).await?,
         timeouts: config.server.timeouts,
+        metrics_open: config.server.metrics_open,
     })
 }
 

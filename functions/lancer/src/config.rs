@@ -38,6 +38,7 @@ pub enum Var {
     ApiKeys,
     ApiKeysFile,
     AllowOpen,
+    MetricsOpen,
     MaxConnections,
     Concurrency,
     TenantConcurrency,
@@ -87,6 +88,7 @@ impl Var {
             Var::ApiKeys => "LANCER_API_KEYS",
             Var::ApiKeysFile => "LANCER_API_KEYS_FILE",
             Var::AllowOpen => "LANCER_ALLOW_OPEN",
+            Var::MetricsOpen => "LANCER_METRICS_OPEN",
             Var::MaxConnections => "LANCER_MAX_CONNECTIONS",
             Var::Concurrency => "LANCER_CONCURRENCY",
             Var::TenantConcurrency => "LANCER_TENANT_CONCURRENCY",
@@ -150,6 +152,10 @@ pub struct ServerConfig {
     pub api_keys: Option<ApiKeys>,
     /// `LANCER_ALLOW_OPEN=true`: let a server without API keys listen beyond loopback.
     pub allow_open: bool,
+    /// `GET /metrics` without a key, covering every tenant (`LANCER_METRICS_OPEN`): for a
+    /// Prometheus on the operator's network. Otherwise it needs a key and shows that
+    /// tenant's tasks.
+    pub metrics_open: bool,
     /// `LANCER_MAX_CONNECTIONS`: connections `lancer serve` serves at once.
     pub max_connections: usize,
     /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
@@ -261,6 +267,7 @@ impl Default for Config {
                 port: 8000,
                 api_keys: None,
                 allow_open: false,
+                metrics_open: false,
                 max_connections: 1024,
                 uploads: UploadLimits::default(),
                 timeouts: Timeouts::default(),
@@ -464,6 +471,7 @@ fn server<F: Fn(&str) -> Option<String>>(
         port,
         api_keys,
         allow_open: vars.flag(Var::AllowOpen)?,
+        metrics_open: vars.flag(Var::MetricsOpen)?,
         max_connections: vars.count(Var::MaxConnections, defaults.max_connections)?,
         uploads: UploadLimits {
             max_bytes: vars

@@ -17,5 +17,6 @@ pub mod runner;
 pub mod sandbox;
 pub mod scripts;
 pub mod store;
+pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 
 mod artifacts;
+mod metrics;
 mod pipelines;
 mod rows;
 mod tasks;

@@ -14,6 +14,7 @@ use crate::domain::validate::{
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, ListQuery, LogChunk, TaskPage};
 use crate::scripts::ScriptRegistry;
+use crate::telemetry::{self, DISPATCH};
 
 /// The most log bytes one read returns: well inside Lambda's 6 MB response limit.
 pub const MAX_LOG_CHUNK: u64 = 1 << 20;
@@ -184,7 +185,14 @@ impl Service {
         let created = self.store.create(task).await?;
         if let Created::New(task) = &created {
             // The task is safely stored; a dispatcher hiccup is healed by reconcile.
-            if let Err(err) = self.dispatcher.submit(task).await {
+            let started = std::time::Instant::now();
+            let outcome = self.dispatcher.submit(task).await;
+            let labels = [
+                ("backend", self.dispatcher.backend()),
+                ("outcome", if outcome.is_ok() { "ok" } else { "error" }),
+            ];
+            telemetry::global().observe(DISPATCH, &labels, started.elapsed().as_secs_f64());
+            if let Err(err) = outcome {
                 tracing::error!(task = %task.id, %err, "dispatch failed; reconcile will retry");
             }
         }

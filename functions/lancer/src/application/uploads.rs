@@ -47,6 +47,9 @@ impl Service {
         body: ByteStream,
     ) -> Result<Uploaded> {
         let (relative, size) = self.receive_upload(tenant, key, announced, body).await?;
+        let registry = crate::telemetry::global();
+        registry.add(crate::telemetry::UPLOADS, &[], 1.0);
+        registry.add(crate::telemetry::UPLOAD_BYTES, &[], size as f64);
         let (task, pipeline) = match self.ingest(tenant, &relative).await? {
             Some(Ingested::Task(created)) => (Some(created.into_inner()), None),
             Some(Ingested::Pipeline(created)) => (None, Some(created.into_inner())),
@@ -130,6 +133,7 @@ impl Service {
                 .await?;
             if let Created::New(pipeline) = &created {
                 info!(rule = %rule.name, %key, pipeline = %pipeline.id, "ingestion pipeline started");
+                ingested("pipeline");
             }
             return Ok(Some(Ingested::Pipeline(Box::new(created))));
         }
@@ -138,6 +142,7 @@ impl Service {
             .await?;
         if let Created::New(task) = &created {
             info!(rule = %rule.name, %key, task = %task.id, "ingestion task created");
+            ingested("task");
         }
         Ok(Some(Ingested::Task(Box::new(created))))
     }
@@ -151,4 +156,9 @@ impl Service {
         serde_json::from_str(&text)
             .map_err(|err| Error::internal(format!("{}: {err}", path.display())))
     }
+}
+
+/// Counts an ingestion a rule started (a task or a pipeline).
+fn ingested(what: &str) {
+    crate::telemetry::global().add(crate::telemetry::INGESTIONS, &[("started", what)], 1.0);
 }

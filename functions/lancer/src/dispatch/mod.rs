@@ -23,15 +23,27 @@ pub async fn sweep_expired(store: &dyn TaskStore, lease: Duration) -> Result<Vec
         match store.transition(&task.id, task.guard(), change).await {
             Ok(next) if next.status == TaskStatus::Pending => {
                 info!(task = %task.id, attempt = task.attempt, "lease expired; retrying");
+                missed("requeued");
                 requeued.push(next);
             }
-            Ok(_) => warn!(task = %task.id, attempt = task.attempt, "lease expired; task failed"),
+            Ok(_) => {
+                warn!(task = %task.id, attempt = task.attempt, "lease expired; task failed");
+                missed("failed");
+            }
             // Another writer (the runner itself, a cancel, a second sweeper) won the race.
             Err(Error::Stale(_)) => {}
             Err(err) => return Err(err),
         }
     }
     Ok(requeued)
+}
+
+fn missed(outcome: &str) {
+    crate::telemetry::global().add(
+        crate::telemetry::HEARTBEATS_MISSED,
+        &[("outcome", outcome)],
+        1.0,
+    );
 }
 
 /// Every task in `status` across tenants, oldest first, for a dispatcher to look after.

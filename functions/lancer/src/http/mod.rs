@@ -18,6 +18,7 @@ mod console;
 pub mod endpoint;
 pub mod error;
 mod lake;
+mod metrics;
 mod pipelines;
 mod tasks;
 pub mod uploads;
@@ -28,6 +29,8 @@ pub use crate::domain::tenant::Tenant;
 pub struct AppState {
     pub service: Service,
     pub timeouts: Timeouts,
+    /// `/metrics` without a key, over every tenant (`LANCER_METRICS_OPEN`).
+    pub metrics_open: bool,
 }
 
 impl AsRef<Service> for AppState {
@@ -47,11 +50,11 @@ impl AsRef<Service> for AppState {
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
         lake::dataset_rows, lake::list_models, lake::get_model, lake::delete_model,
         lake::model_rows,
-        uploads::upload, health,
+        uploads::upload, health, metrics::metrics,
     ),
     components(schemas(error::ErrorBody, tasks::TaskList, pipelines::PipelineList)),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "pipelines"), (name = "datasets"), (name = "models"), (name = "uploads"))
+    tags((name = "tasks"), (name = "pipelines"), (name = "datasets"), (name = "models"), (name = "uploads"), (name = "metrics"))
 )]
 pub struct ApiDoc;
 
@@ -166,9 +169,11 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics::metrics))
         .merge(console::routes())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(metrics::record_request))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

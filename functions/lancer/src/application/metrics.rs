@@ -1,0 +1,70 @@
+//! What `GET /metrics` shows: the process's own series, and those of the task table.
+
+use super::Service;
+use crate::domain::task::{Task, TaskStatus};
+use crate::domain::tenant::Tenant;
+use crate::error::Result;
+use crate::ports::ListQuery;
+use crate::telemetry::{self, QUEUE_WAIT, RUN_TIME, Registry, TASKS};
+
+/// The most tasks one scrape reads from the table.
+const MAX_SCANNED: usize = 200_000;
+
+impl Service {
+    /// Prometheus text: `tenant`'s tasks by status with their queue waits and run times
+    /// (every tenant's when `None`), then the process's own series.
+    pub async fn metrics_text(&self, tenant: Option<&Tenant>) -> Result<String> {
+        let table = Registry::default();
+        if let Some(tenant) = tenant {
+            for status in TaskStatus::ALL {
+                let labels = [
+                    ("tenant", tenant.name.as_str()),
+                    ("status", status.as_str()),
+                ];
+                table.add(TASKS, &labels, 0.0);
+            }
+        }
+        let mut query = ListQuery {
+            tenant: tenant.map(|t| t.name.to_string()),
+            status: None,
+            limit: crate::store::MAX_PAGE,
+            page_token: None,
+        };
+        let mut scanned = 0;
+        loop {
+            let page = self.store.list(&query).await?;
+            scanned += page.tasks.len();
+            page.tasks.iter().for_each(|task| record(&table, task));
+            match page.next_page_token {
+                Some(token) if scanned < MAX_SCANNED => query.page_token = Some(token),
+                Some(_) => {
+                    tracing::warn!(scanned, "metrics cover the newest tasks only");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut text = String::new();
+        table.render(&mut text);
+        telemetry::global().render(&mut text);
+        Ok(text)
+    }
+}
+
+fn record(table: &Registry, task: &Task) {
+    let tenant = task.tenant.as_str();
+    let status = task.status.as_str();
+    table.add(TASKS, &[("tenant", tenant), ("status", status)], 1.0);
+    let seconds = |delta: chrono::TimeDelta| delta.num_milliseconds().max(0) as f64 / 1000.0;
+    if let Some(started) = task.started_at {
+        table.observe(
+            QUEUE_WAIT,
+            &[("tenant", tenant)],
+            seconds(started - task.created_at),
+        );
+        if let Some(finished) = task.finished_at {
+            let labels = [("tenant", tenant), ("status", status)];
+            table.observe(RUN_TIME, &labels, seconds(finished - started));
+        }
+    }
+}

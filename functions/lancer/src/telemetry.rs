@@ -1,0 +1,348 @@
+//! Counters and histograms in Prometheus' text format: the process's own (HTTP latency,
+//! dispatch, missed heartbeats, uploads), kept in one global registry, and those a scrape
+//! derives from the task table into a registry of its own.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, OnceLock};
+
+/// One metric family: its name, kind and what it counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram(&'static [f64]),
+}
+
+/// Request and dispatch latencies, in seconds.
+pub const LATENCY: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Queue waits and run times, in seconds: a second to a day.
+pub const TASK_TIME: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+pub const HTTP_REQUESTS: Family = Family {
+    name: "lancer_http_request_duration_seconds",
+    kind: Kind::Histogram(LATENCY),
+    help: "Time to answer an HTTP request, by method, route and status.",
+};
+pub const DISPATCH: Family = Family {
+    name: "lancer_dispatch_duration_seconds",
+    kind: Kind::Histogram(LATENCY),
+    help: "Time to hand a task to its backend, by backend and outcome.",
+};
+pub const HEARTBEATS_MISSED: Family = Family {
+    name: "lancer_heartbeats_missed_total",
+    kind: Kind::Counter,
+    help: "Running tasks whose runner stopped heartbeating past the lease, by what became of them.",
+};
+pub const UPLOADS: Family = Family {
+    name: "lancer_uploads_total",
+    kind: Kind::Counter,
+    help: "Uploads stored under raw/.",
+};
+pub const UPLOAD_BYTES: Family = Family {
+    name: "lancer_upload_bytes_total",
+    kind: Kind::Counter,
+    help: "Bytes of the uploads stored under raw/.",
+};
+pub const INGESTIONS: Family = Family {
+    name: "lancer_ingestions_total",
+    kind: Kind::Counter,
+    help: "Ingestions a rule started for an upload, by what it started (task or pipeline).",
+};
+pub const TASKS: Family = Family {
+    name: "lancer_tasks",
+    kind: Kind::Gauge,
+    help: "Tasks in the table, by tenant and status.",
+};
+pub const QUEUE_WAIT: Family = Family {
+    name: "lancer_task_queue_wait_seconds",
+    kind: Kind::Histogram(TASK_TIME),
+    help: "From a task's submission to its (latest) start, by tenant.",
+};
+pub const RUN_TIME: Family = Family {
+    name: "lancer_task_run_seconds",
+    kind: Kind::Histogram(TASK_TIME),
+    help: "From a finished task's start to its end, by tenant and status.",
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone)]
+enum Value {
+    Number(f64),
+    Histogram {
+        buckets: Vec<u64>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+/// Series by family (its name) and labels.
+#[derive(Default)]
+pub struct Registry {
+    series: Mutex<BTreeMap<&'static str, (Family, Series)>>,
+}
+
+/// A family's series by their labels.
+type Series = BTreeMap<Labels, Value>;
+
+/// The process's registry.
+pub fn global() -> &'static Registry {
+    static GLOBAL: OnceLock<Registry> = OnceLock::new();
+    GLOBAL.get_or_init(Registry::default)
+}
+
+impl Registry {
+    /// Adds `by` to a counter, or sets a gauge to it when it is new.
+    pub fn add(&self, family: Family, labels: &[(&'static str, &str)], by: f64) {
+        self.update(family, labels, |value| match value {
+            Value::Number(n) => *n += by,
+            Value::Histogram { .. } => {}
+        });
+    }
+
+    /// Records one observation of a histogram.
+    pub fn observe(&self, family: Family, labels: &[(&'static str, &str)], value: f64) {
+        let Kind::Histogram(bounds) = family.kind else {
+            return;
+        };
+        self.update(family, labels, |series| {
+            if let Value::Histogram {
+                buckets,
+                sum,
+                count,
+            } = series
+            {
+                if let Some(at) = bounds.iter().position(|&bound| value <= bound) {
+                    buckets[at] += 1;
+                }
+                *sum += value;
+                *count += 1;
+            }
+        });
+    }
+
+    fn update(
+        &self,
+        family: Family,
+        labels: &[(&'static str, &str)],
+        change: impl FnOnce(&mut Value),
+    ) {
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let value = series
+            .entry(family.name)
+            .or_insert_with(|| (family, BTreeMap::new()))
+            .1
+            .entry(labels)
+            .or_insert_with(|| match family.kind {
+                Kind::Histogram(bounds) => Value::Histogram {
+                    buckets: vec![0; bounds.len()],
+                    sum: 0.0,
+                    count: 0,
+                },
+                _ => Value::Number(0.0),
+            });
+        change(value);
+    }
+
+    /// Every series in the text exposition format, families in name order.
+    pub fn render(&self, out: &mut String) {
+        let series = self
+            .series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (family, all) in series.values() {
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram(_) => "histogram",
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {} {}\n# TYPE {} {kind}",
+                family.name, family.help, family.name
+            );
+            for (labels, value) in all {
+                render_series(out, family, labels, value);
+            }
+        }
+    }
+}
+
+fn render_series(out: &mut String, family: &Family, labels: &Labels, value: &Value) {
+    let name = family.name;
+    match (value, family.kind) {
+        (Value::Number(n), _) => {
+            let _ = writeln!(out, "{name}{} {n}", label_text(labels, None));
+        }
+        (
+            Value::Histogram {
+                buckets,
+                sum,
+                count,
+            },
+            Kind::Histogram(bounds),
+        ) => {
+            let mut cumulative = 0;
+            for (bound, n) in bounds.iter().zip(buckets) {
+                cumulative += n;
+                let le = bound.to_string();
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {cumulative}",
+                    label_text(labels, Some(&le))
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {count}",
+                label_text(labels, Some("+Inf"))
+            );
+            let _ = writeln!(out, "{name}_sum{} {sum}", label_text(labels, None));
+            let _ = writeln!(out, "{name}_count{} {count}", label_text(labels, None));
+        }
+        _ => {}
+    }
+}
+
+/// `{a="x",le="0.5"}`, values escaped as the format asks; empty without labels.
+fn label_text(labels: &Labels, le: Option<&str>) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(le.map(|le| ("le", le)))
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", pairs.join(","))
+    }
+}
+
+/// The route a request path falls under, for a label of bounded cardinality: ids, names
+/// and keys become placeholders, and a path the API does not have is `other`.
+pub fn route_of(path: &str) -> &'static str {
+    let rest = match path.strip_prefix("/api/v1") {
+        Some(rest) => rest,
+        None => {
+            return match path {
+                "/" => "/",
+                "/healthz" => "/healthz",
+                "/metrics" => "/metrics",
+                "/docs" => "/docs",
+                p if p.starts_with("/console/") => "/console/{file}",
+                _ => "other",
+            };
+        }
+    };
+    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["openapi.json"] => "/api/v1/openapi.json",
+        ["tasks"] => "/api/v1/tasks",
+        ["tasks", _] => "/api/v1/tasks/{id}",
+        ["tasks", _, "cancel"] => "/api/v1/tasks/{id}/cancel",
+        ["tasks", _, "logs"] => "/api/v1/tasks/{id}/logs",
+        ["tasks", _, "progress"] => "/api/v1/tasks/{id}/progress",
+        ["tasks", _, "endpoint", ..] => "/api/v1/tasks/{id}/endpoint/{path}",
+        ["pipelines"] => "/api/v1/pipelines",
+        ["pipelines", _] => "/api/v1/pipelines/{id}",
+        ["pipelines", _, "cancel"] => "/api/v1/pipelines/{id}/cancel",
+        ["pipelines", _, "retry"] => "/api/v1/pipelines/{id}/retry",
+        ["datasets"] => "/api/v1/datasets",
+        ["datasets", _] => "/api/v1/datasets/{id}",
+        ["datasets", _, "rows"] => "/api/v1/datasets/{id}/rows",
+        ["models"] => "/api/v1/models",
+        ["models", _] => "/api/v1/models/{id}",
+        ["models", _, "rows"] => "/api/v1/models/{id}/rows",
+        ["uploads", ..] => "/api/v1/uploads/{key}",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_with_sum_and_count() {
+        let registry = Registry::default();
+        // Powers of two, so the sum is exact.
+        for seconds in [0.0009765625, 0.25, 0.5, 32.0] {
+            registry.observe(DISPATCH, &[("backend", "local")], seconds);
+        }
+        registry.add(UPLOADS, &[], 2.0);
+        let mut text = String::new();
+        registry.render(&mut text);
+        for line in [
+            "# TYPE lancer_dispatch_duration_seconds histogram",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"0.001\"} 1",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"0.005\"} 1",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"0.25\"} 2",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"0.5\"} 3",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"10\"} 3",
+            "lancer_dispatch_duration_seconds_bucket{backend=\"local\",le=\"+Inf\"} 4",
+            "lancer_dispatch_duration_seconds_sum{backend=\"local\"} 32.7509765625",
+            "lancer_dispatch_duration_seconds_count{backend=\"local\"} 4",
+            "# TYPE lancer_uploads_total counter",
+            "lancer_uploads_total 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let registry = Registry::default();
+        registry.add(TASKS, &[("tenant", "a\"b\\c\nd")], 1.0);
+        let mut text = String::new();
+        registry.render(&mut text);
+        assert!(
+            text.contains(r#"lancer_tasks{tenant="a\"b\\c\nd"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn routes_name_their_template_and_anything_else_is_other() {
+        assert_eq!(
+            route_of("/api/v1/tasks/0192abc/logs"),
+            "/api/v1/tasks/{id}/logs"
+        );
+        assert_eq!(
+            route_of("/api/v1/tasks/x/endpoint/predict/deep"),
+            "/api/v1/tasks/{id}/endpoint/{path}"
+        );
+        assert_eq!(
+            route_of("/api/v1/uploads/mnist/a.gz"),
+            "/api/v1/uploads/{key}"
+        );
+        assert_eq!(route_of("/wp-login.php"), "other");
+        assert_eq!(route_of("/api/v1/tasks/x/y/z"), "other");
+    }
+}
