@@ -237,6 +237,102 @@ async fn open_metrics_cover_every_tenant_without_a_key() {
     server.stop().await;
 }
 
+/// The `(event, data, id)` of each event in a server-sent event stream.
+fn sse_events(body: &str) -> Vec<(String, String, Option<String>)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            Some((
+                field("event")?,
+                field("data").unwrap_or_default(),
+                field("id"),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tasks_event_stream_sends_its_changes_and_log_lines_until_it_ends_and_resumes_from_an_id()
+{
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let id = server
+        .submit_for_id(&json!({"name": "slow", "script": "slow.py", "params": {"steps": 40}}))
+        .await;
+    let stream = |last_id: Option<String>| {
+        let mut request = reqwest::Client::new().get(server.api(&format!("/tasks/{id}/events")));
+        if let Some(last_id) = last_id {
+            request = request.header("last-event-id", last_id);
+        }
+        async move {
+            let response = request.send().await.expect("events");
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            let body = tokio::time::timeout(Duration::from_secs(60), response.text())
+                .await
+                .expect("the stream ends with the task")
+                .expect("body");
+            sse_events(&body)
+        }
+    };
+    let events = stream(None).await;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"task"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end"), "{kinds:?}");
+    let statuses: Vec<String> = events
+        .iter()
+        .filter(|(kind, _, _)| kind == "task")
+        .map(|(_, data, _)| {
+            serde_json::from_str::<serde_json::Value>(data).expect("a task")["status"]
+                .as_str()
+                .expect("status")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        statuses.contains(&"running".to_owned())
+            && statuses.last().map(String::as_str) == Some("completed"),
+        "{statuses:?}"
+    );
+    let logs: Vec<(serde_json::Value, Option<String>)> = events
+        .iter()
+        .filter(|(kind, _, _)| kind == "log")
+        .map(|(_, data, id)| (serde_json::from_str(data).expect("a log event"), id.clone()))
+        .collect();
+    let text: String = logs
+        .iter()
+        .map(|(l, _)| l["text"].as_str().expect("text"))
+        .collect();
+    let expected: String = (0..40).map(|step| format!("step {step}\n")).collect();
+    assert_eq!(text, expected, "every line once, in order");
+    assert!(
+        logs.len() > 1,
+        "lines arrive as the script prints them: {logs:?}"
+    );
+    let (first, first_id) = &logs[0];
+    let resumed = stream(first_id.clone()).await;
+    let rest: String = resumed
+        .iter()
+        .filter(|(kind, _, _)| kind == "log")
+        .map(|(_, data, _)| {
+            serde_json::from_str::<serde_json::Value>(data).expect("log")["text"]
+                .as_str()
+                .expect("text")
+                .to_owned()
+        })
+        .collect();
+    let skipped = first["text"].as_str().expect("text");
+    assert_eq!(
+        format!("{skipped}{rest}"),
+        expected,
+        "resumed after the first log event"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_executable_following_the_contract_completes_with_its_result() {
     let server = Server::start(&[("contract.sh", CONTRACT_SH, true)], &[]).await;

@@ -266,6 +266,7 @@ pub fn route_of(path: &str) -> &'static str {
         ["tasks", _, "cancel"] => "/api/v1/tasks/{id}/cancel",
         ["tasks", _, "logs"] => "/api/v1/tasks/{id}/logs",
         ["tasks", _, "progress"] => "/api/v1/tasks/{id}/progress",
+        ["tasks", _, "events"] => "/api/v1/tasks/{id}/events",
         ["tasks", _, "endpoint", ..] => "/api/v1/tasks/{id}/endpoint/{path}",
         ["pipelines"] => "/api/v1/pipelines",
         ["pipelines", _] => "/api/v1/pipelines/{id}",

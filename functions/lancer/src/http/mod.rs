@@ -20,6 +20,7 @@ pub mod error;
 mod lake;
 mod metrics;
 mod pipelines;
+mod stream;
 mod tasks;
 pub mod uploads;
 
@@ -44,7 +45,7 @@ impl AsRef<Service> for AppState {
     info(title = "lancer", description = "ML tasks on a Lance data lake: ingest, train, serve."),
     paths(
         tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
-        tasks::progress, endpoint::proxy_root,
+        tasks::progress, stream::task_events, endpoint::proxy_root,
         pipelines::submit, pipelines::list, pipelines::get_pipeline, pipelines::cancel,
         pipelines::retry,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
@@ -138,6 +139,7 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/logs", get(tasks::logs))
         .route("/tasks/{id}/progress", get(tasks::progress))
+        .route("/tasks/{id}/events", get(stream::task_events))
         .route("/pipelines", post(pipelines::submit).get(pipelines::list))
         .route("/pipelines/{id}", get(pipelines::get_pipeline))
         .route("/pipelines/{id}/cancel", post(pipelines::cancel))
