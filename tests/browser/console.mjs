@@ -7,6 +7,8 @@
 //   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
 //                                 the pages show as text and never run
 //   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
+//   upload URL DIR FOLDER          a file dropped on the upload page lands in raw/FOLDER/
+//                                 and links the ingestion task it started
 //   mnist  URL DIR DATASET MODEL SERVE_TASK
 //                                 the dataset's rows show digits as pictures, the model
 //                                 its saved versions, the serving task a link to its
@@ -44,6 +46,7 @@ try {
   else if (scenario === "tenant") await tenant(...args);
   else if (scenario === "markup") await markup(...args);
   else if (scenario === "chart") await lossChart(...args);
+  else if (scenario === "upload") await upload(...args);
   else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
@@ -174,4 +177,20 @@ async function mnist(dataset, model, serveTask) {
   const endpointHref = await page.locator("#endpoint-link").getAttribute("href");
   await shot("task-serving");
   console.log(JSON.stringify({ pictures, inked, savedVersions, accuracyShown, endpointHref }));
+}
+
+async function upload(folder) {
+  await page.goto(`${url}/#/upload`);
+  await page.locator("#upload-folder").fill(folder);
+  await page.locator("#upload-files").setInputFiles({ name: "notes.txt", mimeType: "text/plain",
+                                                     buffer: Buffer.from("seven\n") });
+  const started = page.locator("tr.upload td.started a");
+  await started.waitFor();
+  const stored = await page.locator("tr.upload code").textContent();
+  const href = await started.getAttribute("href");
+  await shot("upload");
+  await started.click();
+  await page.locator("h1 .badge.completed, h1 .badge.failed").waitFor({ timeout: 60000 });
+  await shot("upload-task");
+  console.log(JSON.stringify({ stored, href }));
 }

@@ -185,3 +185,32 @@ async fn a_training_tasks_loss_chart_gains_a_point_per_epoch_while_it_runs() {
     assert_eq!(seen["circles"], 6, "{seen}");
     server.stop().await;
 }
+
+/// Gives the name and text of the file it was given.
+const READ_PY: &str = r#"
+import os
+
+def run(input_path, output_path, params):
+    return {os.path.basename(input_path): open(input_path).read()}
+"#;
+
+#[tokio::test]
+async fn a_file_uploaded_from_the_console_starts_its_ingestion_task() {
+    let rules =
+        json!([{"name": "drop", "prefix": "raw/drop/", "script": "read.py", "output": "dropped"}]);
+    let server = Server::start(
+        &[("read.py", READ_PY, false)],
+        &[("LANCER_INGEST_RULES", &rules.to_string())],
+    )
+    .await;
+    let seen = browse("upload", &server.url, &["drop"]);
+    assert_eq!(seen["stored"], "raw/drop/notes.txt", "{seen}");
+    let id = seen["href"]
+        .as_str()
+        .and_then(|href| href.strip_prefix("#/tasks/"))
+        .expect("a link to the task");
+    let task = server.task(id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], json!({"notes.txt": "seven\n"}));
+    server.stop().await;
+}

@@ -16,13 +16,14 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, text = false } = {}) {
+async function api(path, { method = "GET", body, file, text = false } = {}) {
   const headers = {};
   const key = sessionStorage.getItem(KEY);
   if (key) headers.Authorization = `Bearer ${key}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (file !== undefined) headers["Content-Type"] = "application/octet-stream";
   const response = await fetch(`/api/v1${path}`, {
-    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, body: file ?? (body === undefined ? undefined : JSON.stringify(body)),
   });
   if (response.status === 401) {
     askForKey(key ? "That key was not accepted." : "");
@@ -544,6 +545,51 @@ async function modelVersions(a, into) {
               .map((s, i) => [s.version?.version ?? i + 1, s.metrics[n]]))) : [])));
 }
 
+// ---- uploads --------------------------------------------------------------------------
+
+/** Drop files into raw/<folder>/; each answer says which ingestion it started, if any. */
+function uploadView() {
+  const folder = el("input", { id: "upload-folder", value: "uploads", "aria-label": "Folder under raw/",
+                               pattern: "[A-Za-z0-9._/-]+", required: true });
+  const input = el("input", { id: "upload-files", type: "file", multiple: true, "aria-label": "Files" });
+  const results = el("tbody");
+  const send = async (files) => {
+    for (const file of files) {
+      const path = `${folder.value.trim()}/${file.name}`.split("/").filter(Boolean).map(encodeURIComponent).join("/");
+      const row = el("tr", { class: "upload" }, el("td", {}, file.name), el("td", { class: "num" }, bytes(file.size)),
+                     el("td", { colspan: 2, class: "muted" }, "uploading…"));
+      results.prepend(row);
+      try {
+        const done = await api(`/uploads/${path}`, { method: "PUT", file });
+        const started = done.task ? link(`#/tasks/${done.task.id}`, `task ${done.task.spec.name} ${short(done.task.id)}`)
+          : done.pipeline ? link(`#/pipelines/${done.pipeline.id}`, `pipeline ${done.pipeline.spec.name}`)
+          : el("span", { class: "muted" }, "no ingestion (no rule matched, or it waits for more files)");
+        row.replaceChildren(row.children[0], row.children[1], el("td", {}, el("code", {}, done.path)),
+                            el("td", { class: "started" }, started));
+      } catch (error) {
+        row.replaceChildren(row.children[0], row.children[1],
+                            el("td", { colspan: 2, class: "error" }, `${error.code}: ${error.message}`));
+      }
+    }
+  };
+  input.addEventListener("change", () => send([...input.files]));
+  const zone = el("div", { class: "drop", id: "drop-zone" }, "Drop files here, or ", input);
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    send([...event.dataTransfer.files]);
+  });
+  show(el("h1", {}, "Upload"),
+       el("p", {}, "Files land in ", el("code", {}, "raw/<folder>/"),
+          " in your lake folder; an ingestion rule whose prefix holds them starts a task or pipeline."),
+       el("label", { for: "upload-folder" }, "Folder under raw/ "), folder, zone,
+       el("div", { class: "table-wrap" }, el("table", {},
+          el("thead", {}, el("tr", {}, ["File", "Size", "Stored at", "Started"].map((h) => el("th", {}, h)))),
+          results)));
+}
+
 // ---- the API reference (what /docs shows) ---------------------------------------------
 
 /** `#/{"$ref": "#/components/schemas/X"}` -> `X`, and arrays of refs -> `[X]`. */
@@ -611,6 +657,7 @@ async function route() {
     if (section === "tasks") await (id ? taskView(id) : tasksView(new URLSearchParams(search)));
     else if (section === "pipelines") await (id ? pipelineView(id) : pipelinesView());
     else if (section === "api") await apiView();
+    else if (section === "upload") uploadView();
     else if (section === "datasets" || section === "models") await (id ? artifactView(section, id) : artifactsView(section));
     else show(el("h1", {}, "Not found"), el("p", {}, link("#/tasks", "Back to the tasks")));
   } catch (error) {
