@@ -1,5 +1,9 @@
 //! What `GET /metrics` shows: the process's own series, and those of the task table.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
 use super::Service;
 use crate::domain::task::{Task, TaskStatus};
 use crate::domain::tenant::Tenant;
@@ -10,10 +14,46 @@ use crate::telemetry::{self, QUEUE_WAIT, RUN_TIME, Registry, TASKS};
 /// The most tasks one scrape reads from the table.
 const MAX_SCANNED: usize = 200_000;
 
+/// How long the table's figures are reused: reading 10,000 tasks takes most of a second
+/// (scripts/bench-console), so back-to-back scrapes must not each read the table.
+const TABLE_TTL: Duration = Duration::from_secs(5);
+
+/// The table's figures as last rendered, by scope (a tenant, or every tenant).
+type Rendered = Mutex<HashMap<Option<String>, (Instant, String)>>;
+
+fn cache() -> &'static Rendered {
+    static CACHE: OnceLock<Rendered> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
 impl Service {
     /// Prometheus text: `tenant`'s tasks by status with their queue waits and run times
     /// (every tenant's when `None`), then the process's own series.
     pub async fn metrics_text(&self, tenant: Option<&Tenant>) -> Result<String> {
+        let scope = tenant.map(|t| t.name.to_string());
+        let fresh = cache()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&scope)
+            .filter(|(at, _)| at.elapsed() < TABLE_TTL)
+            .map(|(_, text)| text.clone());
+        let mut text = match fresh {
+            Some(text) => text,
+            None => {
+                let text = self.table_metrics(tenant).await?;
+                let mut cached = cache()
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                cached.insert(scope, (Instant::now(), text.clone()));
+                text
+            }
+        };
+        telemetry::global().render(&mut text);
+        Ok(text)
+    }
+
+    /// The task table's series for `tenant` (every tenant when `None`).
+    async fn table_metrics(&self, tenant: Option<&Tenant>) -> Result<String> {
         let table = Registry::default();
         if let Some(tenant) = tenant {
             for status in TaskStatus::ALL {
@@ -46,7 +86,6 @@ impl Service {
         }
         let mut text = String::new();
         table.render(&mut text);
-        telemetry::global().render(&mut text);
         Ok(text)
     }
 }
