@@ -85,6 +85,14 @@ async function watch(taskId) {
 
   await page.goto(`${url}/#/tasks?status=cancelled`);
   await page.locator(`tr[data-task="${taskId}"] .badge.cancelled`).waitFor();
+  // The name filter asks the server for the names that start with what was typed.
+  await page.locator("#name-filter").fill("slow-st");
+  await page.locator("#name-filter").press("Enter");
+  await page.waitForURL(/name=slow-st/);
+  await page.locator(`tr[data-task="${taskId}"]`).waitFor();
+  await page.locator("#name-filter").fill("other");
+  await page.locator("#name-filter").press("Enter");
+  await page.locator("main p.muted", { hasText: "No task matches." }).waitFor();
   for (const section of ["pipelines", "datasets", "models"]) {
     await page.goto(`${url}/#/${section}`);
     await page.locator("main h1").waitFor();

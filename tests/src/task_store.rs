@@ -442,6 +442,7 @@ pub async fn listing_filters_by_status(f: Fixture) {
             status: Some(TaskStatus::Running),
             limit: 10,
             page_token: None,
+            name_prefix: None,
         })
         .await
         .expect("list");
@@ -460,6 +461,7 @@ pub async fn listing_filters_by_status(f: Fixture) {
             status: Some(TaskStatus::Pending),
             limit: 10,
             page_token: None,
+            name_prefix: None,
         })
         .await
         .expect("list");
@@ -471,6 +473,47 @@ pub async fn listing_filters_by_status(f: Fixture) {
             .collect::<HashSet<_>>(),
         HashSet::from([a.id])
     );
+}
+
+pub async fn listing_filters_by_the_start_of_the_name(f: Fixture) {
+    let store = f.store.as_ref();
+    let train = created(store, new_task("acme", spec("mnist-train"))).await;
+    let clean = created(store, new_task("acme", spec("mnist-clean"))).await;
+    created(store, new_task("acme", spec("other-mnist"))).await;
+    created(store, new_task("globex", spec("mnist-theirs"))).await;
+    started(store, &train).await;
+    let names = |tenant: Option<&str>, status: Option<TaskStatus>, prefix: &str| {
+        let query = ListQuery {
+            tenant: tenant.map(str::to_owned),
+            status,
+            name_prefix: Some(prefix.to_owned()),
+            limit: 10,
+            page_token: None,
+        };
+        async move {
+            let page = store.list(&query).await.expect("list");
+            page.tasks
+                .into_iter()
+                .map(|t| t.spec.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        names(Some("acme"), None, "mnist").await,
+        ["mnist-clean", "mnist-train"]
+    );
+    assert_eq!(names(Some("acme"), None, "mnist-t").await, ["mnist-train"]);
+    assert_eq!(
+        names(Some("acme"), Some(TaskStatus::Pending), "mnist").await,
+        ["mnist-clean"]
+    );
+    assert_eq!(
+        names(Some("acme"), None, "nothing").await,
+        Vec::<String>::new()
+    );
+    let everywhere = names(None, None, "mnist-").await;
+    assert_eq!(everywhere.len(), 3, "{everywhere:?}");
+    assert_eq!(clean.spec.name, "mnist-clean");
 }
 
 pub async fn stale_running_finds_only_tasks_with_old_heartbeats(f: Fixture) {
@@ -505,6 +548,7 @@ macro_rules! task_store_conformance {
             a_requeued_task_waits_again_and_its_old_attempt_can_no_longer_write,
             listing_pages_through_a_tenants_tasks_newest_first,
             listing_filters_by_status,
+            listing_filters_by_the_start_of_the_name,
             stale_running_finds_only_tasks_with_old_heartbeats,
         );
     };

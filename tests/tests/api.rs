@@ -321,6 +321,11 @@ async fn unknown_ids_and_bad_names_are_404_and_400() {
             "INVALID_REQUEST",
         ),
         (
+            "/api/v1/tasks?name=Job%25",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
             "/api/v1/tasks?limit=0",
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
@@ -475,6 +480,13 @@ async fn listing_filters_by_status_and_pages_with_a_token() {
         ids_of(&pending),
         [&ids[4], &ids[3], &ids[2], &ids[1]].map(Clone::clone)
     );
+    let named = app.get("/api/v1/tasks?name=job-3", &[]).await.json();
+    assert_eq!(ids_of(&named), [ids[3].clone()], "the name's start picks");
+    let all_named = app
+        .get("/api/v1/tasks?name=job&status=pending", &[])
+        .await
+        .json();
+    assert_eq!(ids_of(&all_named).len(), 4, "with the status filter too");
     let first = app.get("/api/v1/tasks?limit=3", &[]).await.json();
     let token = first["next_page_token"].as_str().expect("a next page");
     let second = app

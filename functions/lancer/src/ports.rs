@@ -38,6 +38,8 @@ pub struct ListQuery {
     /// `None` lists every tenant's tasks (dispatchers and sweepers only).
     pub tenant: Option<String>,
     pub status: Option<TaskStatus>,
+    /// Only tasks whose name starts with this.
+    pub name_prefix: Option<String>,
     pub limit: usize,
     /// Opaque token from a previous page.
     pub page_token: Option<String>,

@@ -67,6 +67,7 @@ impl Service {
         let mut query = ListQuery {
             tenant: tenant.map(|t| t.name.to_string()),
             status: None,
+            name_prefix: None,
             limit: crate::store::MAX_PAGE,
             page_token: None,
         };

@@ -20,7 +20,7 @@ mod uploads;
 
 pub use pipelines::STEP_NOT_STARTED;
 pub use rows::{MAX_ROWS, Rows, RowsRequest};
-pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskLog, TaskProgress};
+pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskFilter, TaskLog, TaskProgress};
 pub use uploads::{Ingested, Uploaded};
 
 /// The ports and the operator's settings every use case runs against.

@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(first.revision, second.revision, "the second write lost");
         assert_eq!(first.steps[1].task_id, second.steps[1].task_id);
         let page = service
-            .list_tasks(&tenant, None, None, None)
+            .list_tasks(&tenant, Default::default(), None, None)
             .await
             .expect("list");
         assert_eq!(page.tasks.len(), 2, "clean and one train");

@@ -29,6 +29,14 @@ pub struct LogRequest {
     pub limit: Option<u64>,
 }
 
+/// Which of a tenant's tasks a listing shows, as the query string gave them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TaskFilter<'a> {
+    pub status: Option<&'a str>,
+    /// The start of the task's name.
+    pub name: Option<&'a str>,
+}
+
 /// The most bytes of a stored progress history read back: its bounds (2,000 points of
 /// 2 KiB) with room to spare.
 const MAX_HISTORY_BYTES: u64 = 8 << 20;
@@ -225,23 +233,31 @@ impl Service {
         }
     }
 
-    /// The tenant's tasks, newest first, a page of `limit` (1-1000, default 100) at a time.
+    /// The tenant's tasks, newest first, a page of `limit` (1-1000, default 100) at a time,
+    /// only those in `status` and whose name starts with `name` when given.
     pub async fn list_tasks(
         &self,
         tenant: &Tenant,
-        status: Option<&str>,
+        filter: TaskFilter<'_>,
         limit: Option<usize>,
         page_token: Option<String>,
     ) -> Result<TaskPage> {
-        let status = status
+        let status = filter
+            .status
             .map(str::parse::<TaskStatus>)
             .transpose()
             .map_err(Error::InvalidRequest)?;
+        // A start of a name is itself a name: the same characters, the same first one.
+        let name_prefix = filter
+            .name
+            .map(|name| Name::parse("name", name).map(|name| name.to_string()))
+            .transpose()?;
         let limit = page_size(limit)?;
         self.store
             .list(&ListQuery {
                 tenant: Some(tenant.name.to_string()),
                 status,
+                name_prefix,
                 limit,
                 page_token,
             })

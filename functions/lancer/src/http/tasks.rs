@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiJson, ApiQuery, ErrorBody};
 use super::{AppState, Tenant};
-use crate::application::{LogRequest, TaskLog, TaskProgress};
+use crate::application::{LogRequest, TaskFilter, TaskLog, TaskProgress};
 use crate::domain::task::{Task, TaskSpec};
 use crate::error::Result;
 use crate::ports::Created;
@@ -57,6 +57,8 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
 pub struct ListParams {
     /// Only tasks in this status.
     status: Option<String>,
+    /// Only tasks whose name starts with this.
+    name: Option<String>,
     /// Page size, 1-1000 (default 100).
     limit: Option<usize>,
     /// `next_page_token` of the previous page.
@@ -84,7 +86,10 @@ pub async fn list(
         .service
         .list_tasks(
             &tenant,
-            params.status.as_deref(),
+            TaskFilter {
+                status: params.status.as_deref(),
+                name: params.name.as_deref(),
+            },
             params.limit,
             params.page_token,
         )

@@ -288,7 +288,7 @@ impl DynamoTaskStore {
         index: &str,
         hash: (&str, &str),
         before: Option<&str>,
-        status_filter: Option<TaskStatus>,
+        filter: Filter<'_>,
         want: usize,
     ) -> Result<Vec<Task>> {
         let mut tasks = Vec::new();
@@ -310,11 +310,21 @@ impl DynamoTaskStore {
                     .expression_attribute_values(":before", s(before)),
                 None => query.key_condition_expression("#hash = :hash"),
             };
-            if let Some(status) = status_filter {
+            let mut conditions = Vec::new();
+            if let Some(status) = filter.status {
+                conditions.push("#status = :status");
                 query = query
-                    .filter_expression("#status = :status")
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":status", s(status.as_str()));
+            }
+            if let Some(prefix) = filter.name_prefix {
+                conditions.push("begins_with(#name, :name)");
+                query = query
+                    .expression_attribute_names("#name", "name")
+                    .expression_attribute_values(":name", s(prefix));
+            }
+            if !conditions.is_empty() {
+                query = query.filter_expression(conditions.join(" AND "));
             }
             let page = query.send().await.map_err(|err| aws_error("Query", err))?;
             for item in page.items() {
@@ -357,6 +367,13 @@ impl DynamoTaskStore {
     }
 }
 
+/// What a listing keeps beyond its index's key: DynamoDB applies it after reading a page.
+#[derive(Clone, Copy, Default)]
+struct Filter<'a> {
+    status: Option<TaskStatus>,
+    name_prefix: Option<&'a str>,
+}
+
 /// What `put_reserved` did.
 pub(super) enum Reserved {
     Written,
@@ -385,6 +402,8 @@ fn item_of(task: &Task) -> Result<Item> {
         ("id".to_owned(), s(&task.id)),
         ("tenant".to_owned(), s(&task.tenant)),
         ("status".to_owned(), s(task.status.as_str())),
+        // Beside the body so that a listing can filter on it.
+        ("name".to_owned(), s(&task.spec.name)),
         ("attempt".to_owned(), n(task.attempt)),
         ("body".to_owned(), s(&serde_json::to_string(task)?)),
     ]);
@@ -455,28 +474,36 @@ impl TaskStore for DynamoTaskStore {
         let limit = page_limit(query.limit);
         // One more than asked tells whether another page exists.
         let want = limit + 1;
+        let name_prefix = query.name_prefix.as_deref();
         let tasks = match (&query.tenant, query.status) {
             (Some(tenant), status) => {
+                let filter = Filter {
+                    status,
+                    name_prefix,
+                };
                 self.query_index(
                     BY_TENANT,
                     ("tenant", tenant),
                     before.as_deref(),
-                    status,
+                    filter,
                     want,
                 )
                 .await?
             }
             (None, Some(status)) => {
-                self.query_index(
-                    BY_STATUS,
-                    ("status", status.as_str()),
-                    before.as_deref(),
-                    None,
-                    want,
-                )
-                .await?
+                let filter = Filter {
+                    status: None,
+                    name_prefix,
+                };
+                let hash = ("status", status.as_str());
+                self.query_index(BY_STATUS, hash, before.as_deref(), filter, want)
+                    .await?
             }
-            (None, None) => self.scan_all(before.as_deref()).await?,
+            (None, None) => {
+                let mut all = self.scan_all(before.as_deref()).await?;
+                all.retain(|task| name_prefix.is_none_or(|p| task.spec.name.starts_with(p)));
+                all
+            }
         };
         Ok(page_of(tasks, limit))
     }
@@ -497,7 +524,7 @@ impl TaskStore for DynamoTaskStore {
                 BY_STATUS,
                 ("status", TaskStatus::Running.as_str()),
                 None,
-                None,
+                Filter::default(),
                 usize::MAX,
             )
             .await?;

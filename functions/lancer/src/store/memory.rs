@@ -80,6 +80,12 @@ impl TaskStore for MemoryTaskStore {
                     .is_none_or(|tenant| task.tenant == tenant)
             })
             .filter(|task| query.status.is_none_or(|status| task.status == status))
+            .filter(|task| {
+                query
+                    .name_prefix
+                    .as_deref()
+                    .is_none_or(|prefix| task.spec.name.starts_with(prefix))
+            })
             .take(limit + 1)
             .cloned()
             .collect();

@@ -205,18 +205,22 @@ impl TaskStore for SqliteTaskStore {
         let before = page_start(query)?;
         let tenant = query.tenant.clone();
         let status = query.status.map(TaskStatus::as_str);
+        let prefix = query.name_prefix.clone();
         let limit = page_limit(query.limit);
         self.with_conn(move |conn| {
+            // substr, not LIKE: a prefix holding % or _ means itself.
             let mut statement = conn.prepare_cached(
                 "SELECT body FROM tasks
                      WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR tenant = ?2)
                        AND (?3 IS NULL OR status = ?3)
+                       AND (?5 IS NULL OR substr(json_extract(body, '$.spec.name'), 1, length(?5)) = ?5)
                      ORDER BY id DESC LIMIT ?4",
             )?;
             let bodies = statement
-                .query_map(params![before, tenant, status, limit as i64 + 1], |row| {
-                    row.get::<_, String>(0)
-                })?
+                .query_map(
+                    params![before, tenant, status, limit as i64 + 1, prefix],
+                    |row| row.get::<_, String>(0),
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let tasks = bodies
                 .iter()

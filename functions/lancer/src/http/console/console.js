@@ -246,18 +246,19 @@ async function tasksView(query) {
   const select = el("select", { id: "status-filter", "aria-label": "Status",
                                 onchange: (e) => go("tasks", { status: e.target.value, name }) },
                     STATUSES.map((s) => el("option", { value: s, selected: s === status }, s || "any status")));
-  const filter = el("input", { id: "name-filter", type: "search", placeholder: "name contains",
-                               "aria-label": "Name contains", value: name,
-                               onchange: (e) => go("tasks", { status, name: e.target.value }) });
+  const filter = el("input", { id: "name-filter", type: "search", placeholder: "name starts with",
+                               "aria-label": "Name starts with", value: name,
+                               onchange: (e) => go("tasks", { status, name: e.target.value.trim().toLowerCase() }) });
   const body = el("div");
   const pager = el("div", { class: "toolbar" });
   show(el("h1", {}, "Tasks"), el("div", { class: "toolbar" }, select, filter), body, pager);
   const params = new URLSearchParams({ limit: "50" });
   if (status) params.set("status", status);
+  if (name) params.set("name", name);
   if (token) params.set("page_token", token);
   await every(2000, async () => {
     const page = await api(`/tasks?${params}`);
-    const tasks = page.tasks.filter((t) => !name || t.spec.name.includes(name));
+    const tasks = page.tasks;
     body.replaceChildren(table(
       [["Name"], ["Status"], ["Progress"], ["Created", "wide"], ["Took", "num wide"], ["Id", "wide"]],
       tasks.map((t) => el("tr", { "data-task": t.id },
@@ -267,7 +268,7 @@ async function tasksView(query) {
         el("td", { class: "wide" }, when(t.created_at)),
         el("td", { class: "num wide" }, took(t.started_at, t.finished_at)),
         el("td", { class: "wide" }, el("code", {}, short(t.id))))),
-      name ? "No task on this page has that name." : "No tasks yet."));
+      name || status ? "No task matches." : "No tasks yet."));
     pager.replaceChildren(
       token ? el("button", { onclick: () => go("tasks", { status, name }) }, "First page") : "",
       page.next_page_token
