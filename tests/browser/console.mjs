@@ -7,6 +7,7 @@
 //   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
 //                                 the pages show as text and never run
 //   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
+//   model  URL DIR MODEL           the model's saved versions in a table and a chart
 //   upload URL DIR FOLDER          a file dropped on the upload page lands in raw/FOLDER/
 //                                 and links the ingestion task it started
 //   mnist  URL DIR DATASET MODEL SERVE_TASK
@@ -47,6 +48,7 @@ try {
   else if (scenario === "markup") await markup(...args);
   else if (scenario === "chart") await lossChart(...args);
   else if (scenario === "upload") await upload(...args);
+  else if (scenario === "model") await model(...args);
   else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
@@ -201,4 +203,15 @@ async function upload(folder) {
   await page.locator("h1 .badge.completed, h1 .badge.failed").waitFor({ timeout: 60000 });
   await shot("upload-task");
   console.log(JSON.stringify({ stored, href }));
+}
+
+async function model(name) {
+  await page.goto(`${url}/#/models/${name}`);
+  await page.locator("#versions-accuracy").waitFor();
+  const savedVersions = await page.locator("tr.saved-version").count();
+  const chartPoints = Number(await page.locator("#versions-accuracy").getAttribute("data-points"));
+  const header = await page.locator("#model-versions th").allTextContents();
+  const cells = await page.locator("tr.saved-version").first().locator("td").allTextContents();
+  await shot("model-compare");
+  console.log(JSON.stringify({ savedVersions, chartPoints, newest: cells[header.indexOf("accuracy")] }));
 }

@@ -214,3 +214,39 @@ async fn a_file_uploaded_from_the_console_starts_its_ingestion_task() {
     assert_eq!(task["result"], json!({"notes.txt": "seven\n"}));
     server.stop().await;
 }
+
+/// Saves a model version: one row with its weights, metrics and params, appended.
+const SAVE_MODEL_PY: &str = r#"
+import json, os, datetime
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    row = pa.table({
+        "weights": pa.array([b"\x00" * 1024], pa.binary()),
+        "metrics": [json.dumps({"accuracy": params["accuracy"], "loss": 1 - params["accuracy"]})],
+        "params": [json.dumps(params)],
+        "created_at": [datetime.datetime.now(datetime.timezone.utc).isoformat()],
+    })
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    mode = "append" if os.path.exists(output_path) else "create"
+    lance.write_dataset(row, output_path, mode=mode, storage_options=options)
+    return {"accuracy": params["accuracy"]}
+"#;
+
+#[tokio::test]
+async fn a_models_saved_versions_are_compared_in_a_table_and_a_chart() {
+    let server = Server::start(&[("save.py", SAVE_MODEL_PY, false)], &[]).await;
+    for accuracy in [0.91, 0.97] {
+        let spec = json!({"name": "save", "script": "save.py", "output": "models/toy",
+                          "params": {"accuracy": accuracy}});
+        server
+            .run_to_completion(&spec, Duration::from_secs(60))
+            .await;
+    }
+    let seen = browse("model", &server.url, &["toy"]);
+    assert_eq!(seen["savedVersions"], 2, "{seen}");
+    assert_eq!(seen["chartPoints"], 2, "{seen}");
+    assert_eq!(seen["newest"], "0.97", "the newest version on top: {seen}");
+    server.stop().await;
+}
