@@ -7,6 +7,7 @@
 //   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
 //                                 the pages show as text and never run
 //   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
+//   pipeline URL DIR PIPELINE_ID   the pipeline's steps in columns by depth, all completing
 //   model  URL DIR MODEL           the model's saved versions in a table and a chart
 //   upload URL DIR FOLDER          a file dropped on the upload page lands in raw/FOLDER/
 //                                 and links the ingestion task it started
@@ -49,6 +50,7 @@ try {
   else if (scenario === "chart") await lossChart(...args);
   else if (scenario === "upload") await upload(...args);
   else if (scenario === "model") await model(...args);
+  else if (scenario === "pipeline") await pipeline(...args);
   else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
@@ -214,4 +216,15 @@ async function model(name) {
   const cells = await page.locator("tr.saved-version").first().locator("td").allTextContents();
   await shot("model-compare");
   console.log(JSON.stringify({ savedVersions, chartPoints, newest: cells[header.indexOf("accuracy")] }));
+}
+
+async function pipeline(id) {
+  await page.goto(`${url}/#/pipelines/${id}`);
+  await page.locator("h1 .badge.completed").waitFor({ timeout: 60000 });
+  await page.waitForFunction(() => document.querySelectorAll("#dag .card .badge.completed").length === 4);
+  const columns = await page.evaluate(() => [...document.querySelectorAll("#dag .dag-level")]
+    .map((level) => [...level.querySelectorAll(".card")].map((card) => card.dataset.step)));
+  const completed = await page.locator("#dag .card .badge.completed").count();
+  await shot("pipeline");
+  console.log(JSON.stringify({ columns, completed }));
 }

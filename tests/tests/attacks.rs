@@ -207,6 +207,7 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
         "LANCER_PROGRESS_FILE",
         "LANCER_INPUT_VERSION",
         "LANCER_CHECKPOINT_DIR",
+        "LANCER_SERVE_HOST",
         "HOME",
         "TMPDIR",
         "PYTHONUNBUFFERED",
@@ -222,6 +223,10 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
     assert_eq!(
         env["MY_SETTING"], "42",
         "the operator's LANCER_SCRIPT_ENV arrives"
+    );
+    assert_eq!(
+        env["LANCER_SERVE_HOST"], "127.0.0.1",
+        "services listen on loopback"
     );
     let lake = std::fs::canonicalize(server.lake()).expect("lake");
     assert_eq!(

@@ -250,3 +250,29 @@ async fn a_models_saved_versions_are_compared_in_a_table_and_a_chart() {
     assert_eq!(seen["newest"], "0.97", "the newest version on top: {seen}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_pipelines_steps_are_drawn_in_columns_by_what_they_wait_for() {
+    let server = Server::start(&[("echo.py", ECHO_PY, false)], &[]).await;
+    let step = |name: &str, after: &[&str]| json!({"name": name, "script": "echo.py", "params": {"text": name}, "after": after});
+    let spec = json!({"name": "fan-out", "steps": [
+        step("first", &[]), step("left", &["first"]), step("right", &["first"]), step("last", &["left", "right"]),
+    ]});
+    let response = reqwest::Client::new()
+        .post(server.api("/pipelines"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), 201);
+    let pipeline: Value = response.json().await.expect("json");
+    let id = pipeline["id"].as_str().expect("id");
+    let seen = browse("pipeline", &server.url, &[id]);
+    assert_eq!(
+        seen["columns"],
+        json!([["first"], ["left", "right"], ["last"]]),
+        "{seen}"
+    );
+    assert_eq!(seen["completed"], 4, "{seen}");
+    server.stop().await;
+}

@@ -125,7 +125,7 @@ async fn a_serving_task_runs_as_a_ray_job_and_reports_its_endpoint() {
         .json()
         .await
         .expect("json");
-    assert_eq!(hello, json!({"hello": "lancer"}));
+    assert_eq!(hello["hello"], "lancer");
     assert_eq!(ray_job(&format!("{id}-1")).await["status"], "RUNNING");
     assert_eq!(
         server.post(&format!("/tasks/{id}/cancel")).await.status(),

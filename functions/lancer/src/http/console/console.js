@@ -283,21 +283,30 @@ async function taskView(id) {
   const actions = el("div", { class: "toolbar" });
   const outcome = el("div");
   const charts = el("div", { class: "grid", id: "charts" });
+  const attempts = el("div", { class: "toolbar", id: "attempts" });
   const log = el("pre", { class: "log", id: "log", "aria-label": "Log" });
-  show(head, progress, charts, actions, outcome, el("h2", {}, "Log"), log);
+  show(head, progress, charts, actions, outcome, el("h2", {}, "Log"), attempts, log);
   let offset = 0;
-  let attempt = 0;
+  let attempt = 0; // the attempt whose log and charts are on screen
+  let chosen = null; // an earlier attempt picked by the user; null follows the latest
   let charted = null; // the report the charts last showed
   await every(1000, async () => {
     const task = await api(`/tasks/${encodeURIComponent(id)}`);
     renderTask(task, { head, progress, actions, outcome });
-    if (task.attempt !== attempt) {
-      attempt = task.attempt;
+    const wanted = chosen ?? task.attempt;
+    if (wanted !== attempt) {
+      attempt = wanted;
       offset = 0;
       log.textContent = "";
       charted = null;
     }
-    const latest = JSON.stringify([task.attempt, task.progress, task.status]);
+    const numbers = Array.from({ length: task.attempt }, (_, i) => i + 1);
+    attempts.replaceChildren(...(task.attempt > 1 ? [
+      el("span", { class: "muted" }, "Attempt"),
+      ...numbers.map((n) => el("button", { "aria-pressed": String(n === attempt), class: "attempt",
+                                           onclick: () => { chosen = n === task.attempt ? null : n; } }, n)),
+    ] : []));
+    const latest = JSON.stringify([attempt, task.progress, task.status]);
     if (attempt > 0 && latest !== charted) {
       charted = latest;
       const history = await api(`/tasks/${encodeURIComponent(id)}/progress?attempt=${attempt}`);
@@ -399,16 +408,36 @@ async function pipelineView(id) {
       live ? el("button", { class: "danger", onclick: () => pipelineAction(p.id, "cancel") }, "Cancel") : "",
       p.status === "failed" || p.status === "cancelled"
         ? el("button", { onclick: () => pipelineAction(p.id, "retry") }, "Retry") : "");
-    dag.replaceChildren(...p.steps.map((step, i) => {
-      const spec = p.spec.steps[i] || {};
-      return el("div", { class: "card", "data-step": step.name },
-        el("strong", {}, step.name), " ", badge(step.status),
-        spec.after?.length ? el("div", { class: "after" }, `after ${spec.after.join(", ")}`) : "",
-        step.cached_from ? el("div", { class: "muted" }, "from the cache") : "",
-        step.task_id ? el("div", {}, link(`#/tasks/${step.task_id}`, `task ${short(step.task_id)}`)) : "",
-        step.error ? el("div", { class: "error" }, step.error.message) : "");
-    }));
+    dag.replaceChildren(...levels(p.spec.steps).flatMap((names, depth) => [
+      depth ? el("div", { class: "dag-arrow", "aria-hidden": "true" }, "→") : "",
+      el("div", { class: "dag-level" }, names.map((name) => {
+        const i = p.spec.steps.findIndex((s) => s.name === name);
+        const [step, spec] = [p.steps[i], p.spec.steps[i]];
+        return el("div", { class: "card", "data-step": step.name },
+          el("strong", {}, step.name), " ", badge(step.status),
+          spec.after?.length ? el("div", { class: "after" }, `after ${spec.after.join(", ")}`) : "",
+          step.cached_from ? el("div", { class: "muted" }, "from the cache") : "",
+          step.task_id ? el("div", {}, link(`#/tasks/${step.task_id}`, `task ${short(step.task_id)}`)) : "",
+          step.error ? el("div", { class: "error" }, step.error.message) : "");
+      })),
+    ]));
   });
+}
+
+/** Step names by depth: a step sits one column right of the deepest step it waits for. */
+function levels(steps) {
+  const depth = new Map();
+  const of = (name, seen = new Set()) => {
+    if (depth.has(name)) return depth.get(name);
+    const step = steps.find((s) => s.name === name);
+    const after = (step?.after || []).filter((a) => !seen.has(a));
+    const d = after.length ? 1 + Math.max(...after.map((a) => of(a, new Set([...seen, name])))) : 0;
+    depth.set(name, d);
+    return d;
+  };
+  const columns = [];
+  for (const step of steps) (columns[of(step.name)] ||= []).push(step.name);
+  return columns.filter(Boolean);
 }
 
 async function pipelineAction(id, action) {
