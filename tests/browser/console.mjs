@@ -8,6 +8,8 @@
 //                                 the pages show as text and never run
 //   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
 //   pipeline URL DIR PIPELINE_ID   the pipeline's steps in columns by depth, all completing
+//   attempts URL DIR TASK_ID       a retried task's page shows the latest attempt's log, and
+//                                 the first attempt's when its button is pressed
 //   model  URL DIR MODEL           the model's saved versions in a table and a chart
 //   upload URL DIR FOLDER          a file dropped on the upload page lands in raw/FOLDER/
 //                                 and links the ingestion task it started
@@ -51,6 +53,7 @@ try {
   else if (scenario === "upload") await upload(...args);
   else if (scenario === "model") await model(...args);
   else if (scenario === "pipeline") await pipeline(...args);
+  else if (scenario === "attempts") await attempts(...args);
   else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
@@ -227,4 +230,17 @@ async function pipeline(id) {
   const completed = await page.locator("#dag .card .badge.completed").count();
   await shot("pipeline");
   console.log(JSON.stringify({ columns, completed }));
+}
+
+async function attempts(taskId) {
+  await page.goto(`${url}/#/tasks/${taskId}`);
+  await page.waitForFunction(() => document.getElementById("log").textContent.includes("attempt 2 starting"));
+  const buttons = await page.locator("#attempts button.attempt").count();
+  const latest = await page.locator("#log").textContent();
+  await page.locator("#attempts button.attempt", { hasText: "1" }).click();
+  await page.waitForFunction(() => document.getElementById("log").textContent.includes("attempt 1 starting"));
+  await page.locator('#attempts button.attempt[aria-pressed="true"]', { hasText: "1" }).waitFor();
+  const first = await page.locator("#log").textContent();
+  await shot("task-attempts");
+  console.log(JSON.stringify({ buttons, latest, first }));
 }
