@@ -26,7 +26,12 @@ try {
 
   // A "7": the top bar, then the diagonal down to the bottom left.
   const strokes = [[[70, 60], [210, 60]], [[210, 60], [120, 240]]];
-  const answered = page.waitForResponse((r) => r.url().endsWith("/predict") && r.request().method() === "POST");
+  // Every stroke's end asks /predict; under load the answers can come seconds apart.
+  let asked = 0;
+  const answers = [];
+  page.on("request", (r) => { if (r.url().endsWith("/predict")) asked += 1; });
+  page.on("requestfinished", async (r) => { if (r.url().endsWith("/predict")) answers.push(await r.response()); });
+  page.on("requestfailed", (r) => { if (r.url().endsWith("/predict")) answers.push(null); });
   for (const stroke of strokes) {
     await page.mouse.move(...at(...stroke[0]));
     await page.mouse.down();
@@ -37,10 +42,15 @@ try {
     }
     await page.mouse.up();
   }
-  // The last stroke's prediction is the one the page settles on.
-  let response = await answered;
-  const later = await page.waitForResponse((r) => r.url().endsWith("/predict"), { timeout: 2000 }).catch(() => null);
-  if (later) response = later;
+  // The last answer to arrive is the one the page settles on: wait until every question
+  // asked has its answer, and nothing new was asked for half a second.
+  for (let quiet = 0, deadline = Date.now() + 30000; quiet < 5; ) {
+    assert.ok(Date.now() < deadline, `/predict: ${asked} asked, ${answers.length} answered`);
+    await page.waitForTimeout(100);
+    quiet = asked > 0 && answers.length === asked ? quiet + 1 : 0;
+  }
+  const response = answers.at(-1);
+  assert.ok(response, "the last /predict failed");
   assert.equal(response.status(), 200);
   const body = await response.json();
   await page.waitForFunction((expected) => document.getElementById("prediction").textContent === expected,

@@ -81,6 +81,7 @@ pub struct Server {
     env: Vec<(String, String)>,
     child: Child,
     http: reqwest::Client,
+    _reaper: Reaper,
 }
 
 /// The tests' HTTP client. The server closes a connection that sends no request for 10 s
@@ -163,6 +164,7 @@ impl Server {
                 .iter()
                 .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
+            _reaper: Reaper(child.id()),
             child,
             http: client(reqwest::Client::builder()),
         }
@@ -313,6 +315,45 @@ impl Server {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+/// Kills the server's runners when a test fails (see its `Drop`).
+struct Reaper(Option<u32>);
+
+impl Drop for Reaper {
+    /// A failed test must not leave its runners behind: a serving task's runner lives on,
+    /// holding the test's output pipe (and a CI run that waits on it) open. Killing a
+    /// runner with -9 takes its script with it. A test that passed has ended its tasks,
+    /// and the crash tests kill the server on purpose, leaving its runners: both untouched.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Some(pid) = self.0 {
+            for runner in children_of(pid) {
+                // No assertion here: a panic while unwinding would abort the test binary.
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &runner.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// The processes a process started (from every thread of it).
+fn children_of(pid: u32) -> Vec<u32> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    threads
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The pid of the runner working on a task.
