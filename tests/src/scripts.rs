@@ -97,3 +97,15 @@ def run(input_path, output_path, params):
     while True:
         time.sleep(0.1)
 "#;
+
+/// The first attempt runs until it is killed; a retry completes at once.
+pub const FIRST_ATTEMPT_HANGS_PY: &str = r#"
+import os, time
+
+def run(input_path, output_path, params):
+    attempt = int(os.environ["LANCER_ATTEMPT"])
+    print(f"attempt {attempt} starting", flush=True)
+    if attempt == 1:
+        time.sleep(600)
+    return {"attempt": attempt}
+"#;

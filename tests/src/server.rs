@@ -246,6 +246,22 @@ impl Server {
         self.logs_at(&format!("/tasks/{id}/logs")).await
     }
 
+    /// The latest attempt's log once it holds `text`; panics with the log after `within`.
+    pub async fn wait_for_log(&self, id: &str, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.logs(id).await;
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never showed {text:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// One attempt's log.
     pub async fn attempt_logs(&self, id: &str, attempt: u32) -> String {
         self.logs_at(&format!("/tasks/{id}/logs?attempt={attempt}"))

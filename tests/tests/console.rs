@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lancer_tests::scripts::SLOW_PY;
+use lancer_tests::scripts::{FIRST_ATTEMPT_HANGS_PY, SLOW_PY};
 use lancer_tests::server::{self, Server, kill_9, runner_pid};
 use serde_json::{Value, json};
 
@@ -277,32 +277,15 @@ async fn a_pipelines_steps_are_drawn_in_columns_by_what_they_wait_for() {
     server.stop().await;
 }
 
-/// Hangs in its first attempt, and returns in the next.
-const FIRST_ATTEMPT_HANGS_PY: &str = r#"
-import os, time
-
-def run(input_path, output_path, params):
-    attempt = int(os.environ["LANCER_ATTEMPT"])
-    print(f"attempt {attempt} starting", flush=True)
-    if attempt == 1:
-        time.sleep(600)
-    return {"attempt": attempt}
-"#;
-
 #[tokio::test]
 async fn a_retried_tasks_page_shows_each_attempts_own_log() {
     let server = Server::start(&[("retry.py", FIRST_ATTEMPT_HANGS_PY, false)], &[]).await;
     let id = server
         .submit_for_id(&json!({"name": "retry", "script": "retry.py", "max_attempts": 2}))
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !server.logs(&id).await.contains("attempt 1 starting") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attempt 1 never logged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_for_log(&id, "attempt 1 starting", Duration::from_secs(30))
+        .await;
     kill_9(runner_pid(&id).await.expect("runner pid"));
     let done = server.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(

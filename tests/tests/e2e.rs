@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use lancer_tests::scripts::{CONTRACT_SH, FAIL_PY, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY};
+use lancer_tests::scripts::{
+    CONTRACT_SH, FAIL_PY, FIRST_ATTEMPT_HANGS_PY, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY,
+};
 use lancer_tests::server::{
     Server, bin_dir, is_alive, kill_9, runner_pid, script_pid, wait_until_gone,
 };
@@ -511,14 +513,9 @@ async fn progress_and_logs_show_while_running_and_cancel_stops_the_script() {
             .is_some_and(|m| m.starts_with("step "))
     );
     assert!(running["progress"]["metrics"]["step"].as_u64().is_some());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !server.logs(&id).await.contains("step 1\n") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "logs never showed while running"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_for_log(&id, "step 1\n", Duration::from_secs(10))
+        .await;
     assert!(runner_pid(&id).await.is_some(), "a runner works on it");
     let cancelled = server.post(&format!("/tasks/{id}/cancel")).await;
     assert_eq!(cancelled.status(), 200);
@@ -558,15 +555,9 @@ async fn a_script_that_ignores_sigterm_is_killed_after_the_grace_period() {
     // The runner itself escalated (as it must on Ray, where no local dispatcher stands
     // behind it) and closed the attempt's log; the dispatcher's backstop, killing the
     // whole group a little later, would have left no such line.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !server.logs(&id).await.contains("task stopped: ") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the runner never closed the log: {}",
-            server.logs(&id).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_for_log(&id, "task stopped: ", Duration::from_secs(10))
+        .await;
     server.stop().await;
 }
 
@@ -588,18 +579,6 @@ async fn a_runner_killed_with_sigkill_takes_its_script_and_leaves_its_task_faile
     server.stop().await;
 }
 
-/// The first attempt runs until it is killed; a retry completes at once.
-const FIRST_ATTEMPT_HANGS_PY: &str = r#"
-import os, time
-
-def run(input_path, output_path, params):
-    attempt = int(os.environ["LANCER_ATTEMPT"])
-    print(f"attempt {attempt} starting", flush=True)
-    if attempt == 1:
-        time.sleep(600)
-    return {"attempt": attempt}
-"#;
-
 #[tokio::test]
 async fn a_lost_runner_is_retried_while_attempts_remain() {
     let server = Server::start(&[("retry.py", FIRST_ATTEMPT_HANGS_PY, false)], &[]).await;
@@ -607,14 +586,9 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
         .submit_for_id(&json!({"name": "retry", "script": "retry.py", "max_attempts": 2}))
         .await;
     server.wait_for_status(&id, "running").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !server.logs(&id).await.contains("attempt 1 starting") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attempt 1 never logged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_for_log(&id, "attempt 1 starting", Duration::from_secs(30))
+        .await;
     let pid = runner_pid(&id).await.expect("runner pid");
     kill_9(pid);
     let done = server.wait_finished(&id, Duration::from_secs(60)).await;

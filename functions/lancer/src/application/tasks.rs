@@ -299,6 +299,11 @@ impl Service {
         request: LogRequest,
     ) -> Result<TaskLog> {
         let task = self.task(tenant, id).await?;
+        self.log_of_task(&task, request).await
+    }
+
+    /// As `task_log`, for a task already read (and checked to be the tenant's).
+    pub async fn log_of_task(&self, task: &Task, request: LogRequest) -> Result<TaskLog> {
         let offset = request.offset.unwrap_or(0);
         let limit = request.limit.unwrap_or(MAX_LOG_CHUNK);
         if !(1..=MAX_LOG_CHUNK).contains(&limit) {
@@ -306,14 +311,14 @@ impl Service {
                 "limit must be between 1 and {MAX_LOG_CHUNK}"
             )));
         }
-        let attempt = check_attempt(&task, request.attempt)?;
+        let attempt = check_attempt(task, request.attempt)?;
         let chunk = match self
             .lake
             .read_from(&task.log_of(attempt), offset, limit)
             .await?
         {
             Some(chunk) => chunk,
-            None => match self.dispatcher.logs(&task).await? {
+            None => match self.dispatcher.logs(task).await? {
                 Some(text) => LogChunk::slice(text.as_bytes(), offset, limit),
                 None => LogChunk::slice(&[], 0, limit),
             },

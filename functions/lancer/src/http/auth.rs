@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -18,14 +19,17 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    // A header that is not visible ASCII is no bearer token: the use case refuses it.
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or_default());
-    let tenant = state.service.tenant_of(header)?;
+    let tenant = state.service.tenant_of(bearer(request.headers()))?;
     request.extensions_mut().insert(tenant);
     Ok(next.run(request).await)
+}
+
+/// The `Authorization` header. One that is not visible ASCII reads as empty, which is no
+/// bearer token: the use case refuses it.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default())
 }
 
 /// As `authenticate`, and on the endpoint routes the key may come in the console's cookie
@@ -35,11 +39,10 @@ pub async fn authenticate_endpoint(
     mut request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let header = match request.headers().get(AUTHORIZATION) {
-        Some(value) => Some(value.to_str().unwrap_or_default().to_owned()),
-        None => {
-            super::endpoint::key_from_cookie(request.headers()).map(|key| format!("Bearer {key}"))
-        }
+    let from_cookie = super::endpoint::key_from_cookie(request.headers());
+    let header = match bearer(request.headers()) {
+        Some(header) => Some(header.to_owned()),
+        None => from_cookie.map(|key| format!("Bearer {key}")),
     };
     let tenant = state.service.tenant_of(header.as_deref())?;
     request.extensions_mut().insert(tenant);

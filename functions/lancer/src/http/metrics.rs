@@ -24,10 +24,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     let tenant = if state.metrics_open {
         None
     } else {
-        let header = headers
-            .get(header::AUTHORIZATION)
-            .map(|value| value.to_str().unwrap_or_default());
-        Some(state.service.tenant_of(header)?)
+        Some(state.service.tenant_of(super::auth::bearer(&headers))?)
     };
     let text = state.service.metrics_text(tenant.as_ref()).await?;
     let mut response = text.into_response();

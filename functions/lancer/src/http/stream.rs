@@ -128,7 +128,7 @@ impl Watch {
             offset: Some(self.offset),
             limit: None,
         };
-        let TaskLog { chunk, .. } = service.task_log(&self.tenant, &self.id, request).await?;
+        let TaskLog { chunk, .. } = service.log_of_task(&task, request).await?;
         if !chunk.bytes.is_empty() {
             let text = String::from_utf8_lossy(&chunk.bytes);
             let data = json!({"attempt": self.attempt, "offset": self.offset, "text": text});
