@@ -35,6 +35,11 @@ impl Rng {
         low + (high - low) * self.next_f32()
     }
 
+    /// Uniform in [-max, max].
+    pub fn offset(&mut self, max: usize) -> isize {
+        (self.next_u64() % (2 * max as u64 + 1)) as isize - max as isize
+    }
+
     /// Fisher-Yates.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -66,5 +71,11 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
         assert_ne!(items, sorted);
+        let offsets: Vec<isize> = (0..1000).map(|_| r.offset(2)).collect();
+        for value in -2..=2 {
+            assert!(offsets.contains(&value), "{value} never drawn");
+        }
+        assert!(offsets.iter().all(|o| o.abs() <= 2));
+        assert_eq!(r.offset(0), 0);
     }
 }

@@ -103,6 +103,10 @@ fn bad_options_are_refused() {
             batch_size: 0,
             ..Default::default()
         },
+        TrainOptions {
+            shift: 5,
+            ..Default::default()
+        },
     ] {
         assert!(
             train(&data, &data, &options, &mut Quiet, Checkpoints::default()).is_err(),

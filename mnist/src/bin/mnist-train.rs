@@ -4,7 +4,8 @@
 //! Params: `epochs` (8), `optimizer` (adadelta|adam|adamw|sgd, default adadelta as in
 //! PyTorch's example), `learning_rate` (the optimizer's default: adadelta 1.0, adam 0.001,
 //! sgd 0.01), `lr_decay` (0.7: multiplies the rate after each epoch, PyTorch's StepLR gamma),
-//! `batch_size` (64), `seed` (42), `device` (cpu|cuda).
+//! `batch_size` (64), `seed` (42), `device` (cpu|cuda), `shift` (2: each training image is
+//! moved by up to this many pixels, drawn per image from the seed; 0 as PyTorch's example).
 //! Result: `{accuracy, loss, model_version, resumed_after_epoch, epochs_run}`.
 //!
 //! With `LANCER_CHECKPOINT_DIR` (a folder on a local lake, or an `s3://` prefix), it saves a checkpoint after each
@@ -78,6 +79,9 @@ async fn main() -> Result<()> {
         device: task.str_param("device")?.unwrap_or(defaults.device),
         optimizer: task.str_param("optimizer")?.unwrap_or(defaults.optimizer),
         lr_decay: task.f64_param("lr_decay")?.unwrap_or(defaults.lr_decay),
+        shift: task
+            .u64_param("shift")?
+            .map_or(defaults.shift, |n| n as usize),
     };
     // The model row records the rate it really started from.
     let options = TrainOptions {
