@@ -254,7 +254,11 @@ impl CustomOp2 for Conv {
 }
 
 /// Runs `f` on the values of two contiguous CPU tensors, in place.
-fn with_slices<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
+pub(crate) fn with_slices<R>(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(&[f32], &[f32]) -> R,
+) -> Result<R> {
     let ((a, a_layout), (b, b_layout)) = (a.storage_and_layout(), b.storage_and_layout());
     match (&*a, &*b) {
         (Storage::Cpu(a), Storage::Cpu(b)) => {
@@ -270,27 +274,24 @@ fn kernel_gradient(d: Dims, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let per_task = IMAGES_PER_TASK * d.positions() * o;
     // Summed as its transpose, `cols^T [patch, positions] x grad [positions, o]`: that
     // form's right-hand rows are contiguous, which the GEMM wants.
-    let sum_t = x
+    // Summed per task and then over the tasks in order: rayon's fold would group the
+    // sums by how work was stolen, and the same seed must give the same bits.
+    let partial: Vec<Vec<f32>> = x
         .par_chunks(IMAGES_PER_TASK * d.image())
         .zip(grad.par_chunks(per_task))
-        .fold(
-            || (vec![0f32; patch * o], Vec::new()),
-            |(mut sum, mut cols), (images, grad)| {
-                im2col(d, images, &mut cols);
-                let rows = cols.len() / patch;
-                let cols_t = Mat(&cols, rows, patch, true);
-                matmul(&mut sum, cols_t, Mat(grad, rows, o, false), true);
-                (sum, cols)
-            },
-        )
-        .map(|(sum, _)| sum)
-        .reduce(
-            || vec![0f32; patch * o],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .map_init(Vec::new, |cols, (images, grad)| {
+            let mut sum = vec![0f32; patch * o];
+            im2col(d, images, cols);
+            let rows = cols.len() / patch;
+            let cols_t = Mat(cols, rows, patch, true);
+            matmul(&mut sum, cols_t, Mat(grad, rows, o, false), true);
+            sum
+        })
+        .collect();
+    let mut sum_t = vec![0f32; patch * o];
+    for sum in partial {
+        sum_t.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
+    }
     transpose(&sum_t, patch, o)
 }
 

@@ -2,6 +2,7 @@
 //! the run contract (flags, params, result file, progress file, environment).
 
 pub mod adadelta;
+pub mod bias_relu;
 pub mod checkpoint;
 pub mod clean;
 pub mod contract;

@@ -94,17 +94,22 @@ impl Net {
         let n = images.dim(0)?;
         // NHWC throughout: convolutions are fused im2col + GEMM on the CPU (see `conv`).
         let x = ((images.reshape((n, SIDE, SIDE, 1))? - MEAN)? / STD)?;
-        let x = conv_nhwc(&x, self.get("conv1.weight")?)?
-            .broadcast_add(self.get("conv1.bias")?)?
-            .relu()?;
+        let x = bias_relu(
+            &conv_nhwc(&x, self.get("conv1.weight")?)?,
+            self.get("conv1.bias")?,
+        )?;
         // Pooling first, then bias and ReLU: the same values, since adding a channel's bias
         // and ReLU both keep the order max-pooling picks by, on a quarter of the elements.
-        let x = crate::pool::max_pool2(&conv_nhwc(&x, self.get("conv2.weight")?)?)?
-            .broadcast_add(self.get("conv2.bias")?)?
-            .relu()?;
+        let x = bias_relu(
+            &crate::pool::max_pool2(&conv_nhwc(&x, self.get("conv2.weight")?)?)?,
+            self.get("conv2.bias")?,
+        )?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
-        let x = linear(&x, self.get("fc1.weight")?, self.get("fc1.bias")?)?.relu()?;
+        let x = bias_relu(
+            &x.matmul(&self.get("fc1.weight")?.t()?)?,
+            self.get("fc1.bias")?,
+        )?;
         let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
     }
@@ -116,6 +121,10 @@ impl Net {
             D::Minus1,
         )?)
     }
+}
+
+fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Ok(crate::bias_relu::bias_relu(x, bias)?)
 }
 
 fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {

@@ -2,9 +2,9 @@
 //!
 //! The gemm crate ran conv2's three products (K = 288 forward, K = 64 for the input
 //! gradient, K = 2,304 for the weight gradient) at 15-30 GFLOP/s on one core, against a
-//! measured 117 GFLOP/s FMA peak, and its packing showed in perf. These shapes need no
-//! packing: the right-hand rows are contiguous and the left-hand side is read in strips
-//! of six rows that stay in L1 while a 16-column panel of the right-hand side is reused.
+//! measured 117 GFLOP/s FMA peak, and its packing showed in perf. Here only the small
+//! right-hand side is packed, once per K-block; the left-hand side is read in place in
+//! strips of six rows, each reused across every 16-column panel while it is in cache.
 
 /// A matrix `[rows, k]` read at `data[row * row_stride + p * k_stride]`.
 #[derive(Clone, Copy)]
@@ -28,6 +28,8 @@ const NR: usize = 16;
 /// Depth per pass: a K-block of the left-hand side (up to 442 KB for the weight
 /// gradient) stays in L2, and conv2's forward (K = 288) runs in one pass.
 const KC: usize = 384;
+/// Rows per block: 96 rows of conv2's forward (K = 288) are 110 KB, which stay in L2.
+const MC: usize = 96;
 
 /// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]` with `dst` row-major. Returns false, leaving
 /// `dst` untouched, when the shape or the CPU does not suit the kernel (m not a multiple
@@ -60,36 +62,56 @@ pub(crate) fn gemm(
     false
 }
 
-/// Every tile of `dst`, a K-block at a time, each 16-column panel of `rhs` reused down
-/// all the row strips. The caller has checked the shapes and the CPU.
+/// Every tile of `dst`, a K-block at a time. Each K-block of `rhs` is first packed into
+/// contiguous 16-column panels: read in place, conv2's panels (rows 256 or 1,152 bytes
+/// apart) fell on a few L1 sets and were evicted between uses, and perf showed the
+/// multiply-adds waiting on those loads. Rows go in blocks of `MC`, whose strips stay in
+/// L2 while every panel passes over them. The caller has checked the shapes and the CPU.
 #[cfg(target_arch = "x86_64")]
 fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumulate: bool) {
     let m = dst.len() / n;
+    let mut packed = vec![0f32; KC.min(k) * n];
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         let add = accumulate || p0 > 0;
-        for j in (0..n).step_by(NR) {
-            for i in (0..m).step_by(MR) {
-                // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6 and
-                // depths p0..p0+kc of lhs, rows p0..p0+kc and columns j..j+16 of rhs, and
-                // rows i..i+6 of the m x n dst lie within their slices.
-                #[allow(unsafe_code)]
-                unsafe {
-                    tile(
-                        kc,
-                        lhs.data
-                            .as_ptr()
-                            .add(i * lhs.row_stride + p0 * lhs.k_stride),
-                        lhs.row_stride,
-                        lhs.k_stride,
-                        rhs.data.as_ptr().add(p0 * rhs.row_stride + j),
-                        rhs.row_stride,
-                        dst.as_mut_ptr().add(i * n + j),
-                        n,
-                        add,
-                    )
+        pack(&mut packed[..kc * n], rhs, p0, kc, n);
+        for i0 in (0..m).step_by(MC) {
+            for (panel, j) in packed[..kc * n]
+                .chunks_exact(kc * NR)
+                .zip((0..n).step_by(NR))
+            {
+                for i in (i0..m.min(i0 + MC)).step_by(MR) {
+                    // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6
+                    // and depths p0..p0+kc of lhs, and rows i..i+6 of the m x n dst, lie
+                    // within their slices; `panel` holds kc rows of 16.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        tile(
+                            kc,
+                            lhs.data
+                                .as_ptr()
+                                .add(i * lhs.row_stride + p0 * lhs.k_stride),
+                            lhs.row_stride,
+                            lhs.k_stride,
+                            panel.as_ptr(),
+                            NR,
+                            dst.as_mut_ptr().add(i * n + j),
+                            n,
+                            add,
+                        )
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Rows `p0..p0 + kc` of `rhs` as `n / 16` panels of `kc` rows of 16, one after another.
+fn pack(packed: &mut [f32], rhs: Rhs<'_>, p0: usize, kc: usize, n: usize) {
+    for (panel, j) in packed.chunks_exact_mut(kc * NR).zip((0..n).step_by(NR)) {
+        for (row, p) in panel.chunks_exact_mut(NR).zip(p0..p0 + kc) {
+            let from = p * rhs.row_stride + j;
+            row.copy_from_slice(&rhs.data[from..from + NR]);
         }
     }
 }
