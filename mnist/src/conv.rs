@@ -119,26 +119,26 @@ impl Mat<'_> {
 }
 
 /// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]`, row-major `dst`, on one core (the callers
-/// run one per rayon task): conv2's shapes on [`sgemm`], the rest on the gemm crate.
+/// run one per rayon task): on [`sgemm`] where it runs (16-column multiples), else on the
+/// gemm crate.
 // The gemm crate's one entry point takes raw pointers and strides.
 #[allow(unsafe_code)]
 fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(k == k2 && dst.len() == m * n, "matmul shapes disagree");
     let ((lrs, lcs), (rrs, rcs)) = (lhs.strides(), rhs.strides());
-    if rcs == 1 {
-        let lhs_view = Lhs {
-            data: lhs.0,
-            row_stride: lrs as usize,
-            k_stride: lcs as usize,
-        };
-        let rhs_view = Rhs {
-            data: rhs.0,
-            row_stride: rrs as usize,
-        };
-        if sgemm::gemm(dst, n, lhs_view, rhs_view, k, accumulate) {
-            return;
-        }
+    let lhs_view = Lhs {
+        data: lhs.0,
+        row_stride: lrs as usize,
+        k_stride: lcs as usize,
+    };
+    let rhs_view = Rhs {
+        data: rhs.0,
+        row_stride: rrs as usize,
+        col_stride: rcs as usize,
+    };
+    if sgemm::gemm(dst, n, lhs_view, rhs_view, k, accumulate) {
+        return;
     }
     // SAFETY: the shapes were checked above against the three slices' lengths, and the
     // strides describe those row-major (or transposed) slices exactly.

@@ -9,6 +9,7 @@ pub mod contract;
 pub mod conv;
 pub mod idx;
 pub mod lake;
+pub mod linear;
 pub mod model;
 pub mod pool;
 pub mod rng;

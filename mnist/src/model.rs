@@ -107,7 +107,7 @@ impl Net {
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
         let x = bias_relu(
-            &x.matmul(&self.get("fc1.weight")?.t()?)?,
+            &crate::linear::linear(&x, self.get("fc1.weight")?)?,
             self.get("fc1.bias")?,
         )?;
         let x = drop(&x, 0.5, rng)?;

@@ -1,10 +1,12 @@
-//! A single-precision GEMM for the shapes of conv2, on one core with AVX2 and FMA.
+//! A single-precision GEMM for the net's shapes, on one core with AVX2 and FMA.
 //!
 //! The gemm crate ran conv2's three products (K = 288 forward, K = 64 for the input
 //! gradient, K = 2,304 for the weight gradient) at 15-30 GFLOP/s on one core, against a
-//! measured 117 GFLOP/s FMA peak, and its packing showed in perf. Here only the small
+//! measured 117 GFLOP/s FMA peak, and its packing showed in perf. Here only the
 //! right-hand side is packed, once per K-block; the left-hand side is read in place in
 //! strips of six rows, each reused across every 16-column panel while it is in cache.
+//! Rows past the last whole strip go through a zero-padded copy, so any row count runs
+//! here (a serving batch, conv1's 9-row weight gradient).
 
 /// A matrix `[rows, k]` read at `data[row * row_stride + p * k_stride]`.
 #[derive(Clone, Copy)]
@@ -14,11 +16,13 @@ pub(crate) struct Lhs<'a> {
     pub k_stride: usize,
 }
 
-/// A matrix `[k, n]` whose rows are contiguous: `data[p * row_stride + j]`.
+/// A matrix `[k, n]` read at `data[p * row_stride + j * col_stride]`; packing makes
+/// any strides cost the same to the kernel, and contiguous rows are copied fastest.
 #[derive(Clone, Copy)]
 pub(crate) struct Rhs<'a> {
     pub data: &'a [f32],
     pub row_stride: usize,
+    pub col_stride: usize,
 }
 
 /// Rows and columns of one microkernel tile: 12 accumulators of 8 lanes, the two rows of
@@ -32,8 +36,8 @@ const KC: usize = 384;
 const MC: usize = 96;
 
 /// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]` with `dst` row-major. Returns false, leaving
-/// `dst` untouched, when the shape or the CPU does not suit the kernel (m not a multiple
-/// of 6, n not a multiple of 16, no AVX2 and FMA); the caller then uses a general GEMM.
+/// `dst` untouched, when the shape or the CPU does not suit the kernel (n not a multiple
+/// of 16, no AVX2 and FMA); the caller then uses a general GEMM.
 pub(crate) fn gemm(
     dst: &mut [f32],
     n: usize,
@@ -46,19 +50,29 @@ pub(crate) fn gemm(
         return false;
     }
     let m = dst.len() / n;
-    if m == 0 || !m.is_multiple_of(MR) || !n.is_multiple_of(NR) || rhs.row_stride < n {
+    if m == 0 || !n.is_multiple_of(NR) {
         return false;
     }
     let lhs_end = (m - 1) * lhs.row_stride + (k - 1) * lhs.k_stride;
-    let rhs_end = (k - 1) * rhs.row_stride + n - 1;
+    let rhs_end = (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride;
     if lhs_end >= lhs.data.len() || rhs_end >= rhs.data.len() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if available() {
         tiles(dst, n, lhs, rhs, k, accumulate);
         return true;
     }
+    false
+}
+
+/// Whether this CPU runs the kernel (AVX2 and FMA).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
@@ -70,17 +84,18 @@ pub(crate) fn gemm(
 #[cfg(target_arch = "x86_64")]
 fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumulate: bool) {
     let m = dst.len() / n;
+    let whole = m - m % MR;
     let mut packed = vec![0f32; KC.min(k) * n];
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         let add = accumulate || p0 > 0;
         pack(&mut packed[..kc * n], rhs, p0, kc, n);
-        for i0 in (0..m).step_by(MC) {
+        for i0 in (0..whole).step_by(MC) {
             for (panel, j) in packed[..kc * n]
                 .chunks_exact(kc * NR)
                 .zip((0..n).step_by(NR))
             {
-                for i in (i0..m.min(i0 + MC)).step_by(MR) {
+                for i in (i0..whole.min(i0 + MC)).step_by(MR) {
                     // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6
                     // and depths p0..p0+kc of lhs, and rows i..i+6 of the m x n dst, lie
                     // within their slices; `panel` holds kc rows of 16.
@@ -103,6 +118,66 @@ fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumu
                 }
             }
         }
+        if whole < m {
+            last_rows(
+                &mut dst[whole * n..],
+                n,
+                lhs,
+                whole,
+                p0,
+                kc,
+                &packed[..kc * n],
+                add,
+            );
+        }
+    }
+}
+
+/// The rows of `dst` from `first` on, fewer than a strip, through a zero-padded copy of
+/// their K-block of `lhs` and a 6x16 buffer for each tile of `dst`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn last_rows(
+    dst: &mut [f32],
+    n: usize,
+    lhs: Lhs<'_>,
+    first: usize,
+    p0: usize,
+    kc: usize,
+    packed: &[f32],
+    add: bool,
+) {
+    let rows = dst.len() / n;
+    let mut a = vec![0f32; MR * kc];
+    for (r, strip) in a.chunks_exact_mut(kc).take(rows).enumerate() {
+        for (p, value) in strip.iter_mut().enumerate() {
+            *value = lhs.data[(first + r) * lhs.row_stride + (p0 + p) * lhs.k_stride];
+        }
+    }
+    let mut c = [0f32; MR * NR];
+    for (panel, j) in packed.chunks_exact(kc * NR).zip((0..n).step_by(NR)) {
+        for r in 0..rows {
+            c[r * NR..][..NR].copy_from_slice(&dst[r * n + j..][..NR]);
+        }
+        // SAFETY: `gemm` detected AVX2 and FMA; `a` holds 6 rows of kc, `panel` kc rows
+        // of 16, and `c` 6 rows of 16.
+        #[allow(unsafe_code)]
+        unsafe {
+            tile(
+                kc,
+                a.as_ptr(),
+                kc,
+                1,
+                panel.as_ptr(),
+                NR,
+                c.as_mut_ptr(),
+                NR,
+                add,
+            )
+        };
+        for r in 0..rows {
+            dst[r * n + j..][..NR].copy_from_slice(&c[r * NR..][..NR]);
+        }
     }
 }
 
@@ -110,8 +185,14 @@ fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumu
 fn pack(packed: &mut [f32], rhs: Rhs<'_>, p0: usize, kc: usize, n: usize) {
     for (panel, j) in packed.chunks_exact_mut(kc * NR).zip((0..n).step_by(NR)) {
         for (row, p) in panel.chunks_exact_mut(NR).zip(p0..p0 + kc) {
-            let from = p * rhs.row_stride + j;
-            row.copy_from_slice(&rhs.data[from..from + NR]);
+            let from = p * rhs.row_stride + j * rhs.col_stride;
+            if rhs.col_stride == 1 {
+                row.copy_from_slice(&rhs.data[from..from + NR]);
+            } else {
+                for (q, value) in row.iter_mut().enumerate() {
+                    *value = rhs.data[from + q * rhs.col_stride];
+                }
+            }
         }
     }
 }
@@ -179,7 +260,7 @@ mod tests {
                 let sum: f64 = (0..k)
                     .map(|p| {
                         f64::from(lhs.data[i * lhs.row_stride + p * lhs.k_stride])
-                            * f64::from(rhs.data[p * rhs.row_stride + j])
+                            * f64::from(rhs.data[p * rhs.row_stride + j * rhs.col_stride])
                     })
                     .sum();
                 out[i * n + j] = sum as f32;
@@ -195,22 +276,27 @@ mod tests {
     }
 
     #[test]
-    fn conv2s_three_products_equal_the_definition() {
+    fn the_nets_products_equal_the_definition() {
         if !(std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma"))
         {
             return;
         }
-        // (m, n, k, lhs transposed): the forward pass, the input gradient, and the weight
-        // gradient's transpose with a depth over two K-blocks.
-        for (m, n, k, transposed) in [
-            (36, 64, 288, false),
-            (12, 288, 64, false),
-            (288, 64, 900, true),
+        // (m, n, k, lhs transposed, rhs transposed): conv2's forward pass, input gradient,
+        // and weight gradient's transpose with a depth over two K-blocks; conv1's weight
+        // gradient (9 rows: one strip and a partial one); fc1's forward on a batch of 13
+        // (its weight read transposed) and its weight gradient (128 rows, a partial strip).
+        for (m, n, k, lhs_t, rhs_t) in [
+            (36, 64, 288, false, false),
+            (12, 288, 64, false, false),
+            (288, 64, 900, true, false),
+            (9, 32, 500, true, false),
+            (13, 128, 800, false, true),
+            (128, 48, 13, true, false),
         ] {
             let a = values(m * k, 7);
             let b = values(k * n, 11);
-            let lhs = if transposed {
+            let lhs = if lhs_t {
                 Lhs {
                     data: &a,
                     row_stride: 1,
@@ -223,9 +309,11 @@ mod tests {
                     k_stride: 1,
                 }
             };
+            let (row_stride, col_stride) = if rhs_t { (1, k) } else { (n, 1) };
             let rhs = Rhs {
                 data: &b,
-                row_stride: n,
+                row_stride,
+                col_stride,
             };
             let expected = reference(m, n, k, lhs, rhs);
             let mut out = vec![f32::NAN; m * n];
@@ -239,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn shapes_off_the_tile_grid_are_declined_and_left_untouched() {
+    fn shapes_the_kernel_cannot_run_are_declined_and_left_untouched() {
         let (a, b) = (values(64, 1), values(64, 2));
         let lhs = Lhs {
             data: &a,
@@ -253,16 +341,27 @@ mod tests {
         let rhs = |n| Rhs {
             data: &b,
             row_stride: n,
+            col_stride: 1,
         };
-        // (rows, columns, lhs, why it is declined)
+        let long_rows = Rhs {
+            col_stride: 2,
+            ..rhs(16)
+        };
+        // (rows, columns, lhs, rhs, why it is declined)
         let cases = [
-            (4, 16, lhs, "4 rows are not a multiple of 6"),
-            (6, 8, lhs, "8 columns are not a multiple of 16"),
-            (6, 16, short, "lhs is too short for 6 rows"),
+            (6, 8, lhs, rhs(8), "8 columns are not a multiple of 16"),
+            (6, 16, short, rhs(16), "lhs is too short for 6 rows"),
+            (
+                3,
+                16,
+                lhs,
+                long_rows,
+                "rhs is too short for 4 rows of 16 every 2",
+            ),
         ];
-        for (m, n, lhs, why) in cases {
+        for (m, n, lhs, rhs, why) in cases {
             let mut out = vec![5f32; m * n];
-            assert!(!gemm(&mut out, n, lhs, rhs(n), 4, false), "{why}");
+            assert!(!gemm(&mut out, n, lhs, rhs, 4, false), "{why}");
             assert!(out.iter().all(|&v| v == 5.0), "{why}: dst was written");
         }
     }
