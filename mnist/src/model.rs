@@ -31,6 +31,8 @@ const PARAMETERS: [(&str, &[usize], usize); 8] = [
 
 pub struct Net {
     tensors: HashMap<String, Tensor>,
+    /// fc1's weight packed for the CPU's GEMM, once, in a net made for inference.
+    fc1_packed: Option<crate::linear::PackedWeight>,
 }
 
 impl Net {
@@ -47,7 +49,13 @@ impl Net {
             tensors.insert(name.to_owned(), var.as_tensor().clone());
             vars.push(var);
         }
-        Ok((Self { tensors }, vars))
+        Ok((
+            Self {
+                tensors,
+                fc1_packed: None,
+            },
+            vars,
+        ))
     }
 
     pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self> {
@@ -62,7 +70,18 @@ impl Net {
                 tensor.dims()
             );
         }
-        Ok(Self { tensors })
+        Ok(Self {
+            tensors,
+            fc1_packed: None,
+        })
+    }
+
+    /// The same weights for serving: cut off from autograd, with fc1's weight packed once
+    /// instead of on every batch.
+    pub fn for_inference(&self) -> Result<Self> {
+        let net = self.detached();
+        let fc1_packed = crate::linear::PackedWeight::new(net.get("fc1.weight")?)?;
+        Ok(Self { fc1_packed, ..net })
     }
 
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
@@ -80,7 +99,10 @@ impl Net {
             .iter()
             .map(|(name, tensor)| (name.clone(), tensor.detach()))
             .collect();
-        Self { tensors }
+        Self {
+            tensors,
+            fc1_packed: None,
+        }
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
@@ -106,10 +128,11 @@ impl Net {
         )?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
-        let x = bias_relu(
-            &crate::linear::linear(&x, self.get("fc1.weight")?)?,
-            self.get("fc1.bias")?,
-        )?;
+        let fc1 = match &self.fc1_packed {
+            Some(packed) => packed.apply(&x)?,
+            None => crate::linear::linear(&x, self.get("fc1.weight")?)?,
+        };
+        let x = bias_relu(&fc1, self.get("fc1.bias")?)?;
         let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
     }

@@ -83,53 +83,105 @@ pub(crate) fn available() -> bool {
 /// L2 while every panel passes over them. The caller has checked the shapes and the CPU.
 #[cfg(target_arch = "x86_64")]
 fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumulate: bool) {
-    let m = dst.len() / n;
-    let whole = m - m % MR;
     let mut packed = vec![0f32; KC.min(k) * n];
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
-        let add = accumulate || p0 > 0;
         pack(&mut packed[..kc * n], rhs, p0, kc, n);
-        for i0 in (0..whole).step_by(MC) {
-            for (panel, j) in packed[..kc * n]
-                .chunks_exact(kc * NR)
-                .zip((0..n).step_by(NR))
-            {
-                for i in (i0..whole.min(i0 + MC)).step_by(MR) {
-                    // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6
-                    // and depths p0..p0+kc of lhs, and rows i..i+6 of the m x n dst, lie
-                    // within their slices; `panel` holds kc rows of 16.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        tile(
-                            kc,
-                            lhs.data
-                                .as_ptr()
-                                .add(i * lhs.row_stride + p0 * lhs.k_stride),
-                            lhs.row_stride,
-                            lhs.k_stride,
-                            panel.as_ptr(),
-                            NR,
-                            dst.as_mut_ptr().add(i * n + j),
-                            n,
-                            add,
-                        )
-                    }
+        block(dst, n, lhs, p0, kc, &packed[..kc * n], accumulate || p0 > 0);
+    }
+}
+
+/// Depths `p0..p0 + kc` of the product, with that K-block of `rhs` packed in `packed`.
+#[cfg(target_arch = "x86_64")]
+fn block(dst: &mut [f32], n: usize, lhs: Lhs<'_>, p0: usize, kc: usize, packed: &[f32], add: bool) {
+    let m = dst.len() / n;
+    let whole = m - m % MR;
+    for i0 in (0..whole).step_by(MC) {
+        for (panel, j) in packed.chunks_exact(kc * NR).zip((0..n).step_by(NR)) {
+            for i in (i0..whole.min(i0 + MC)).step_by(MR) {
+                // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6 and
+                // depths p0..p0+kc of lhs, and rows i..i+6 of the m x n dst, lie within
+                // their slices; `panel` holds kc rows of 16.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tile(
+                        kc,
+                        lhs.data
+                            .as_ptr()
+                            .add(i * lhs.row_stride + p0 * lhs.k_stride),
+                        lhs.row_stride,
+                        lhs.k_stride,
+                        panel.as_ptr(),
+                        NR,
+                        dst.as_mut_ptr().add(i * n + j),
+                        n,
+                        add,
+                    )
                 }
             }
         }
-        if whole < m {
-            last_rows(
-                &mut dst[whole * n..],
-                n,
-                lhs,
-                whole,
-                p0,
-                kc,
-                &packed[..kc * n],
-                add,
-            );
+    }
+    if whole < m {
+        last_rows(&mut dst[whole * n..], n, lhs, whole, p0, kc, packed, add);
+    }
+}
+
+/// A right-hand side `[k, n]` packed once, for products by the same matrix again and
+/// again (a served model's fc1): each K-block's panels, one block after another.
+pub(crate) struct Packed {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    /// `None` where the kernel cannot run: n off its 16-column grid, `rhs` too short,
+    /// or a CPU without AVX2 and FMA.
+    pub(crate) fn new(rhs: Rhs<'_>, k: usize, n: usize) -> Option<Self> {
+        let fits = k > 0
+            && n > 0
+            && n.is_multiple_of(NR)
+            && (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride < rhs.data.len();
+        if !fits || !available() {
+            return None;
         }
+        let mut data = vec![0f32; k * n];
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            pack(&mut data[p0 * n..(p0 + kc) * n], rhs, p0, kc, n);
+        }
+        Some(Self { k, n, data })
+    }
+
+    /// `dst [m, n] = lhs [m, k] x self`; false, leaving `dst` untouched, if the shapes
+    /// disagree.
+    pub(crate) fn product(&self, dst: &mut [f32], lhs: Lhs<'_>) -> bool {
+        let (k, n) = (self.k, self.n);
+        if dst.is_empty() || !dst.len().is_multiple_of(n) {
+            return false;
+        }
+        let m = dst.len() / n;
+        if (m - 1) * lhs.row_stride + (k - 1) * lhs.k_stride >= lhs.data.len() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                block(
+                    dst,
+                    n,
+                    lhs,
+                    p0,
+                    kc,
+                    &self.data[p0 * n..(p0 + kc) * n],
+                    p0 > 0,
+                );
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 
@@ -324,6 +376,42 @@ mod tests {
             let twice: Vec<f32> = expected.iter().map(|v| v * 2.0).collect();
             assert_close(&out, &twice);
         }
+    }
+
+    #[test]
+    fn a_matrix_packed_once_gives_the_same_products_as_packing_per_call() {
+        if !super::available() {
+            return;
+        }
+        // fc1's shape: the weight read transposed, over two K-blocks and a partial one.
+        let (n, k) = (32, 900);
+        let b = values(k * n, 3);
+        let rhs = Rhs {
+            data: &b,
+            row_stride: 1,
+            col_stride: k,
+        };
+        let packed = super::Packed::new(rhs, k, n).expect("packs");
+        for m in [1, 7, 32] {
+            let a = values(m * k, 5);
+            let lhs = Lhs {
+                data: &a,
+                row_stride: k,
+                k_stride: 1,
+            };
+            let (mut once, mut per_call) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+            assert!(packed.product(&mut once, lhs));
+            assert!(gemm(&mut per_call, n, lhs, rhs, k, false));
+            assert_eq!(once, per_call, "{m} rows");
+        }
+        assert!(!packed.product(
+            &mut [0f32; 31],
+            Lhs {
+                data: &b,
+                row_stride: k,
+                k_stride: 1
+            }
+        ));
     }
 
     #[test]

@@ -102,7 +102,7 @@ async fn main() -> Result<()> {
         &storage_options(),
     )
     .await?;
-    let net = Net::from_safetensors(&row.weights, &device)?;
+    let net = Net::from_safetensors(&row.weights, &device)?.for_inference()?;
     let model = Arc::new(Model {
         batcher: Batcher::start(net, device, options),
         version,
