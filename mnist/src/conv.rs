@@ -216,15 +216,14 @@ impl CustomOp2 for Conv {
         let (x, kernel) = (contiguous(x, x_layout)?, contiguous(kernel, kernel_layout)?);
         let (oh, ow) = d.out();
         let per_task = IMAGES_PER_TASK * d.positions() * o;
-        // `[patch, o]`, so the GEMM reads contiguous rows of it.
-        let kernel_t = transpose(kernel, o, patch);
         let mut out = vec![0f32; n * d.positions() * o];
         out.par_chunks_mut(per_task)
             .zip(x.par_chunks(IMAGES_PER_TASK * d.image()))
             .for_each_init(Vec::new, |cols, (out, images)| {
                 im2col(d, images, cols);
                 let rows = cols.len() / patch;
-                let kernel_t = Mat(&kernel_t, patch, o, false);
+                // The kernel read as `[patch, o]`: the GEMM packs it that way anyway.
+                let kernel_t = Mat(kernel, o, patch, true);
                 matmul(out, Mat(cols, rows, patch, false), kernel_t, false);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, o))))
