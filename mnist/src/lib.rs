@@ -17,6 +17,23 @@ pub mod serve;
 mod sgemm;
 pub mod train;
 
+/// Sets `RAYON_NUM_THREADS` to this machine's parallelism, which rayon would use anyway,
+/// unless the operator set it. Without it candle counts physical cores by parsing
+/// `/proc/cpuinfo` before every matmul: perf put that at 5% of serving one digit at a
+/// time, and an A/B of the same server with and without it gained about 15% req/s.
+/// Call it first in `main`, before any thread exists.
+pub fn set_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: called at the start of `main`, before any other thread exists that
+        // could read the environment at the same time.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string())
+        };
+    }
+}
+
 // The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
 // where the system allocator hands it back to the kernel and faults it in again. Declared
 // once here, it serves every binary that links this crate.

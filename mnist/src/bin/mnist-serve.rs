@@ -76,8 +76,12 @@ fn batch_options(task: &Invocation) -> Result<BatchOptions> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    mnist::set_thread_count();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     init_logging();
     let task = Invocation::from_args()?;
     if task.input.is_empty() {

@@ -59,8 +59,12 @@ impl Observer for Report {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    mnist::set_thread_count();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     init_logging();
     let task = Invocation::from_args()?;
     if task.input.is_empty() || task.output.is_empty() {
