@@ -314,13 +314,12 @@ fn input_gradient(d: Dims, n: usize, kernel: &[f32], grad: &[f32]) -> Vec<f32> {
 /// without bias (the caller adds it, after pooling where it can).
 pub fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (_, _, _, c) = x.dims4()?;
-    let (o, wc, k, _) = weight.dims4()?;
+    let (_, wc, _, _) = weight.dims4()?;
     if wc != c {
         bail!("conv expects {wc} channels, got {c}");
     }
     if x.device().is_cpu() {
-        let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))?;
-        x.contiguous()?.apply_op2(&kernel, Conv { k })
+        conv_with_kernel(x, &cpu_kernel(weight)?)
     } else {
         // GPUs have their own convolution kernels.
         x.permute((0, 3, 1, 2))?
@@ -328,6 +327,24 @@ pub fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             .conv2d(weight, 0, 1, 1, 1)?
             .permute((0, 2, 3, 1))
     }
+}
+
+/// `weight [o, c, k, k]` as the CPU op's kernel `[o, k * k * c]` (patch order ky, kx, c): a
+/// strided copy, which a served net makes once instead of per batch.
+pub fn cpu_kernel(weight: &Tensor) -> Result<Tensor> {
+    let (o, c, k, _) = weight.dims4()?;
+    weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))
+}
+
+/// A valid square convolution of NHWC `x` on the CPU with a kernel from [`cpu_kernel`].
+pub fn conv_with_kernel(x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+    let (_, _, _, c) = x.dims4()?;
+    let (_, patch) = kernel.dims2()?;
+    let k = (1..=patch).find(|k| k * k * c >= patch).unwrap_or(0);
+    if k * k * c != patch {
+        bail!("a kernel of {patch} values per output is not square over {c} channels");
+    }
+    x.contiguous()?.apply_op2(&kernel.contiguous()?, Conv { k })
 }
 
 #[cfg(test)]

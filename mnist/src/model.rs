@@ -29,10 +29,18 @@ const PARAMETERS: [(&str, &[usize], usize); 8] = [
     ("fc2.bias", &[10], 128),
 ];
 
+/// Weights laid out for the CPU's ops once, for a net that only infers.
+struct Prepared {
+    conv1: Tensor,
+    conv2: Tensor,
+    /// `None` where the AVX2 GEMM cannot run.
+    fc1: Option<crate::linear::PackedWeight>,
+}
+
 pub struct Net {
     tensors: HashMap<String, Tensor>,
-    /// fc1's weight packed for the CPU's GEMM, once, in a net made for inference.
-    fc1_packed: Option<crate::linear::PackedWeight>,
+    /// In a net made for inference on the CPU, the weights laid out once for its ops.
+    prepared: Option<Prepared>,
 }
 
 impl Net {
@@ -52,7 +60,7 @@ impl Net {
         Ok((
             Self {
                 tensors,
-                fc1_packed: None,
+                prepared: None,
             },
             vars,
         ))
@@ -72,16 +80,26 @@ impl Net {
         }
         Ok(Self {
             tensors,
-            fc1_packed: None,
+            prepared: None,
         })
     }
 
-    /// The same weights for serving: cut off from autograd, with fc1's weight packed once
-    /// instead of on every batch.
+    /// The same weights for serving: cut off from autograd, with the conv kernels laid out
+    /// and fc1's weight packed once instead of on every batch.
     pub fn for_inference(&self) -> Result<Self> {
         let net = self.detached();
-        let fc1_packed = crate::linear::PackedWeight::new(net.get("fc1.weight")?)?;
-        Ok(Self { fc1_packed, ..net })
+        if !net.get("fc1.weight")?.device().is_cpu() {
+            return Ok(net);
+        }
+        let prepared = Prepared {
+            conv1: crate::conv::cpu_kernel(net.get("conv1.weight")?)?,
+            conv2: crate::conv::cpu_kernel(net.get("conv2.weight")?)?,
+            fc1: crate::linear::PackedWeight::new(net.get("fc1.weight")?)?,
+        };
+        Ok(Self {
+            prepared: Some(prepared),
+            ..net
+        })
     }
 
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
@@ -101,7 +119,7 @@ impl Net {
             .collect();
         Self {
             tensors,
-            fc1_packed: None,
+            prepared: None,
         }
     }
 
@@ -117,24 +135,32 @@ impl Net {
         // NHWC throughout: convolutions are fused im2col + GEMM on the CPU (see `conv`).
         let x = ((images.reshape((n, SIDE, SIDE, 1))? - MEAN)? / STD)?;
         let x = bias_relu(
-            &conv_nhwc(&x, self.get("conv1.weight")?)?,
+            &self.conv(&x, "conv1.weight", |p| &p.conv1)?,
             self.get("conv1.bias")?,
         )?;
         // Pooling first, then bias and ReLU: the same values, since adding a channel's bias
         // and ReLU both keep the order max-pooling picks by, on a quarter of the elements.
         let x = bias_relu(
-            &crate::pool::max_pool2(&conv_nhwc(&x, self.get("conv2.weight")?)?)?,
+            &crate::pool::max_pool2(&self.conv(&x, "conv2.weight", |p| &p.conv2)?)?,
             self.get("conv2.bias")?,
         )?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
-        let fc1 = match &self.fc1_packed {
+        let fc1 = match self.prepared.as_ref().and_then(|p| p.fc1.as_ref()) {
             Some(packed) => packed.apply(&x)?,
             None => crate::linear::linear(&x, self.get("fc1.weight")?)?,
         };
         let x = bias_relu(&fc1, self.get("fc1.bias")?)?;
         let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
+    }
+
+    /// The convolution by `weight`, with its prepared kernel where the net has one.
+    fn conv(&self, x: &Tensor, weight: &str, kernel: fn(&Prepared) -> &Tensor) -> Result<Tensor> {
+        Ok(match &self.prepared {
+            Some(prepared) => crate::conv::conv_with_kernel(x, kernel(prepared))?,
+            None => crate::conv::conv_nhwc(x, self.get(weight)?)?,
+        })
     }
 
     /// Softmax probabilities for a batch of images.
@@ -148,10 +174,6 @@ impl Net {
 
 fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(crate::bias_relu::bias_relu(x, bias)?)
-}
-
-fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    Ok(crate::conv::conv_nhwc(x, weight)?)
 }
 
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {

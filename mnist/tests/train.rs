@@ -202,3 +202,20 @@ fn resumes_with_the_same_weights(
         "a checkpoint of other options is not resumed"
     );
 }
+
+#[test]
+fn a_net_made_for_inference_gives_the_probabilities_of_the_net_it_came_from() {
+    let device = candle_core::Device::Cpu;
+    let (net, _) = Net::init(3, &device).expect("net");
+    let served = net.for_inference().expect("prepared");
+    for images in [1, 40] {
+        let pixels: Vec<f32> = (0..images * 784).map(|i| (i % 7) as f32 / 7.0).collect();
+        let x = images_tensor(&pixels, &device).expect("tensor");
+        let expected = net.probabilities(&x).expect("forward");
+        let ours = served.probabilities(&x).expect("forward");
+        let difference = (ours - expected)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("difference");
+        assert!(difference < 1e-5, "{images} images differ by {difference}");
+    }
+}
