@@ -380,21 +380,7 @@ mod tests {
             .permute((0, 3, 1, 2))?
             .conv2d(&weight, 0, 1, 1, 1)?
             .permute((0, 2, 3, 1))?;
-        let difference = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(difference < 1e-3, "forward differs by {difference}");
-        let ours_grads = ours.sqr()?.sum_all()?.backward()?;
-        let reference_grads = reference.sqr()?.sum_all()?.backward()?;
-        for var in [&x, &weight] {
-            let a = ours_grads.get(var).expect("gradient");
-            let b = reference_grads.get(var).expect("gradient");
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-            let difference = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
-            assert!(
-                difference < 1e-4,
-                "gradient differs by {difference} (relative)"
-            );
-        }
-        Ok(())
+        crate::testing::assert_same_values_and_gradients(&[&x, &weight], &ours, &reference)
     }
 
     #[test]

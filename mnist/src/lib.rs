@@ -15,6 +15,8 @@ pub mod pool;
 pub mod rng;
 pub mod serve;
 mod sgemm;
+#[cfg(test)]
+mod testing;
 pub mod train;
 
 /// Sets `RAYON_NUM_THREADS` to this machine's parallelism, which rayon would use anyway,

@@ -181,17 +181,6 @@ mod tests {
         let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (32, 500), &device)?)?;
         let ours = linear(&x, &weight)?;
         let reference = x.matmul(&weight.t()?)?;
-        let difference = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(difference < 1e-3, "forward differs by {difference}");
-        let ours_grads = ours.sqr()?.sum_all()?.backward()?;
-        let reference_grads = reference.sqr()?.sum_all()?.backward()?;
-        for var in [&x, &weight] {
-            let a = ours_grads.get(var).expect("gradient");
-            let b = reference_grads.get(var).expect("gradient");
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-            let difference = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
-            assert!(difference < 1e-4, "gradient differs by {difference}");
-        }
-        Ok(())
+        crate::testing::assert_same_values_and_gradients(&[&x, &weight], &ours, &reference)
     }
 }
