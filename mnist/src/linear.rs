@@ -43,17 +43,7 @@ impl CustomOp2 for Linear {
             .par_chunks_mut(ROWS_PER_TASK * outputs)
             .zip(x.par_chunks(ROWS_PER_TASK * inputs))
             .any(|(out, x)| {
-                let lhs = Lhs {
-                    data: x,
-                    row_stride: inputs,
-                    k_stride: 1,
-                };
-                // The weight's row j is column j of the right-hand side.
-                let rhs = Rhs {
-                    data: weight,
-                    row_stride: 1,
-                    col_stride: inputs,
-                };
+                let (lhs, rhs) = (rows(x, inputs), transposed(weight, inputs));
                 !sgemm::gemm(out, outputs, lhs, rhs, inputs, false)
             });
         if declined {
@@ -72,6 +62,24 @@ impl CustomOp2 for Linear {
         let grad_x = grad.matmul(weight)?;
         let grad_weight = grad.t()?.matmul(x)?;
         Ok((Some(grad_x), Some(grad_weight)))
+    }
+}
+
+/// `x [n, in]` as the GEMM's left-hand side.
+fn rows(x: &[f32], inputs: usize) -> Lhs<'_> {
+    Lhs {
+        data: x,
+        row_stride: inputs,
+        k_stride: 1,
+    }
+}
+
+/// `weight [out, in]` as the right-hand side `[in, out]`: its row j is column j.
+fn transposed(weight: &[f32], inputs: usize) -> Rhs<'_> {
+    Rhs {
+        data: weight,
+        row_stride: 1,
+        col_stride: inputs,
     }
 }
 
@@ -103,11 +111,7 @@ impl PackedWeight {
             return Ok(None);
         }
         let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        let rhs = Rhs {
-            data: &values,
-            row_stride: 1,
-            col_stride: inputs,
-        };
+        let rhs = transposed(&values, inputs);
         Ok(Packed::new(rhs, inputs, outputs).map(|packed| Self {
             packed,
             inputs,
@@ -131,11 +135,7 @@ impl CustomOp1 for PackedWeight {
         if inputs != self.inputs {
             bail!("linear of {inputs} inputs with a weight of {}", self.inputs);
         }
-        let lhs = Lhs {
-            data: contiguous(x, layout)?,
-            row_stride: inputs,
-            k_stride: 1,
-        };
+        let lhs = rows(contiguous(x, layout)?, inputs);
         let mut out = vec![0f32; n * self.outputs];
         if n > 0 && !self.packed.product(&mut out, lhs) {
             bail!("the packed linear declined {n} rows");

@@ -176,8 +176,10 @@ fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(crate::bias_relu::bias_relu(x, bias)?)
 }
 
+/// fc2: the same product as fc1's (which takes candle's matmul for its 10 outputs), then
+/// the bias.
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?)
+    Ok(crate::linear::linear(x, weight)?.broadcast_add(bias)?)
 }
 
 /// Inverted dropout with a mask from the seeded generator; identity when not training.

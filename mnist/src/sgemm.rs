@@ -16,6 +16,13 @@ pub(crate) struct Lhs<'a> {
     pub k_stride: usize,
 }
 
+impl Lhs<'_> {
+    /// Whether `data` holds all of an `m x k` matrix with these strides.
+    fn covers(&self, m: usize, k: usize) -> bool {
+        (m - 1) * self.row_stride + (k - 1) * self.k_stride < self.data.len()
+    }
+}
+
 /// A matrix `[k, n]` read at `data[p * row_stride + j * col_stride]`; packing makes
 /// any strides cost the same to the kernel, and contiguous rows are copied fastest.
 #[derive(Clone, Copy)]
@@ -23,6 +30,13 @@ pub(crate) struct Rhs<'a> {
     pub data: &'a [f32],
     pub row_stride: usize,
     pub col_stride: usize,
+}
+
+impl Rhs<'_> {
+    /// Whether `data` holds all of a `k x n` matrix with these strides.
+    fn covers(&self, k: usize, n: usize) -> bool {
+        (k - 1) * self.row_stride + (n - 1) * self.col_stride < self.data.len()
+    }
 }
 
 /// Rows and columns of one microkernel tile: 12 accumulators of 8 lanes, the two rows of
@@ -53,9 +67,7 @@ pub(crate) fn gemm(
     if m == 0 || !n.is_multiple_of(NR) {
         return false;
     }
-    let lhs_end = (m - 1) * lhs.row_stride + (k - 1) * lhs.k_stride;
-    let rhs_end = (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride;
-    if lhs_end >= lhs.data.len() || rhs_end >= rhs.data.len() {
+    if !lhs.covers(m, k) || !rhs.covers(k, n) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -138,10 +150,7 @@ impl Packed {
     /// `None` where the kernel cannot run: n off its 16-column grid, `rhs` too short,
     /// or a CPU without AVX2 and FMA.
     pub(crate) fn new(rhs: Rhs<'_>, k: usize, n: usize) -> Option<Self> {
-        let fits = k > 0
-            && n > 0
-            && n.is_multiple_of(NR)
-            && (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride < rhs.data.len();
+        let fits = k > 0 && n > 0 && n.is_multiple_of(NR) && rhs.covers(k, n);
         if !fits || !available() {
             return None;
         }
@@ -161,7 +170,7 @@ impl Packed {
             return false;
         }
         let m = dst.len() / n;
-        if (m - 1) * lhs.row_stride + (k - 1) * lhs.k_stride >= lhs.data.len() {
+        if !lhs.covers(m, k) {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
@@ -329,9 +338,7 @@ mod tests {
 
     #[test]
     fn the_nets_products_equal_the_definition() {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
+        if !super::available() {
             return;
         }
         // (m, n, k, lhs transposed, rhs transposed): conv2's forward pass, input gradient,
