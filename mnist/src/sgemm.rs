@@ -5,8 +5,8 @@
 //! measured 117 GFLOP/s FMA peak, and its packing showed in perf. Here only the
 //! right-hand side is packed, once per K-block; the left-hand side is read in place in
 //! strips of six rows, each reused across every 16-column panel while it is in cache.
-//! Rows past the last whole strip go through a zero-padded copy, so any row count runs
-//! here (a serving batch, conv1's 9-row weight gradient).
+//! Rows past the last whole strip go through a kernel compiled for one to five rows, so
+//! any row count runs here (a serving batch, conv1's 9-row weight gradient).
 
 /// A matrix `[rows, k]` read at `data[row * row_stride + p * k_stride]`.
 #[derive(Clone, Copy)]
@@ -116,7 +116,7 @@ fn block(dst: &mut [f32], n: usize, lhs: Lhs<'_>, p0: usize, kc: usize, packed: 
                 // their slices; `panel` holds kc rows of 16.
                 #[allow(unsafe_code)]
                 unsafe {
-                    tile(
+                    tile::<MR>(
                         kc,
                         lhs.data
                             .as_ptr()
@@ -194,8 +194,9 @@ impl Packed {
     }
 }
 
-/// The rows of `dst` from `first` on, fewer than a strip, through a zero-padded copy of
-/// their K-block of `lhs` and a 6x16 buffer for each tile of `dst`.
+/// The rows of `dst` from `first` on, fewer than a strip, read in place by a kernel
+/// compiled for that many rows: a served digit's fc1 is one row, which a zero-padded
+/// six-row tile would multiply six times over.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn last_rows(
@@ -208,37 +209,34 @@ fn last_rows(
     packed: &[f32],
     add: bool,
 ) {
-    let rows = dst.len() / n;
-    let mut a = vec![0f32; MR * kc];
-    for (r, strip) in a.chunks_exact_mut(kc).take(rows).enumerate() {
-        for (p, value) in strip.iter_mut().enumerate() {
-            *value = lhs.data[(first + r) * lhs.row_stride + (p0 + p) * lhs.k_stride];
-        }
-    }
-    let mut c = [0f32; MR * NR];
+    type Kernel =
+        unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
+    let kernel: Kernel = match dst.len() / n {
+        1 => tile::<1>,
+        2 => tile::<2>,
+        3 => tile::<3>,
+        4 => tile::<4>,
+        5 => tile::<5>,
+        _ => unreachable!("fewer rows than a strip"),
+    };
+    let a = lhs.data[first * lhs.row_stride + p0 * lhs.k_stride..].as_ptr();
     for (panel, j) in packed.chunks_exact(kc * NR).zip((0..n).step_by(NR)) {
-        for r in 0..rows {
-            c[r * NR..][..NR].copy_from_slice(&dst[r * n + j..][..NR]);
-        }
-        // SAFETY: `gemm` detected AVX2 and FMA; `a` holds 6 rows of kc, `panel` kc rows
-        // of 16, and `c` 6 rows of 16.
+        // SAFETY: `gemm` detected AVX2 and FMA and checked that these rows and depths of
+        // lhs lie within its slice; `panel` holds kc rows of 16, and `dst` these rows of n.
         #[allow(unsafe_code)]
         unsafe {
-            tile(
+            kernel(
                 kc,
-                a.as_ptr(),
-                kc,
-                1,
+                a,
+                lhs.row_stride,
+                lhs.k_stride,
                 panel.as_ptr(),
                 NR,
-                c.as_mut_ptr(),
-                NR,
+                dst.as_mut_ptr().add(j),
+                n,
                 add,
             )
         };
-        for r in 0..rows {
-            dst[r * n + j..][..NR].copy_from_slice(&c[r * NR..][..NR]);
-        }
     }
 }
 
@@ -258,11 +256,11 @@ fn pack(packed: &mut [f32], rhs: Rhs<'_>, p0: usize, kc: usize, n: usize) {
     }
 }
 
-/// One 6x16 tile of `c` over depth `k`.
+/// One `R`x16 tile of `c` over depth `k` (`R` at most 6).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile(
+unsafe fn tile<const R: usize>(
     k: usize,
     a: *const f32,
     a_row: usize,
@@ -274,10 +272,10 @@ unsafe fn tile(
     add: bool,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY (whole body): the caller guarantees the 6 x k reads of a, the k x 16 reads
-    // of b and the 6 x 16 reads and writes of c are in bounds.
+    // SAFETY (whole body): the caller guarantees the R x k reads of a, the k x 16 reads
+    // of b and the R x 16 reads and writes of c are in bounds.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for p in 0..k {
             let b0 = _mm256_loadu_ps(b.add(p * b_row));
             let b1 = _mm256_loadu_ps(b.add(p * b_row + 8));
