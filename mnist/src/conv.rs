@@ -330,14 +330,14 @@ pub fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// `weight [o, c, k, k]` as the CPU op's kernel `[o, k * k * c]` (patch order ky, kx, c): a
-/// strided copy, which a served net makes once instead of per batch.
+/// strided copy, which the serving engine makes once instead of per batch.
 pub fn cpu_kernel(weight: &Tensor) -> Result<Tensor> {
     let (o, c, k, _) = weight.dims4()?;
     weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))
 }
 
 /// A valid square convolution of NHWC `x` on the CPU with a kernel from [`cpu_kernel`].
-pub fn conv_with_kernel(x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+fn conv_with_kernel(x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
     let (_, _, _, c) = x.dims4()?;
     let (_, patch) = kernel.dims2()?;
     let k = (1..=patch).find(|k| k * k * c >= patch).unwrap_or(0);

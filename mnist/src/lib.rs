@@ -8,6 +8,7 @@ pub mod clean;
 pub mod contract;
 pub mod conv;
 pub mod idx;
+pub mod infer;
 pub mod lake;
 pub mod linear;
 pub mod model;
@@ -18,6 +19,7 @@ mod sgemm;
 #[cfg(test)]
 mod testing;
 pub mod train;
+mod winograd;
 
 /// Sets `RAYON_NUM_THREADS` to this machine's parallelism, which rayon would use anyway,
 /// unless the operator set it. Without it candle counts physical cores by parsing
@@ -39,5 +41,11 @@ pub fn set_thread_count() {
 // The jobs allocate and free large tensors batch after batch; mimalloc reuses that memory
 // where the system allocator hands it back to the kernel and faults it in again. Declared
 // once here, it serves every binary that links this crate.
+#[cfg(not(test))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// The unit tests' mimalloc also counts allocations, for the tests that promise none.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: testing::Counting = testing::Counting;

@@ -6,11 +6,11 @@
 //! panels, a K-block at a time. The gradients stay candle matmuls, which have the
 //! shapes the gemm crate runs well.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use crate::conv::contiguous;
-use crate::sgemm::{self, Lhs, Packed, Rhs};
+use crate::sgemm::{self, Lhs, Rhs};
 
 /// Rows of `x` per rayon task: a training batch splits over two cores.
 const ROWS_PER_TASK: usize = 32;
@@ -95,83 +95,11 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A weight `[out, in]` packed once for the AVX2 GEMM, for inference: a served model
-/// multiplies every batch, down to one digit, by the same fc1.
-pub(crate) struct PackedWeight {
-    packed: Packed,
-    inputs: usize,
-    outputs: usize,
-}
-
-impl PackedWeight {
-    /// `None` where the kernel cannot run (see [`linear`]).
-    pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
-        let (outputs, inputs) = weight.dims2()?;
-        if !weight.device().is_cpu() {
-            return Ok(None);
-        }
-        let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        let rhs = transposed(&values, inputs);
-        Ok(Packed::new(rhs, inputs, outputs).map(|packed| Self {
-            packed,
-            inputs,
-            outputs,
-        }))
-    }
-
-    /// `x [n, in]` times the weight transposed, with no gradient.
-    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
-    }
-}
-
-impl CustomOp1 for PackedWeight {
-    fn name(&self) -> &'static str {
-        "linear-packed"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, inputs) = layout.shape().dims2()?;
-        if inputs != self.inputs {
-            bail!("linear of {inputs} inputs with a weight of {}", self.inputs);
-        }
-        let lhs = rows(contiguous(x, layout)?, inputs);
-        let mut out = vec![0f32; n * self.outputs];
-        if n > 0 && !self.packed.product(&mut out, lhs) {
-            bail!("the packed linear declined {n} rows");
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, self.outputs))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::{PackedWeight, linear};
-
-    #[test]
-    fn a_packed_weight_gives_what_the_linear_op_gives_from_one_row_up() -> candle_core::Result<()> {
-        let device = Device::Cpu;
-        let weight = Tensor::randn(0f32, 1.0, (32, 500), &device)?;
-        let Some(packed) = PackedWeight::new(&weight)? else {
-            return Ok(());
-        };
-        for rows in [1, 5, 40] {
-            let x = Tensor::randn(0f32, 1.0, (rows, 500), &device)?;
-            let difference = (packed.apply(&x)? - linear(&x, &weight)?)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?;
-            assert!(difference < 1e-3, "{rows} rows differ by {difference}");
-        }
-        assert!(
-            packed
-                .apply(&Tensor::zeros((2, 499), candle_core::DType::F32, &device)?)
-                .is_err()
-        );
-        Ok(())
-    }
+    use super::linear;
 
     #[test]
     fn linear_matches_candles_matmul_and_its_gradients() -> candle_core::Result<()> {

@@ -14,8 +14,8 @@ use crate::rng::Rng;
 pub const ARCHITECTURE: &str = "pytorch-mnist-example(nhwc): conv(1->32,3x3) relu conv(32->64,3x3) relu maxpool2 dropout0.25 fc(9216->128) relu dropout0.5 fc(128->10)";
 
 /// MNIST's pixel mean and standard deviation, as PyTorch's example normalises.
-const MEAN: f64 = 0.1307;
-const STD: f64 = 0.3081;
+pub(crate) const MEAN: f64 = 0.1307;
+pub(crate) const STD: f64 = 0.3081;
 
 /// (name, shape, fan_in) of every parameter.
 const PARAMETERS: [(&str, &[usize], usize); 8] = [
@@ -29,18 +29,8 @@ const PARAMETERS: [(&str, &[usize], usize); 8] = [
     ("fc2.bias", &[10], 128),
 ];
 
-/// Weights laid out for the CPU's ops once, for a net that only infers.
-struct Prepared {
-    conv1: Tensor,
-    conv2: Tensor,
-    /// `None` where the AVX2 GEMM cannot run.
-    fc1: Option<crate::linear::PackedWeight>,
-}
-
 pub struct Net {
     tensors: HashMap<String, Tensor>,
-    /// In a net made for inference on the CPU, the weights laid out once for its ops.
-    prepared: Option<Prepared>,
 }
 
 impl Net {
@@ -57,13 +47,7 @@ impl Net {
             tensors.insert(name.to_owned(), var.as_tensor().clone());
             vars.push(var);
         }
-        Ok((
-            Self {
-                tensors,
-                prepared: None,
-            },
-            vars,
-        ))
+        Ok((Self { tensors }, vars))
     }
 
     pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self> {
@@ -78,28 +62,7 @@ impl Net {
                 tensor.dims()
             );
         }
-        Ok(Self {
-            tensors,
-            prepared: None,
-        })
-    }
-
-    /// The same weights for serving: cut off from autograd, with the conv kernels laid out
-    /// and fc1's weight packed once instead of on every batch.
-    pub fn for_inference(&self) -> Result<Self> {
-        let net = self.detached();
-        if !net.get("fc1.weight")?.device().is_cpu() {
-            return Ok(net);
-        }
-        let prepared = Prepared {
-            conv1: crate::conv::cpu_kernel(net.get("conv1.weight")?)?,
-            conv2: crate::conv::cpu_kernel(net.get("conv2.weight")?)?,
-            fc1: crate::linear::PackedWeight::new(net.get("fc1.weight")?)?,
-        };
-        Ok(Self {
-            prepared: Some(prepared),
-            ..net
-        })
+        Ok(Self { tensors })
     }
 
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
@@ -117,13 +80,10 @@ impl Net {
             .iter()
             .map(|(name, tensor)| (name.clone(), tensor.detach()))
             .collect();
-        Self {
-            tensors,
-            prepared: None,
-        }
+        Self { tensors }
     }
 
-    fn get(&self, name: &str) -> Result<&Tensor> {
+    pub(crate) fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
             .get(name)
             .with_context(|| format!("missing parameter {name}"))
@@ -135,32 +95,21 @@ impl Net {
         // NHWC throughout: convolutions are fused im2col + GEMM on the CPU (see `conv`).
         let x = ((images.reshape((n, SIDE, SIDE, 1))? - MEAN)? / STD)?;
         let x = bias_relu(
-            &self.conv(&x, "conv1.weight", |p| &p.conv1)?,
+            &crate::conv::conv_nhwc(&x, self.get("conv1.weight")?)?,
             self.get("conv1.bias")?,
         )?;
         // Pooling first, then bias and ReLU: the same values, since adding a channel's bias
         // and ReLU both keep the order max-pooling picks by, on a quarter of the elements.
         let x = bias_relu(
-            &crate::pool::max_pool2(&self.conv(&x, "conv2.weight", |p| &p.conv2)?)?,
+            &crate::pool::max_pool2(&crate::conv::conv_nhwc(&x, self.get("conv2.weight")?)?)?,
             self.get("conv2.bias")?,
         )?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
-        let fc1 = match self.prepared.as_ref().and_then(|p| p.fc1.as_ref()) {
-            Some(packed) => packed.apply(&x)?,
-            None => crate::linear::linear(&x, self.get("fc1.weight")?)?,
-        };
+        let fc1 = crate::linear::linear(&x, self.get("fc1.weight")?)?;
         let x = bias_relu(&fc1, self.get("fc1.bias")?)?;
         let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
-    }
-
-    /// The convolution by `weight`, with its prepared kernel where the net has one.
-    fn conv(&self, x: &Tensor, weight: &str, kernel: fn(&Prepared) -> &Tensor) -> Result<Tensor> {
-        Ok(match &self.prepared {
-            Some(prepared) => crate::conv::conv_with_kernel(x, kernel(prepared))?,
-            None => crate::conv::conv_nhwc(x, self.get(weight)?)?,
-        })
     }
 
     /// Softmax probabilities for a batch of images.

@@ -11,11 +11,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use candle_core::Device;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::idx::PIXELS;
-use crate::model::{Net, images_tensor};
+use crate::infer::Predictor;
 
 /// Images per `{"images": [...]}` request.
 pub const MAX_IMAGES: usize = 1024;
@@ -185,10 +184,17 @@ pub struct BatchOptions {
     pub wait: Duration,
 }
 
-/// One request's images and where its probabilities go (10 per image).
+/// One request's images and where its answer goes: the probabilities come back in the
+/// request's own buffer, 10 per image, so answering allocates nothing.
 struct Job {
     pixels: Vec<f32>,
     reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+impl Job {
+    fn images(&self) -> usize {
+        self.pixels.len() / PIXELS
+    }
 }
 
 /// The handle request handlers send work through; the model lives on the batch thread.
@@ -199,11 +205,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batch thread, which runs until every handle is dropped.
-    pub fn start(net: Net, device: Device, options: BatchOptions) -> Self {
+    pub fn start(predictor: Predictor, options: BatchOptions) -> Self {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("predict-batcher".into())
-            .spawn(move || run_batches(&net, &device, &queue, options))
+            .spawn(move || run_batches(predictor, &queue, options))
             .expect("spawning the batch thread");
         Self { jobs }
     }
@@ -220,56 +226,85 @@ impl Batcher {
     }
 }
 
-fn run_batches(net: &Net, device: &Device, queue: &mpsc::Receiver<Job>, options: BatchOptions) {
+/// The batch thread's buffers, kept from batch to batch.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    images: usize,
+    pixels: Vec<f32>,
+    probabilities: Vec<f32>,
+}
+
+fn run_batches(mut predictor: Predictor, queue: &mpsc::Receiver<Job>, options: BatchOptions) {
     let mut waiting: Option<Job> = None;
-    let mut pixels = Vec::with_capacity(options.max_batch * PIXELS);
+    let mut batch = Batch::default();
     loop {
         let first = match waiting.take().map_or_else(|| queue.recv(), Ok) {
             Ok(job) => job,
             Err(_) => return,
         };
-        pixels.clear();
-        pixels.extend_from_slice(&first.pixels);
-        let mut batch = vec![first];
+        waiting = batch.gather(first, queue, options);
+        batch.answer(&mut predictor);
+    }
+}
+
+impl Batch {
+    /// `first` and what joins it within the wait, up to `max_batch` images; returns the
+    /// request that did not fit, which starts the next batch.
+    fn gather(
+        &mut self,
+        first: Job,
+        queue: &mpsc::Receiver<Job>,
+        options: BatchOptions,
+    ) -> Option<Job> {
+        self.images = first.images();
+        self.jobs.push(first);
         let deadline = Instant::now() + options.wait;
-        while pixels.len() < options.max_batch * PIXELS {
+        while self.images < options.max_batch {
             let next = match deadline.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => queue.recv_timeout(left).ok(),
                 _ => queue.try_recv().ok(),
             };
-            let Some(job) = next else { break };
-            if pixels.len() + job.pixels.len() > options.max_batch * PIXELS {
-                waiting = Some(job);
-                break;
+            let job = next?;
+            if self.images + job.images() > options.max_batch {
+                return Some(job);
             }
-            pixels.extend_from_slice(&job.pixels);
-            batch.push(job);
+            self.images += job.images();
+            self.jobs.push(job);
         }
-        answer(net, device, &pixels, batch);
+        None
     }
-}
 
-/// Runs one forward pass over the batch and hands each request its rows.
-fn answer(net: &Net, device: &Device, pixels: &[f32], batch: Vec<Job>) {
-    let probabilities = images_tensor(pixels, device)
-        .and_then(|x| net.probabilities(&x))
-        .and_then(|p| Ok(p.flatten_all()?.to_vec1::<f32>()?))
-        .map_err(|err| format!("prediction failed: {err}"));
-    tracing::debug!(
-        requests = batch.len(),
-        images = pixels.len() / PIXELS,
-        "batch"
-    );
-    let mut row = 0;
-    for job in batch {
-        let images = job.pixels.len() / PIXELS;
-        let rows = probabilities
-            .as_ref()
-            .map(|p| p[row * 10..(row + images) * 10].to_vec())
-            .map_err(Clone::clone);
-        row += images;
-        // A client that has gone away no longer wants its answer.
-        let _ = job.reply.send(rows);
+    /// One forward pass over the batch; each request gets its rows back in its buffer.
+    fn answer(&mut self, predictor: &mut Predictor) {
+        self.probabilities.resize(self.images * 10, 0.0);
+        // A lone request is read where it is; several are laid end to end first.
+        let pixels = if let [job] = self.jobs.as_slice() {
+            &job.pixels
+        } else {
+            self.pixels.clear();
+            for job in &self.jobs {
+                self.pixels.extend_from_slice(&job.pixels);
+            }
+            &self.pixels
+        };
+        let outcome = predictor
+            .probabilities(pixels, &mut self.probabilities)
+            .map_err(|err| format!("prediction failed: {err}"));
+        tracing::debug!(requests = self.jobs.len(), images = self.images, "batch");
+        let mut row = 0;
+        for mut job in self.jobs.drain(..) {
+            let rows = job.images() * 10;
+            let answer = outcome.clone().map(|()| {
+                job.pixels.truncate(rows);
+                job.pixels
+                    .copy_from_slice(&self.probabilities[row..row + rows]);
+                job.pixels
+            });
+            row += rows;
+            // A client that has gone away no longer wants its answer.
+            let _ = job.reply.send(answer);
+        }
     }
 }
 
@@ -310,6 +345,8 @@ pub fn respond(probabilities: &[f32], batch: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Net, images_tensor};
+    use candle_core::Device;
     use serde_json::json;
 
     fn image(seed: usize) -> Vec<f32> {
@@ -390,7 +427,8 @@ mod tests {
             max_batch: 8,
             wait: Duration::from_millis(5),
         };
-        let batcher = Batcher::start(net, device, options);
+        let predictor = Predictor::new(&net, &device).expect("predictor");
+        let batcher = Batcher::start(predictor, options);
         // 16 single requests and 4 of two images each, all at once.
         let mut requests = Vec::new();
         for n in 0..16 {

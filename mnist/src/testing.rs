@@ -1,4 +1,4 @@
-//! Checks shared by the custom ops' tests.
+//! Checks shared by the unit tests, and their allocator.
 
 use candle_core::{Result, Tensor, Var};
 
@@ -24,4 +24,54 @@ pub(crate) fn assert_same_values_and_gradients(
         );
     }
     Ok(())
+}
+
+/// The unit tests' allocator: mimalloc, counting the allocations made on the threads that
+/// asked to be counted, for the tests that promise none.
+pub(crate) struct Counting;
+
+std::thread_local! {
+    static COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every allocation this thread makes from now on.
+pub(crate) fn count_allocations_here() {
+    COUNTED.set(true);
+}
+
+/// Allocations made so far on counted threads.
+pub(crate) fn allocations() -> usize {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn count() {
+    // `try_with`: a thread being torn down still frees and may allocate.
+    if COUNTED.try_with(std::cell::Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// SAFETY: every call is passed straight to mimalloc with the caller's arguments.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
 }

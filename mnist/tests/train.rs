@@ -1,6 +1,7 @@
 //! The CNN trains, learns, and repeats itself exactly under the same seed on the CPU.
 
 use mnist::checkpoint::Folder;
+use mnist::infer::Predictor;
 use mnist::lake::Split;
 use mnist::model::{Net, images_tensor};
 use mnist::train::{Checkpoints, EpochStats, Observer, TrainOptions, Trained, evaluate, train};
@@ -204,18 +205,33 @@ fn resumes_with_the_same_weights(
 }
 
 #[test]
-fn a_net_made_for_inference_gives_the_probabilities_of_the_net_it_came_from() {
+fn the_serving_engine_gives_the_probabilities_of_the_net_it_came_from() {
     let device = candle_core::Device::Cpu;
     let (net, _) = Net::init(3, &device).expect("net");
-    let served = net.for_inference().expect("prepared");
-    for images in [1, 40] {
-        let pixels: Vec<f32> = (0..images * 784).map(|i| (i % 7) as f32 / 7.0).collect();
-        let x = images_tensor(&pixels, &device).expect("tensor");
-        let expected = net.probabilities(&x).expect("forward");
-        let ours = served.probabilities(&x).expect("forward");
-        let difference = (ours - expected)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("difference");
+    let mut predictor = Predictor::new(&net, &device).expect("predictor");
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(matches!(predictor, Predictor::Cpu(_)), "the engine serves");
+    }
+    // One digit, a few on one thread, and 70: shared out, in groups of 32 and a partial one.
+    for images in [1, 7, 70] {
+        let pixels: Vec<f32> = (0..images * 784)
+            .map(|i| ((i * 31 + i / 784 * 17) % 256) as f32 / 255.0)
+            .collect();
+        let expected = net
+            .probabilities(&images_tensor(&pixels, &device).expect("tensor"))
+            .and_then(|p| Ok(p.flatten_all()?.to_vec1::<f32>()?))
+            .expect("forward");
+        let mut ours = vec![0f32; images * 10];
+        predictor
+            .probabilities(&pixels, &mut ours)
+            .expect("probabilities");
+        let difference = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(difference < 1e-5, "{images} images differ by {difference}");
     }
+    let mut wrong = vec![0f32; 20];
+    assert!(predictor.probabilities(&[0.0; 784], &mut wrong).is_err());
 }

@@ -21,6 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
+use mnist::infer::Predictor;
 use mnist::model::Net;
 use mnist::serve::{BatchOptions, Batcher, parse, respond};
 use serde_json::{Value, json};
@@ -106,9 +107,9 @@ async fn run() -> Result<()> {
         &storage_options(),
     )
     .await?;
-    let net = Net::from_safetensors(&row.weights, &device)?.for_inference()?;
+    let net = Net::from_safetensors(&row.weights, &device)?;
     let model = Arc::new(Model {
-        batcher: Batcher::start(net, device, options),
+        batcher: Batcher::start(Predictor::new(&net, &device)?, options),
         version,
         metrics: row.metrics,
     });
