@@ -106,7 +106,7 @@ impl Scratch {
             image: vec![0.0; PIXELS],
             cols1: vec![0.0; SIDE1 * SIDE1 * PATCH1],
             conv1: vec![0.0; SIDE1 * SIDE1 * CHANNELS1],
-            winograd: crate::winograd::Scratch::new(),
+            winograd: crate::winograd::Scratch::default(),
             features: vec![0.0; GROUP * FEATURES],
             hidden: vec![0.0; GROUP * HIDDEN],
         }
@@ -136,7 +136,7 @@ impl Engine {
         let (conv1, fc1) = (kernel("conv1.weight")?, values("fc1.weight")?);
         let (Some(conv1), Some(conv2), Some(fc1)) = (
             packed(&conv1, PATCH1, CHANNELS1),
-            Winograd::new(&values("conv2.weight")?),
+            Winograd::new(&kernel("conv2.weight")?, CHANNELS2, CHANNELS1),
             packed(&fc1, FEATURES, HIDDEN),
         ) else {
             return Ok(None);
@@ -185,8 +185,7 @@ impl Weights {
                 .zip(s.features.chunks_exact_mut(FEATURES))
             {
                 self.conv1(s.image.as_mut_slice(), &mut s.cols1, &mut s.conv1, image);
-                self.conv2
-                    .pooled(&s.conv1, &self.conv2_bias, &mut s.winograd, features);
+                self.conv2_pooled(&s.conv1, &mut s.winograd, features);
             }
             self.classify(
                 &s.features[..n * FEATURES],
@@ -213,6 +212,21 @@ impl Weights {
         let done = self.conv1.product(conv1, lhs(cols, PATCH1));
         assert!(done, "conv1's buffers are sized for its weight");
         bias_relu(conv1, &self.conv1_bias);
+    }
+
+    /// conv2 over `conv1`, then the 2x2 max-pool, bias and ReLU (in that order, as
+    /// `Net::forward` runs them) of each block of outputs, into `features` (12x12x64).
+    fn conv2_pooled(&self, conv1: &[f32], s: &mut crate::winograd::Scratch, features: &mut [f32]) {
+        let bias = &self.conv2_bias;
+        self.conv2
+            .convolve(conv1, (SIDE1, SIDE1), s, |ty, tx, block| {
+                let to = &mut features[(ty * POOLED + tx) * CHANNELS2..][..CHANNELS2];
+                let [a, b, c, d] = [0, 1, 2, 3].map(|i| &block[i * CHANNELS2..][..CHANNELS2]);
+                for (ch, o) in to.iter_mut().enumerate() {
+                    let max = a[ch].max(b[ch]).max(c[ch].max(d[ch]));
+                    *o = (max + bias[ch]).max(0.0);
+                }
+            });
     }
 
     /// fc1, bias and ReLU, fc2 and the softmax, for the images whose `features` these are.

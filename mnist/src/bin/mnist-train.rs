@@ -61,6 +61,7 @@ impl Observer for Report {
 
 fn main() -> Result<()> {
     mnist::set_thread_count();
+    mnist::keep_freed_memory();
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 
