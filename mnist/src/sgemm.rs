@@ -108,24 +108,27 @@ fn tiles(dst: &mut [f32], n: usize, lhs: Lhs<'_>, rhs: Rhs<'_>, k: usize, accumu
 fn block(dst: &mut [f32], n: usize, lhs: Lhs<'_>, p0: usize, kc: usize, packed: &[f32], add: bool) {
     let m = dst.len() / n;
     let whole = m - m % MR;
+    let wide = wide_available();
     for i0 in (0..whole).step_by(MC) {
-        for (panel, j) in packed.chunks_exact(kc * NR).zip((0..n).step_by(NR)) {
+        for (q, two) in groups(n / NR, wide) {
+            let kernel = kernel::<MR>(two);
             for i in (i0..whole.min(i0 + MC)).step_by(MR) {
-                // SAFETY: `gemm` detected AVX2 and FMA, and checked that rows i..i+6 and
-                // depths p0..p0+kc of lhs, and rows i..i+6 of the m x n dst, lie within
-                // their slices; `panel` holds kc rows of 16.
+                // SAFETY: `gemm` detected AVX2 and FMA (and `wide_available` AVX-512 for
+                // two panels), and checked that rows i..i+6 and depths p0..p0+kc of lhs,
+                // and rows i..i+6 of the m x n dst, lie within their slices; `packed`
+                // holds panel q (and q + 1 for two), kc rows of 16 each.
                 #[allow(unsafe_code)]
                 unsafe {
-                    tile::<MR>(
+                    kernel(
                         kc,
                         lhs.data
                             .as_ptr()
                             .add(i * lhs.row_stride + p0 * lhs.k_stride),
                         lhs.row_stride,
                         lhs.k_stride,
-                        panel.as_ptr(),
+                        packed[q * kc * NR..].as_ptr(),
                         NR,
-                        dst.as_mut_ptr().add(i * n + j),
+                        dst.as_mut_ptr().add(i * n + q * NR),
                         n,
                         add,
                     )
@@ -136,6 +139,36 @@ fn block(dst: &mut [f32], n: usize, lhs: Lhs<'_>, p0: usize, kc: usize, packed: 
     if whole < m {
         last_rows(&mut dst[whole * n..], n, lhs, whole, p0, kc, packed, add);
     }
+}
+
+/// A microkernel: `R` rows of `c` (+)= `a` times one 16-column panel at `b`, or, for
+/// the AVX-512 kernel, two panels side by side (the second `k` rows after the first).
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
+
+/// The `R`-row kernel over one panel, or over two with AVX-512.
+#[cfg(target_arch = "x86_64")]
+fn kernel<const R: usize>(two: bool) -> Kernel {
+    if two { wide_tile::<R> } else { tile::<R> }
+}
+
+/// The panels `0..panels` in the groups the kernels take: pairs where AVX-512 runs, then
+/// any panel left alone. Yields (first panel, whether a pair).
+#[cfg(target_arch = "x86_64")]
+fn groups(panels: usize, wide: bool) -> impl Iterator<Item = (usize, bool)> {
+    let step = if wide { 2 } else { 1 };
+    (0..panels)
+        .step_by(step)
+        .map(move |q| (q, wide && q + 1 < panels))
+}
+
+/// Whether this CPU runs the 32-column AVX-512 kernel. On Zen 5's full-width AVX-512 it
+/// does twice the multiply-adds per cycle of AVX2's; on Zen 4's double-pumped units, the
+/// same. Each output is the same chain of fused multiply-adds either way, so the two
+/// kernels give the same bits.
+#[cfg(target_arch = "x86_64")]
+fn wide_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// A right-hand side `[k, n]` packed once, for products by the same matrix again and
@@ -209,30 +242,30 @@ fn last_rows(
     packed: &[f32],
     add: bool,
 ) {
-    type Kernel =
-        unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
-    let kernel: Kernel = match dst.len() / n {
-        1 => tile::<1>,
-        2 => tile::<2>,
-        3 => tile::<3>,
-        4 => tile::<4>,
-        5 => tile::<5>,
+    let pick: fn(bool) -> Kernel = match dst.len() / n {
+        1 => kernel::<1>,
+        2 => kernel::<2>,
+        3 => kernel::<3>,
+        4 => kernel::<4>,
+        5 => kernel::<5>,
         _ => unreachable!("fewer rows than a strip"),
     };
     let a = lhs.data[first * lhs.row_stride + p0 * lhs.k_stride..].as_ptr();
-    for (panel, j) in packed.chunks_exact(kc * NR).zip((0..n).step_by(NR)) {
-        // SAFETY: `gemm` detected AVX2 and FMA and checked that these rows and depths of
-        // lhs lie within its slice; `panel` holds kc rows of 16, and `dst` these rows of n.
+    for (q, two) in groups(n / NR, wide_available()) {
+        // SAFETY: `gemm` detected AVX2 and FMA (and `wide_available` AVX-512 for two
+        // panels) and checked that these rows and depths of lhs lie within its slice;
+        // `packed` holds panel q (and q + 1 for two), kc rows of 16 each, and `dst` these
+        // rows of n.
         #[allow(unsafe_code)]
         unsafe {
-            kernel(
+            pick(two)(
                 kc,
                 a,
                 lhs.row_stride,
                 lhs.k_stride,
-                panel.as_ptr(),
+                packed[q * kc * NR..].as_ptr(),
                 NR,
-                dst.as_mut_ptr().add(j),
+                dst.as_mut_ptr().add(q * NR),
                 n,
                 add,
             )
@@ -296,6 +329,53 @@ unsafe fn tile<const R: usize>(
                     sum
                 };
                 _mm256_storeu_ps(at, sum);
+            }
+        }
+    }
+}
+
+/// One `R`x32 tile of `c` over depth `k`: the panel at `b` and the one after it, `k`
+/// rows of 16 further on, each row of both in one 512-bit register.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code, clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn wide_tile<const R: usize>(
+    k: usize,
+    a: *const f32,
+    a_row: usize,
+    a_k: usize,
+    b: *const f32,
+    b_row: usize,
+    c: *mut f32,
+    c_row: usize,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller guarantees the R x k reads of a, the k x 16 reads
+    // of both panels and the R x 32 reads and writes of c are in bounds.
+    unsafe {
+        let second = b.add(k * b_row);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(b.add(p * b_row));
+            let b1 = _mm512_loadu_ps(second.add(p * b_row));
+            let a = a.add(p * a_k);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * a_row));
+                acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let row = c.add(i * c_row);
+            for (half, &sum) in acc.iter().enumerate() {
+                let at = row.add(half * 16);
+                let sum = if add {
+                    _mm512_add_ps(_mm512_loadu_ps(at), sum)
+                } else {
+                    sum
+                };
+                _mm512_storeu_ps(at, sum);
             }
         }
     }
