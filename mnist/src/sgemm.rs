@@ -6,7 +6,8 @@
 //! right-hand side is packed, once per K-block; the left-hand side is read in place in
 //! strips of six rows, each reused across every 16-column panel while it is in cache.
 //! Rows past the last whole strip go through a kernel compiled for one to five rows, so
-//! any row count runs here (a serving batch, conv1's 9-row weight gradient).
+//! any row count runs here (a serving batch, conv1's 9-row weight gradient). Where the
+//! CPU has AVX-512, a 32-column kernel takes two panels at once.
 
 /// A matrix `[rows, k]` read at `data[row * row_stride + p * k_stride]`.
 #[derive(Clone, Copy)]
