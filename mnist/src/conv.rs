@@ -25,7 +25,7 @@ struct Conv {
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(crate) struct Dims {
     k: usize,
     h: usize,
     w: usize,
@@ -34,6 +34,10 @@ struct Dims {
 }
 
 impl Dims {
+    /// A k x k convolution of `h x w x c` images to `o` channels.
+    pub(crate) const fn new(k: usize, h: usize, w: usize, c: usize, o: usize) -> Self {
+        Self { k, h, w, c, o }
+    }
     fn out(&self) -> (usize, usize) {
         (self.h - self.k + 1, self.w - self.k + 1)
     }
@@ -58,7 +62,7 @@ pub(crate) fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result
 }
 
 /// Patches of `images` (whole images) into `cols`, `[images * positions, patch]`.
-fn im2col(d: Dims, images: &[f32], cols: &mut Vec<f32>) {
+pub(crate) fn im2col(d: Dims, images: &[f32], cols: &mut Vec<f32>) {
     let (oh, ow) = d.out();
     let (patch, row) = (d.patch(), d.k * d.c);
     cols.clear();
@@ -221,12 +225,7 @@ impl CustomOp2 for Conv {
             out.par_chunks_mut(d.positions() * o)
                 .zip(x.par_chunks(d.image()))
                 .for_each_init(Scratch::default, |s, (out, image)| {
-                    winograd.convolve(image, (h, w), s, |ty, tx, block| {
-                        for (at, outputs) in block.chunks_exact(o).enumerate() {
-                            let (y, x) = (2 * ty + at / 2, 2 * tx + at % 2);
-                            out[(y * ow + x) * o..][..o].copy_from_slice(outputs);
-                        }
-                    });
+                    winograd.convolve_into(image, (h, w), s, out)
                 });
             return Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, o))));
         }
@@ -354,7 +353,7 @@ fn flipped_winograd(d: Dims, kernel: &[f32]) -> Option<Winograd> {
 }
 
 fn winograd_input_gradient(d: Dims, winograd: &Winograd, grad: &[f32], out: &mut [f32]) {
-    let ((oh, ow), o, c) = (d.out(), d.o, d.c);
+    let ((oh, ow), o) = (d.out(), d.o);
     let (ph, pw) = (oh + 4, ow + 4);
     out.par_chunks_mut(d.image())
         .zip(grad.par_chunks(d.positions() * o))
@@ -365,12 +364,7 @@ fn winograd_input_gradient(d: Dims, winograd: &Winograd, grad: &[f32], out: &mut
                 for (y, row) in grad.chunks_exact(ow * o).enumerate() {
                     padded[((y + 2) * pw + 2) * o..][..ow * o].copy_from_slice(row);
                 }
-                winograd.convolve(padded, (ph, pw), s, |ty, tx, block| {
-                    for (at, values) in block.chunks_exact(c).enumerate() {
-                        let (y, x) = (2 * ty + at / 2, 2 * tx + at % 2);
-                        image[(y * d.w + x) * c..][..c].copy_from_slice(values);
-                    }
-                });
+                winograd.convolve_into(padded, (ph, pw), s, image);
             },
         );
 }

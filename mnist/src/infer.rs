@@ -12,6 +12,7 @@ use anyhow::Result;
 use candle_core::Device;
 use rayon::prelude::*;
 
+use crate::conv::Dims;
 use crate::idx::{PIXELS, SIDE};
 use crate::model::{MEAN, Net, STD, images_tensor};
 use crate::sgemm::{Lhs, Packed, Rhs};
@@ -23,6 +24,8 @@ const POOLED: usize = (SIDE1 - 2) / 2;
 const CHANNELS1: usize = 32;
 const CHANNELS2: usize = 64;
 const PATCH1: usize = 9;
+/// conv1 as the training op's im2col sees it.
+const CONV1: Dims = Dims::new(3, SIDE, SIDE, 1, CHANNELS1);
 /// fc1's inputs (9,216) and outputs (128), and the classes.
 const FEATURES: usize = POOLED * POOLED * CHANNELS2;
 const HIDDEN: usize = 128;
@@ -104,7 +107,7 @@ impl Scratch {
     fn new() -> Self {
         Self {
             image: vec![0.0; PIXELS],
-            cols1: vec![0.0; SIDE1 * SIDE1 * PATCH1],
+            cols1: Vec::with_capacity(SIDE1 * SIDE1 * PATCH1),
             conv1: vec![0.0; SIDE1 * SIDE1 * CHANNELS1],
             winograd: crate::winograd::Scratch::default(),
             features: vec![0.0; GROUP * FEATURES],
@@ -126,12 +129,7 @@ impl Engine {
             |name: &str| -> Result<Vec<f32>> { Ok(net.get(name)?.flatten_all()?.to_vec1()?) };
         // Each weight `[out, in]` is read transposed, as the right-hand side `[in, out]`.
         let packed = |w: &[f32], inputs: usize, outputs: usize| {
-            let rhs = Rhs {
-                data: w,
-                row_stride: 1,
-                col_stride: inputs,
-            };
-            Packed::new(rhs, inputs, outputs)
+            Packed::new(Rhs::transposed(w, inputs), inputs, outputs)
         };
         let (conv1, fc1) = (kernel("conv1.weight")?, values("fc1.weight")?);
         let (Some(conv1), Some(conv2), Some(fc1)) = (
@@ -197,19 +195,14 @@ impl Weights {
 
     /// One image, normalised as in training, through conv1, bias and ReLU into `conv1`
     /// (26 x 26 x 32).
-    fn conv1(&self, image: &mut [f32], cols: &mut [f32], conv1: &mut [f32], pixels: &[f32]) {
+    fn conv1(&self, image: &mut [f32], cols: &mut Vec<f32>, conv1: &mut [f32], pixels: &[f32]) {
         // The same two roundings as candle's `(x - MEAN) / STD` in `Net::forward`.
         let (shift, scale) = (MEAN as f32, (1.0 / STD) as f32);
         for (to, &p) in image.iter_mut().zip(pixels) {
             *to = (p - shift) * scale;
         }
-        for (position, col) in cols.chunks_exact_mut(PATCH1).enumerate() {
-            let (y, x) = (position / SIDE1, position % SIDE1);
-            for (ky, row) in col.chunks_exact_mut(3).enumerate() {
-                row.copy_from_slice(&image[(y + ky) * SIDE + x..][..3]);
-            }
-        }
-        let done = self.conv1.product(conv1, lhs(cols, PATCH1));
+        crate::conv::im2col(CONV1, image, cols);
+        let done = self.conv1.product(conv1, Lhs::rows(cols, PATCH1));
         assert!(done, "conv1's buffers are sized for its weight");
         bias_relu(conv1, &self.conv1_bias);
     }
@@ -231,7 +224,7 @@ impl Weights {
 
     /// fc1, bias and ReLU, fc2 and the softmax, for the images whose `features` these are.
     fn classify(&self, features: &[f32], hidden: &mut [f32], out: &mut [f32]) {
-        let done = self.fc1.product(hidden, lhs(features, FEATURES));
+        let done = self.fc1.product(hidden, Lhs::rows(features, FEATURES));
         assert!(done, "fc1's buffers are sized for its weight");
         bias_relu(hidden, &self.fc1_bias);
         for (h, out) in hidden
@@ -247,15 +240,6 @@ impl Weights {
             }
             softmax(out);
         }
-    }
-}
-
-/// Row-major `[_, width]` as the GEMM's left-hand side.
-fn lhs(data: &[f32], width: usize) -> Lhs<'_> {
-    Lhs {
-        data,
-        row_stride: width,
-        k_stride: 1,
     }
 }
 

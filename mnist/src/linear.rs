@@ -43,7 +43,7 @@ impl CustomOp2 for Linear {
             .par_chunks_mut(ROWS_PER_TASK * outputs)
             .zip(x.par_chunks(ROWS_PER_TASK * inputs))
             .any(|(out, x)| {
-                let (lhs, rhs) = (rows(x, inputs), transposed(weight, inputs));
+                let (lhs, rhs) = (Lhs::rows(x, inputs), Rhs::transposed(weight, inputs));
                 !sgemm::gemm(out, outputs, lhs, rhs, inputs, false)
             });
         if declined {
@@ -62,24 +62,6 @@ impl CustomOp2 for Linear {
         let grad_x = grad.matmul(weight)?;
         let grad_weight = grad.t()?.matmul(x)?;
         Ok((Some(grad_x), Some(grad_weight)))
-    }
-}
-
-/// `x [n, in]` as the GEMM's left-hand side.
-fn rows(x: &[f32], inputs: usize) -> Lhs<'_> {
-    Lhs {
-        data: x,
-        row_stride: inputs,
-        k_stride: 1,
-    }
-}
-
-/// `weight [out, in]` as the right-hand side `[in, out]`: its row j is column j.
-fn transposed(weight: &[f32], inputs: usize) -> Rhs<'_> {
-    Rhs {
-        data: weight,
-        row_stride: 1,
-        col_stride: inputs,
     }
 }
 

@@ -17,7 +17,16 @@ pub(crate) struct Lhs<'a> {
     pub k_stride: usize,
 }
 
-impl Lhs<'_> {
+impl<'a> Lhs<'a> {
+    /// Row-major `[_, width]`.
+    pub(crate) fn rows(data: &'a [f32], width: usize) -> Self {
+        Self {
+            data,
+            row_stride: width,
+            k_stride: 1,
+        }
+    }
+
     /// Whether `data` holds all of an `m x k` matrix with these strides.
     fn covers(&self, m: usize, k: usize) -> bool {
         (m - 1) * self.row_stride + (k - 1) * self.k_stride < self.data.len()
@@ -33,7 +42,16 @@ pub(crate) struct Rhs<'a> {
     pub col_stride: usize,
 }
 
-impl Rhs<'_> {
+impl<'a> Rhs<'a> {
+    /// A weight `[out, in]`, row-major, read as `[in, out]`: its row j is column j.
+    pub(crate) fn transposed(weight: &'a [f32], inputs: usize) -> Self {
+        Self {
+            data: weight,
+            row_stride: 1,
+            col_stride: inputs,
+        }
+    }
+
     /// Whether `data` holds all of a `k x n` matrix with these strides.
     fn covers(&self, k: usize, n: usize) -> bool {
         (k - 1) * self.row_stride + (n - 1) * self.col_stride < self.data.len()

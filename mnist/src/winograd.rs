@@ -104,11 +104,7 @@ impl Winograd {
                 .zip(s.inputs.chunks_exact(band * self.inputs))
                 .zip(s.products.chunks_exact_mut(band * self.outputs))
             {
-                let lhs = Lhs {
-                    data: &v[..tiles * self.inputs],
-                    row_stride: self.inputs,
-                    k_stride: 1,
-                };
+                let lhs = Lhs::rows(&v[..tiles * self.inputs], self.inputs);
                 let done = kernel.product(&mut m[..tiles * self.outputs], lhs);
                 assert!(done, "the tiles are sized for the kernels");
             }
@@ -117,6 +113,24 @@ impl Winograd {
                 emit(ty0 + tile / tiles_x, tile % tiles_x, &s.tile);
             }
         }
+    }
+
+    /// The valid convolution of one image, as [`convolve`](Self::convolve), written
+    /// whole into `out` (`(h - 2) x (w - 2) x out`, NHWC).
+    pub(crate) fn convolve_into(
+        &self,
+        input: &[f32],
+        (h, w): (usize, usize),
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let (o, ow) = (self.outputs, w - 2);
+        self.convolve(input, (h, w), s, |ty, tx, block| {
+            for (at, values) in block.chunks_exact(o).enumerate() {
+                let (y, x) = (2 * ty + at / 2, 2 * tx + at % 2);
+                out[(y * ow + x) * o..][..o].copy_from_slice(values);
+            }
+        });
     }
 
     /// Bᵀ d B of the 4x4 block whose pixel (i, j) starts at `d(i, j)`, every channel, into
