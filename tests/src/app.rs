@@ -123,6 +123,9 @@ impl TestApp {
             },
             timeouts: Default::default(),
             metrics_open: false,
+            reserved: Default::default(),
+            streams: Default::default(),
+            hosts: Default::default(),
         }
     }
 

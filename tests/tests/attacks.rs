@@ -309,7 +309,7 @@ async fn stalled_connections(server: &Server, count: usize) -> Vec<tokio::net::T
             .await
             .expect("connect");
         socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             .await
             .expect("write");
         stalled.push(socket);
@@ -338,7 +338,7 @@ async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
     }
     let waited = started.elapsed();
     assert!(
-        waited <= lancer::app::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        waited <= lancer::http::serve::HEADER_READ_TIMEOUT + Duration::from_secs(5),
         "cut off after {waited:?}"
     );
     server.stop().await;
@@ -491,27 +491,6 @@ async fn wait_finished_as(http: &reqwest::Client, server: &Server, key: &str, id
 }
 
 #[tokio::test]
-async fn connections_past_the_limit_wait_until_one_is_free() {
-    let server = Server::start(&[], &[("LANCER_MAX_CONNECTIONS", "3")]).await;
-    let mut held = stalled_connections(&server, 3).await;
-    let health = format!("{}/healthz", server.url);
-    let waiting = tokio::spawn(async move { reqwest::get(health).await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a fourth connection is not served while three are held"
-    );
-    drop(held.pop());
-    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("served once a connection closed")
-        .expect("join")
-        .expect("answered");
-    assert_eq!(status, 200);
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start(&[], &[("LANCER_REQUEST_TIMEOUT_SECS", "1")]).await;
@@ -520,7 +499,7 @@ async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
         .await
         .expect("connect");
     socket
-        .write_all(b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":")
+        .write_all(b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":")
         .await
         .expect("write");
     let mut answer = Vec::new();
@@ -541,5 +520,400 @@ async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    server.stop().await;
+}
+
+/// Plants links in its tenant's lake folder, as a hostile script would: its own log
+/// becomes a link to acme's upload, `datasets/x.lance` a link to acme's uploads folder,
+/// the data files of `y` symbolic and of `z` hard links to acme's data, and a FIFO where
+/// a reader would block. Reports what the kernel let it do.
+const PLANT_PY: &str = r#"
+import os, shutil
+
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except PermissionError:
+        return "denied"
+    except OSError as err:
+        return type(err).__name__
+
+def replace(link, target, hard):
+    def act():
+        if os.path.isdir(link) and not os.path.islink(link):
+            shutil.rmtree(link)
+        elif os.path.lexists(link):
+            os.remove(link)
+        (os.link if hard else os.symlink)(target, link)
+    return act
+
+def run(input_path, output_path, params):
+    lake = os.environ["LANCER_LAKE"]
+    logs = os.path.join(lake, "logs", os.environ["LANCER_TASK_ID"])
+    os.makedirs(logs, exist_ok=True)
+    plants = [
+        (os.path.join(logs, os.environ["LANCER_ATTEMPT"] + ".log"), params["upload"], False),
+        (os.path.join(lake, "datasets", "x.lance"), params["uploads"], False),
+    ]
+    for name, hard in (("y", False), ("z", True)):
+        data = os.path.join(lake, "datasets", name + ".lance", "data")
+        plants += [(os.path.join(data, f), params["data"], hard) for f in os.listdir(data)]
+    done = {f"{link} -> {target}": attempt(replace(link, target, hard)) for link, target, hard in plants}
+    fifo = os.path.join(lake, "datasets", "fifo")
+    done[fifo] = attempt(lambda: os.mkfifo(fifo))
+    return done
+"#;
+
+/// A server with acme's upload and dataset, and other's datasets `y` and `z`, on which
+/// other's script has planted its links; the finished task and acme's files.
+struct Planted {
+    server: Server,
+    task: Value,
+    upload: std::path::PathBuf,
+    data: std::path::PathBuf,
+}
+
+async fn plant_links(sandbox: &str) -> Planted {
+    let server = Server::start(
+        &[("plant.py", PLANT_PY, false)],
+        &[("LANCER_API_KEYS", KEYS), ("LANCER_SANDBOX", sandbox)],
+    )
+    .await;
+    let lake = std::fs::canonicalize(server.lake()).expect("lake");
+    let uploads = lake.join("tenants/acme/raw");
+    std::fs::create_dir_all(&uploads).expect("mkdir");
+    let upload = uploads.join("secret.txt");
+    std::fs::write(&upload, "acme's secret upload").expect("write");
+    let none = Default::default();
+    let at = |tenant: &str, name: &str| {
+        format!("{}/tenants/{tenant}/datasets/{name}.lance", lake.display())
+    };
+    use lancer_tests::lake::{dataset_batch, write_lance};
+    write_lance(&at("acme", "secret"), dataset_batch(7), &none).await;
+    for name in ["y", "z"] {
+        write_lance(&at("other", name), dataset_batch(3), &none).await;
+    }
+    let data = std::fs::read_dir(lake.join("tenants/acme/datasets/secret.lance/data"))
+        .expect("acme's data")
+        .next()
+        .expect("a data file")
+        .expect("entry")
+        .path();
+    let http = reqwest::Client::new();
+    let params = json!({"upload": upload, "uploads": uploads, "data": data});
+    let spec = json!({"name": "plant", "script": "plant.py", "params": params});
+    let id = submit_as(&http, &server, "other-key-001", &spec).await;
+    let task = wait_finished(&http, &server, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    Planted {
+        server,
+        task,
+        upload,
+        data,
+    }
+}
+
+async fn get_as(server: &Server, key: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .get(server.api(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("get");
+    (answer.status().as_u16(), answer.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn the_server_follows_no_link_a_script_planted_in_its_lake_folder() {
+    let Planted {
+        server,
+        task,
+        upload,
+        data,
+    } = plant_links("off").await;
+    let planted = task["result"].as_object().expect("what it planted");
+    assert!(
+        planted.values().all(|done| done == "allowed"),
+        "unsandboxed, the kernel lets it: {planted:#?}"
+    );
+    let id = task["id"].as_str().expect("id");
+    let other = "other-key-001";
+    let (status, log) = get_as(&server, other, &format!("/tasks/{id}/logs")).await;
+    assert_eq!(status, 409, "{log}");
+    assert!(!log.contains("acme's secret"), "{log}");
+    for dataset in ["y", "z"] {
+        let (status, rows) = get_as(&server, other, &format!("/datasets/{dataset}/rows")).await;
+        assert_eq!(status, 409, "{dataset}: {rows}");
+        let (status, _) = get_as(&server, other, &format!("/datasets/{dataset}")).await;
+        assert_eq!(status, 409, "{dataset}");
+    }
+    let (status, listed) = get_as(&server, other, "/datasets").await;
+    assert_eq!(status, 200, "a link does not break the listing: {listed}");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let http = reqwest::Client::new();
+    for dataset in ["x", "z"] {
+        let deleted = http
+            .delete(server.api(&format!("/datasets/{dataset}")))
+            .bearer_auth(other)
+            .send()
+            .await
+            .expect("delete");
+        println!("DELETE {dataset}: {}", deleted.status());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&upload).expect("acme's upload is still there"),
+        "acme's secret upload"
+    );
+    assert!(data.exists(), "acme's data file is still there");
+    let (status, rows) = get_as(&server, "acme-key-001", "/datasets/secret/rows").await;
+    assert_eq!(status, 200, "{rows}");
+    let rows: Value = serde_json::from_str(&rows).expect("json");
+    assert_eq!(rows["total_rows"], 7, "acme's dataset is whole: {rows}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_sandboxed_script_can_make_no_link_or_special_file_in_the_lake() {
+    let Planted {
+        server,
+        task,
+        upload,
+        data,
+    } = plant_links("required").await;
+    assert_eq!(task["sandbox"], "landlock");
+    let planted = task["result"].as_object().expect("what it tried");
+    assert!(planted.len() >= 5, "{planted:#?}");
+    for (what, done) in planted {
+        assert_ne!(done, "allowed", "{what}: {planted:#?}");
+    }
+    assert!(upload.exists() && data.exists());
+    server.stop().await;
+}
+
+/// A serving task that reports whatever endpoint its params name, and stays up.
+const CLAIM_PY: &str = r#"
+import json, os, time
+
+def run(input_path, output_path, params):
+    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
+        progress.write(json.dumps({"endpoint": params["claim"], "message": "serving"}) + "\n")
+    time.sleep(600)
+"#;
+
+/// A private service on loopback that counts the connections it is sent.
+async fn private_service() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (port, reached)
+}
+
+#[tokio::test]
+async fn the_endpoint_proxy_never_forwards_to_an_address_the_task_does_not_own() {
+    let server = Server::start(
+        &[("claim.py", CLAIM_PY, false)],
+        &[("LANCER_API_KEYS", KEYS)],
+    )
+    .await;
+    let (private, reached) = private_service().await;
+    let api_port = url::Url::parse(&server.url)
+        .expect("url")
+        .port()
+        .expect("port");
+    let http = reqwest::Client::new();
+    let claims = [
+        format!("http://127.0.0.1:{private}"),
+        format!("http://127.0.0.1:{api_port}"),
+        "http://169.254.169.254:8080".to_owned(),
+        format!("http://localhost:{private}"),
+        "http://127.0.0.1:80".to_owned(),
+    ];
+    for claim in claims {
+        let spec = json!({"name": "claim", "script": "claim.py", "params": {"claim": claim}});
+        let id = submit_as(&http, &server, "other-key-001", &spec).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let task: Value = http
+                .get(server.api(&format!("/tasks/{id}")))
+                .bearer_auth("other-key-001")
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            if task["endpoint"].is_string() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let answer = http
+            .get(server.api(&format!("/tasks/{id}/endpoint/secret")))
+            .bearer_auth("other-key-001")
+            .send()
+            .await
+            .expect("proxy");
+        let status = answer.status();
+        let body = answer.text().await.expect("body");
+        assert_eq!(status, 502, "{claim}: {body}");
+        assert!(body.contains("ENDPOINT_UNREACHABLE"), "{claim}: {body}");
+        let cancel = http
+            .post(server.api(&format!("/tasks/{id}/cancel")))
+            .bearer_auth("other-key-001")
+            .send()
+            .await
+            .expect("cancel");
+        assert_eq!(cancel.status(), 200);
+    }
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the private service was never reached"
+    );
+    server.stop().await;
+}
+
+/// Sleeps for ten minutes: a task whose event stream stays open.
+const LONG_PY: &str = r#"
+import time
+
+def run(input_path, output_path, params):
+    time.sleep(600)
+"#;
+
+#[tokio::test]
+async fn one_tenants_event_streams_cannot_lock_out_another_tenant() {
+    let server = Server::start(
+        &[("long.py", LONG_PY, false)],
+        &[
+            ("LANCER_API_KEYS", KEYS),
+            ("LANCER_TENANT_STREAMS", "4"),
+            ("LANCER_MAX_STREAMS", "6"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let spec = json!({"name": "long", "script": "long.py"});
+    let theirs = submit_as(&http, &server, "acme-key-001", &spec).await;
+    let events = |key: &'static str, id: String| {
+        let request = http
+            .get(server.api(&format!("/tasks/{id}/events")))
+            .bearer_auth(key);
+        async move { request.send().await.expect("events") }
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let stream = events("acme-key-001", theirs.clone()).await;
+        assert_eq!(stream.status(), 200);
+        held.push(stream);
+    }
+    let refused = events("acme-key-001", theirs.clone()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("TOO_MANY_REQUESTS"), "{body}");
+    // The other tenant is served meanwhile, its own stream included.
+    let mine = submit_as(&http, &server, "other-key-001", &spec).await;
+    let started = std::time::Instant::now();
+    let listed = http
+        .get(server.api("/tasks"))
+        .bearer_auth("other-key-001")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let own = events("other-key-001", mine.clone()).await;
+    assert_eq!(own.status(), 200, "its share is its own");
+    // A closed stream gives its place back.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = events("acme-key-001", theirs.clone()).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (key, id) in [("acme-key-001", &theirs), ("other-key-001", &mine)] {
+        http.post(server.api(&format!("/tasks/{id}/cancel")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("cancel");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_server_refuses_other_hosts_cross_site_posts_and_bodies_that_are_not_json() {
+    let server = Server::start(&[("nap.py", NAP_PY, false)], &[]).await;
+    let http = reqwest::Client::new();
+    let spec = json!({"name": "nap", "script": "nap.py"}).to_string();
+    let post = || {
+        http.post(server.api("/tasks"))
+            .header("content-type", "application/json")
+            .body(spec.clone())
+    };
+    let rebound = http
+        .get(server.api("/tasks"))
+        .header("host", "attacker.example:8000")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(rebound.status(), 403, "a DNS-rebinding page's Host");
+    let as_text = http
+        .post(server.api("/tasks"))
+        .header("content-type", "text/plain")
+        .body(spec.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(as_text.status(), 400, "a text/plain body a form could send");
+    let from_origin = post()
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(from_origin.status(), 403);
+    let fetched = post()
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(fetched.status(), 403);
+    let listed: Value = http
+        .get(server.api("/tasks"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was submitted: {listed}"
+    );
+    let own = post().send().await.expect("post");
+    assert_eq!(
+        own.status(),
+        201,
+        "a client on loopback is served as before"
+    );
     server.stop().await;
 }

@@ -200,7 +200,7 @@ async fn metrics_count_the_tasks_that_ran_by_tenant_and_status_behind_the_api_ke
     assert_eq!(runs, Some(2.0));
     let submits = series(
         &text,
-        "lancer_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/tasks\",status=\"201\"}",
+        "lancer_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/tasks\",status=\"2xx\"}",
     );
     assert_eq!(
         submits,

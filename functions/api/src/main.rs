@@ -13,5 +13,5 @@ async fn main() -> Result<(), lambda_http::Error> {
         return Ok(serve(&config).await?);
     }
     // A function is frozen between invocations: the sweeper's schedule reconciles.
-    lambda_http::run(router(app_state(&config).await?)).await
+    lambda_http::run(router(app_state(&config, None).await?)).await
 }

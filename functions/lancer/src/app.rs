@@ -9,8 +9,12 @@ use crate::application::Service;
 use crate::config::{Backend, Config, ConfigError, TaskTable};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
+use crate::domain::endpoint::Reserved;
 use crate::domain::fair::FairLimits;
 use crate::error::{Error, Result};
+use crate::http::origin::Hosts;
+use crate::http::serve::serve_connections;
+use crate::http::streams::OpenStreams;
 use crate::http::{AppState, router};
 use crate::lake::lance::LanceLake;
 use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
@@ -115,32 +119,60 @@ pub async fn service(config: &Config) -> Result<Service, StartError> {
     })
 }
 
-/// The REST API's state: the use cases and the request time limits.
-pub async fn app_state(config: &Config) -> Result<AppState, StartError> {
+/// The REST API's state: the use cases and the request time limits. `api_port` is the
+/// port the API itself answers on, where it listens (none on Lambda).
+pub async fn app_state(config: &Config, api_port: Option<u16>) -> Result<AppState, StartError> {
     Ok(AppState {
         service: service(config).await?,
         timeouts: config.server.timeouts,
         metrics_open: config.server.metrics_open,
+        reserved: reserved_ports(config, api_port),
+        streams: Arc::new(OpenStreams::new(config.server.streams)),
+        // A DNS-rebinding page reaches a keyless server on loopback under its own name.
+        hosts: match (&config.server.api_keys, config.server.allow_open) {
+            (None, false) if !on_lambda() => Hosts::Loopback {
+                listen: config.server.host,
+            },
+            _ => Hosts::Any,
+        },
     })
 }
+
+/// The ports a serving task's endpoint may never be: the API's own, Ray's dashboard, GCS
+/// and client ports on the Ray backend, and the Lambda Runtime API's.
+fn reserved_ports(config: &Config, api_port: Option<u16>) -> Reserved {
+    let mut ports: Vec<u16> = api_port.into_iter().collect();
+    if let Backend::Ray(ray) = &config.dispatch.backend {
+        let dashboard = url::Url::parse(&ray.address)
+            .ok()
+            .and_then(|url| url.port());
+        ports.extend(dashboard.into_iter().chain(RAY_PORTS));
+    }
+    let lambda = std::env::var("AWS_LAMBDA_RUNTIME_API").ok();
+    ports.extend(lambda.and_then(|api| api.rsplit_once(':')?.1.parse::<u16>().ok()));
+    Reserved { ports }
+}
+
+/// Ray's own ports on a head: the GCS, the client server and the dashboard's defaults.
+const RAY_PORTS: [u16; 3] = [6379, 10001, 8265];
 
 /// The REST API and the configured dispatcher as one local server (`lancer serve`, and
 /// `lancer-api` outside Lambda), until Ctrl-C.
 pub async fn serve(config: &Config) -> Result<(), StartError> {
     check_open(config)?;
     check_scripts(config)?;
-    let state = Arc::new(app_state(config).await?);
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let state = Arc::new(app_state(config, Some(addr.port())).await?);
     // Tasks and pipelines left by a previous server are picked up again.
     reconcile_once(&state.service).await;
     spawn_reconciler(state.clone(), config.dispatch.lease);
     let app = router(state);
-    let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|err| Error::invalid(format!("cannot listen on {addr}: {err}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
     info!(backend = config.backend_name(), lake = %config.lake.root, tasks = ?config.tasks, scripts = %config.scripts.root.display(), "embedded platform ready");
     // The one line on stdout, so scripts and tests can find a port-0 server.
     println!("lancer listening on http://{addr}");
@@ -193,67 +225,6 @@ pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
             }
         }
     })
-}
-
-/// How long a client has to send a request's headers: a slow-loris client that drips
-/// bytes holds a connection no longer than this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open requests get to finish once the server is asked to stop.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `app` on `listener` until `shutdown` resolves, with at most `max_connections`
-/// at once (more wait in the kernel's accept queue) and a bound on the time to read a
-/// request's headers: axum's own `serve` has neither.
-pub async fn serve_connections(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    max_connections: usize,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the slots are never closed"),
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("requests still open after the drain timeout were dropped");
-    }
 }
 
 /// Auth fails closed: a server without API keys listens on loopback only, unless the

@@ -40,6 +40,8 @@ pub enum Var {
     AllowOpen,
     MetricsOpen,
     MaxConnections,
+    MaxStreams,
+    TenantStreams,
     Concurrency,
     TenantConcurrency,
     TenantServices,
@@ -90,6 +92,8 @@ impl Var {
             Var::AllowOpen => "LANCER_ALLOW_OPEN",
             Var::MetricsOpen => "LANCER_METRICS_OPEN",
             Var::MaxConnections => "LANCER_MAX_CONNECTIONS",
+            Var::MaxStreams => "LANCER_MAX_STREAMS",
+            Var::TenantStreams => "LANCER_TENANT_STREAMS",
             Var::Concurrency => "LANCER_CONCURRENCY",
             Var::TenantConcurrency => "LANCER_TENANT_CONCURRENCY",
             Var::TenantServices => "LANCER_TENANT_SERVICES",
@@ -158,10 +162,29 @@ pub struct ServerConfig {
     pub metrics_open: bool,
     /// `LANCER_MAX_CONNECTIONS`: connections `lancer serve` serves at once.
     pub max_connections: usize,
+    /// `LANCER_MAX_STREAMS` and `LANCER_TENANT_STREAMS`: event streams open at once, in
+    /// all and per tenant.
+    pub streams: StreamLimits,
     /// `LANCER_MAX_UPLOAD_BYTES` and `LANCER_UPLOAD_QUOTA_BYTES`.
     pub uploads: UploadLimits,
     /// `LANCER_REQUEST_TIMEOUT_SECS` and `LANCER_UPLOAD_TIMEOUT_SECS`.
     pub timeouts: Timeouts,
+}
+
+/// How many event streams may be open at once (`LANCER_MAX_STREAMS`, `LANCER_TENANT_STREAMS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub total: usize,
+    pub per_tenant: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            total: 256,
+            per_tenant: 16,
+        }
+    }
 }
 
 /// Where and how runners run.
@@ -269,6 +292,7 @@ impl Default for Config {
                 allow_open: false,
                 metrics_open: false,
                 max_connections: 1024,
+                streams: StreamLimits::default(),
                 uploads: UploadLimits::default(),
                 timeouts: Timeouts::default(),
             },
@@ -473,6 +497,10 @@ fn server<F: Fn(&str) -> Option<String>>(
         allow_open: vars.flag(Var::AllowOpen)?,
         metrics_open: vars.flag(Var::MetricsOpen)?,
         max_connections: vars.count(Var::MaxConnections, defaults.max_connections)?,
+        streams: StreamLimits {
+            total: vars.count(Var::MaxStreams, defaults.streams.total)?,
+            per_tenant: vars.count(Var::TenantStreams, defaults.streams.per_tenant)?,
+        },
         uploads: UploadLimits {
             max_bytes: vars
                 .number(Var::MaxUploadBytes)?

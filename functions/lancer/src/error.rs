@@ -31,6 +31,12 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     Timeout(String),
+    /// A request the server will not take from where it came: another site, another host.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller holds as many of a bounded resource as it may (event streams): 429.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A serving task's endpoint did not answer the request passed on to it.
     #[error("{0}")]
     BadGateway(String),

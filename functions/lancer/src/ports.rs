@@ -2,6 +2,7 @@
 //! and real adapters, and one conformance suite (in `tests/`) runs against all of them.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::dispatch::{sweep_expired, tasks_with_status};
+use crate::domain::endpoint::Reported;
 use crate::domain::path::{LakePath, Name};
 use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
@@ -372,6 +374,14 @@ pub trait Dispatcher: Send + Sync {
 
     /// Stops the runner of a task the store already marked cancelled.
     async fn cancel(&self, task: &Task) -> Result<()>;
+
+    /// Where a running serving task's process really listens, given what its script
+    /// reported: the backend confirms the address from what it knows itself (the local
+    /// runner's process group owns the socket; Ray's record of the job's node), or answers
+    /// `None`. A backend that cannot confirm an endpoint never has one proxied.
+    async fn endpoint_of(&self, _task: &Task, _reported: Reported) -> Result<Option<SocketAddr>> {
+        Ok(None)
+    }
 
     /// Backend logs of a task, for when the lake has none.
     async fn logs(&self, _task: &Task) -> Result<Option<String>> {

@@ -73,7 +73,12 @@ impl SandboxMode {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub read: Vec<PathBuf>,
+    /// Folders it may change as it likes: its own temporary folder.
     pub write: Vec<PathBuf>,
+    /// Folders the server reads back (the tenant's lake folder): the script writes, renames
+    /// and removes files and folders there, but makes no symbolic link, device, pipe or
+    /// socket that the server could be led through.
+    pub lake: Vec<PathBuf>,
 }
 
 /// Whether this kernel enforces the whole policy: what a task records as `sandbox`.
@@ -97,7 +102,12 @@ pub fn wrap(
         SUBCOMMAND.into(),
         mode.as_str().into(),
     ];
-    for (flag, paths) in [("--read", &policy.read), ("--write", &policy.write)] {
+    let lists = [
+        ("--read", &policy.read),
+        ("--write", &policy.write),
+        ("--lake", &policy.lake),
+    ];
+    for (flag, paths) in lists {
         for path in paths {
             line.push(flag.into());
             line.push(path.as_os_str().to_owned());
@@ -173,6 +183,7 @@ fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
             Some("--") => return Ok((mode, policy, args.collect())),
             Some("--read") => &mut policy.read,
             Some("--write") => &mut policy.write,
+            Some("--lake") => &mut policy.lake,
             _ => return Err(format!("unknown argument {flag:?}")),
         };
         list.push(args.next().ok_or("a path is missing")?.into());
@@ -206,8 +217,21 @@ fn restrict(
         // Paths that do not exist on this machine (/lib32, /dev/tty) are skipped.
         .add_rules(path_beneath_rules(read, AccessFs::from_read(ABI_USED)))?
         .add_rules(path_beneath_rules(write, AccessFs::from_all(ABI_USED)))?
+        .add_rules(path_beneath_rules(&policy.lake, lake_access()))?
         .restrict_self()?;
     Ok(status.ruleset)
+}
+
+/// Every right on a lake folder but making links and special files. A hard link needs
+/// `refer` on the source's folder too, which nothing outside the script's own folders
+/// grants, so no file from elsewhere can get a second name in the lake.
+fn lake_access() -> landlock::BitFlags<AccessFs> {
+    AccessFs::from_all(ABI_USED)
+        & !(AccessFs::MakeSym
+            | AccessFs::MakeChar
+            | AccessFs::MakeBlock
+            | AccessFs::MakeFifo
+            | AccessFs::MakeSock)
 }
 
 #[cfg(test)]
@@ -218,7 +242,8 @@ mod tests {
     fn a_wrapped_command_line_parses_back_to_the_same_policy_and_program() {
         let policy = Policy {
             read: vec!["/opt/scripts".into()],
-            write: vec!["/tmp/task".into(), "/lake/tenants/a".into()],
+            write: vec!["/tmp/task".into()],
+            lake: vec!["/lake/tenants/a".into()],
         };
         let program: Vec<OsString> = vec!["python3".into(), "-c".into(), "--read".into()];
         let line = wrap(
@@ -230,7 +255,10 @@ mod tests {
         assert_eq!(line[1], SUBCOMMAND);
         let (mode, parsed, rest) = parse(line[2..].to_vec()).expect("parses");
         assert_eq!(mode, SandboxMode::Required);
-        assert_eq!((parsed.read, parsed.write), (policy.read, policy.write));
+        assert_eq!(
+            (parsed.read, parsed.write, parsed.lake),
+            (policy.read, policy.write, policy.lake)
+        );
         assert_eq!(rest, program, "the program's own flags are left alone");
         assert!(parse(vec!["sometimes".into()]).is_err());
         assert!(parse(vec!["off".into(), "--read".into()]).is_err());

@@ -2,7 +2,10 @@
 
 use super::Service;
 use crate::dispatch::cancel_in_store;
+use std::net::SocketAddr;
+
 use crate::domain::cache::CacheKey;
+use crate::domain::endpoint::{Reported, Reserved, check_target};
 use crate::domain::path::{LakePath, Name, printable};
 use crate::domain::progress::ProgressHistory;
 use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
@@ -356,8 +359,15 @@ impl Service {
         })
     }
 
-    /// Where a tenant's running serving task answers: the endpoint its script reported.
-    pub async fn serving_endpoint(&self, tenant: &Tenant, id: &str) -> Result<url::Url> {
+    /// Where a tenant's running serving task answers. The script's report is a claim: the
+    /// proxy goes to the address its dispatcher confirms, and never to a reserved port or
+    /// a link-local or metadata address (`domain::endpoint`).
+    pub async fn serving_endpoint(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        reserved: &Reserved,
+    ) -> Result<SocketAddr> {
         let task = self.task(tenant, id).await?;
         if task.status != TaskStatus::Running {
             return Err(Error::Conflict(format!(
@@ -369,11 +379,17 @@ impl Service {
         let reported = task.endpoint.as_deref().ok_or_else(|| {
             Error::Conflict(format!("task {} has not reported an endpoint yet", task.id))
         })?;
-        url::Url::parse(reported)
-            .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
-            .ok_or_else(|| {
-                Error::internal(format!("task {}: its endpoint is not an http URL", task.id))
-            })
+        let refused = |why: String| {
+            tracing::warn!(task = %task.id, reported, %why, "a reported endpoint is refused");
+            Error::BadGateway(format!("task {}'s endpoint is refused: {why}", task.id))
+        };
+        let reported = Reported::parse(reported).map_err(|err| refused(err.to_string()))?;
+        let confirmed = self
+            .dispatcher
+            .endpoint_of(&task, reported)
+            .await?
+            .ok_or_else(|| refused("no process of the task listens there".into()))?;
+        check_target(confirmed, reserved).map_err(|err| refused(err.to_string()))?;
+        Ok(confirmed)
     }
 }

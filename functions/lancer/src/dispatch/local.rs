@@ -15,11 +15,14 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tracing::{error, info, warn};
 
+use super::listeners;
 use crate::config::ConfigError;
+use crate::domain::endpoint::Reported;
 use crate::domain::fair::{FairLimits, FairQueue, Held};
 use crate::domain::task::{Task, TaskStatus};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
+use std::net::SocketAddr;
 
 /// How to start a runner: its binary and the environment that carries the configuration.
 #[derive(Debug, Clone)]
@@ -109,6 +112,20 @@ impl Inner {
 
     fn runner_pid(&self, id: &str) -> Option<u32> {
         self.runners.lock().ok()?.get(id).copied()
+    }
+
+    /// Whether process group `group` is the runner of task `id`: one this dispatcher
+    /// started, or (a runner a previous server started) the runner binary with that task.
+    fn is_runner_of(&self, group: i32, id: &str) -> bool {
+        if self.runner_pid(id).is_some_and(|pid| pid as i32 == group) {
+            return true;
+        }
+        let program = self.runner.program.file_name();
+        listeners::command_line(group).is_some_and(|args| {
+            args.len() == 2
+                && std::path::Path::new(&args[0]).file_name() == program
+                && args[1] == id
+        })
     }
 
     /// Starts every task the fair queue lets start now.
@@ -239,6 +256,30 @@ impl Dispatcher for LocalDispatcher {
             self.inner.pump();
         }
         Ok(())
+    }
+
+    /// A loopback port is the task's when a process of its runner's group listens on it:
+    /// the script runs in the runner's process group, and no other task's process or
+    /// service on the machine can join that group.
+    async fn endpoint_of(&self, task: &Task, reported: Reported) -> Result<Option<SocketAddr>> {
+        let target = reported.0;
+        if !target.ip().is_loopback() {
+            return Ok(None);
+        }
+        let inner = self.inner.clone();
+        let id = task.id.to_string();
+        let owned = tokio::task::spawn_blocking(move || {
+            let groups = listeners::owners_of(target)?;
+            Ok::<_, std::io::Error>(
+                groups
+                    .into_iter()
+                    .any(|group| inner.is_runner_of(group, &id)),
+            )
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(Error::internal)?;
+        Ok(owned.then_some(target))
     }
 
     async fn cancel(&self, task: &Task) -> Result<()> {

@@ -9,6 +9,7 @@ use crate::domain::task::{Change, Task, TaskStatus, expire};
 use crate::error::{Error, Result};
 use crate::ports::{ListQuery, TaskStore};
 
+pub mod listeners;
 pub mod local;
 pub mod memory;
 pub mod ray;

@@ -2,6 +2,7 @@
 //! validation and ingestion rules. No I/O here.
 
 pub mod cache;
+pub mod endpoint;
 pub mod error;
 pub mod fair;
 pub mod ingest;

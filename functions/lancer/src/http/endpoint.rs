@@ -92,8 +92,12 @@ async fn pass_on(
     path: String,
     request: Request,
 ) -> Result<Response> {
-    let mut target = state.service.serving_endpoint(&tenant, &id).await?;
+    let address = state
+        .service
+        .serving_endpoint(&tenant, &id, &state.reserved)
+        .await?;
     // The path is the tenant's, but it only ever names something on the task's own server.
+    let mut target = url::Url::parse(&format!("http://{address}/")).map_err(Error::internal)?;
     target.set_path(&format!("/{path}"));
     target.set_query(request.uri().query());
     let (parts, body) = request.into_parts();

@@ -20,8 +20,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// INVALID_REQUEST, UNAUTHORIZED, DATASET_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND,
-    /// NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, ENDPOINT_UNREACHABLE,
-    /// INTERNAL_ERROR.
+    /// NOT_FOUND, FORBIDDEN, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_REQUESTS,
+    /// ENDPOINT_UNREACHABLE, INTERNAL_ERROR.
     pub code: String,
     pub message: String,
 }
@@ -42,6 +42,8 @@ pub fn code_of(err: &Error) -> &'static str {
         Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
         Error::Timeout(_) => "REQUEST_TIMEOUT",
         Error::BadGateway(_) => "ENDPOINT_UNREACHABLE",
+        Error::TooManyRequests(_) => "TOO_MANY_REQUESTS",
+        Error::Forbidden(_) => "FORBIDDEN",
         Error::Internal(_) => "INTERNAL_ERROR",
     }
 }
@@ -55,6 +57,8 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -75,6 +79,12 @@ impl IntoResponse for Error {
             },
         };
         let mut response = (status_of(&self), Json(body)).into_response();
+        if matches!(self, Error::TooManyRequests(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(super::streams::RETRY_AFTER_SECS),
+            );
+        }
         if matches!(self, Error::Unauthorized(_)) {
             response.headers_mut().insert(
                 "www-authenticate",
@@ -92,6 +102,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // A cross-site form or `text/plain` post is the one body a browser sends another
+        // site without asking: a JSON body must say it is one.
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(|media| media.trim().to_ascii_lowercase());
+        let is_json = declared
+            .as_deref()
+            .is_some_and(|media| media == "application/json" || media.ends_with("+json"));
+        if !is_json {
+            return Err(Error::invalid(
+                "the request body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge(format!(

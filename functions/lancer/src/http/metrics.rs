@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -35,18 +35,70 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     Ok(response)
 }
 
-/// Times each request to its answer's head, by method, route template and status.
+/// Times each request to its answer's head, by method, route template and status class.
+/// Every label comes from a closed set, whatever the peer sends: a method outside the
+/// standard ones is `other`, a path the API does not have is `other`, a status is its
+/// class (`2xx`), since a served endpoint's answer can carry any code.
 pub async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let route = telemetry::route_of(request.uri().path());
     let response = next.run(request).await;
-    let status = response.status();
     let labels = [
-        ("method", method.as_str()),
+        ("method", method),
         ("route", route),
-        ("status", status.as_str()),
+        ("status", status_class(response.status())),
     ];
     telemetry::global().observe(HTTP_REQUESTS, &labels, started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of HTTP's nine standard methods, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD
+        .iter()
+        .find(|standard| *standard == method)
+        .map_or("other", Method::as_str)
+}
+
+/// `1xx` to `5xx`; anything else (a code past 599) is `other`.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_closed_sets_whatever_the_peer_sends() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for junk in ["XGET", "get", "PROPFIND", "A1B2C3"] {
+            let method = Method::from_bytes(junk.as_bytes()).expect("a token");
+            assert_eq!(method_label(&method), "other", "{junk}");
+        }
+        assert_eq!(status_class(StatusCode::OK), "2xx");
+        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
+        let odd = StatusCode::from_u16(799).expect("a code");
+        assert_eq!(status_class(odd), "other");
+    }
 }

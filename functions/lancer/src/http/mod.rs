@@ -19,11 +19,15 @@ pub mod endpoint;
 pub mod error;
 mod lake;
 mod metrics;
+pub mod origin;
 mod pipelines;
+pub mod serve;
 mod stream;
+pub mod streams;
 mod tasks;
 pub mod uploads;
 
+use crate::domain::endpoint::Reserved;
 pub use crate::domain::tenant::Tenant;
 
 /// Everything a request handler needs: the use cases, and how long a request may take.
@@ -32,6 +36,12 @@ pub struct AppState {
     pub timeouts: Timeouts,
     /// `/metrics` without a key, over every tenant (`LANCER_METRICS_OPEN`).
     pub metrics_open: bool,
+    /// Ports the endpoint proxy never reaches: the API's own and the control planes'.
+    pub reserved: Reserved,
+    /// The event streams open now, within their limits.
+    pub streams: Arc<streams::OpenStreams>,
+    /// Which `Host` headers it answers (loopback only in open mode).
+    pub hosts: origin::Hosts,
 }
 
 impl AsRef<Service> for AppState {
@@ -175,6 +185,10 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .merge(console::routes())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::same_site,
+        ))
         .layer(axum::middleware::from_fn(metrics::record_request))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -16,6 +16,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::streams::StreamSlot;
 use super::{AppState, Tenant};
 use crate::application::{LogRequest, TaskLog};
 use crate::domain::task::Task;
@@ -37,6 +38,7 @@ const MAX_STREAM: Duration = Duration::from_secs(15 * 60);
     responses(
         (status = 200, description = "An event stream: `task`, `log` and `end` events", body = String, content_type = "text/event-stream"),
         (status = 404, body = super::error::ErrorBody),
+        (status = 429, description = "The tenant, or the server, has its most event streams open", body = super::error::ErrorBody),
     )
 )]
 pub async fn task_events(
@@ -46,6 +48,7 @@ pub async fn task_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let task = state.service.task(&tenant, &id).await?;
+    let slot = state.streams.admit(tenant.name.as_str())?;
     let (attempt, offset) = resume_from(&headers).unwrap_or((task.attempt.max(1), 0));
     let watch = Watch {
         state,
@@ -57,6 +60,7 @@ pub async fn task_events(
         deadline: Instant::now() + MAX_STREAM,
         first: true,
         done: false,
+        _slot: slot,
     };
     let events = stream::unfold(watch, |mut watch| async move {
         let batch = watch.next().await?;
@@ -84,6 +88,8 @@ struct Watch {
     deadline: Instant,
     first: bool,
     done: bool,
+    /// Its place among the open streams, given back when the stream ends or drops.
+    _slot: StreamSlot,
 }
 
 impl Watch {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::confine::{self, Reach};
 use super::{LakeRoot, fields_of, model_info_of, no_such_version, projection};
 use crate::config::ConfigError;
 use ::lance::Dataset;
@@ -14,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use tracing::warn;
 
 use crate::domain::path::{LakePath, Name};
 use crate::domain::validate::ArtifactKind;
@@ -101,7 +103,21 @@ impl LanceLake {
             .collect()
     }
 
+    /// On a local lake, refuses a path a planted link could redirect (`confine`).
+    fn confine(&self, relative: &LakePath, reach: Reach) -> Result<()> {
+        match self.local_root() {
+            Some(root) => confine::check(&root, relative, reach),
+            None => Ok(()),
+        }
+    }
+
     async fn open_dataset(&self, relative: &LakePath) -> Result<Option<Dataset>> {
+        self.confine(relative, Reach::Tree)?;
+        self.load_dataset(relative).await
+    }
+
+    /// Opens a dataset whose folder was already checked.
+    async fn load_dataset(&self, relative: &LakePath) -> Result<Option<Dataset>> {
         let storage_options: HashMap<String, String> =
             self.storage_options.clone().into_iter().collect();
         let opened = DatasetBuilder::from_uri(self.uri_of(relative))
@@ -138,6 +154,7 @@ impl LanceLake {
     }
 
     async fn size_of(&self, relative: &LakePath) -> Result<u64> {
+        self.confine(relative, Reach::Tree)?;
         let prefix = self.object_path(relative);
         self.store
             .list(Some(&prefix))
@@ -180,8 +197,12 @@ impl Lake for LanceLake {
         let mut summaries = Vec::with_capacity(names.len());
         for name in names {
             let relative = root.join(&kind.path_of(&name));
+            if let Err(err) = self.confine(&relative, Reach::Tree) {
+                warn!(%relative, %err, "listing skips an artifact that holds a link");
+                continue;
+            }
             // A folder that is not (or no longer) a Lance dataset is skipped, not an error.
-            if let Some(dataset) = self.open_dataset(&relative).await? {
+            if let Some(dataset) = self.load_dataset(&relative).await? {
                 summaries.push(self.summarize(&name, &relative, &dataset).await?);
             }
         }
@@ -300,24 +321,30 @@ impl Lake for LanceLake {
     }
 
     async fn delete(&self, root: &LakePath, kind: ArtifactKind, name: &Name) -> Result<bool> {
-        let folder = self.object_path(&root.join(&kind.path_of(name)));
+        let relative = root.join(&kind.path_of(name));
+        if let Some(local_root) = self.local_root() {
+            // On disk the folder goes as a whole: `remove_dir_all` removes the links in it
+            // and follows none, where listing through the store would delete their targets.
+            confine::check(&local_root, &relative, Reach::Path)?;
+            let dir = local_root.join(relative.as_str());
+            return match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(err) => Err(Error::internal(err)),
+            };
+        }
+        let folder = self.object_path(&relative);
         let locations = self
             .store
             .list(Some(&folder))
             .map_ok(|meta| meta.location)
             .boxed();
         let deleted: Vec<Path> = self.store.delete_stream(locations).try_collect().await?;
-        if let Some(local_root) = self.local_root() {
-            // Local disk keeps the emptied folders; remove them so the name is free again.
-            let dir = local_root.join(folder.as_ref());
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)?;
-            }
-        }
         Ok(!deleted.is_empty())
     }
 
     async fn put(&self, path: &LakePath, bytes: Vec<u8>) -> Result<()> {
+        self.confine(path, Reach::Path)?;
         self.store
             .put(&self.object_path(path), PutPayload::from(bytes))
             .await
@@ -331,6 +358,7 @@ impl Lake for LanceLake {
         mut body: ByteStream,
         limit: u64,
     ) -> Result<Stored> {
+        self.confine(path, Reach::Path)?;
         let upload = self.store.put_multipart(&self.object_path(path)).await?;
         // Parts of 5 MiB, two in flight at most: memory stays flat whatever the size.
         let mut writer = WriteMultipart::new(upload);
@@ -365,6 +393,7 @@ impl Lake for LanceLake {
         offset: u64,
         limit: u64,
     ) -> Result<Option<LogChunk>> {
+        self.confine(path, Reach::Tree)?;
         let location = self.object_path(path);
         let size = match self.store.head(&location).await {
             Ok(meta) => meta.size,
@@ -386,6 +415,7 @@ impl Lake for LanceLake {
     }
 
     async fn stat(&self, path: &LakePath) -> Result<Option<ObjectStat>> {
+        self.confine(path, Reach::Tree)?;
         match self.store.head(&self.object_path(path)).await {
             Ok(meta) => Ok(Some(ObjectStat {
                 size: meta.size,
@@ -397,6 +427,7 @@ impl Lake for LanceLake {
     }
 
     async fn fingerprint(&self, path: &LakePath) -> Result<Option<String>> {
+        self.confine(path, Reach::Tree)?;
         let location = self.object_path(path);
         let mut objects: Vec<object_store::ObjectMeta> = match self.store.head(&location).await {
             Ok(meta) => vec![meta],

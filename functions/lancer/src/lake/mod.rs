@@ -11,6 +11,7 @@ use crate::domain::path::printable;
 use crate::error::{Error, Result};
 use crate::ports::{Field, ModelInfo};
 
+pub mod confine;
 pub mod lance;
 pub mod memory;
 

@@ -174,13 +174,14 @@ fn policy(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> R
             .map(PathBuf::from)
             .filter(|path| path.is_absolute() && path.exists()),
     );
-    let mut write = vec![files.workdir.clone()];
+    let write = vec![files.workdir.clone()];
+    let mut lake = Vec::new();
     let tenant_lake = PathBuf::from(ctx.lake.uri_of(&task.tenant_root));
     if tenant_lake.is_absolute() {
         std::fs::create_dir_all(&tenant_lake)?;
-        write.push(tenant_lake);
+        lake.push(tenant_lake);
     }
-    Ok(Policy { read, write })
+    Ok(Policy { read, write, lake })
 }
 
 /// The folders an interpreter runs from: a virtual environment's own (`.venv/bin/python`

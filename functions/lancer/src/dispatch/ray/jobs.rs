@@ -34,6 +34,15 @@ pub struct JobInfo {
     pub status: JobStatus,
     #[serde(default)]
     pub message: Option<String>,
+    /// The driver (the runner) once it started: the node it runs on.
+    #[serde(default)]
+    pub driver_info: Option<DriverInfo>,
+}
+
+/// Where Ray started a job's driver.
+#[derive(Debug, Deserialize)]
+pub struct DriverInfo {
+    pub node_ip_address: String,
 }
 
 /// `POST /api/jobs/`: one job, its entrypoint and what it needs.

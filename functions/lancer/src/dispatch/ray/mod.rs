@@ -5,12 +5,14 @@
 //! idempotent and any `lancer serve` (or sweeper) can reconcile.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tracing::{info, warn};
 
+use crate::domain::endpoint::Reported;
 use crate::domain::task::{Change, Task, TaskError, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
@@ -241,6 +243,18 @@ impl Dispatcher for RayDispatcher {
 
     fn watches_running(&self) -> bool {
         true
+    }
+
+    /// The node is Ray's record of where the job's runner runs (its script runs beside
+    /// it); only the port is the script's.
+    async fn endpoint_of(&self, task: &Task, reported: Reported) -> Result<Option<SocketAddr>> {
+        let node = self
+            .inner
+            .job_of(task)
+            .await?
+            .and_then(|job| job.driver_info)
+            .and_then(|driver| driver.node_ip_address.parse::<IpAddr>().ok());
+        Ok(node.map(|ip| SocketAddr::new(ip, reported.0.port())))
     }
 
     async fn logs(&self, task: &Task) -> Result<Option<String>> {
