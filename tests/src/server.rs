@@ -191,6 +191,11 @@ impl Server {
         Self::start_in(self.dir, &self.scripts_dir, &env).await
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
+    }
+
     pub fn lake(&self) -> PathBuf {
         self.dir.path().join("lake")
     }

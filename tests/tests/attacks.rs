@@ -917,3 +917,91 @@ async fn an_open_server_refuses_other_hosts_cross_site_posts_and_bodies_that_are
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_layout_that_lets_scripts_read_the_task_table_or_write_their_scripts_is_refused_when_the_sandbox_is_required()
+ {
+    let required = [("LANCER_SANDBOX", "required")];
+    // serve_refused runs in its scripts folder: these paths are inside it.
+    let (ok, stderr) = serve_refused(&required, &["--db", "lancer.db"]).await;
+    assert!(!ok && stderr.contains("the task table"), "{stderr}");
+    let (ok, stderr) = serve_refused(&required, &["--lake", "lake"]).await;
+    assert!(!ok && stderr.contains("the lake"), "{stderr}");
+    let (ok, stderr) = serve_refused(&required, &["--lake", ".."]).await;
+    assert!(
+        !ok && stderr.contains("the scripts folder"),
+        "scripts inside the lake are tenants' to rewrite: {stderr}"
+    );
+}
+
+/// The peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// A dataset of `rows` rows, each holding one binary cell of `bytes` bytes.
+async fn write_big_cells(uri: &str, rows: usize, bytes: usize) {
+    use arrow_array::{BinaryArray, Int64Array, RecordBatch, RecordBatchIterator};
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("blob", DataType::Binary, false),
+    ]));
+    let cell = vec![7u8; bytes];
+    // One row a batch: the writer never holds more than one cell.
+    let batches: Vec<_> = (0..rows as i64)
+        .map(|i| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(vec![i])),
+                    Arc::new(BinaryArray::from_vec(vec![&cell[..]])),
+                ],
+            )
+        })
+        .collect();
+    let reader = RecordBatchIterator::new(batches, schema.clone());
+    lance::Dataset::write(reader, uri, None)
+        .await
+        .expect("write the dataset");
+}
+
+#[tokio::test]
+async fn a_page_of_ten_megabyte_cells_is_answered_in_bounded_memory() {
+    let server = Server::start(&[], &[]).await;
+    let lake = std::fs::canonicalize(server.lake()).expect("lake");
+    let uri = format!("{}/datasets/big.lance", lake.display());
+    write_big_cells(&uri, 20, 10 << 20).await;
+    // One small page first, so the server's own start-up is in the peak already.
+    let http = reqwest::Client::new();
+    let warm = http
+        .get(server.api("/datasets/big/rows?limit=1&columns=id"))
+        .send()
+        .await
+        .expect("rows");
+    assert_eq!(warm.status(), 200);
+    let before = peak_rss(server.pid());
+    let page: Value = http
+        .get(server.api("/datasets/big/rows?limit=20"))
+        .send()
+        .await
+        .expect("rows")
+        .json()
+        .await
+        .expect("json");
+    let grew = peak_rss(server.pid()).saturating_sub(before);
+    println!(
+        "rows of 20 x 10 MB cells: peak RSS grew by {} MB",
+        grew >> 20
+    );
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(20), "{page}");
+    assert_eq!(page["rows"][19]["blob"], json!({"bytes": 10 << 20}));
+    assert!(grew < 64 << 20, "peak RSS grew by {} MB", grew >> 20);
+    server.stop().await;
+}

@@ -14,6 +14,12 @@ mod pipelines;
 use client::Client;
 use lancer::domain::task::TaskStatus;
 
+/// The server reads big values (a page of large binary cells, an upload's parts) on
+/// whichever thread Lance or tokio picks; glibc's per-thread arenas keep what each freed,
+/// so its peak memory grows with the threads. mimalloc returns freed memory to be reused.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lancer",

@@ -16,9 +16,11 @@ use crate::http::origin::Hosts;
 use crate::http::serve::serve_connections;
 use crate::http::streams::OpenStreams;
 use crate::http::{AppState, router};
+use crate::lake::LakeRoot;
 use crate::lake::lance::LanceLake;
 use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 use crate::runner::RunnerContext;
+use crate::sandbox::SandboxMode;
 use crate::scripts::{REGISTRY_FILE, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
@@ -161,6 +163,7 @@ const RAY_PORTS: [u16; 3] = [6379, 10001, 8265];
 pub async fn serve(config: &Config) -> Result<(), StartError> {
     check_open(config)?;
     check_scripts(config)?;
+    check_layout(config)?;
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -254,6 +257,61 @@ fn check_scripts(config: &Config) -> Result<(), ConfigError> {
         warn!(scripts = %root.display(), "no scripts are registered: every task will be refused until {REGISTRY_FILE} lists some");
     }
     Ok(())
+}
+
+/// Scripts may read their scripts folder, and write their tenant's lake folder: a task
+/// table or a lake inside the scripts folder is readable by every script, and a scripts
+/// folder inside the lake is writable by tenants' scripts. Such a layout is refused where
+/// the sandbox is required, and warned about loudly elsewhere.
+fn check_layout(config: &Config) -> Result<(), ConfigError> {
+    let Some(overlap) = layout_overlap(config) else {
+        return Ok(());
+    };
+    if config.scripts.sandbox == SandboxMode::Required {
+        return Err(ConfigError(format!(
+            "{overlap}: with LANCER_SANDBOX=required, lancer refuses this layout. Keep LANCER_LAKE and LANCER_DB outside LANCER_SCRIPTS, and LANCER_SCRIPTS outside the lake"
+        )));
+    }
+    warn!(
+        "UNSAFE LAYOUT: {overlap}: every script can read it. Keep LANCER_LAKE and LANCER_DB outside LANCER_SCRIPTS (LANCER_SANDBOX=required refuses this layout)"
+    );
+    Ok(())
+}
+
+/// What in the configuration shares a folder it must not, if anything.
+fn layout_overlap(config: &Config) -> Option<String> {
+    let scripts = std::fs::canonicalize(&config.scripts.root).ok()?;
+    let resolved = |path: &std::path::Path| {
+        let absolute = std::path::absolute(path).ok()?;
+        // The file or folder may not exist yet: resolve its nearest existing ancestor.
+        let existing = absolute.ancestors().find(|a| a.exists())?;
+        let rest = absolute.strip_prefix(existing).ok()?;
+        Some(std::fs::canonicalize(existing).ok()?.join(rest))
+    };
+    if let TaskTable::Sqlite(db) = &config.tasks
+        && resolved(db).is_some_and(|db| db.starts_with(&scripts))
+    {
+        return Some(format!(
+            "the task table {} is inside the scripts folder",
+            db.display()
+        ));
+    }
+    if let LakeRoot::Local(lake) = &config.lake.root {
+        let lake_path = resolved(lake)?;
+        if lake_path.starts_with(&scripts) {
+            return Some(format!(
+                "the lake {} is inside the scripts folder",
+                lake.display()
+            ));
+        }
+        if scripts.starts_with(&lake_path) {
+            return Some(format!(
+                "the scripts folder {} is inside the lake",
+                scripts.display()
+            ));
+        }
+    }
+    None
 }
 
 /// True inside AWS Lambda (or an emulator of its Runtime API).

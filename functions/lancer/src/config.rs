@@ -277,14 +277,25 @@ pub struct RayConfig {
     pub env: BTreeMap<String, String>,
 }
 
+/// Where the lake and the task table live by default: `$XDG_DATA_HOME/lancer` (else
+/// `~/.local/share/lancer`), outside the scripts folder (the current one by default), which
+/// scripts may read.
+pub fn data_dir() -> PathBuf {
+    let share = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    share.join("lancer")
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             lake: LakeConfig {
-                root: LakeRoot::Local("./lance_storage".into()),
+                root: LakeRoot::Local(data_dir().join("lance_storage")),
                 storage_options: BTreeMap::new(),
             },
-            tasks: TaskTable::Sqlite("./lancer.db".into()),
+            tasks: TaskTable::Sqlite(data_dir().join("lancer.db")),
             server: ServerConfig {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 8000,
@@ -343,6 +354,13 @@ impl ApiKeys {
             let (key, tenant) = (key.trim(), tenant.trim());
             if key.len() < 8 {
                 return Err(bad("an API key must be at least 8 characters"));
+            }
+            // Records of the keyless single tenant carry this name: a keyed tenant of the
+            // same name would inherit them.
+            if tenant == crate::domain::tenant::DEFAULT_TENANT {
+                return Err(bad(format!(
+                    "the tenant name '{tenant}' is reserved for the server without keys; choose another"
+                )));
             }
             keys.insert(
                 key_digest(key),
@@ -619,6 +637,18 @@ impl Config {
             Var::StorageOptions.name().into(),
             serde_json::to_string(&shareable).unwrap_or_else(|_| "{}".into()),
         );
+        // The same for the operator's script variables: a name that says key, secret,
+        // token or password stays off the dashboard, and Ray's nodes must provide it.
+        let script_env: BTreeMap<&String, &String> = self
+            .scripts
+            .env
+            .iter()
+            .filter(|(name, _)| !is_credential(name) && !name.to_ascii_lowercase().ends_with("key"))
+            .collect();
+        env.insert(
+            Var::ScriptEnv.name().into(),
+            serde_json::to_string(&script_env).unwrap_or_else(|_| "{}".into()),
+        );
         env.extend(ray.env.clone());
         env
     }
@@ -674,8 +704,13 @@ mod tests {
     fn no_variables_give_the_readmes_defaults() {
         let config = Config::from_lookup(lookup(&[])).expect("valid");
         assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8000");
-        assert_eq!(config.lake.root, LakeRoot::Local("./lance_storage".into()));
-        assert_eq!(config.tasks, TaskTable::Sqlite("./lancer.db".into()));
+        let data = data_dir();
+        assert_eq!(
+            config.lake.root,
+            LakeRoot::Local(data.join("lance_storage"))
+        );
+        assert_eq!(config.tasks, TaskTable::Sqlite(data.join("lancer.db")));
+        assert!(!data.starts_with(std::env::current_dir().expect("cwd")));
         assert_eq!(config.scripts.root, PathBuf::from("."));
         assert_eq!(config.scripts.python, "python3");
         assert_eq!(config.scripts.sandbox, SandboxMode::BestEffort);
@@ -778,6 +813,9 @@ mod tests {
         assert!(
             Config::from_lookup(lookup(&[("LANCER_API_KEYS", "long-enough=Bad Tenant")])).is_err()
         );
+        let err = Config::from_lookup(lookup(&[("LANCER_API_KEYS", "long-enough=default")]))
+            .expect_err("the keyless tenant's name");
+        assert!(err.to_string().contains("reserved"), "{err}");
         let err = Config::from_lookup(lookup(&[("LANCER_BACKEND", "slurm")])).expect_err("backend");
         assert!(err.to_string().contains("LANCER_BACKEND"));
         let err = Config::from_lookup(lookup(&[
@@ -798,6 +836,11 @@ mod tests {
                     "aws_session_token": "tok", "aws_endpoint": "http://minio:9000",
                     "allow_http": "true"}"#,
             ),
+            (
+                "LANCER_SCRIPT_ENV",
+                r#"{"HF_TOKEN": "hf-tok-1", "OPENAI_API_KEY": "sk-123", "DB_PASSWORD": "pw-9",
+                    "WANDB_KEY": "wb-7", "MODEL_DIR": "/models"}"#,
+            ),
         ]))
         .expect("valid");
         let Backend::Ray(ray) = &config.dispatch.backend else {
@@ -805,9 +848,21 @@ mod tests {
         };
         let env = config.ray_runner_env(ray);
         let shown = serde_json::to_string(&env).expect("json");
-        for secret in ["AKIAEXAMPLE", "s3cr3t", "aws_session_token"] {
+        for secret in [
+            "AKIAEXAMPLE",
+            "s3cr3t",
+            "aws_session_token",
+            "hf-tok-1",
+            "sk-123",
+            "pw-9",
+            "wb-7",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+        assert!(
+            shown.contains("/models"),
+            "other script variables go: {shown}"
+        );
         let options: BTreeMap<String, String> =
             serde_json::from_str(&env["LANCER_STORAGE_OPTIONS"]).expect("options");
         assert_eq!(

@@ -176,6 +176,11 @@ pub struct Version {
     pub input_version: Option<u64>,
 }
 
+/// The field metadata of a column in a `RowSlice` that holds a binary column's value
+/// sizes instead of its values: a lake may drop big cells as it reads a page, and the
+/// page shows them as `{"bytes": n}` either way.
+pub const SIZES_OF_BINARY: &str = "lancer:bytes";
+
 /// The tag that marks the version a task wrote.
 pub fn writer_tag(task: &str) -> String {
     format!("{WRITER_TAG_PREFIX}{task}")

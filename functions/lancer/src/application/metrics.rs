@@ -29,6 +29,9 @@ fn cache() -> &'static Rendered {
 impl Service {
     /// Prometheus text: `tenant`'s tasks by status with their queue waits and run times
     /// (every tenant's when `None`), then the process's own series.
+    /// With a tenant that shares the server with others, only that tenant's series: the
+    /// process's own (requests, uploads, dispatch) count every tenant's traffic and are
+    /// the operator's (`LANCER_METRICS_OPEN`).
     pub async fn metrics_text(&self, tenant: Option<&Tenant>) -> Result<String> {
         let scope = tenant.map(|t| t.name.to_string());
         let fresh = cache()
@@ -48,7 +51,10 @@ impl Service {
                 text
             }
         };
-        telemetry::global().render(&mut text);
+        let shared = tenant.is_some() && self.api_keys.is_some();
+        if !shared {
+            telemetry::global().render(&mut text);
+        }
         Ok(text)
     }
 

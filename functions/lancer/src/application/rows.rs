@@ -18,7 +18,7 @@ use crate::domain::path::Name;
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
-use crate::ports::{Field, RowsQuery};
+use crate::ports::{Field, RowsQuery, SIZES_OF_BINARY};
 
 /// The most rows one page holds, and the page size unless asked.
 pub const MAX_ROWS: u64 = 100;
@@ -35,6 +35,13 @@ const MAX_PAGE_BYTES: usize = 4 << 20;
 /// bigger cell is summarised (`{"items": n}`, or the text cut with `…`).
 const MAX_CELL_ITEMS: usize = 16_384;
 const MAX_CELL_CHARS: usize = 16_384;
+
+/// How deep lists and structs are shown; deeper ones are summarised (`{"depth": n}`).
+const MAX_DEPTH: usize = 8;
+
+/// The most values (list items, struct fields) one page visits: past it, cells are
+/// summarised rather than walked, so a page's work is bounded whatever the nesting.
+const MAX_PAGE_VALUES: usize = 1 << 20;
 
 /// What a client asks for, as the query string carries it.
 #[derive(Debug, Default, Clone)]
@@ -135,13 +142,20 @@ impl Service {
 fn json_rows(batches: &[RecordBatch], budget: usize) -> Vec<Map<String, Value>> {
     let mut rows = Vec::new();
     let mut spent = 0;
+    let mut work = Work {
+        values_left: MAX_PAGE_VALUES,
+    };
     for batch in batches {
         let schema = batch.schema();
         for row in 0..batch.num_rows() {
             let mut object = Map::new();
             let mut size = 0;
             for (field, column) in schema.fields().iter().zip(batch.columns()) {
-                let mut value = cell(column, row);
+                let mut value = if field.metadata().contains_key(SIZES_OF_BINARY) {
+                    sizes_cell(column, row)
+                } else {
+                    work.cell(column, row, 0)
+                };
                 let len = value.to_string().len();
                 if spent + size + len > budget {
                     if !rows.is_empty() {
@@ -159,60 +173,114 @@ fn json_rows(batches: &[RecordBatch], budget: usize) -> Vec<Map<String, Value>> 
     rows
 }
 
-/// One value as JSON: numbers, text, booleans, lists and structs as themselves, binary as
-/// its size, anything else (dates, decimals) as Arrow writes it.
-fn cell(array: &ArrayRef, row: usize) -> Value {
-    if array.is_null(row) {
-        return Value::Null;
+/// A cell of a column the lake gave as a binary column's sizes.
+fn sizes_cell(array: &ArrayRef, row: usize) -> Value {
+    match array.as_primitive_opt::<Int64Type>() {
+        Some(sizes) if !sizes.is_null(row) => json!({"bytes": sizes.value(row)}),
+        _ => Value::Null,
     }
-    macro_rules! number {
-        ($type:ty) => {
-            json!(array.as_primitive::<$type>().value(row))
-        };
+}
+
+/// What is left of a page's work.
+struct Work {
+    values_left: usize,
+}
+
+impl Work {
+    /// One value as JSON: numbers, text, booleans, lists and structs as themselves, binary as
+    /// its size, anything else (dates, decimals) as Arrow writes it.
+    fn cell(&mut self, array: &ArrayRef, row: usize, depth: usize) -> Value {
+        if array.is_null(row) {
+            return Value::Null;
+        }
+        let nested = matches!(
+            array.data_type(),
+            DataType::List(_)
+                | DataType::LargeList(_)
+                | DataType::FixedSizeList(_, _)
+                | DataType::Struct(_)
+        );
+        if nested && depth >= MAX_DEPTH {
+            return json!({"depth": depth});
+        }
+        macro_rules! number {
+            ($type:ty) => {
+                json!(array.as_primitive::<$type>().value(row))
+            };
+        }
+        match array.data_type() {
+            DataType::Boolean => json!(array.as_boolean().value(row)),
+            DataType::Int8 => number!(Int8Type),
+            DataType::Int16 => number!(Int16Type),
+            DataType::Int32 => number!(Int32Type),
+            DataType::Int64 => number!(Int64Type),
+            DataType::UInt8 => number!(UInt8Type),
+            DataType::UInt16 => number!(UInt16Type),
+            DataType::UInt32 => number!(UInt32Type),
+            DataType::UInt64 => number!(UInt64Type),
+            // NaN and infinities have no JSON form: they become null. An f32 is written in
+            // its own shortest form (0.1, not 0.10000000149011612).
+            DataType::Float32 => {
+                let value = array.as_primitive::<Float32Type>().value(row);
+                json!(
+                    value
+                        .to_string()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                )
+            }
+            DataType::Float64 => number!(Float64Type),
+            DataType::Utf8 => text(array.as_string::<i32>().value(row)),
+            DataType::LargeUtf8 => text(array.as_string::<i64>().value(row)),
+            DataType::Utf8View => text(array.as_string_view().value(row)),
+            DataType::Binary => json!({"bytes": array.as_binary::<i32>().value(row).len()}),
+            DataType::LargeBinary => json!({"bytes": array.as_binary::<i64>().value(row).len()}),
+            DataType::BinaryView => json!({"bytes": array.as_binary_view().value(row).len()}),
+            DataType::FixedSizeBinary(size) => json!({"bytes": size}),
+            DataType::List(_) => self.list(&array.as_list::<i32>().value(row), depth),
+            DataType::LargeList(_) => self.list(&array.as_list::<i64>().value(row), depth),
+            DataType::FixedSizeList(_, _) => {
+                self.list(&array.as_fixed_size_list().value(row), depth)
+            }
+            DataType::Struct(fields) => {
+                if !self.spend(fields.len()) {
+                    return json!({"fields": fields.len()});
+                }
+                let parts = array.as_struct();
+                fields
+                    .iter()
+                    .zip(parts.columns())
+                    .map(|(field, column)| {
+                        (field.name().clone(), self.cell(column, row, depth + 1))
+                    })
+                    .collect::<Map<_, _>>()
+                    .into()
+            }
+            _ => displayed(array, row),
+        }
     }
-    match array.data_type() {
-        DataType::Boolean => json!(array.as_boolean().value(row)),
-        DataType::Int8 => number!(Int8Type),
-        DataType::Int16 => number!(Int16Type),
-        DataType::Int32 => number!(Int32Type),
-        DataType::Int64 => number!(Int64Type),
-        DataType::UInt8 => number!(UInt8Type),
-        DataType::UInt16 => number!(UInt16Type),
-        DataType::UInt32 => number!(UInt32Type),
-        DataType::UInt64 => number!(UInt64Type),
-        // NaN and infinities have no JSON form: they become null. An f32 is written in
-        // its own shortest form (0.1, not 0.10000000149011612).
-        DataType::Float32 => {
-            let value = array.as_primitive::<Float32Type>().value(row);
-            json!(
-                value
-                    .to_string()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-            )
+
+    fn list(&mut self, items: &ArrayRef, depth: usize) -> Value {
+        if items.len() > MAX_CELL_ITEMS || !self.spend(items.len()) {
+            return json!({"items": items.len()});
         }
-        DataType::Float64 => number!(Float64Type),
-        DataType::Utf8 => text(array.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => text(array.as_string::<i64>().value(row)),
-        DataType::Utf8View => text(array.as_string_view().value(row)),
-        DataType::Binary => json!({"bytes": array.as_binary::<i32>().value(row).len()}),
-        DataType::LargeBinary => json!({"bytes": array.as_binary::<i64>().value(row).len()}),
-        DataType::BinaryView => json!({"bytes": array.as_binary_view().value(row).len()}),
-        DataType::FixedSizeBinary(size) => json!({"bytes": size}),
-        DataType::List(_) => list(&array.as_list::<i32>().value(row)),
-        DataType::LargeList(_) => list(&array.as_list::<i64>().value(row)),
-        DataType::FixedSizeList(_, _) => list(&array.as_fixed_size_list().value(row)),
-        DataType::Struct(fields) => {
-            let parts = array.as_struct();
-            fields
-                .iter()
-                .zip(parts.columns())
-                .map(|(field, column)| (field.name().clone(), cell(column, row)))
-                .collect::<Map<_, _>>()
-                .into()
+        Value::Array(
+            (0..items.len())
+                .map(|i| self.cell(items, i, depth + 1))
+                .collect(),
+        )
+    }
+
+    /// Takes `values` from the page's work; false once it has run out.
+    fn spend(&mut self, values: usize) -> bool {
+        match self.values_left.checked_sub(values) {
+            Some(left) => {
+                self.values_left = left;
+                true
+            }
+            None => false,
         }
-        _ => displayed(array, row),
     }
 }
 
@@ -221,13 +289,6 @@ fn text(value: &str) -> Value {
         Some((cut, _)) => Value::String(format!("{}…", &value[..cut])),
         None => Value::String(value.to_owned()),
     }
-}
-
-fn list(items: &ArrayRef) -> Value {
-    if items.len() > MAX_CELL_ITEMS {
-        return json!({"items": items.len()});
-    }
-    Value::Array((0..items.len()).map(|i| cell(items, i)).collect())
 }
 
 fn displayed(array: &ArrayRef, row: usize) -> Value {
@@ -309,6 +370,40 @@ mod tests {
             "{:?}",
             tiny[0]
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_summarised_and_binary_sizes_show_as_bytes() {
+        use arrow_array::ListArray;
+        use arrow_buffer::OffsetBuffer;
+        let mut column: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+        for _ in 0..40 {
+            let field = Arc::new(ArrowField::new("item", column.data_type().clone(), true));
+            column = Arc::new(ListArray::new(
+                field,
+                OffsetBuffer::from_lengths([1]),
+                column,
+                None,
+            ));
+        }
+        let sizes = ArrowField::new("weights", DataType::Int64, true)
+            .with_metadata([(SIZES_OF_BINARY.to_owned(), "size".to_owned())].into());
+        let schema = Schema::new(vec![
+            ArrowField::new("deep", column.data_type().clone(), false),
+            sizes,
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![column, Arc::new(Int64Array::from(vec![10 << 20]))],
+        )
+        .expect("a batch");
+        let rows = json_rows(&[batch], MAX_PAGE_BYTES);
+        let mut deep = &rows[0]["deep"];
+        for _ in 0..MAX_DEPTH {
+            deep = &deep[0];
+        }
+        assert_eq!(deep, &json!({"depth": MAX_DEPTH}));
+        assert_eq!(rows[0]["weights"], json!({"bytes": 10 << 20}));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::error::Result;
 use crate::telemetry::{self, HTTP_REQUESTS};
 
 /// Prometheus metrics: with a key, that tenant's tasks by status, queue wait and run
-/// time; open (`LANCER_METRICS_OPEN`), every tenant's. The process's own series
-/// (request and dispatch latency, heartbeats missed, uploads, ingestions) carry no tenant.
+/// time; open (`LANCER_METRICS_OPEN`), every tenant's, and the process's own series
+/// (request and dispatch latency, heartbeats missed, uploads, ingestions), which count
+/// every tenant's traffic and so are not shown to one tenant's key.
 #[utoipa::path(get, path = "/metrics", tag = "metrics",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),

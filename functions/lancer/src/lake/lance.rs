@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::confine::{self, Reach};
-use super::{LakeRoot, fields_of, model_info_of, no_such_version, projection};
+use super::{LakeRoot, binary_as_sizes, fields_of, model_info_of, no_such_version, projection};
 use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
@@ -25,6 +25,9 @@ use crate::ports::{
     RowsQuery, Stored, Version,
 };
 use crate::ports::{WRITER_TAG_PREFIX, writer_tag};
+
+/// The metadata cache of a dataset opened to read a page of rows.
+const ROWS_METADATA_CACHE_BYTES: usize = 4 << 20;
 
 /// Columns of a model row that `describe` reports (weights stay unread).
 const MODEL_INFO_COLUMNS: [&str; 3] = ["metrics", "params", "created_at"];
@@ -118,12 +121,14 @@ impl LanceLake {
 
     /// Opens a dataset whose folder was already checked.
     async fn load_dataset(&self, relative: &LakePath) -> Result<Option<Dataset>> {
+        self.load_with(DatasetBuilder::from_uri(self.uri_of(relative)))
+            .await
+    }
+
+    async fn load_with(&self, builder: DatasetBuilder) -> Result<Option<Dataset>> {
         let storage_options: HashMap<String, String> =
             self.storage_options.clone().into_iter().collect();
-        let opened = DatasetBuilder::from_uri(self.uri_of(relative))
-            .with_storage_options(storage_options)
-            .load()
-            .await;
+        let opened = builder.with_storage_options(storage_options).load().await;
         match opened {
             Ok(dataset) => Ok(Some(dataset)),
             // No dataset there, or (Lance's own test) a missing object under it.
@@ -264,7 +269,12 @@ impl Lake for LanceLake {
         query: &RowsQuery,
     ) -> Result<Option<RowSlice>> {
         let relative = root.join(&kind.path_of(name));
-        let Some(latest) = self.open_dataset(&relative).await? else {
+        self.confine(&relative, Reach::Tree)?;
+        // Lance's metadata cache keeps what it decodes of a file's pages, a big binary
+        // cell included, for the life of the dataset: a page's read keeps it small.
+        let builder = DatasetBuilder::from_uri(self.uri_of(&relative))
+            .with_metadata_cache_size_bytes(ROWS_METADATA_CACHE_BYTES);
+        let Some(latest) = self.load_with(builder).await? else {
             return Ok(None);
         };
         let dataset = match query.version {
@@ -288,11 +298,23 @@ impl Lake for LanceLake {
             .map(|&i| schema.field(i).name().as_str())
             .collect();
         let total_rows = dataset.count_rows(None).await? as u64;
-        let mut scan = dataset.scan();
-        scan.project(&columns)?;
-        // Both fit an i64: the use case bounds them.
-        scan.limit(Some(query.limit as i64), Some(query.offset as i64))?;
-        let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
+        // A binary cell may be any size, and a page shows only its size: such a page is
+        // read a row at a time, each row's values dropped for their sizes before the next
+        // is read, so the page never holds more than one row of cells. (Lance reads a
+        // multi-row scan's ranges ahead whatever its batch size.)
+        let with_binary = picked
+            .iter()
+            .any(|&i| is_binary(schema.field(i).data_type()));
+        let batches = if with_binary {
+            let in_page = query.limit.min(total_rows.saturating_sub(query.offset));
+            let mut batches = Vec::new();
+            for row in query.offset..query.offset + in_page {
+                batches.extend(read_rows(&dataset, &columns, row, 1).await?);
+            }
+            batches
+        } else {
+            read_rows(&dataset, &columns, query.offset, query.limit).await?
+        };
         Ok(Some(RowSlice {
             version: dataset.version().version,
             total_rows,
@@ -458,6 +480,33 @@ impl Lake for LanceLake {
     fn storage_options(&self) -> BTreeMap<String, String> {
         self.storage_options.clone()
     }
+}
+
+fn is_binary(data_type: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType;
+    matches!(
+        data_type,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    )
+}
+
+/// `limit` rows of `columns` from `offset` (both bounded by the use case, so they fit an
+/// i64), binary values given as their sizes.
+async fn read_rows(
+    dataset: &Dataset,
+    columns: &[&str],
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<arrow_array::RecordBatch>> {
+    let mut scan = dataset.scan();
+    scan.project(columns)?;
+    scan.limit(Some(limit as i64), Some(offset as i64))?;
+    scan.batch_readahead(1).fragment_readahead(1);
+    scan.try_into_stream()
+        .await?
+        .map(|batch| binary_as_sizes(&batch?))
+        .try_collect()
+        .await
 }
 
 impl LanceLake {

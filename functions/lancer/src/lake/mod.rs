@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::domain::path::printable;
 use crate::error::{Error, Result};
-use crate::ports::{Field, ModelInfo};
+use crate::ports::{Field, ModelInfo, SIZES_OF_BINARY};
 
 pub mod confine;
 pub mod lance;
@@ -126,6 +126,63 @@ pub(crate) fn projection(
 }
 
 /// The error for a version an artifact does not have.
+/// The batch with each top-level binary column replaced by its values' sizes, read from
+/// the column's offsets: the values themselves are dropped. The other columns are copied
+/// then, since a reader may decode them as views into the same buffer as the values,
+/// which would keep every dropped value alive.
+pub(crate) fn binary_as_sizes(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow_array::{ArrayRef, Int64Array};
+    use arrow_schema::DataType;
+    let schema = batch.schema();
+    let binary = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        )
+    };
+    if !schema.fields().iter().any(|f| binary(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let sizes = |len: &dyn Fn(usize) -> i64| -> ArrayRef {
+            let values = (0..column.len()).map(|row| (!column.is_null(row)).then(|| len(row)));
+            std::sync::Arc::new(values.collect::<Int64Array>())
+        };
+        let sized = match column.data_type() {
+            DataType::Binary => Some(sizes(&|row| {
+                column.as_binary::<i32>().value_length(row) as i64
+            })),
+            DataType::LargeBinary => {
+                Some(sizes(&|row| column.as_binary::<i64>().value_length(row)))
+            }
+            DataType::BinaryView => Some(sizes(&|row| {
+                column.as_binary_view().value(row).len() as i64
+            })),
+            _ => None,
+        };
+        match sized {
+            Some(sized) => {
+                let metadata = [(SIZES_OF_BINARY.to_owned(), "size".to_owned())].into();
+                fields.push(
+                    arrow_schema::Field::new(field.name(), DataType::Int64, true)
+                        .with_metadata(metadata),
+                );
+                columns.push(sized);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(
+                    arrow_select::concat::concat(&[column.as_ref()]).map_err(Error::internal)?,
+                );
+            }
+        }
+    }
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+    RecordBatch::try_new(schema, columns).map_err(Error::internal)
+}
+
 pub(crate) fn no_such_version(version: u64) -> Error {
     Error::invalid(format!("there is no version {version}"))
 }
