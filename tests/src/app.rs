@@ -120,6 +120,7 @@ impl TestApp {
                 api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
                 ingest_rules,
                 upload_limits: UploadLimits::default(),
+                schedule_limits: Default::default(),
             },
             timeouts: Default::default(),
             metrics_open: false,

@@ -1,8 +1,14 @@
 //! Pipelines through the REST API: submitted, advanced by reconcile rounds, cancelled and
 //! retried, over the in-memory stores and a dispatcher that records what it was asked.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
+use lancer::application::Service;
+use lancer::config::{ApiKeys, ScheduleLimits};
+use lancer::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
 use lancer::domain::task::{Change, TaskError};
+use lancer::domain::tenant::Tenant;
 use lancer_tests::app::TestApp;
 use serde_json::{Value, json};
 
@@ -517,4 +523,143 @@ mod on_every_store {
         let store = Arc::new(DynamoTaskStore::new(client, table));
         runs_in_order_cancels_and_retries(TestApp::with_stores(store.clone(), store)).await;
     }
+}
+
+/// The use cases over `app`'s adapters with `keys` and schedule `limits`.
+fn service_with(app: &TestApp, keys: &str, limits: ScheduleLimits) -> Service {
+    Service {
+        store: app.store.clone(),
+        pipelines: app.pipelines.clone(),
+        lake: app.lake.clone(),
+        dispatcher: app.dispatcher.clone(),
+        scripts: app.scripts(),
+        api_keys: Some(ApiKeys::parse(keys).expect("keys")),
+        ingest_rules: Default::default(),
+        upload_limits: Default::default(),
+        schedule_limits: limits,
+    }
+}
+
+fn schedule_spec(cron: &str) -> PipelineSpec {
+    let mut spec = flow();
+    spec["schedule"] = json!(cron);
+    serde_json::from_value(spec).expect("a spec")
+}
+
+#[tokio::test]
+async fn a_tenants_schedules_are_capped_in_number_and_frequency() {
+    let app = TestApp::new(None);
+    let limits = ScheduleLimits {
+        per_tenant: 2,
+        runs_per_minute: 1,
+        min_interval: Duration::from_secs(300),
+    };
+    let service = service_with(&app, "key-for-acme-1=acme", limits);
+    let acme = service
+        .tenant_of(Some("Bearer key-for-acme-1"))
+        .expect("acme");
+    let every_minute = service
+        .submit_pipeline(&acme, schedule_spec("* * * * *"), None)
+        .await
+        .expect_err("more often than the minimum interval");
+    assert!(
+        matches!(&every_minute, lancer::Error::InvalidRequest(m) if m.contains("300 s")),
+        "{every_minute}"
+    );
+    for _ in 0..2 {
+        service
+            .submit_pipeline(&acme, schedule_spec("*/5 * * * *"), None)
+            .await
+            .expect("within the cap");
+    }
+    let third = service
+        .submit_pipeline(&acme, schedule_spec("*/5 * * * *"), None)
+        .await
+        .expect_err("past the cap");
+    assert!(
+        matches!(&third, lancer::Error::Conflict(m) if m.contains("LANCER_TENANT_SCHEDULES")),
+        "{third}"
+    );
+}
+
+/// A pipeline record as the store holds it, whoever's it is.
+async fn stored(app: &TestApp, id: &str) -> Value {
+    let id = PipelineId::parse(id).expect("an id");
+    let pipeline = app
+        .pipelines
+        .pipeline(&id)
+        .await
+        .expect("read")
+        .expect("stored");
+    serde_json::to_value(pipeline).expect("json")
+}
+
+/// Stores a schedule of `tenant` created ten minutes ago, so a tick is due now.
+async fn due_schedule(app: &TestApp, tenant: &Tenant) -> String {
+    let created = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let id = PipelineId::from_uuid(uuid::Uuid::now_v7());
+    let schedule = Pipeline::new(id, tenant, schedule_spec("*/5 * * * *"), created);
+    let stored = app
+        .pipelines
+        .create_pipeline(schedule)
+        .await
+        .expect("stored")
+        .into_inner();
+    stored.id.to_string()
+}
+
+#[tokio::test]
+async fn ticks_past_the_runs_per_minute_are_let_pass_and_a_tenant_without_a_key_stops_its_schedules()
+ {
+    let app = TestApp::new(None);
+    let limits = ScheduleLimits {
+        runs_per_minute: 1,
+        ..ScheduleLimits::default()
+    };
+    let service = service_with(&app, "key-for-bob-001=bob", limits);
+    let bob = service
+        .tenant_of(Some("Bearer key-for-bob-001"))
+        .expect("bob");
+    let ids = [
+        due_schedule(&app, &bob).await,
+        due_schedule(&app, &bob).await,
+    ];
+    service.advance_pipelines().await.expect("advance");
+    let mut records = Vec::new();
+    for id in &ids {
+        records.push(stored(&app, id).await);
+    }
+    let fired: Vec<&Value> = records
+        .iter()
+        .filter(|s| s["fired"]["runs"].as_array().is_some_and(|r| r.len() == 1))
+        .collect();
+    let held: Vec<&Value> = records
+        .iter()
+        .filter(|s| {
+            s["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("LANCER_TENANT_RUNS_PER_MINUTE"))
+        })
+        .collect();
+    assert_eq!((fired.len(), held.len()), (1, 1), "{records:#?}");
+    assert_eq!(
+        held[0]["status"], "scheduled",
+        "a held tick does not stop it"
+    );
+    // The operator removes bob's key: bob's schedules stop at their next look.
+    let without_bob = service_with(&app, "key-for-acme-1=acme", ScheduleLimits::default());
+    let later = due_schedule(&app, &bob).await;
+    without_bob.advance_pipelines().await.expect("advance");
+    let stopped = stored(&app, &later).await;
+    assert_eq!(stopped["status"], "cancelled", "{stopped:#}");
+    assert!(
+        stopped["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("no API key")),
+        "{stopped:#}"
+    );
+    assert!(
+        stopped["fired"].is_null(),
+        "it started nothing: {stopped:#}"
+    );
 }

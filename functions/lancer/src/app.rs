@@ -118,6 +118,7 @@ pub async fn service(config: &Config) -> Result<Service, StartError> {
         api_keys: config.server.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
         upload_limits: config.server.uploads,
+        schedule_limits: config.schedules,
     })
 }
 

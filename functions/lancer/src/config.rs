@@ -42,6 +42,9 @@ pub enum Var {
     MaxConnections,
     MaxStreams,
     TenantStreams,
+    TenantSchedules,
+    TenantRunsPerMinute,
+    ScheduleMinInterval,
     Concurrency,
     TenantConcurrency,
     TenantServices,
@@ -94,6 +97,9 @@ impl Var {
             Var::MaxConnections => "LANCER_MAX_CONNECTIONS",
             Var::MaxStreams => "LANCER_MAX_STREAMS",
             Var::TenantStreams => "LANCER_TENANT_STREAMS",
+            Var::TenantSchedules => "LANCER_TENANT_SCHEDULES",
+            Var::TenantRunsPerMinute => "LANCER_TENANT_RUNS_PER_MINUTE",
+            Var::ScheduleMinInterval => "LANCER_SCHEDULE_MIN_INTERVAL_SECS",
             Var::Concurrency => "LANCER_CONCURRENCY",
             Var::TenantConcurrency => "LANCER_TENANT_CONCURRENCY",
             Var::TenantServices => "LANCER_TENANT_SERVICES",
@@ -126,6 +132,30 @@ pub struct Config {
     pub scripts: ScriptConfig,
     /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
     pub ingest_rules: IngestRules,
+    /// `LANCER_TENANT_SCHEDULES`, `LANCER_TENANT_RUNS_PER_MINUTE`,
+    /// `LANCER_SCHEDULE_MIN_INTERVAL_SECS`.
+    pub schedules: ScheduleLimits,
+}
+
+/// How much a tenant's schedules may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleLimits {
+    /// Schedules one tenant may have active at once.
+    pub per_tenant: usize,
+    /// Runs one tenant's schedules may start in a minute; ticks past it are let pass.
+    pub runs_per_minute: usize,
+    /// The shortest time a schedule may leave between two runs.
+    pub min_interval: Duration,
+}
+
+impl Default for ScheduleLimits {
+    fn default() -> Self {
+        Self {
+            per_tenant: 10,
+            runs_per_minute: 10,
+            min_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +353,7 @@ impl Default for Config {
                 sandbox: SandboxMode::default(),
             },
             ingest_rules: IngestRules::default(),
+            schedules: ScheduleLimits::default(),
         }
     }
 }
@@ -338,6 +369,11 @@ fn key_digest(key: &str) -> [u8; 32] {
 }
 
 impl ApiKeys {
+    /// Whether some key belongs to `tenant`.
+    pub fn has_tenant(&self, tenant: &TenantName) -> bool {
+        self.0.values().any(|name| name == tenant)
+    }
+
     /// Parses `key=tenant` entries separated by commas or newlines; `#` starts a comment.
     pub fn parse(text: &str) -> Result<Self> {
         let mut keys = HashMap::new();
@@ -482,6 +518,13 @@ impl Config {
                 Some(json) => IngestRules::parse(&json)
                     .map_err(|err| bad(format!("{}: {err}", Var::IngestRules.name())))?,
                 None => defaults.ingest_rules,
+            },
+            schedules: ScheduleLimits {
+                per_tenant: vars.count(Var::TenantSchedules, defaults.schedules.per_tenant)?,
+                runs_per_minute: vars
+                    .count(Var::TenantRunsPerMinute, defaults.schedules.runs_per_minute)?,
+                min_interval: vars
+                    .seconds(Var::ScheduleMinInterval, defaults.schedules.min_interval)?,
             },
         })
     }

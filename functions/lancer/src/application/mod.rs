@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{ApiKeys, UploadLimits};
+use crate::config::{ApiKeys, ScheduleLimits, UploadLimits};
 use crate::domain::ingest::IngestRules;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
@@ -37,6 +37,8 @@ pub struct Service {
     pub ingest_rules: IngestRules,
     /// The size of one upload and each tenant's quota under `raw/`.
     pub upload_limits: UploadLimits,
+    /// How many schedules a tenant keeps, and how often they may start runs.
+    pub schedule_limits: ScheduleLimits,
 }
 
 impl Service {

@@ -6,12 +6,22 @@ use super::Service;
 use super::tasks::merge_idempotency_key;
 use crate::domain::cache::CacheKey;
 use crate::domain::path::printable;
-use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline};
+use crate::domain::pipeline::{
+    Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_interval, check_pipeline,
+};
 use crate::domain::task::{Lineage, Task, TaskError, TaskId, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Created, PipelinePage};
 use crate::scripts::ScriptRegistry;
+
+/// Why a due schedule does not fire.
+enum Refusal {
+    /// For good: the schedule is cancelled.
+    Stop(String),
+    /// This tick only.
+    HoldBack(String),
+}
 
 /// How a ready step starts.
 enum Start {
@@ -35,6 +45,9 @@ impl Service {
     ) -> Result<Created<Pipeline>> {
         merge_idempotency_key(&mut spec.idempotency_key, idempotency_header)?;
         check_pipeline(&spec)?;
+        if let Some(schedule) = &spec.schedule {
+            self.check_new_schedule(tenant, schedule).await?;
+        }
         let registry = ScriptRegistry::load(&self.scripts)?;
         for step in &spec.steps {
             registry.resolve(&step.task.script).map_err(|err| {
@@ -170,12 +183,83 @@ impl Service {
         Ok(())
     }
 
+    /// A new schedule keeps the operator's minimum interval, and its tenant stays within
+    /// its number of schedules. (Two submitted at the same instant may both pass the count:
+    /// the cap is a bound on a tenant's schedules, not a lock.)
+    async fn check_new_schedule(&self, tenant: &Tenant, schedule: &str) -> Result<()> {
+        let limits = self.schedule_limits;
+        check_interval(schedule, chrono::Utc::now(), limits.min_interval)?;
+        let active = self
+            .pipelines
+            .active_pipelines()
+            .await?
+            .into_iter()
+            .filter(|p| p.status == PipelineStatus::Scheduled && p.tenant == tenant.name)
+            .count();
+        if active >= limits.per_tenant {
+            return Err(Error::Conflict(format!(
+                "this tenant has {active} schedules, the most it may (LANCER_TENANT_SCHEDULES); cancel one first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a schedule may fire now: its tenant still has a key, and its schedules
+    /// started fewer runs in the last minute than the operator allows; else why not.
+    async fn refusal_to_fire(&self, schedule: &Pipeline) -> Result<Option<Refusal>> {
+        if let Some(keys) = &self.api_keys
+            && !keys.has_tenant(&schedule.tenant)
+        {
+            return Ok(Some(Refusal::Stop(format!(
+                "stopped: tenant '{}' has no API key any more",
+                schedule.tenant
+            ))));
+        }
+        let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
+        let allowed = self.schedule_limits.runs_per_minute;
+        // The newest pipelines hold the last minute's runs, beside some started by hand.
+        let newest = allowed
+            .saturating_mul(4)
+            .saturating_add(16)
+            .min(crate::store::MAX_PAGE);
+        let recent = self
+            .pipelines
+            .list_pipelines(&schedule.tenant, newest, None)
+            .await?
+            .pipelines
+            .into_iter()
+            .filter(|p| p.scheduled_by.is_some() && p.created_at > minute_ago)
+            .count();
+        if recent >= allowed {
+            return Ok(Some(Refusal::HoldBack(format!(
+                "a tick was let pass: the tenant's schedules started {recent} runs in the last minute, the most they may (LANCER_TENANT_RUNS_PER_MINUTE)"
+            ))));
+        }
+        Ok(None)
+    }
+
     /// Starts the run a schedule's tick is due for. The run's idempotency key names the
     /// schedule and the tick, so two reconcilers firing the same tick start one run.
     async fn fire(&self, mut schedule: Pipeline) -> Result<()> {
         let Some(tick) = schedule.due_tick(chrono::Utc::now()) else {
             return Ok(());
         };
+        if let Some(refusal) = self.refusal_to_fire(&schedule).await? {
+            match refusal {
+                Refusal::Stop(why) => {
+                    warn!(schedule = %schedule.id, %why, "schedule stopped");
+                    schedule.stop_schedule(chrono::Utc::now(), why);
+                }
+                Refusal::HoldBack(why) => {
+                    warn!(schedule = %schedule.id, %tick, %why, "tick let pass");
+                    schedule.record_held_back(tick, why);
+                }
+            }
+            return match self.pipelines.update_pipeline(schedule).await {
+                Ok(_) | Err(Error::Stale(_)) => Ok(()),
+                Err(err) => Err(err),
+            };
+        }
         let mut spec = schedule.run_spec();
         spec.idempotency_key = Some(format!("schedule/{}/{}", schedule.id, tick.to_rfc3339()));
         let run = self
@@ -373,6 +457,7 @@ mod tests {
             api_keys: None,
             ingest_rules: Default::default(),
             upload_limits: Default::default(),
+            schedule_limits: Default::default(),
         }
     }
 

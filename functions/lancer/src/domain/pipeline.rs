@@ -213,6 +213,9 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub scheduled_by: Option<PipelineId>,
+    /// Why the platform held a schedule's tick back, or stopped the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -242,6 +245,34 @@ pub fn parse_schedule(expression: &str) -> Result<croner::Cron, Invalid> {
         return Err(refused());
     }
     expression.parse::<croner::Cron>().map_err(|_| refused())
+}
+
+/// Whether a schedule leaves at least `min` between any two of its next 64 runs after
+/// `from`: "every minute" is refused where the operator asks for five.
+pub fn check_interval(
+    schedule: &str,
+    from: DateTime<Utc>,
+    min: std::time::Duration,
+) -> Result<(), Invalid> {
+    let cron = parse_schedule(schedule)?;
+    let min = chrono::Duration::from_std(min).unwrap_or(chrono::Duration::MAX);
+    let mut last = from;
+    let mut previous: Option<DateTime<Utc>> = None;
+    for _ in 0..64 {
+        let Ok(next) = cron.find_next_occurrence(&last, false) else {
+            break;
+        };
+        if previous.is_some_and(|previous| next - previous < min) {
+            return Err(Invalid::rule(format!(
+                "schedule '{}' runs more often than the {} s this server allows between runs",
+                printable(schedule),
+                min.num_seconds()
+            )));
+        }
+        previous = Some(next);
+        last = next;
+    }
+    Ok(())
 }
 
 /// `${steps.<name>.output}`: the output of step `<name>`.
@@ -399,6 +430,7 @@ impl Pipeline {
             revision: 0,
             fired: None,
             scheduled_by: None,
+            note: None,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -595,6 +627,25 @@ impl Pipeline {
             idempotency_key: None,
             ..self.spec.clone()
         }
+    }
+
+    /// Stops a schedule for good, saying why on its record.
+    pub fn stop_schedule(&mut self, now: DateTime<Utc>, why: String) {
+        self.status = PipelineStatus::Cancelled;
+        self.note = Some(why);
+        self.updated_at = now;
+        self.finished_at = Some(now);
+    }
+
+    /// Records that the schedule let `tick` pass without a run, and why.
+    pub fn record_held_back(&mut self, tick: DateTime<Utc>, why: String) {
+        let runs = self
+            .fired
+            .take()
+            .map(|fired| fired.runs)
+            .unwrap_or_default();
+        self.fired = Some(Fired { tick, runs });
+        self.note = Some(why);
     }
 
     /// Records that the schedule fired `tick` as the run `run`.
@@ -824,6 +875,21 @@ mod tests {
             pipeline.retry().is_err(),
             "a running pipeline is not retried"
         );
+    }
+
+    #[test]
+    fn a_schedule_more_frequent_than_the_minimum_interval_is_refused() {
+        let from: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().expect("time");
+        let five = std::time::Duration::from_secs(300);
+        assert!(check_interval("* * * * *", from, five).is_err());
+        assert!(
+            check_interval("0,2 * * * *", from, five).is_err(),
+            "two minutes apart once an hour"
+        );
+        assert!(check_interval("*/5 * * * *", from, five).is_ok());
+        assert!(check_interval("0 3 * * *", from, five).is_ok());
+        let minute = std::time::Duration::from_secs(60);
+        assert!(check_interval("* * * * *", from, minute).is_ok());
     }
 
     #[test]
