@@ -143,7 +143,7 @@ mod ray {
             .to_string_lossy()
             .into_owned();
         let lease = config.dispatch.lease;
-        let dispatcher = RayDispatcher::new(setup.store.clone(), address, runner, env, lease)
+        let dispatcher = RayDispatcher::new(setup.store.clone(), address, runner, env, lease, None)
             .expect("a Ray dispatcher");
         setup.fixture(Arc::new(dispatcher), Duration::from_secs(90))
     }

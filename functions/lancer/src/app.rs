@@ -100,6 +100,7 @@ pub fn open_dispatcher(
                 runner.to_string_lossy().into_owned(),
                 config.ray_runner_env(ray),
                 dispatch.lease,
+                ray.token.as_deref(),
             )?)
         }
     })

@@ -63,6 +63,7 @@ pub enum Var {
     RayAddress,
     RayRunner,
     RayEnv,
+    RayToken,
 }
 
 impl Var {
@@ -118,6 +119,7 @@ impl Var {
             Var::RayAddress => "RAY_ADDRESS",
             Var::RayRunner => "LANCER_RAY_RUNNER",
             Var::RayEnv => "LANCER_RAY_ENV",
+            Var::RayToken => "LANCER_RAY_TOKEN",
         }
     }
 }
@@ -305,6 +307,9 @@ pub struct RayConfig {
     /// `LANCER_RAY_ENV`: a JSON object of variables that replace the runner's defaults on
     /// Ray's nodes, where paths differ from this machine's (`LANCER_SCRIPTS`, `LANCER_PYTHON`).
     pub env: BTreeMap<String, String>,
+    /// `LANCER_RAY_TOKEN`: the bearer token of a head with token authentication. It stays
+    /// with the Jobs client: no job's environment carries it.
+    pub token: Option<String>,
 }
 
 /// Where the lake and the task table live by default: `$XDG_DATA_HOME/lancer` (else
@@ -587,6 +592,7 @@ fn dispatch<F: Fn(&str) -> Option<String>>(
             address: ray_address(vars.text(Var::RayAddress))?,
             runner: vars.text(Var::RayRunner).map(PathBuf::from),
             env: vars.json_object(Var::RayEnv)?,
+            token: vars.text(Var::RayToken),
         }),
         Some(other) => {
             return Err(bad(format!(

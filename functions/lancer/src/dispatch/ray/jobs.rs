@@ -129,10 +129,22 @@ pub struct JobsClient {
 }
 
 impl JobsClient {
-    pub fn new(address: String) -> Result<Self> {
+    /// A client of the head at `address`; with `token`, every request carries it as a
+    /// bearer token, as a head with token authentication asks.
+    pub fn new(address: String, token: Option<&str>) -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    crate::error::Error::invalid("LANCER_RAY_TOKEN is not a valid header value")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
             .build()?;
         Ok(Self { http, address })
     }
@@ -233,6 +245,42 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head of one request sent to a loopback listener, answered 404.
+    async fn request_head_sent_by(client: impl FnOnce(String) -> JobsClient) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("addr"));
+        let jobs = client(address);
+        let head = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.expect("read");
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+            socket.write_all(answer).await.expect("answer");
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        assert!(jobs.job("t1-1").await.expect("answered").is_none());
+        head.await.expect("the request")
+    }
+
+    #[tokio::test]
+    async fn a_configured_token_goes_with_every_request_and_none_otherwise() {
+        let with = request_head_sent_by(|address| {
+            JobsClient::new(address, Some("ray-token-1")).expect("client")
+        })
+        .await;
+        assert!(with.contains("authorization: bearer ray-token-1"), "{with}");
+        let without =
+            request_head_sent_by(|address| JobsClient::new(address, None).expect("client")).await;
+        assert!(!without.contains("authorization"), "{without}");
+    }
 
     #[test]
     fn long_error_bodies_keep_their_end() {

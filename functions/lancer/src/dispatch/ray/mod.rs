@@ -45,11 +45,12 @@ impl RayDispatcher {
         runner: String,
         env: BTreeMap<String, String>,
         lease: Duration,
+        token: Option<&str>,
     ) -> Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
-                jobs: JobsClient::new(address)?,
+                jobs: JobsClient::new(address, token)?,
                 runner,
                 env,
                 lease,
