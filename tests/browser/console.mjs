@@ -131,7 +131,17 @@ async function tenant(key, own, foreign) {
   const error = await page.locator("main .error").textContent();
   await shot("tenant-foreign-task");
   const stored = await page.evaluate(() => sessionStorage.getItem("lancer.api-key"));
-  console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key }));
+  // The endpoint routes' key cookie: set by the server, out of the page's scripts' reach.
+  const cookie = (await page.context().cookies()).find((c) => c.name === "lancer_key");
+  const keyCookie = cookie && {
+    path: cookie.path, httpOnly: cookie.httpOnly, sameSite: cookie.sameSite,
+    session: cookie.expires === -1, holdsKey: decodeURIComponent(cookie.value) === key,
+  };
+  const scriptsSeeIt = await page.evaluate(() => document.cookie.includes("lancer_key"));
+  await page.locator("#sign-out").click();
+  await page.locator("#key-dialog[open]").waitFor();
+  const afterSignOut = (await page.context().cookies()).some((c) => c.name === "lancer_key");
+  console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key, keyCookie, scriptsSeeIt, afterSignOut }));
 }
 
 async function markup(taskId, text) {

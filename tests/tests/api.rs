@@ -884,3 +884,31 @@ async fn a_failing_task_table_answers_500_and_keeps_the_details_out_of_the_body(
         }
     }
 }
+
+#[tokio::test]
+async fn the_endpoint_key_cookie_is_set_by_the_server_httponly_for_the_task_routes_only() {
+    let app = TestApp::new(Some("key-for-acme-1=acme"));
+    let auth = [("authorization", "Bearer key-for-acme-1")];
+    let set = app
+        .call(Method::PUT, "/api/v1/endpoint-key", None, &auth)
+        .await;
+    assert_eq!(set.status, StatusCode::NO_CONTENT, "{}", set.text());
+    let cookie = set.headers["set-cookie"].to_str().expect("ascii");
+    assert_eq!(
+        cookie,
+        "lancer_key=key%2Dfor%2Dacme%2D1; Path=/api/v1/tasks/; HttpOnly; SameSite=Strict"
+    );
+    let anonymous = app
+        .call(Method::PUT, "/api/v1/endpoint-key", None, &[])
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers.get("set-cookie").is_none());
+    let cleared = app
+        .call(Method::DELETE, "/api/v1/endpoint-key", None, &auth)
+        .await;
+    let cookie = cleared.headers["set-cookie"].to_str().expect("ascii");
+    assert!(
+        cookie.starts_with("lancer_key=; Max-Age=0; Path=/api/v1/tasks/"),
+        "{cookie}"
+    );
+}

@@ -849,6 +849,8 @@ async fn one_tenants_event_streams_cannot_lock_out_another_tenant() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Streams still open at the end would keep the server's drain waiting.
+    drop((held, own));
     for (key, id) in [("acme-key-001", &theirs), ("other-key-001", &mine)] {
         http.post(server.api(&format!("/tasks/{id}/cancel")))
             .bearer_auth(key)

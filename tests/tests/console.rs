@@ -105,6 +105,13 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() 
         "{seen}"
     );
     assert_eq!(seen["keyInSessionStorage"], true);
+    assert_eq!(
+        seen["keyCookie"],
+        json!({"path": "/api/v1/tasks/", "httpOnly": true, "sameSite": "Strict", "session": true, "holdsKey": true}),
+        "{seen}"
+    );
+    assert_eq!(seen["scriptsSeeIt"], false, "HttpOnly: {seen}");
+    assert_eq!(seen["afterSignOut"], false, "signing out clears it: {seen}");
     server.stop().await;
 }
 

@@ -21,6 +21,48 @@ use crate::error::{Error, Result};
 /// to a served page cannot send an `Authorization` header. The console sets it.
 pub const KEY_COOKIE: &str = "lancer_key";
 
+/// Where the key cookie goes, and how: to the task routes only (of which only the endpoint
+/// routes read it), out of reach of any script on a page (`HttpOnly`), never sent by
+/// another site's page (`SameSite=Strict`), and gone with the browser session (no expiry).
+const KEY_COOKIE_SCOPE: &str = "Path=/api/v1/tasks/; HttpOnly; SameSite=Strict";
+
+/// Sets the caller's key as the endpoint routes' cookie: the console calls it once the user
+/// gives a key, since a cookie the server sets can be kept from the page's scripts and one
+/// the page sets cannot.
+#[utoipa::path(
+    put, path = "/api/v1/endpoint-key", tag = "tasks",
+    responses((status = 204, description = "The key is set as the `lancer_key` cookie for the endpoint routes (none without a key)"))
+)]
+pub async fn set_key_cookie(headers: HeaderMap) -> Response {
+    let key = super::auth::bearer(&headers)
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .filter(|key| !key.is_empty());
+    match key {
+        Some(key) => key_cookie(&format!(
+            "{KEY_COOKIE}={}; {KEY_COOKIE_SCOPE}",
+            urlencoding_segment(key)
+        )),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Clears the endpoint routes' key cookie (signing out of the console).
+#[utoipa::path(
+    delete, path = "/api/v1/endpoint-key", tag = "tasks",
+    responses((status = 204, description = "The `lancer_key` cookie is cleared"))
+)]
+pub async fn clear_key_cookie() -> Response {
+    key_cookie(&format!("{KEY_COOKIE}=; Max-Age=0; {KEY_COOKIE_SCOPE}"))
+}
+
+fn key_cookie(cookie: &str) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
 /// The most bytes of a request passed on to an endpoint.
 pub const MAX_PROXIED_BODY: usize = 64 << 20;
 

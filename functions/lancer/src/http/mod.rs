@@ -56,6 +56,7 @@ impl AsRef<Service> for AppState {
     paths(
         tasks::submit, tasks::list, tasks::get_task, tasks::cancel, tasks::logs,
         tasks::progress, stream::task_events, endpoint::proxy_root,
+        endpoint::set_key_cookie, endpoint::clear_key_cookie,
         pipelines::submit, pipelines::list, pipelines::get_pipeline, pipelines::cancel,
         pipelines::retry,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
@@ -162,6 +163,10 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .route("/datasets/{id}/rows", get(lake::dataset_rows))
         .route("/models", get(lake::list_models))
         .route("/models/{id}/rows", get(lake::model_rows))
+        .route(
+            "/endpoint-key",
+            put(endpoint::set_key_cookie).delete(endpoint::clear_key_cookie),
+        )
         .route(
             "/models/{id}",
             get(lake::get_model).delete(lake::delete_model),

@@ -51,19 +51,26 @@ document.getElementById("key-form").addEventListener("submit", () => {
   route();
 });
 
-document.getElementById("sign-out").addEventListener("click", () => {
+document.getElementById("sign-out").addEventListener("click", async () => {
+  await keyCookie(null);
   sessionStorage.removeItem(KEY);
-  keyCookie(null);
   location.reload();
 });
+
+/** The key the endpoint cookie was last set to in this tab. */
+let cookieKey = null;
 
 /**
  * The key as a cookie for the endpoint proxy only (the server reads it nowhere else): a
  * served page opened from a link is a navigation, which carries no Authorization header.
+ * The server sets it, HttpOnly, so no script on a served page can read it.
  */
-function keyCookie(key) {
-  const scope = "path=/api/v1/tasks/; SameSite=Strict";
-  document.cookie = key ? `lancer_key=${encodeURIComponent(key)}; ${scope}` : `lancer_key=; max-age=0; ${scope}`;
+async function keyCookie(key) {
+  if (key === cookieKey) return;
+  const auth = key || sessionStorage.getItem(KEY);
+  const headers = auth ? { Authorization: `Bearer ${auth}` } : {};
+  const answer = await fetch("/api/v1/endpoint-key", { method: key ? "PUT" : "DELETE", headers });
+  if (answer.ok) cookieKey = key;
 }
 
 // ---- DOM helpers ----------------------------------------------------------------------
@@ -682,7 +689,7 @@ async function route() {
     else a.removeAttribute("aria-current");
   }
   document.getElementById("sign-out").hidden = !sessionStorage.getItem(KEY);
-  keyCookie(sessionStorage.getItem(KEY));
+  await keyCookie(sessionStorage.getItem(KEY));
   try {
     if (section === "tasks") await (id ? taskView(id) : tasksView(new URLSearchParams(search)));
     else if (section === "pipelines") await (id ? pipelineView(id) : pipelinesView());
