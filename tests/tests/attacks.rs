@@ -344,10 +344,12 @@ async fn a_slow_loris_client_is_cut_off_and_never_stalls_other_clients() {
     server.stop().await;
 }
 
-/// Tries to read each path in `params["read"]` and to write each in `params["write"]`.
-const PROBE_PY: &str = r#"
-import os
-
+/// A Python script's source with `attempt(action)` defined first: "allowed", "denied" for a
+/// permission error, or the name of any other OS error.
+macro_rules! with_attempt {
+    ($body:literal) => {
+        concat!(
+            r#"
 def attempt(action):
     try:
         action()
@@ -356,6 +358,16 @@ def attempt(action):
         return "denied"
     except OSError as err:
         return type(err).__name__
+"#,
+            $body
+        )
+    };
+}
+
+/// Tries to read each path in `params["read"]` and to write each in `params["write"]`.
+const PROBE_PY: &str = with_attempt!(
+    r#"
+import os
 
 def run(input_path, output_path, params):
     read = {p: attempt(lambda p=p: open(p, "rb").read(1)) for p in params["read"]}
@@ -364,7 +376,8 @@ def run(input_path, output_path, params):
             f.write("x")
     written = {p: attempt(lambda p=p: write(p)) for p in params["write"]}
     return {"read": read, "write": written}
-"#;
+"#
+);
 
 #[tokio::test]
 async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data() {
@@ -527,17 +540,9 @@ async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
 /// becomes a link to acme's upload, `datasets/x.lance` a link to acme's uploads folder,
 /// the data files of `y` symbolic and of `z` hard links to acme's data, and a FIFO where
 /// a reader would block. Reports what the kernel let it do.
-const PLANT_PY: &str = r#"
+const PLANT_PY: &str = with_attempt!(
+    r#"
 import os, shutil
-
-def attempt(action):
-    try:
-        action()
-        return "allowed"
-    except PermissionError:
-        return "denied"
-    except OSError as err:
-        return type(err).__name__
 
 def replace(link, target, hard):
     def act():
@@ -563,7 +568,8 @@ def run(input_path, output_path, params):
     fifo = os.path.join(lake, "datasets", "fifo")
     done[fifo] = attempt(lambda: os.mkfifo(fifo))
     return done
-"#;
+"#
+);
 
 /// A server with acme's upload and dataset, and other's datasets `y` and `z`, on which
 /// other's script has planted its links; the finished task and acme's files.

@@ -93,6 +93,19 @@ async fn silent_sockets_and_bare_http2_prefaces_never_keep_healthz_waiting_and_a
     server.stop().await;
 }
 
+/// Asserts the server closes `socket`, just answered, once it has been idle for the idle
+/// timeout, and not long before.
+async fn closes_when_idle(socket: &mut TcpStream, what: &str) {
+    let answered = Instant::now();
+    let deadline = answered + IDLE_TIMEOUT + Duration::from_secs(4);
+    assert!(closed_by(socket, deadline).await, "{what} stays open");
+    assert!(
+        answered.elapsed() >= IDLE_TIMEOUT - Duration::from_secs(1),
+        "{what} was closed after {:?}",
+        answered.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let server = Server::start(&[], &[]).await;
@@ -104,16 +117,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut answer = [0u8; 1024];
     let read = socket.read(&mut answer).await.expect("an answer");
     assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
-    let answered = Instant::now();
-    assert!(
-        closed_by(
-            &mut socket,
-            answered + IDLE_TIMEOUT + Duration::from_secs(4)
-        )
-        .await,
-        "an idle keep-alive connection stays open"
-    );
-    assert!(answered.elapsed() >= IDLE_TIMEOUT - Duration::from_secs(1));
+    closes_when_idle(&mut socket, "an idle keep-alive connection").await;
     server.stop().await;
 }
 
@@ -145,15 +149,7 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         assert!(read > 0, "closed before answering");
         seen.extend_from_slice(&buffer[..read]);
     }
-    let answered = Instant::now();
-    assert!(
-        closed_by(
-            &mut socket,
-            answered + IDLE_TIMEOUT + Duration::from_secs(4)
-        )
-        .await,
-        "an idle HTTP/2 connection stays open"
-    );
+    closes_when_idle(&mut socket, "an idle HTTP/2 connection").await;
     server.stop().await;
 }
 
