@@ -392,7 +392,9 @@ pub async fn runner_pid(task_id: &str) -> Option<u32> {
         .ok()
 }
 
-/// The pid a script (`scripts::STUBBORN_PY`) printed as `script pid N` in its task's log.
+/// The pid, on this machine, of the script (`scripts::STUBBORN_PY`) that printed
+/// `script pid N` in its task's log. A sandboxed script has a PID namespace of its own, so
+/// N is its pid there: the process is the one of that task whose innermost pid is N.
 pub async fn script_pid(server: &Server, task_id: &str) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -401,6 +403,7 @@ pub async fn script_pid(server: &Server, task_id: &str) -> u32 {
             .lines()
             .find_map(|line| line.strip_prefix("script pid "))
             .and_then(|pid| pid.trim().parse().ok())
+            .and_then(|inner| host_pid_of(task_id, inner))
         {
             return pid;
         }
@@ -410,6 +413,31 @@ pub async fn script_pid(server: &Server, task_id: &str) -> u32 {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The process of task `task_id`'s script (its environment names the task) whose pid in
+/// its innermost PID namespace is `inner`.
+fn host_pid_of(task_id: &str, inner: u32) -> Option<u32> {
+    let marker = format!("LANCER_TASK_ID={task_id}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let innermost = status
+                .lines()
+                .find_map(|line| line.strip_prefix("NSpid:"))?
+                .split_whitespace()
+                .last()?
+                .parse::<u32>()
+                .ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let ours = environ
+                .split(|&b| b == 0)
+                .any(|var| var == marker.as_bytes());
+            (innermost == inner && ours).then_some(pid)
+        })
 }
 
 /// Whether a process runs: it exists and is not a zombie waiting to be reaped.

@@ -401,7 +401,10 @@ async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data()
     let id = submit_as(&http, &server, "other-key-001", &spec).await;
     let done = wait_finished(&http, &server, &id).await;
     assert_eq!(done["status"], "completed", "{done:#}");
-    assert_eq!(done["sandbox"], "landlock", "the record says how it ran");
+    assert_eq!(
+        done["sandbox"], "landlock+namespaces",
+        "the record says how it ran"
+    );
     let result = &done["result"];
     let read = |p: &std::path::Path| result["read"][p.to_string_lossy().as_ref()].clone();
     let wrote = |p: &std::path::Path| result["write"][p.to_string_lossy().as_ref()].clone();
@@ -688,7 +691,7 @@ async fn a_sandboxed_script_can_make_no_link_or_special_file_in_the_lake() {
         upload,
         data,
     } = plant_links("required").await;
-    assert_eq!(task["sandbox"], "landlock");
+    assert_eq!(task["sandbox"], "landlock+namespaces");
     let planted = task["result"].as_object().expect("what it tried");
     assert!(planted.len() >= 5, "{planted:#?}");
     for (what, done) in planted {
@@ -1011,5 +1014,51 @@ async fn a_page_of_ten_megabyte_cells_is_answered_in_bounded_memory() {
     assert_eq!(page["rows"].as_array().map(Vec::len), Some(20), "{page}");
     assert_eq!(page["rows"][19]["blob"], json!({"bytes": 10 << 20}));
     assert!(grew < 64 << 20, "peak RSS grew by {} MB", grew >> 20);
+    server.stop().await;
+}
+
+/// Looks at the server and another process from inside the sandbox, as a hostile script
+/// would: the server's environment (its keys) and command line, a signal to each, another
+/// tenant's `/dev/shm` file, and how many processes `/proc` shows.
+const PEEK_PY: &str = with_attempt!(
+    r#"
+import os
+
+def run(input_path, output_path, params):
+    server, other = params["server"], params["other"]
+    done = {
+        "environ": attempt(lambda: open(f"/proc/{server}/environ", "rb").read(1)),
+        "cmdline": attempt(lambda: open(f"/proc/{server}/cmdline", "rb").read(1)),
+        "signal the server": attempt(lambda: os.kill(server, 0)),
+        "signal another process": attempt(lambda: os.kill(other, 0)),
+        "shm": attempt(lambda: open(params["shm"], "rb").read(1)),
+    }
+    return {"done": done, "processes": sum(1 for p in os.listdir("/proc") if p.isdigit())}
+"#
+);
+
+#[tokio::test]
+async fn a_sandboxed_script_sees_no_other_process_and_no_other_shared_memory() {
+    let server = Server::start(
+        &[("peek.py", PEEK_PY, false)],
+        &[("LANCER_API_KEYS", KEYS), ("LANCER_SANDBOX", "required")],
+    )
+    .await;
+    let shm = format!("/dev/shm/lancer-acme-{}", uuid::Uuid::now_v7());
+    std::fs::write(&shm, "acme's shared memory").expect("write /dev/shm");
+    let params = json!({"server": server.pid(), "other": std::process::id(), "shm": shm});
+    let http = reqwest::Client::new();
+    let spec = json!({"name": "peek", "script": "peek.py", "params": params});
+    let id = submit_as(&http, &server, "other-key-001", &spec).await;
+    let task = wait_finished(&http, &server, &id).await;
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["sandbox"], "landlock+namespaces");
+    let done = task["result"]["done"].as_object().expect("what it tried");
+    for (what, outcome) in done {
+        assert_ne!(outcome, "allowed", "{what}: {done:#?}");
+    }
+    let processes = task["result"]["processes"].as_u64().expect("a count");
+    assert!(processes <= 3, "its /proc shows {processes} processes");
     server.stop().await;
 }

@@ -10,11 +10,14 @@ fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
     // Starting a sandboxed script: restrict this process, then become the script. It must
     // happen before any runtime thread exists, in the thread that then execs.
-    if args
-        .next()
-        .is_some_and(|first| first == lancer::sandbox::SUBCOMMAND)
-    {
-        return lancer::sandbox::exec_main(args.collect());
+    match args.next() {
+        Some(first) if first == lancer::sandbox::SUBCOMMAND => {
+            return lancer::sandbox::exec_main(args.collect());
+        }
+        Some(first) if first == lancer::sandbox::namespaces::INNER => {
+            return lancer::sandbox::inner_main(args.collect());
+        }
+        _ => {}
     }
     run()
 }

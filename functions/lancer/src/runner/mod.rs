@@ -191,6 +191,18 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     Ok(Verdict::Abandon)
 }
 
+/// What confines a script, as its task records it: Landlock, its own namespaces, both or
+/// neither.
+fn sandbox_level(mode: SandboxMode, landlock: bool) -> &'static str {
+    let namespaces = mode != SandboxMode::Off && crate::sandbox::namespaces::available();
+    match (landlock, namespaces) {
+        (true, true) => "landlock+namespaces",
+        (true, false) => "landlock",
+        (false, true) => "namespaces",
+        (false, false) => "none",
+    }
+}
+
 /// Records how the script will be confined; refuses to run it when the sandbox is
 /// required and this kernel cannot provide it.
 async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict> {
@@ -202,7 +214,7 @@ async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict>
         ));
     }
     let beat = Heartbeat {
-        sandbox: Some(if enforced { "landlock" } else { "none" }.into()),
+        sandbox: Some(sandbox_level(ctx.sandbox, enforced).into()),
         ..Heartbeat::default()
     };
     watch::heartbeat(ctx, task, beat)

@@ -20,6 +20,8 @@ use landlock::{
 
 use crate::error::{Error, Result};
 
+pub mod namespaces;
+
 /// The runner's argument that starts a sandboxed script.
 pub const SUBCOMMAND: &str = "sandbox";
 
@@ -118,10 +120,11 @@ pub fn wrap(
     line
 }
 
-/// `lancer-runner sandbox <mode> [--read P | --write P]... -- program args...`: restricts
-/// this process, then becomes the program. Returns only when it could not.
+/// `lancer-runner sandbox <mode> [--read P | --write P | --lake P]... -- program args...`:
+/// where the kernel allows, starts the script in namespaces of its own (`namespaces`) and
+/// ends as it ends; elsewhere restricts this process, then becomes the program.
 pub fn exec_main(args: Vec<OsString>) -> ExitCode {
-    let (mode, policy, program) = match parse(args) {
+    let (mode, policy, program) = match parse(args.clone()) {
         Ok(parsed) => parsed,
         Err(why) => {
             eprintln!("[lancer] sandbox: {why}");
@@ -129,16 +132,19 @@ pub fn exec_main(args: Vec<OsString>) -> ExitCode {
         }
     };
     if mode != SandboxMode::Off {
-        match restrict(&policy, mode) {
-            Ok(RulesetStatus::FullyEnforced) => {}
-            Ok(_) if mode == SandboxMode::BestEffort => {}
-            Ok(_) | Err(_) => {
-                eprintln!(
-                    "[lancer] LANCER_SANDBOX=required, and this kernel cannot sandbox the script (Landlock ABI 3 or newer is needed)"
-                );
-                return ExitCode::from(126);
+        if let Err(why) = die_with_the_runner() {
+            eprintln!("[lancer] sandbox: {why}");
+            return ExitCode::from(126);
+        }
+        match namespaces::enter() {
+            Ok(()) => return namespaces::supervise(&args),
+            Err(why) => {
+                eprintln!("[lancer] sandbox: the script shares the server's namespaces ({why})")
             }
         }
+    }
+    if let Err(code) = confine(mode, &policy) {
+        return code;
     }
     let Some((first, rest)) = program.split_first() else {
         eprintln!("[lancer] sandbox: no program to run");
@@ -165,6 +171,60 @@ fn die_with_the_runner() -> std::result::Result<(), String> {
         return Err("the runner is gone".into());
     }
     Ok(())
+}
+
+/// `lancer-runner sandbox-inner ...`: the first process in the script's namespaces, with
+/// the arguments `exec_main` got. Mounts their own `/proc` and `/dev/shm`, confines
+/// itself, and runs the script.
+pub fn inner_main(args: Vec<OsString>) -> ExitCode {
+    let (mode, policy, program) = match parse(args) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            eprintln!("[lancer] sandbox: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    // Mounting over /proc is only ever for a namespace of the script's own.
+    if std::process::id() != 1 {
+        eprintln!(
+            "[lancer] sandbox: {} runs only as the first process of new namespaces",
+            namespaces::INNER
+        );
+        return ExitCode::from(2);
+    }
+    // The outer step held its signals, and a signal mask passes to children: the script
+    // must start with none held.
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+    if let Err(why) = namespaces::private_mounts() {
+        eprintln!("[lancer] sandbox: {why}");
+        return ExitCode::from(126);
+    }
+    if let Err(code) = confine(mode, &policy) {
+        return code;
+    }
+    if let Err(why) = die_with_the_runner() {
+        eprintln!("[lancer] sandbox: {why}");
+        return ExitCode::from(126);
+    }
+    namespaces::run_script(&program)
+}
+
+/// Landlock on this thread and what it starts, as `mode` asks; the exit code if it must
+/// not run.
+fn confine(mode: SandboxMode, policy: &Policy) -> std::result::Result<(), ExitCode> {
+    if mode == SandboxMode::Off {
+        return Ok(());
+    }
+    match restrict(policy, mode) {
+        Ok(RulesetStatus::FullyEnforced) => Ok(()),
+        Ok(_) if mode == SandboxMode::BestEffort => Ok(()),
+        Ok(_) | Err(_) => {
+            eprintln!(
+                "[lancer] LANCER_SANDBOX=required, and this kernel cannot sandbox the script (Landlock ABI 3 or newer is needed)"
+            );
+            Err(ExitCode::from(126))
+        }
+    }
 }
 
 type Parsed = (SandboxMode, Policy, Vec<OsString>);
