@@ -164,21 +164,23 @@ async fn a_runner_ray_cannot_start_fails_the_task_and_its_logs_come_from_ray() {
 /// A stand-in head whose Jobs API answers every submission with `status` and `body`.
 /// Kills its own runner on the first attempt, so that attempt's Ray job ends FAILED with
 /// no outcome written back; succeeds on the next.
-const KILLS_ITS_RUNNER_ONCE_PY: &str = r#"
-import os, signal
+/// Waits on its first attempt (for the test to kill its runner: a sandboxed script cannot
+/// signal it), and completes on the next.
+const WAITS_ON_ITS_FIRST_ATTEMPT_PY: &str = r#"
+import os, time
 
 def run(input_path, output_path, params):
     attempt = int(os.environ["LANCER_ATTEMPT"])
     if attempt == 1:
-        os.kill(os.getppid(), signal.SIGKILL)
-        raise SystemExit(1)
+        print("attempt 1 waiting", flush=True)
+        time.sleep(300)
     return {"attempt": attempt}
 "#;
 
 #[tokio::test]
 async fn a_failed_ray_job_is_retried_as_the_next_job_while_attempts_remain() {
     let server = ray_server(
-        &[("flaky.py", KILLS_ITS_RUNNER_ONCE_PY, false)],
+        &[("flaky.py", WAITS_ON_ITS_FIRST_ATTEMPT_PY, false)],
         &ray_address(),
     )
     .await;
@@ -188,6 +190,10 @@ async fn a_failed_ray_job_is_retried_as_the_next_job_while_attempts_remain() {
                                "resources": {"cpus": 0.5}}),
         )
         .await;
+    server
+        .wait_for_log(&id, "attempt 1 waiting", Duration::from_secs(90))
+        .await;
+    kill_9(runner_pid(&id).await.expect("the Ray job's runner"));
     let done = server.wait_finished(&id, Duration::from_secs(180)).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(
