@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::confine::{self, Reach};
-use super::{LakeRoot, binary_as_sizes, fields_of, model_info_of, no_such_version, projection};
+use super::{
+    LakeRoot, binary_as_sizes, fields_of, is_binary, model_info_of, no_such_version, projection,
+};
 use crate::config::ConfigError;
 use ::lance::Dataset;
 use ::lance::dataset::builder::DatasetBuilder;
@@ -480,14 +482,6 @@ impl Lake for LanceLake {
     fn storage_options(&self) -> BTreeMap<String, String> {
         self.storage_options.clone()
     }
-}
-
-fn is_binary(data_type: &arrow_schema::DataType) -> bool {
-    use arrow_schema::DataType;
-    matches!(
-        data_type,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
-    )
 }
 
 /// `limit` rows of `columns` from `offset` (both bounded by the use case, so they fit an

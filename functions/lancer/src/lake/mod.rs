@@ -125,7 +125,15 @@ pub(crate) fn projection(
         .collect()
 }
 
-/// The error for a version an artifact does not have.
+/// Whether a column holds binary values, which a page of rows shows as their sizes.
+pub(crate) fn is_binary(data_type: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType;
+    matches!(
+        data_type,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    )
+}
+
 /// The batch with each top-level binary column replaced by its values' sizes, read from
 /// the column's offsets: the values themselves are dropped. The other columns are copied
 /// then, since a reader may decode them as views into the same buffer as the values,
@@ -134,13 +142,7 @@ pub(crate) fn binary_as_sizes(batch: &RecordBatch) -> Result<RecordBatch> {
     use arrow_array::{ArrayRef, Int64Array};
     use arrow_schema::DataType;
     let schema = batch.schema();
-    let binary = |t: &DataType| {
-        matches!(
-            t,
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
-        )
-    };
-    if !schema.fields().iter().any(|f| binary(f.data_type())) {
+    if !schema.fields().iter().any(|f| is_binary(f.data_type())) {
         return Ok(batch.clone());
     }
     let mut fields = Vec::with_capacity(schema.fields().len());
@@ -183,6 +185,7 @@ pub(crate) fn binary_as_sizes(batch: &RecordBatch) -> Result<RecordBatch> {
     RecordBatch::try_new(schema, columns).map_err(Error::internal)
 }
 
+/// The error for a version an artifact does not have.
 pub(crate) fn no_such_version(version: u64) -> Error {
     Error::invalid(format!("there is no version {version}"))
 }

@@ -105,10 +105,7 @@ pub fn supervise(args: &[OsString]) -> ExitCode {
 /// Ends this process as the inner step says the script ended: its exit code, or (`128 + s`,
 /// as shells write it) killed by signal `s`.
 fn mirror(status: ExitStatus) -> ExitCode {
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(1);
+    let code = shell_code(status);
     if let Some(signal) = (129..160)
         .contains(&code)
         .then(|| Signal::try_from(code - 128).ok())
@@ -118,6 +115,14 @@ fn mirror(status: ExitStatus) -> ExitCode {
         let _ = raise(signal);
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// An exit as a shell writes it: the code, or `128 + s` for a process killed by signal `s`.
+fn shell_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1)
 }
 
 /// The inner step's own mounts: every mount private to the namespace, then a `/proc` that
@@ -171,13 +176,7 @@ pub fn run_script(program: &[OsString]) -> ExitCode {
         }
     });
     match script.wait() {
-        Ok(status) => {
-            let code = status
-                .code()
-                .or_else(|| status.signal().map(|signal| 128 + signal))
-                .unwrap_or(1);
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
+        Ok(status) => ExitCode::from(u8::try_from(shell_code(status)).unwrap_or(1)),
         Err(err) => {
             eprintln!("[lancer] sandbox: lost the script: {err}");
             ExitCode::from(1)
