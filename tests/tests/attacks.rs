@@ -402,7 +402,7 @@ async fn a_sandboxed_script_cannot_read_the_task_table_or_another_tenants_data()
     let done = wait_finished(&http, &server, &id).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(
-        done["sandbox"], "landlock+namespaces",
+        done["sandbox"], "landlock+namespaces+nocaps",
         "the record says how it ran"
     );
     let result = &done["result"];
@@ -691,7 +691,7 @@ async fn a_sandboxed_script_can_make_no_link_or_special_file_in_the_lake() {
         upload,
         data,
     } = plant_links("required").await;
-    assert_eq!(task["sandbox"], "landlock+namespaces");
+    assert_eq!(task["sandbox"], "landlock+namespaces+nocaps");
     let planted = task["result"].as_object().expect("what it tried");
     assert!(planted.len() >= 5, "{planted:#?}");
     for (what, done) in planted {
@@ -1019,10 +1019,12 @@ async fn a_page_of_ten_megabyte_cells_is_answered_in_bounded_memory() {
 
 /// Looks at the server and another process from inside the sandbox, as a hostile script
 /// would: the server's environment (its keys) and command line, a signal to each, another
-/// tenant's `/dev/shm` file, and how many processes `/proc` shows.
+/// tenant's `/dev/shm` file, and how many processes `/proc` shows. Then what root could do
+/// with its capabilities: sniff the keys off the loopback with a packet socket, open a raw
+/// IP socket, set the clock; and the capability sets it holds.
 const PEEK_PY: &str = with_attempt!(
     r#"
-import os
+import os, socket, time
 
 def run(input_path, output_path, params):
     server, other = params["server"], params["other"]
@@ -1032,13 +1034,26 @@ def run(input_path, output_path, params):
         "signal the server": attempt(lambda: os.kill(server, 0)),
         "signal another process": attempt(lambda: os.kill(other, 0)),
         "shm": attempt(lambda: open(params["shm"], "rb").read(1)),
+        "sniff the loopback": attempt(
+            lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))),
+        "raw socket": attempt(
+            lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)),
+        "set the clock": attempt(
+            lambda: time.clock_settime(time.CLOCK_REALTIME, time.time())),
     }
-    return {"done": done, "processes": sum(1 for p in os.listdir("/proc") if p.isdigit())}
+    status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines()
+                  if line.startswith("Cap"))
+    return {
+        "done": done,
+        "processes": sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        "uid": os.getuid(),
+        "capabilities": {name: status[name].strip() for name in ("CapEff", "CapPrm", "CapBnd")},
+    }
 "#
 );
 
 #[tokio::test]
-async fn a_sandboxed_script_sees_no_other_process_and_no_other_shared_memory() {
+async fn a_sandboxed_script_sees_no_other_process_or_shared_memory_and_holds_no_capability() {
     let server = Server::start(
         &[("peek.py", PEEK_PY, false)],
         &[("LANCER_API_KEYS", KEYS), ("LANCER_SANDBOX", "required")],
@@ -1053,12 +1068,23 @@ async fn a_sandboxed_script_sees_no_other_process_and_no_other_shared_memory() {
     let task = wait_finished(&http, &server, &id).await;
     let _ = std::fs::remove_file(&shm);
     assert_eq!(task["status"], "completed", "{task:#}");
-    assert_eq!(task["sandbox"], "landlock+namespaces");
+    assert_eq!(task["sandbox"], "landlock+namespaces+nocaps");
     let done = task["result"]["done"].as_object().expect("what it tried");
     for (what, outcome) in done {
         assert_ne!(outcome, "allowed", "{what}: {done:#?}");
     }
     let processes = task["result"]["processes"].as_u64().expect("a count");
     assert!(processes <= 3, "its /proc shows {processes} processes");
+    let held = task["result"]["capabilities"]
+        .as_object()
+        .expect("capability sets");
+    assert_eq!(held.len(), 3, "{held:?}");
+    for (set, mask) in held {
+        assert_eq!(
+            mask, "0000000000000000",
+            "{set}, as uid {}",
+            task["result"]["uid"]
+        );
+    }
     server.stop().await;
 }

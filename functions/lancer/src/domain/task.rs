@@ -206,8 +206,9 @@ pub struct Task {
     pub backend: Option<String>,
     /// URL of a serving task once its script reported one.
     pub endpoint: Option<String>,
-    /// How the current attempt's script is confined: `landlock`, or `none` (sandbox off,
-    /// or a kernel without Landlock); unset until a runner started it.
+    /// How the current attempt's script is confined, its parts joined by `+`: `landlock`,
+    /// `namespaces` (its own PID, IPC and mount namespaces) and `nocaps` (no capability),
+    /// or `none` with the sandbox off; unset until a runner started it.
     #[serde(default)]
     pub sandbox: Option<String>,
     /// Lake-relative path of the current attempt's log (`logs/<id>/<attempt>.log`): each

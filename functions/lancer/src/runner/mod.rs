@@ -191,15 +191,17 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     Ok(Verdict::Abandon)
 }
 
-/// What confines a script, as its task records it: Landlock, its own namespaces, both or
-/// neither.
+/// What confines a script, as its task records it: Landlock and its own namespaces where
+/// the kernel allows, and no capability whenever the sandbox is on (`+nocaps`).
 fn sandbox_level(mode: SandboxMode, landlock: bool) -> &'static str {
-    let namespaces = mode != SandboxMode::Off && crate::sandbox::namespaces::available();
-    match (landlock, namespaces) {
-        (true, true) => "landlock+namespaces",
-        (true, false) => "landlock",
-        (false, true) => "namespaces",
-        (false, false) => "none",
+    if mode == SandboxMode::Off {
+        return "none";
+    }
+    match (landlock, crate::sandbox::namespaces::available()) {
+        (true, true) => "landlock+namespaces+nocaps",
+        (true, false) => "landlock+nocaps",
+        (false, true) => "namespaces+nocaps",
+        (false, false) => "nocaps",
     }
 }
 

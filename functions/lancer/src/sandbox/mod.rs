@@ -1,7 +1,8 @@
 //! Scripts run in a Landlock sandbox where the kernel allows it: they may read and run
 //! the system, their interpreter and the scripts folder, and write only their own
 //! temporary folder and, on a local lake, their tenant's lake folder. The task table,
-//! the server's files and other tenants' data are out of reach.
+//! the server's files and other tenants' data are out of reach. They hold no capability,
+//! even as root (`privileges`).
 //!
 //! The runner cannot restrict itself (it needs the task table), so it starts the script
 //! through itself: `lancer-runner sandbox <mode> --read P --write P -- program args...`
@@ -21,6 +22,7 @@ use landlock::{
 use crate::error::{Error, Result};
 
 pub mod namespaces;
+mod privileges;
 
 /// The runner's argument that starts a sandboxed script.
 pub const SUBCOMMAND: &str = "sandbox";
@@ -150,7 +152,7 @@ pub fn exec_main(args: Vec<OsString>) -> ExitCode {
         eprintln!("[lancer] sandbox: no program to run");
         return ExitCode::from(2);
     };
-    if let Err(why) = die_with_the_runner() {
+    if let Err(why) = die_with_the_runner().and_then(|()| drop_privileges(mode)) {
         eprintln!("[lancer] sandbox: {why}");
         return ExitCode::from(126);
     }
@@ -171,6 +173,14 @@ fn die_with_the_runner() -> std::result::Result<(), String> {
         return Err("the runner is gone".into());
     }
     Ok(())
+}
+
+/// Every capability gone before the script starts, unless the sandbox is off.
+fn drop_privileges(mode: SandboxMode) -> std::result::Result<(), String> {
+    if mode == SandboxMode::Off {
+        return Ok(());
+    }
+    privileges::drop_all().map_err(|why| format!("cannot drop the script's capabilities: {why}"))
 }
 
 /// `lancer-runner sandbox-inner ...`: the first process in the script's namespaces, with
@@ -202,7 +212,7 @@ pub fn inner_main(args: Vec<OsString>) -> ExitCode {
     if let Err(code) = confine(mode, &policy) {
         return code;
     }
-    if let Err(why) = die_with_the_runner() {
+    if let Err(why) = die_with_the_runner().and_then(|()| drop_privileges(mode)) {
         eprintln!("[lancer] sandbox: {why}");
         return ExitCode::from(126);
     }
