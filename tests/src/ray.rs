@@ -13,9 +13,26 @@ pub fn ray_address() -> String {
     })
 }
 
+/// The bearer token of the head (`scripts/ray up` starts it with token authentication).
+pub fn ray_token() -> String {
+    std::env::var("LANCER_RAY_TOKEN").unwrap_or_else(|_| {
+        panic!(
+            "LANCER_RAY_TOKEN is not set: `eval \"$(scripts/ray up)\"` exports it (tests/run does)"
+        )
+    })
+}
+
+/// A request to the head's dashboard at `path`, carrying the head's token.
+pub fn ray_request(method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .request(method, format!("{}{path}", ray_address()))
+        .bearer_auth(ray_token())
+}
+
 /// The JSON the head's dashboard answers at `path`.
 async fn ray_get(path: &str) -> Value {
-    reqwest::get(format!("{}{path}", ray_address()))
+    ray_request(reqwest::Method::GET, path)
+        .send()
         .await
         .expect("Ray answers")
         .json()

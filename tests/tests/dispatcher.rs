@@ -131,6 +131,7 @@ mod ray {
         let backend = [
             ("LANCER_BACKEND", "ray".to_owned()),
             ("RAY_ADDRESS", address.clone()),
+            ("LANCER_RAY_TOKEN", lancer_tests::ray::ray_token()),
         ];
         let setup = setup(Duration::from_secs(3), &backend);
         let config = &setup.config;
@@ -143,8 +144,10 @@ mod ray {
             .to_string_lossy()
             .into_owned();
         let lease = config.dispatch.lease;
-        let dispatcher = RayDispatcher::new(setup.store.clone(), address, runner, env, lease, None)
-            .expect("a Ray dispatcher");
+        let token = ray.token.as_deref();
+        let dispatcher =
+            RayDispatcher::new(setup.store.clone(), address, runner, env, lease, token)
+                .expect("a Ray dispatcher");
         setup.fixture(Arc::new(dispatcher), Duration::from_secs(90))
     }
 

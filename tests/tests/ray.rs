@@ -8,7 +8,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
 use lancer_tests::ray::{
-    jobs_of_task, ray_address, ray_job, ray_job_once_ended, ray_server, resources_ray_reserves_for,
+    jobs_of_task, ray_address, ray_job, ray_job_once_ended, ray_request, ray_server,
+    resources_ray_reserves_for,
 };
 use lancer_tests::scripts::{CONTRACT_SH, INGEST_PY, SERVE_PY, SLOW_PY, STUBBORN_PY};
 use lancer_tests::server::{Server, kill_9, runner_pid, script_pid, wait_until_gone};
@@ -90,8 +91,7 @@ async fn cancelling_a_running_task_stops_its_ray_job() {
 #[tokio::test]
 async fn a_ray_job_stopped_outside_lancer_ends_its_task_failed_with_rays_message() {
     let (server, id) = a_slow_task_running_on_ray().await;
-    let stopped = reqwest::Client::new()
-        .post(format!("{}/api/jobs/{id}-1/stop", ray_address()))
+    let stopped = ray_request(reqwest::Method::POST, &format!("/api/jobs/{id}-1/stop"))
         .send()
         .await
         .expect("stop");
@@ -106,6 +106,45 @@ async fn a_ray_job_stopped_outside_lancer_ends_its_task_failed_with_rays_message
         "{done:#}"
     );
     server.stop().await;
+}
+
+/// The head `scripts/ray up` starts wants a token (Ray 2.61's default): a server given
+/// `LANCER_RAY_TOKEN` runs its tasks there, one without it is refused, and the task says
+/// so, while the head itself answers 401 to a request with no token.
+#[tokio::test]
+async fn a_head_with_token_authentication_runs_jobs_sent_with_lancer_ray_token_only() {
+    let bare = reqwest::get(format!("{}/api/jobs/", ray_address()))
+        .await
+        .expect("Ray answers");
+    assert_eq!(bare.status(), 401, "the head must want a token");
+    let spec = json!({"name": "ingest", "script": "ingest.py", "output": "numbers",
+        "params": {"rows": 5}, "resources": {"cpus": 0.5}});
+    let server = ray_server(&[("ingest.py", INGEST_PY, false)], &ray_address()).await;
+    let id = server.submit_for_id(&spec).await;
+    let done = server.wait_finished(&id, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(jobs_of_task(&id).await.len(), 1);
+    server.stop().await;
+    let tokenless = Server::start(
+        &[("ingest.py", INGEST_PY, false)],
+        &[
+            ("LANCER_BACKEND", "ray"),
+            ("RAY_ADDRESS", &ray_address()),
+            ("LANCER_RAY_TOKEN", ""),
+        ],
+    )
+    .await;
+    let id = tokenless.submit_for_id(&spec).await;
+    let refused = tokenless.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(refused["status"], "failed", "{refused:#}");
+    assert_eq!(refused["error"]["code"], "BACKEND_REJECTED", "{refused:#}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("401"), "{refused:#}");
+    assert!(
+        jobs_of_task(&id).await.is_empty(),
+        "no job ran without the token"
+    );
+    tokenless.stop().await;
 }
 
 #[tokio::test]
