@@ -139,7 +139,18 @@ impl Server {
             .env("LANCER_LEASE_SECS", "5")
             .env("LANCER_CANCEL_GRACE_SECS", "2")
             .env_remove("LANCER_API_KEYS")
-            .envs(extra_env.iter().copied())
+            .envs(extra_env.iter().copied());
+        Self::spawn(command, dir, scripts_dir, extra_env).await
+    }
+
+    /// Starts `command`, a `lancer serve` on port 0, and waits until it listens.
+    pub async fn spawn(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        scripts_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Server {
+        command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

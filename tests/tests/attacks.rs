@@ -208,6 +208,7 @@ async fn a_script_sees_an_allow_listed_environment_without_keys_or_the_task_tabl
         "LANCER_INPUT_VERSION",
         "LANCER_CHECKPOINT_DIR",
         "LANCER_SERVE_HOST",
+        "LANCER_BIN_DIR",
         "HOME",
         "TMPDIR",
         "PYTHONUNBUFFERED",

@@ -280,9 +280,15 @@ fn check_layout(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What in the configuration shares a folder it must not, if anything.
+/// What in the configuration shares a folder it must not, if anything: scripts read the
+/// scripts folder and lancer's own binaries, so neither may hold the task table or the
+/// lake, and the scripts folder may not be inside the lake, which scripts write.
 fn layout_overlap(config: &Config) -> Option<String> {
     let scripts = std::fs::canonicalize(&config.scripts.root).ok()?;
+    let readable = [
+        ("the scripts folder", Some(scripts.clone())),
+        ("lancer's binaries folder", crate::runner::own_folder()),
+    ];
     let resolved = |path: &std::path::Path| {
         let absolute = std::path::absolute(path).ok()?;
         // The file or folder may not exist yet: resolve its nearest existing ancestor.
@@ -290,27 +296,26 @@ fn layout_overlap(config: &Config) -> Option<String> {
         let rest = absolute.strip_prefix(existing).ok()?;
         Some(std::fs::canonicalize(existing).ok()?.join(rest))
     };
-    if let TaskTable::Sqlite(db) = &config.tasks
-        && resolved(db).is_some_and(|db| db.starts_with(&scripts))
-    {
-        return Some(format!(
-            "the task table {} is inside the scripts folder",
-            db.display()
-        ));
+    let mut held = Vec::new();
+    if let TaskTable::Sqlite(db) = &config.tasks {
+        held.push(("the task table", db, resolved(db)?));
     }
     if let LakeRoot::Local(lake) = &config.lake.root {
         let lake_path = resolved(lake)?;
-        if lake_path.starts_with(&scripts) {
-            return Some(format!(
-                "the lake {} is inside the scripts folder",
-                lake.display()
-            ));
-        }
         if scripts.starts_with(&lake_path) {
             return Some(format!(
                 "the scripts folder {} is inside the lake",
                 scripts.display()
             ));
+        }
+        held.push(("the lake", lake, lake_path));
+    }
+    for (what, given, path) in held {
+        if let Some((folder, _)) = readable
+            .iter()
+            .find(|(_, root)| root.as_ref().is_some_and(|root| path.starts_with(root)))
+        {
+            return Some(format!("{what} {} is inside {folder}", given.display()));
         }
     }
     None

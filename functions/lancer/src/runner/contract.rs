@@ -160,11 +160,20 @@ fn program(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> 
     }
 }
 
-/// What the script may read and write besides the system: the scripts folder, its
-/// interpreter, the paths the operator hands it in `LANCER_SCRIPT_ENV`; its own folder and,
-/// on a local lake, its tenant's lake folder.
+/// The folder of lancer's own binaries, the runner's: task programs installed beside it
+/// (the MNIST jobs, in the build's target folder or the runner image's `/usr/local/bin`)
+/// run from there, and scripts find it as `LANCER_BIN_DIR`.
+pub fn own_folder() -> Option<PathBuf> {
+    let exe = std::fs::canonicalize(std::env::current_exe().ok()?).ok()?;
+    exe.parent().map(Path::to_path_buf)
+}
+
+/// What the script may read and write besides the system: the scripts folder, lancer's
+/// own binaries, its interpreter, the paths the operator hands it in `LANCER_SCRIPT_ENV`;
+/// its own folder and, on a local lake, its tenant's lake folder.
 fn policy(ctx: &RunnerContext, task: &Task, script: &Script, files: &Files) -> Result<Policy> {
     let mut read = vec![std::fs::canonicalize(&ctx.scripts)?];
+    read.extend(own_folder());
     if script.kind == ScriptKind::Python {
         read.extend(interpreter_folders(&ctx.python));
     }
@@ -249,6 +258,12 @@ pub fn script_env(
             (
                 "LANCER_PROGRESS_FILE",
                 files.progress.to_string_lossy().into_owned(),
+            ),
+            (
+                "LANCER_BIN_DIR",
+                own_folder()
+                    .map(|dir| dir.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             ),
             ("HOME", workdir.clone()),
             ("TMPDIR", workdir),

@@ -22,6 +22,7 @@ use crate::sandbox::SandboxMode;
 use crate::scripts::ScriptRegistry;
 
 mod contract;
+pub use contract::own_folder;
 mod log;
 mod progress;
 mod watch;
