@@ -5,12 +5,10 @@ read once and never rewritten. Columns: ink_mass (sum of pixel intensities in [0
 units) and the bounding box of the ink (bbox_top, bbox_left, bbox_bottom, bbox_right;
 -1 for a blank image).
 """
-import json
-import os
-
 import lance
 import numpy as np
 import pyarrow as pa
+from lancer import task
 
 FEATURES = pa.schema([
     ("ink_mass", pa.float32()),
@@ -56,12 +54,14 @@ def features(batch):
 
 
 def run(input_path, output_path, params):
-    options = json.loads(os.environ.get("LANCER_STORAGE_OPTIONS") or "{}") or None
+    options = task.storage_options or None
     dataset = lance.dataset(input_path, storage_options=options)
+    task.report(0.0, f"adding {FEATURES.names} to {input_path}")
     present = [name for name in FEATURES.names if name in dataset.schema.names]
     if present:  # a rerun replaces its own columns
         dataset.drop_columns(present)
     dataset.add_columns(features, read_columns=["image"])
     dataset = lance.dataset(input_path, storage_options=options)
     print(f"added {FEATURES.names} to {input_path}, now version {dataset.version}", flush=True)
+    task.report(1.0, f"added {len(FEATURES.names)} columns, version {dataset.version}")
     return {"columns_added": FEATURES.names, "version": dataset.version, "rows": dataset.count_rows()}

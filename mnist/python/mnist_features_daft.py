@@ -7,9 +7,10 @@ writes a new dataset at output_path (overwrite): label, split, ink_mass (sum of 
 in [0, 1] units, so it expects mnist-clean's normalize=true) and ink_pixels (pixels above 0.1).
 Needs `daft[lance]` beside pylance (`pip install "daft[lance]==0.7.26"`).
 """
-import json
 import os
 import time
+
+from lancer import task
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # daft pings analytics on import unless told not to
 
@@ -46,18 +47,10 @@ def io_config(options):
     return IOConfig(s3=S3Config(**s3))
 
 
-def progress(fraction, message):
-    path = os.environ.get("LANCER_PROGRESS_FILE")
-    if path:
-        with open(path, "a") as out:
-            out.write(json.dumps({"fraction": fraction, "message": message}) + "\n")
-
-
 def run(input_path, output_path, params):
-    options = json.loads(os.environ.get("LANCER_STORAGE_OPTIONS") or "{}") or None
-    version = os.environ.get("LANCER_INPUT_VERSION")
-    version = int(version) if version else None
-    progress(0.0, f"daft {daft.__version__}: reading {input_path} version {version or 'latest'}")
+    options = task.storage_options or None
+    version = task.input_version
+    task.report(0.0, f"daft {daft.__version__}: reading {input_path} version {version or 'latest'}")
     started = time.monotonic()
 
     df = daft.read_lance(input_path, version=version, io_config=io_config(options))
@@ -76,7 +69,7 @@ def run(input_path, output_path, params):
     out = daft.read_lance(output_path, io_config=io_config(options))
     rows, columns = out.count_rows(), out.column_names
     seconds = round(time.monotonic() - started, 2)
-    progress(1.0, f"wrote {rows} rows to {output_path} in {seconds}s")
+    task.report(1.0, f"wrote {rows} rows to {output_path} in {seconds}s")
     print(f"daft wrote {columns} ({rows} rows) to {output_path}, version {written['version'][0]}", flush=True)
     return {"rows": rows, "columns": columns, "version": written["version"][0],
             "input_version": version, "seconds": seconds}
