@@ -242,47 +242,6 @@ fn label_text(labels: &Labels, le: Option<&str>) -> String {
     }
 }
 
-/// The route a request path falls under, for a label of bounded cardinality: ids, names
-/// and keys become placeholders, and a path the API does not have is `other`.
-pub fn route_of(path: &str) -> &'static str {
-    let rest = match path.strip_prefix("/api/v1") {
-        Some(rest) => rest,
-        None => {
-            return match path {
-                "/" => "/",
-                "/healthz" => "/healthz",
-                "/metrics" => "/metrics",
-                "/docs" => "/docs",
-                p if p.starts_with("/console/") => "/console/{file}",
-                _ => "other",
-            };
-        }
-    };
-    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["openapi.json"] => "/api/v1/openapi.json",
-        ["tasks"] => "/api/v1/tasks",
-        ["tasks", _] => "/api/v1/tasks/{id}",
-        ["tasks", _, "cancel"] => "/api/v1/tasks/{id}/cancel",
-        ["tasks", _, "logs"] => "/api/v1/tasks/{id}/logs",
-        ["tasks", _, "progress"] => "/api/v1/tasks/{id}/progress",
-        ["tasks", _, "events"] => "/api/v1/tasks/{id}/events",
-        ["tasks", _, "endpoint", ..] => "/api/v1/tasks/{id}/endpoint/{path}",
-        ["pipelines"] => "/api/v1/pipelines",
-        ["pipelines", _] => "/api/v1/pipelines/{id}",
-        ["pipelines", _, "cancel"] => "/api/v1/pipelines/{id}/cancel",
-        ["pipelines", _, "retry"] => "/api/v1/pipelines/{id}/retry",
-        ["datasets"] => "/api/v1/datasets",
-        ["datasets", _] => "/api/v1/datasets/{id}",
-        ["datasets", _, "rows"] => "/api/v1/datasets/{id}/rows",
-        ["models"] => "/api/v1/models",
-        ["models", _] => "/api/v1/models/{id}",
-        ["models", _, "rows"] => "/api/v1/models/{id}/rows",
-        ["uploads", ..] => "/api/v1/uploads/{key}",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,23 +286,5 @@ mod tests {
             text.contains(r#"lancer_tasks{tenant="a\"b\\c\nd"} 1"#),
             "{text}"
         );
-    }
-
-    #[test]
-    fn routes_name_their_template_and_anything_else_is_other() {
-        assert_eq!(
-            route_of("/api/v1/tasks/0192abc/logs"),
-            "/api/v1/tasks/{id}/logs"
-        );
-        assert_eq!(
-            route_of("/api/v1/tasks/x/endpoint/predict/deep"),
-            "/api/v1/tasks/{id}/endpoint/{path}"
-        );
-        assert_eq!(
-            route_of("/api/v1/uploads/mnist/a.gz"),
-            "/api/v1/uploads/{key}"
-        );
-        assert_eq!(route_of("/wp-login.php"), "other");
-        assert_eq!(route_of("/api/v1/tasks/x/y/z"), "other");
     }
 }

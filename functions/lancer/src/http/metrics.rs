@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,16 +38,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 
 /// Times each request to its answer's head, by method, route template and status class.
 /// Every label comes from a closed set, whatever the peer sends: a method outside the
-/// standard ones is `other`, a path the API does not have is `other`, a status is its
-/// class (`2xx`), since a served endpoint's answer can carry any code.
+/// standard ones is `other`, the route is the template the router matched (`other` for a
+/// path it has none for), a status is its class (`2xx`), since a served endpoint's answer
+/// can carry any code.
 pub async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let route = telemetry::route_of(request.uri().path());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     let labels = [
         ("method", method),
-        ("route", route),
+        ("route", route.as_ref().map_or("other", MatchedPath::as_str)),
         ("status", status_class(response.status())),
     ];
     telemetry::global().observe(HTTP_REQUESTS, &labels, started.elapsed().as_secs_f64());
@@ -101,5 +102,35 @@ mod tests {
         assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
         let odd = StatusCode::from_u16(799).expect("a code");
         assert_eq!(status_class(odd), "other");
+    }
+
+    /// Requests through a router that records them: the label is the template the router
+    /// matched, with the nest's prefix, and a path it has no route for is `other`.
+    #[tokio::test]
+    async fn a_route_is_labelled_by_its_matched_template() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+        let probe = format!("/probe-{}", uuid::Uuid::now_v7().simple());
+        let api =
+            axum::Router::new().route("/tasks/{id}/logs", axum::routing::get(|| async { "" }));
+        let app = axum::Router::new()
+            .nest(&probe, api)
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(axum::middleware::from_fn(record_request));
+        for path in [
+            format!("{probe}/tasks/0192abc/logs"),
+            format!("{probe}/wp-login.php"),
+        ] {
+            let request = axum::http::Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            app.clone().oneshot(request).await.expect("answered");
+        }
+        let mut text = String::new();
+        telemetry::global().render(&mut text);
+        let matched = format!("route=\"{probe}/tasks/{{id}}/logs\",status=\"2xx\"");
+        assert!(text.contains(&matched), "{text}");
+        assert!(!text.contains("wp-login"), "{text}");
     }
 }
