@@ -2,6 +2,7 @@
 //! and a dispatcher that records what it was asked.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -121,6 +122,7 @@ impl TestApp {
                 ingest_rules,
                 upload_limits: UploadLimits::default(),
                 schedule_limits: Default::default(),
+                lease: Duration::from_secs(30),
             },
             timeouts: Default::default(),
             metrics_open: false,

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lancer::dispatch::cancel_in_store;
+use lancer::application::{RoundReport, cancel_in_store, reconcile};
 use lancer::domain::path::LakePath;
 use lancer::domain::task::{Change, Task, TaskId, TaskSpec, TaskStatus};
 use lancer::domain::tenant::{Tenant, TenantName};
@@ -17,6 +17,8 @@ use serde_json::json;
 pub struct Fixture {
     pub dispatcher: Arc<dyn Dispatcher>,
     pub store: Arc<dyn TaskStore>,
+    /// What reconcile sweeps running tasks by.
+    pub lease: Duration,
     /// A spec that completes within seconds.
     pub quick: TaskSpec,
     /// A spec that runs until it is stopped.
@@ -76,7 +78,15 @@ pub async fn a_task_submitted_twice_runs_once_to_completion(f: Fixture) {
 pub async fn reconcile_runs_a_pending_task_it_was_never_given(f: Fixture) {
     // What a restart finds: a task stored, but never handed to this dispatcher.
     let task = stored(&f, &f.quick).await;
-    f.dispatcher.reconcile().await.expect("reconcile");
+    let round = reconcile(f.store.as_ref(), f.dispatcher.as_ref(), f.lease).await;
+    assert_eq!(
+        round,
+        RoundReport {
+            pending: 1,
+            ..Default::default()
+        },
+        "the round handed over the one pending task"
+    );
     let done = until(&f, &task.id, "ended", |t| t.status.is_terminal()).await;
     assert_eq!(done.status, TaskStatus::Completed, "{done:#?}");
 }
@@ -114,8 +124,13 @@ pub async fn reconcile_retries_a_task_whose_runner_went_silent(f: Fixture) {
         .transition(&task.id, task.guard(), start)
         .await
         .expect("claim");
-    tokio::time::sleep(f.dispatcher.lease() + Duration::from_millis(500)).await;
-    f.dispatcher.reconcile().await.expect("reconcile");
+    tokio::time::sleep(f.lease + Duration::from_millis(500)).await;
+    let round = reconcile(f.store.as_ref(), f.dispatcher.as_ref(), f.lease).await;
+    assert_eq!(
+        (round.requeued, round.failed, round.pending, round.errors),
+        (1, 0, 1, 0),
+        "the lost attempt was requeued and handed over again: {round:?}"
+    );
     let done = until(&f, &task.id, "ended", |t| t.status.is_terminal()).await;
     assert_eq!(done.status, TaskStatus::Completed, "{done:#?}");
     assert_eq!(

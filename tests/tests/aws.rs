@@ -116,7 +116,12 @@ async fn the_scheduled_sweeper_fails_a_silent_runners_task_or_requeues_it_while_
     tokio::time::sleep(Duration::from_secs(6)).await;
     let sweeper = LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await;
     let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
-    assert_eq!(sweeper.invoke(scheduled).await, Ok(json!({"swept": true})));
+    let round = sweeper.invoke(scheduled).await.expect("the round's report");
+    assert_eq!(
+        round,
+        json!({"requeued": 1, "failed": 1, "pending": 1, "running": 0, "pipelines": 0, "errors": 0}),
+        "one lease ended the task, one requeued it, and the requeued task was handed over"
+    );
     let swept = store.get(&lost.id).await.expect("get").expect("exists");
     assert_eq!(swept.status.as_str(), "failed");
     assert_eq!(swept.error.expect("error").code, "LEASE_EXPIRED");
@@ -245,7 +250,14 @@ async fn deployed_as_on_aws_the_api_function_hands_keyed_tasks_to_the_ray_head_a
     api.stop().await;
     let sweeper = LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await;
     let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
-    assert_eq!(sweeper.invoke(scheduled).await, Ok(json!({"swept": true})));
+    let round = sweeper.invoke(scheduled).await.expect("the round's report");
+    assert_eq!(round["errors"], 0, "{round}");
+    let looked_after = round["pending"].as_u64().zip(round["running"].as_u64());
+    assert_eq!(
+        looked_after.map(|(pending, running)| pending + running),
+        Some(1),
+        "the round looked after the one task: {round}"
+    );
     sweeper.stop().await;
 
     let deadline = Instant::now() + Duration::from_secs(120);

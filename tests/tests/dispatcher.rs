@@ -62,6 +62,7 @@ impl Setup {
         Fixture {
             dispatcher,
             store: self.store,
+            lease: self.config.dispatch.lease,
             quick: spec("quick.py", json!({})),
             slow: spec("slow.py", json!({"steps": 6000})),
             patience,
@@ -77,10 +78,11 @@ mod memory {
 
     async fn make() -> Fixture {
         let store = Arc::new(MemoryTaskStore::new());
-        let dispatcher = RecordingDispatcher::running_tasks(store.clone(), Duration::from_secs(1));
+        let dispatcher = RecordingDispatcher::running_tasks(store.clone());
         Fixture {
             dispatcher: Arc::new(dispatcher),
             store,
+            lease: Duration::from_secs(1),
             quick: spec("any", json!({})),
             slow: spec("any", json!({HOLD: true})),
             patience: Duration::from_secs(5),
@@ -109,13 +111,8 @@ mod local {
             services_per_tenant: 1,
         };
         let dispatch = &config.dispatch;
-        let dispatcher = LocalDispatcher::new(
-            setup.store.clone(),
-            runner,
-            limits,
-            dispatch.lease,
-            dispatch.cancel_grace,
-        );
+        let dispatcher =
+            LocalDispatcher::new(setup.store.clone(), runner, limits, dispatch.cancel_grace);
         setup.fixture(Arc::new(dispatcher), Duration::from_secs(30))
     }
 
@@ -143,11 +140,9 @@ mod ray {
             .join("lancer-runner")
             .to_string_lossy()
             .into_owned();
-        let lease = config.dispatch.lease;
         let token = ray.token.as_deref();
-        let dispatcher =
-            RayDispatcher::new(setup.store.clone(), address, runner, env, lease, token)
-                .expect("a Ray dispatcher");
+        let dispatcher = RayDispatcher::new(setup.store.clone(), address, runner, env, token)
+            .expect("a Ray dispatcher");
         setup.fixture(Arc::new(dispatcher), Duration::from_secs(90))
     }
 

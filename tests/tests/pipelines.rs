@@ -537,6 +537,7 @@ fn service_with(app: &TestApp, keys: &str, limits: ScheduleLimits) -> Service {
         ingest_rules: Default::default(),
         upload_limits: Default::default(),
         schedule_limits: limits,
+        lease: std::time::Duration::from_secs(30),
     }
 }
 

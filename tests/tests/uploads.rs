@@ -284,6 +284,7 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         .expect("rules"),
         upload_limits: Default::default(),
         schedule_limits: Default::default(),
+        lease: std::time::Duration::from_secs(30),
     };
     // `%2E%2E` is how S3 writes `..` in an event: decoded, it is not a lake path.
     let event = s3_event(&[

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::application::Service;
+use crate::application::{Advanced, RoundReport, Service};
 use crate::config::{Backend, Config, ConfigError, TaskTable};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
@@ -84,7 +84,6 @@ pub fn open_dispatcher(
                 store,
                 runner,
                 limits,
-                dispatch.lease,
                 dispatch.cancel_grace,
             ))
         }
@@ -99,7 +98,6 @@ pub fn open_dispatcher(
                 ray.address.clone(),
                 runner.to_string_lossy().into_owned(),
                 config.ray_runner_env(ray),
-                dispatch.lease,
                 ray.token.as_deref(),
             )?)
         }
@@ -120,6 +118,7 @@ pub async fn service(config: &Config) -> Result<Service, StartError> {
         ingest_rules: config.ingest_rules.clone(),
         upload_limits: config.server.uploads,
         schedule_limits: config.schedules,
+        lease: config.dispatch.lease,
     })
 }
 
@@ -192,24 +191,39 @@ pub async fn serve(config: &Config) -> Result<(), StartError> {
 /// steps it waits for end.
 pub const PIPELINE_TICK: Duration = Duration::from_secs(1);
 
-/// One round of reconcile: the dispatcher's (leases, pending tasks), then the pipelines'.
-/// What the AWS sweeper runs per invocation; failures are logged and retried next round.
-pub async fn reconcile_once(service: &Service) {
-    reconcile_tasks(service).await;
-    advance_pipelines(service).await;
+/// One round of reconcile: the tasks' (leases, pending tasks), then the pipelines'. What
+/// the AWS sweeper runs per invocation, and answers; failures are logged, counted and
+/// retried next round.
+pub async fn reconcile_once(service: &Service) -> RoundReport {
+    let mut report = reconcile_tasks(service).await;
+    let pipelines = advance_pipelines(service).await;
+    report.pipelines = pipelines.pipelines;
+    report.errors += pipelines.errors;
+    report
 }
 
-async fn reconcile_tasks(service: &Service) {
-    let dispatcher = &service.dispatcher;
-    if let Err(err) = dispatcher.reconcile().await {
-        warn!(%err, backend = dispatcher.backend(), "reconcile failed");
+async fn reconcile_tasks(service: &Service) -> RoundReport {
+    let report = service.reconcile().await;
+    if report.errors > 0 {
+        warn!(
+            ?report,
+            backend = service.dispatcher.backend(),
+            "reconcile round had errors"
+        );
+    } else if report.requeued + report.failed > 0 {
+        info!(?report, "reconcile round");
     }
+    report
 }
 
-async fn advance_pipelines(service: &Service) {
-    if let Err(err) = service.advance_pipelines().await {
+async fn advance_pipelines(service: &Service) -> Advanced {
+    service.advance_pipelines().await.unwrap_or_else(|err| {
         warn!(%err, "advancing pipelines failed");
-    }
+        Advanced {
+            errors: 1,
+            ..Default::default()
+        }
+    })
 }
 
 /// Reconciles the dispatcher every half lease and advances pipelines every
@@ -225,8 +239,12 @@ pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
         let mut pipelines = tokio::time::interval(PIPELINE_TICK);
         loop {
             tokio::select! {
-                _ = tasks.tick() => reconcile_tasks(service).await,
-                _ = pipelines.tick() => advance_pipelines(service).await,
+                _ = tasks.tick() => {
+                    reconcile_tasks(service).await;
+                }
+                _ = pipelines.tick() => {
+                    advance_pipelines(service).await;
+                }
             }
         }
     })

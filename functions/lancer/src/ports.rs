@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::dispatch::{sweep_expired, tasks_with_status};
 use crate::domain::endpoint::Reported;
 use crate::domain::path::{LakePath, Name};
 use crate::domain::pipeline::Pipeline;
@@ -34,6 +32,9 @@ impl<T> Created<T> {
         }
     }
 }
+
+/// The most records one page of a listing holds.
+pub const MAX_PAGE: usize = 1000;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
@@ -361,18 +362,13 @@ pub trait Lake: Send + Sync {
 }
 
 /// Runs tasks somewhere: local subprocesses, Ray jobs. A backend implements `submit` and
-/// `cancel`; `reconcile`, which brings it in line with the store, is the same for every
-/// backend, with hooks where one needs to look at its own side (a Ray job's state).
+/// `cancel`; reconcile (`application::reconcile`), which brings it in line with the store,
+/// is the same for every backend, with hooks here where one needs to look at its own side
+/// (a Ray job's state).
 #[async_trait]
 pub trait Dispatcher: Send + Sync {
     /// The backend name recorded on tasks it runs.
     fn backend(&self) -> &'static str;
-
-    /// The task table this dispatcher serves.
-    fn store(&self) -> &dyn TaskStore;
-
-    /// How long a running task may go without a heartbeat before its runner counts as lost.
-    fn lease(&self) -> Duration;
 
     /// Queues a pending task for a runner. Submitting a task twice runs it once.
     async fn submit(&self, task: &Task) -> Result<()>;
@@ -408,28 +404,6 @@ pub trait Dispatcher: Send + Sync {
     /// Whether `look_after_running` wants the running tasks (listing them costs a scan).
     fn watches_running(&self) -> bool {
         false
-    }
-
-    /// Brings the backend in line with the store, after a restart or a lost runner: ends
-    /// or requeues running tasks whose lease expired, then looks after every pending task
-    /// and, where the backend asks, every running one. Nothing is kept in memory between
-    /// rounds, so any process (a server, the AWS sweeper) can run it.
-    async fn reconcile(&self) -> Result<()> {
-        let (store, lease) = (self.store(), self.lease());
-        for task in sweep_expired(store, lease).await? {
-            self.look_after_pending(&task).await?;
-        }
-        for task in tasks_with_status(store, TaskStatus::Pending).await? {
-            self.look_after_pending(&task).await?;
-        }
-        if self.watches_running() {
-            for task in tasks_with_status(store, TaskStatus::Running).await? {
-                if task.backend.as_deref() == Some(self.backend()) {
-                    self.look_after_running(&task).await?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,14 +1,15 @@
 //! `lancer-sweeper`: fails the running tasks whose runner stopped heartbeating (or requeues
 //! them while attempts remain), hands pending tasks to the dispatcher, and advances running
-//! pipelines. Under AWS Lambda once per scheduled invocation; anywhere else on a timer
-//! until Ctrl-C.
+//! pipelines. Under AWS Lambda once per scheduled invocation, answering what the round did
+//! (`{"requeued", "failed", "pending", "running", "pipelines", "errors"}`); anywhere else
+//! on a timer until Ctrl-C.
 
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use lancer::app::{init_tracing, on_lambda, reconcile_once, service, spawn_reconciler};
 use lancer::config::Config;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -19,8 +20,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let handler = service_fn(move |_: LambdaEvent<Value>| {
             let service = service.clone();
             async move {
-                reconcile_once(&service).await;
-                Ok::<_, lambda_runtime::Error>(json!({"swept": true}))
+                let report = reconcile_once(&service).await;
+                Ok::<_, lambda_runtime::Error>(serde_json::to_value(report)?)
             }
         });
         return lambda_runtime::run(handler).await;

@@ -74,7 +74,7 @@ impl Service {
             tenant: tenant.map(|t| t.name.to_string()),
             status: None,
             name_prefix: None,
-            limit: crate::store::MAX_PAGE,
+            limit: crate::ports::MAX_PAGE,
             page_token: None,
         };
         let mut scanned = 0;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{ApiKeys, ScheduleLimits, UploadLimits};
 use crate::domain::ingest::IngestRules;
@@ -12,15 +13,19 @@ use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 
 mod artifacts;
+mod changes;
 mod metrics;
 mod pipelines;
+mod reconcile;
 mod rows;
 mod tasks;
 mod uploads;
 
-pub use pipelines::STEP_NOT_STARTED;
+pub use changes::{TaskChange, TaskChanges};
+pub use pipelines::{Advanced, STEP_NOT_STARTED};
+pub use reconcile::{RoundReport, reconcile};
 pub use rows::{MAX_ROWS, Rows, RowsRequest};
-pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskFilter, TaskLog, TaskProgress};
+pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskFilter, TaskLog, TaskProgress, cancel_in_store};
 pub use uploads::{Ingested, Uploaded};
 
 /// The ports and the operator's settings every use case runs against.
@@ -39,6 +44,9 @@ pub struct Service {
     pub upload_limits: UploadLimits,
     /// How many schedules a tenant keeps, and how often they may start runs.
     pub schedule_limits: ScheduleLimits,
+    /// How long a running task may go without a heartbeat before reconcile counts its
+    /// runner as lost (`LANCER_LEASE_SECS`).
+    pub lease: Duration,
 }
 
 impl Service {

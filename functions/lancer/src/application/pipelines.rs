@@ -34,6 +34,15 @@ enum Start {
 /// script was unregistered since the pipeline was accepted).
 pub const STEP_NOT_STARTED: &str = "STEP_NOT_STARTED";
 
+/// What one round over the active pipelines did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Advanced {
+    /// Running pipelines and schedules looked after.
+    pub pipelines: usize,
+    /// Those that could not advance, each logged.
+    pub errors: usize,
+}
+
 impl Service {
     /// Validates and stores a pipeline, then starts the steps that wait for nothing. A spec
     /// whose idempotency key was seen before answers the first pipeline.
@@ -169,8 +178,10 @@ impl Service {
 
     /// One round of every running pipeline and schedule: what `lancer serve` and the AWS
     /// sweeper run. A pipeline that fails to advance is logged and tried again next round.
-    pub async fn advance_pipelines(&self) -> Result<()> {
+    pub async fn advance_pipelines(&self) -> Result<Advanced> {
+        let mut round = Advanced::default();
         for pipeline in self.pipelines.active_pipelines().await? {
+            round.pipelines += 1;
             let id = pipeline.id.clone();
             let advanced = match pipeline.status {
                 PipelineStatus::Scheduled => self.fire(pipeline).await,
@@ -178,9 +189,10 @@ impl Service {
             };
             if let Err(err) = advanced {
                 warn!(pipeline = %id, %err, "pipeline could not advance");
+                round.errors += 1;
             }
         }
-        Ok(())
+        Ok(round)
     }
 
     /// A new schedule keeps the operator's minimum interval, and its tenant stays within
@@ -221,7 +233,7 @@ impl Service {
         let newest = allowed
             .saturating_mul(4)
             .saturating_add(16)
-            .min(crate::store::MAX_PAGE);
+            .min(crate::ports::MAX_PAGE);
         let recent = self
             .pipelines
             .list_pipelines(&schedule.tenant, newest, None)
@@ -458,6 +470,7 @@ mod tests {
             ingest_rules: Default::default(),
             upload_limits: Default::default(),
             schedule_limits: Default::default(),
+            lease: std::time::Duration::from_secs(30),
         }
     }
 

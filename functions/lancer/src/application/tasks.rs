@@ -1,21 +1,21 @@
 //! Tasks: submit, read, list, cancel, and read logs.
 
-use super::Service;
-use crate::dispatch::cancel_in_store;
 use std::net::SocketAddr;
+
+use super::Service;
 
 use crate::domain::cache::CacheKey;
 use crate::domain::endpoint::{Reported, Reserved, check_target};
 use crate::domain::path::{LakePath, Name, printable};
 use crate::domain::progress::ProgressHistory;
-use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
+use crate::domain::task::{Change, Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{
     ArtifactKind, InputRef, check_idempotency_key, check_spec, is_artifact, parse_input,
     resolve_output, split_version,
 };
 use crate::error::{Error, Resource, Result};
-use crate::ports::{Created, ListQuery, LogChunk, TaskPage};
+use crate::ports::{Created, ListQuery, LogChunk, TaskPage, TaskStore};
 use crate::scripts::ScriptRegistry;
 use crate::telemetry::{self, DISPATCH};
 
@@ -96,7 +96,7 @@ fn check_attempt(task: &Task, attempt: Option<u32>) -> Result<u32> {
 /// A listing's page size: 1-1000, 100 unless asked.
 pub(super) fn page_size(limit: Option<usize>) -> Result<usize> {
     let limit = limit.unwrap_or(100);
-    if !(1..=crate::store::MAX_PAGE).contains(&limit) {
+    if !(1..=crate::ports::MAX_PAGE).contains(&limit) {
         return Err(Error::invalid("limit must be between 1 and 1000"));
     }
     Ok(limit)
@@ -392,4 +392,17 @@ impl Service {
         check_target(confirmed, reserved).map_err(|err| refused(err.to_string()))?;
         Ok(confirmed)
     }
+}
+
+/// Cancels a task the way every entry point does: CAS to cancelled from the state read.
+pub async fn cancel_in_store(store: &dyn TaskStore, task: &Task) -> Result<Task> {
+    if task.status.is_terminal() {
+        return Err(Error::Conflict(format!(
+            "task {} is already {}",
+            task.id, task.status
+        )));
+    }
+    store
+        .transition(&task.id, task.guard(), Change::Cancel)
+        .await
 }

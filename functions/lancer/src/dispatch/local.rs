@@ -57,7 +57,6 @@ struct Inner {
     store: Arc<dyn TaskStore>,
     runner: RunnerCommand,
     queue: Mutex<FairQueue>,
-    lease: Duration,
     grace: Duration,
     /// Tasks this dispatcher has taken and whose runner has not exited yet.
     active: Mutex<HashSet<String>>,
@@ -75,7 +74,6 @@ impl LocalDispatcher {
         store: Arc<dyn TaskStore>,
         runner: RunnerCommand,
         limits: FairLimits,
-        lease: Duration,
         grace: Duration,
     ) -> Self {
         Self {
@@ -83,7 +81,6 @@ impl LocalDispatcher {
                 store,
                 runner,
                 queue: Mutex::new(FairQueue::new(limits)),
-                lease,
                 grace,
                 active: Mutex::new(HashSet::new()),
                 runners: Mutex::new(HashMap::new()),
@@ -238,14 +235,6 @@ impl Inner {
 impl Dispatcher for LocalDispatcher {
     fn backend(&self) -> &'static str {
         "local"
-    }
-
-    fn store(&self) -> &dyn TaskStore {
-        self.inner.store.as_ref()
-    }
-
-    fn lease(&self) -> Duration {
-        self.inner.lease
     }
 
     async fn submit(&self, task: &Task) -> Result<()> {

@@ -19,7 +19,6 @@ pub const HOLD: &str = "hold";
 
 pub struct RecordingDispatcher {
     store: Arc<dyn TaskStore>,
-    lease: Duration,
     runs_tasks: bool,
     submitted: Mutex<Vec<String>>,
     cancelled: Mutex<Vec<String>>,
@@ -32,7 +31,6 @@ impl RecordingDispatcher {
     pub fn new(store: Arc<dyn TaskStore>) -> Self {
         Self {
             store,
-            lease: Duration::from_secs(30),
             runs_tasks: false,
             submitted: Mutex::default(),
             cancelled: Mutex::default(),
@@ -41,10 +39,9 @@ impl RecordingDispatcher {
     }
 
     /// Also runs each submitted task in-process, the way a runner would: claims it,
-    /// then completes it (or holds it until cancelled). `lease` is what reconcile sweeps by.
-    pub fn running_tasks(store: Arc<dyn TaskStore>, lease: Duration) -> Self {
+    /// then completes it (or holds it until cancelled).
+    pub fn running_tasks(store: Arc<dyn TaskStore>) -> Self {
         Self {
-            lease,
             runs_tasks: true,
             ..Self::new(store)
         }
@@ -108,14 +105,6 @@ async fn play_runner(store: Arc<dyn TaskStore>, cancels: Arc<Notify>, task: Task
 impl Dispatcher for RecordingDispatcher {
     fn backend(&self) -> &'static str {
         "memory"
-    }
-
-    fn store(&self) -> &dyn TaskStore {
-        self.store.as_ref()
-    }
-
-    fn lease(&self) -> Duration {
-        self.lease
     }
 
     async fn submit(&self, task: &Task) -> Result<()> {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskError, TaskStatus};
 use crate::domain::validate::is_artifact;
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::ports::{Lake, TaskStore};
 use crate::sandbox::SandboxMode;
 use crate::scripts::ScriptRegistry;
@@ -98,7 +98,7 @@ async fn claim(ctx: &RunnerContext, task_id: &str) -> Result<Result<Task, TaskSt
         .store
         .get(task_id)
         .await?
-        .ok_or_else(|| crate::store::task_not_found(task_id))?;
+        .ok_or_else(|| Error::not_found(Resource::Task, task_id))?;
     if task.status != TaskStatus::Pending {
         return Ok(Err(task.status));
     }

@@ -7,13 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, apply, apply_heartbeat};
 use crate::error::{Error, Resource, Result};
-use crate::ports::{Created, PipelinePage};
+use crate::ports::{Created, MAX_PAGE, PipelinePage};
 
 pub mod dynamodb;
 pub mod memory;
 pub mod sqlite;
-
-pub const MAX_PAGE: usize = 1000;
 
 /// Page tokens are opaque to clients: the base64 of the last id served.
 pub fn encode_page_token(last_id: &str) -> String {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tracing::{info, warn};
@@ -35,7 +34,6 @@ struct Inner {
     runner: String,
     /// The configuration runners rebuild theirs from.
     env: BTreeMap<String, String>,
-    lease: Duration,
 }
 
 impl RayDispatcher {
@@ -44,7 +42,6 @@ impl RayDispatcher {
         address: String,
         runner: String,
         env: BTreeMap<String, String>,
-        lease: Duration,
         token: Option<&str>,
     ) -> Result<Self> {
         Ok(Self {
@@ -53,7 +50,6 @@ impl RayDispatcher {
                 jobs: JobsClient::new(address, token)?,
                 runner,
                 env,
-                lease,
             }),
         })
     }
@@ -191,14 +187,6 @@ impl Inner {
 impl Dispatcher for RayDispatcher {
     fn backend(&self) -> &'static str {
         BACKEND
-    }
-
-    fn store(&self) -> &dyn TaskStore {
-        self.inner.store.as_ref()
-    }
-
-    fn lease(&self) -> Duration {
-        self.inner.lease
     }
 
     /// Hands the task to Ray in the background, so a slow or dead head never holds up the
