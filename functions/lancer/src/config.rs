@@ -448,14 +448,21 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             .transpose()
     }
 
+    /// A number that must be at least 1 (a slot count, a limit, a timeout): a 0 would
+    /// stop the server doing its work, so it is refused rather than read as 1.
+    fn positive(&self, var: Var) -> Result<Option<u64>> {
+        match self.number(var)? {
+            Some(0) => Err(bad(format!("{} must be at least 1, not 0", var.name()))),
+            number => Ok(number),
+        }
+    }
+
     fn count(&self, var: Var, default: usize) -> Result<usize> {
-        Ok(self.number(var)?.map_or(default, |n| n.max(1) as usize))
+        Ok(self.positive(var)?.map_or(default, |n| n as usize))
     }
 
     fn seconds(&self, var: Var, default: Duration) -> Result<Duration> {
-        Ok(self
-            .number(var)?
-            .map_or(default, |s| Duration::from_secs(s.max(1))))
+        Ok(self.positive(var)?.map_or(default, Duration::from_secs))
     }
 
     fn flag(&self, var: Var) -> Result<bool> {
@@ -603,9 +610,7 @@ fn dispatch<F: Fn(&str) -> Option<String>>(
     Ok(DispatchConfig {
         backend,
         concurrency: vars.count(Var::Concurrency, defaults.concurrency)?,
-        tenant_concurrency: vars
-            .number(Var::TenantConcurrency)?
-            .map(|n| n.max(1) as usize),
+        tenant_concurrency: vars.positive(Var::TenantConcurrency)?.map(|n| n as usize),
         tenant_services: vars
             .number(Var::TenantServices)?
             .map_or(defaults.tenant_services, |n| n as usize),
@@ -852,6 +857,28 @@ mod tests {
             Some(8000),
             "other empty variables still mean unset"
         );
+    }
+
+    #[test]
+    fn a_zero_where_at_least_one_is_needed_is_refused_with_the_variable_named() {
+        for var in [
+            "LANCER_CONCURRENCY",
+            "LANCER_TENANT_CONCURRENCY",
+            "LANCER_LEASE_SECS",
+            "LANCER_MAX_CONNECTIONS",
+            "LANCER_REQUEST_TIMEOUT_SECS",
+        ] {
+            let err = Config::from_lookup(lookup(&[(var, "0")])).expect_err(var);
+            assert!(
+                err.to_string()
+                    .contains(&format!("{var} must be at least 1")),
+                "{err}"
+            );
+            assert!(
+                Config::from_lookup(lookup(&[(var, "1")])).is_ok(),
+                "{var}=1"
+            );
+        }
     }
 
     #[test]
