@@ -200,9 +200,6 @@ async fn a_runner_ray_cannot_start_fails_the_task_and_its_logs_come_from_ray() {
     server.stop().await;
 }
 
-/// A stand-in head whose Jobs API answers every submission with `status` and `body`.
-/// Kills its own runner on the first attempt, so that attempt's Ray job ends FAILED with
-/// no outcome written back; succeeds on the next.
 /// Waits on its first attempt (for the test to kill its runner: a sandboxed script cannot
 /// signal it), and completes on the next.
 const WAITS_ON_ITS_FIRST_ATTEMPT_PY: &str = r#"
@@ -250,6 +247,7 @@ async fn a_failed_ray_job_is_retried_as_the_next_job_while_attempts_remain() {
     server.stop().await;
 }
 
+/// A stand-in head whose Jobs API answers every submission with `status` and `body`.
 async fn bad_head(status: StatusCode, body: &'static str) -> String {
     let app = Router::new().route("/api/jobs/", post(move || async move { (status, body) }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -4,6 +4,7 @@ idempotent submits, and the script helper inside real tasks."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -113,8 +114,8 @@ def test_datasets_are_listed_read_by_page_and_opened_at_a_version(client: lancer
         client.datasets.get(name)
 
 
-def test_a_folder_is_uploaded_file_by_file_under_raw(client: lancer.Client, tmp_path: "pytest.TempPathFactory") -> None:
-    folder = tmp_path / "digits"  # type: ignore[operator]
+def test_a_folder_is_uploaded_file_by_file_under_raw(client: lancer.Client, tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
     (folder / "deeper").mkdir(parents=True)
     (folder / "a.bin").write_bytes(b"a" * 3000)
     (folder / "deeper" / "b.bin").write_bytes(b"b" * 10)
