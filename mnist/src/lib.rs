@@ -2,40 +2,43 @@
 //! the run contract (flags, params, result file, progress file, environment).
 
 pub mod adadelta;
-pub mod bias_relu;
 pub mod checkpoint;
 pub mod clean;
 pub mod contract;
-pub mod conv;
 pub mod idx;
 pub mod infer;
+pub mod kernels;
 pub mod lake;
-pub mod linear;
 pub mod model;
-pub mod pool;
 pub mod rng;
 pub mod serve;
-mod sgemm;
 #[cfg(test)]
 mod testing;
 pub mod train;
-mod winograd;
 
 /// Sets `RAYON_NUM_THREADS` to this machine's parallelism, which rayon would use anyway,
 /// unless the operator set it. Without it candle counts physical cores by parsing
 /// `/proc/cpuinfo` before every matmul: perf put that at 5% of serving one digit at a
 /// time, and an A/B of the same server with and without it gained about 15% req/s.
-/// Call it first in `main`, before any thread exists.
+/// Call it first in `main`: once another thread runs, it leaves the environment alone.
 pub fn set_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: called at the start of `main`, before any other thread exists that
-        // could read the environment at the same time.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string())
-        };
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() || !single_threaded() {
+        return;
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `set_var` is sound while no other thread reads or writes the environment,
+    // and `single_threaded` just found this thread the process's only one: no other can
+    // start but from this one, which is here.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string())
+    };
+}
+
+/// Whether this thread is the process's only one: Linux lists one task in
+/// `/proc/self/task`. False where that cannot be told.
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 /// Has mimalloc keep the memory this process frees for its next allocations, where by
@@ -54,8 +57,9 @@ pub fn keep_freed_memory() {
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
-    // SAFETY: mimalloc's option setter, linked through the allocator crate; -1 is the
-    // documented "never purge".
+    // SAFETY: `mi_option_set` is declared above as mimalloc.h declares it (an enum value
+    // and a long), and libmimalloc-sys links it in; it only stores the option, and -1 is
+    // the documented "never purge".
     #[allow(unsafe_code)]
     unsafe {
         mi_option_set(PURGE_DELAY, -1)

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::{D, Device, Tensor, Var};
 
 use crate::idx::{PIXELS, SIDE};
+use crate::kernels::{self, conv::conv_nhwc, pool::max_pool2};
 use crate::rng::Rng;
 
 /// The flatten before fc1 runs over (h, w, c): fc1's 9216 inputs are in NHWC order.
@@ -95,18 +96,18 @@ impl Net {
         // NHWC throughout: convolutions are fused im2col + GEMM on the CPU (see `conv`).
         let x = ((images.reshape((n, SIDE, SIDE, 1))? - MEAN)? / STD)?;
         let x = bias_relu(
-            &crate::conv::conv_nhwc(&x, self.get("conv1.weight")?)?,
+            &conv_nhwc(&x, self.get("conv1.weight")?)?,
             self.get("conv1.bias")?,
         )?;
         // Pooling first, then bias and ReLU: the same values, since adding a channel's bias
         // and ReLU both keep the order max-pooling picks by, on a quarter of the elements.
         let x = bias_relu(
-            &crate::pool::max_pool2(&crate::conv::conv_nhwc(&x, self.get("conv2.weight")?)?)?,
+            &max_pool2(&conv_nhwc(&x, self.get("conv2.weight")?)?)?,
             self.get("conv2.bias")?,
         )?;
         let mut rng = dropout;
         let x = drop(&x, 0.25, rng.as_deref_mut())?.flatten_from(1)?;
-        let fc1 = crate::linear::linear(&x, self.get("fc1.weight")?)?;
+        let fc1 = kernels::linear::linear(&x, self.get("fc1.weight")?)?;
         let x = bias_relu(&fc1, self.get("fc1.bias")?)?;
         let x = drop(&x, 0.5, rng)?;
         linear(&x, self.get("fc2.weight")?, self.get("fc2.bias")?)
@@ -122,13 +123,13 @@ impl Net {
 }
 
 fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(crate::bias_relu::bias_relu(x, bias)?)
+    Ok(kernels::bias_relu::bias_relu(x, bias)?)
 }
 
 /// fc2: the same product as fc1's (which takes candle's matmul for its 10 outputs), then
 /// the bias.
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(crate::linear::linear(x, weight)?.broadcast_add(bias)?)
+    Ok(kernels::linear::linear(x, weight)?.broadcast_add(bias)?)
 }
 
 /// Inverted dropout with a mask from the seeded generator; identity when not training.

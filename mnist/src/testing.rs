@@ -53,25 +53,32 @@ fn count() {
     }
 }
 
-// SAFETY: every call is passed straight to mimalloc with the caller's arguments.
+// SAFETY: every method passes its caller's arguments straight to mimalloc's, which
+// upholds `GlobalAlloc`'s contract; counting touches only an atomic and a thread-local.
 #[allow(unsafe_code)]
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count();
+        // SAFETY: our caller upholds `alloc`'s contract (a non-zero size), passed on as is.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         count();
+        // SAFETY: our caller upholds `alloc_zeroed`'s contract, passed on as is.
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         count();
+        // SAFETY: our caller upholds `realloc`'s contract, and `ptr` came from this
+        // allocator, that is from mimalloc.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: our caller upholds `dealloc`'s contract, and `ptr` came from this
+        // allocator, that is from mimalloc.
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 }

@@ -9,8 +9,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::conv::contiguous;
-use crate::sgemm::{self, Lhs, Rhs};
+use super::contiguous;
+use super::sgemm::{self, Isa, Lhs, Rhs};
 
 /// Rows of `x` per rayon task: a training batch splits over two cores.
 const ROWS_PER_TASK: usize = 32;
@@ -70,7 +70,11 @@ impl CustomOp2 for Linear {
 /// 16-column grid).
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let ((rows, _), (outputs, _)) = (x.dims2()?, weight.dims2()?);
-    if x.device().is_cpu() && rows >= MIN_ROWS && outputs.is_multiple_of(16) && sgemm::available() {
+    if x.device().is_cpu()
+        && rows >= MIN_ROWS
+        && outputs.is_multiple_of(16)
+        && Isa::best().is_some()
+    {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Linear)
     } else {
         x.matmul(&weight.t()?)

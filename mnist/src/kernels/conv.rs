@@ -8,11 +8,12 @@
 //! dropped while still in cache, and the weight gradient sums per task, not over one
 //! GEMM with a 36,864-long inner dimension that one core ran alone.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::sgemm::{self, Lhs, Rhs};
-use crate::winograd::{Scratch, Winograd};
+use super::matmul::{Mat, matmul};
+use super::winograd::{Scratch, Winograd};
+use super::{contiguous, with_slices};
 
 /// Images per rayon task: enough rows for the GEMM to run at speed, few enough that the
 /// patches stay in the last-level cache.
@@ -50,14 +51,6 @@ impl Dims {
     }
     fn image(&self) -> usize {
         self.h * self.w * self.c
-    }
-}
-
-/// The f32 values of a contiguous CPU tensor, for the custom ops here and in `pool`.
-pub(crate) fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => bail!("the MNIST ops need contiguous tensors"),
     }
 }
 
@@ -99,76 +92,6 @@ fn col2im(d: Dims, cols: &[f32], images: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// A row-major matrix view for `matmul`: (data, rows, columns, transposed).
-struct Mat<'a>(&'a [f32], usize, usize, bool);
-
-impl Mat<'_> {
-    /// (row stride, column stride) of the matrix as used, after any transpose.
-    fn strides(&self) -> (isize, isize) {
-        if self.3 {
-            (1, self.2 as isize)
-        } else {
-            (self.2 as isize, 1)
-        }
-    }
-    fn shape(&self) -> (usize, usize) {
-        if self.3 {
-            (self.2, self.1)
-        } else {
-            (self.1, self.2)
-        }
-    }
-}
-
-/// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]`, row-major `dst`, on one core (the callers
-/// run one per rayon task): on [`sgemm`] where it runs (16-column multiples), else on the
-/// gemm crate.
-// The gemm crate's one entry point takes raw pointers and strides.
-#[allow(unsafe_code)]
-fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
-    let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
-    assert!(k == k2 && dst.len() == m * n, "matmul shapes disagree");
-    let ((lrs, lcs), (rrs, rcs)) = (lhs.strides(), rhs.strides());
-    let lhs_view = Lhs {
-        data: lhs.0,
-        row_stride: lrs as usize,
-        k_stride: lcs as usize,
-    };
-    let rhs_view = Rhs {
-        data: rhs.0,
-        row_stride: rrs as usize,
-        col_stride: rcs as usize,
-    };
-    if sgemm::gemm(dst, n, lhs_view, rhs_view, k, accumulate) {
-        return;
-    }
-    // SAFETY: the shapes were checked above against the three slices' lengths, and the
-    // strides describe those row-major (or transposed) slices exactly.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lcs,
-            lrs,
-            rhs.0.as_ptr(),
-            rcs,
-            rrs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 
@@ -236,8 +159,8 @@ impl CustomOp2 for Conv {
                 im2col(d, images, cols);
                 let rows = cols.len() / patch;
                 // The kernel read as `[patch, o]`: the GEMM packs it that way anyway.
-                let kernel_t = Mat(kernel, o, patch, true);
-                matmul(out, Mat(cols, rows, patch, false), kernel_t, false);
+                let kernel_t = Mat::new(kernel, o, patch).t();
+                matmul(out, Mat::new(cols, rows, patch), kernel_t, false);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, o))))
     }
@@ -273,21 +196,6 @@ fn winograd(d: Dims, kernel: &[f32]) -> Option<Winograd> {
     suits.then(|| Winograd::new(kernel, d.o, d.c)).flatten()
 }
 
-/// Runs `f` on the values of two contiguous CPU tensors, in place.
-pub(crate) fn with_slices<R>(
-    a: &Tensor,
-    b: &Tensor,
-    f: impl FnOnce(&[f32], &[f32]) -> R,
-) -> Result<R> {
-    let ((a, a_layout), (b, b_layout)) = (a.storage_and_layout(), b.storage_and_layout());
-    match (&*a, &*b) {
-        (Storage::Cpu(a), Storage::Cpu(b)) => {
-            Ok(f(contiguous(a, a_layout)?, contiguous(b, b_layout)?))
-        }
-        _ => bail!("the fused conv runs on the CPU"),
-    }
-}
-
 /// `sum over images of grad_img^T [o, positions] x cols_img [positions, patch]`.
 fn kernel_gradient(d: Dims, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (o, patch) = (d.o, d.patch());
@@ -303,8 +211,8 @@ fn kernel_gradient(d: Dims, x: &[f32], grad: &[f32]) -> Vec<f32> {
             let mut sum = vec![0f32; patch * o];
             im2col(d, images, cols);
             let rows = cols.len() / patch;
-            let cols_t = Mat(cols, rows, patch, true);
-            matmul(&mut sum, cols_t, Mat(grad, rows, o, false), true);
+            let cols_t = Mat::new(cols, rows, patch).t();
+            matmul(&mut sum, cols_t, Mat::new(grad, rows, o), true);
             sum
         })
         .collect();
@@ -328,8 +236,8 @@ fn input_gradient(d: Dims, n: usize, kernel: &[f32], grad: &[f32]) -> Vec<f32> {
         .for_each_init(Vec::new, |cols: &mut Vec<f32>, (images, grad)| {
             let rows = grad.len() / o;
             cols.resize(rows * patch, 0.0);
-            let kernel = Mat(kernel, o, patch, false);
-            matmul(cols, Mat(grad, rows, o, false), kernel, false);
+            let kernel = Mat::new(kernel, o, patch);
+            matmul(cols, Mat::new(grad, rows, o), kernel, false);
             col2im(d, cols, images);
         });
     out

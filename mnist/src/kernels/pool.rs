@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::conv::contiguous;
+use super::contiguous;
 
 /// `[n, h, w, c]` -> `[n, h/2, w/2, c]`, the largest of each 2x2 window.
 pub struct MaxPool2;

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::conv::{contiguous, with_slices};
+use super::{contiguous, with_slices};
 
 /// About this many elements per rayon task (a whole number of rows): big enough to
 /// amortise the task, small enough to share out a batch.
