@@ -9,27 +9,22 @@
 //! Other devices and CPUs without AVX2 and FMA infer through the candle net.
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::idx::{PIXELS, SIDE};
 use crate::kernels::conv::{self, Dims};
 use crate::kernels::sgemm::{Lhs, Packed, Rhs};
 use crate::kernels::winograd::{self, Winograd};
-use crate::model::{MEAN, Net, STD, images_tensor};
+use crate::model::{
+    CLASSES, CONV1_OUT, CONV2_OUT, FEATURES, HIDDEN, MEAN, Net, POOLED, Params, STD, images_tensor,
+};
 
-/// conv1's output side (26), and the side after conv2 (24) and the pool.
+/// conv1's output side (26), and its patch: 3x3 of one channel.
 const SIDE1: usize = SIDE - 2;
-const POOLED: usize = (SIDE1 - 2) / 2;
-const CHANNELS1: usize = 32;
-const CHANNELS2: usize = 64;
 const PATCH1: usize = 9;
 /// conv1 as the training op's im2col sees it.
-const CONV1: Dims = Dims::new(3, SIDE, SIDE, 1, CHANNELS1);
-/// fc1's inputs (9,216) and outputs (128), and the classes.
-const FEATURES: usize = POOLED * POOLED * CHANNELS2;
-const HIDDEN: usize = 128;
-const CLASSES: usize = 10;
+const CONV1: Dims = Dims::new(3, SIDE, SIDE, 1, CONV1_OUT);
 /// Images whose features go through fc1 together: enough rows for the GEMM's six-row
 /// strips, few enough that the features (1.2 MB) stay near the core.
 const GROUP: usize = 32;
@@ -40,7 +35,9 @@ const SHARED_FROM: usize = 8;
 /// The served model: an allocation-free engine on CPUs that run the AVX2 GEMM, else the
 /// candle net on its device.
 pub enum Predictor {
+    /// The engine, on this CPU's kernels.
     Cpu(Box<Engine>),
+    /// The candle net, detached from autograd, on its device.
     Candle(Net, Device),
 }
 
@@ -80,6 +77,8 @@ pub struct Engine {
     workers: Vec<Scratch>,
 }
 
+/// The net's [`Params`] as the engine runs them: the convolutions' and fc1's weights
+/// packed for the GEMM once, the rest as they are.
 struct Weights {
     conv1: Packed,
     conv1_bias: Vec<f32>,
@@ -108,7 +107,7 @@ impl Scratch {
         Self {
             image: vec![0.0; PIXELS],
             cols1: Vec::with_capacity(SIDE1 * SIDE1 * PATCH1),
-            conv1: vec![0.0; SIDE1 * SIDE1 * CHANNELS1],
+            conv1: vec![0.0; SIDE1 * SIDE1 * CONV1_OUT],
             winograd: winograd::Scratch::default(),
             features: vec![0.0; GROUP * FEATURES],
             hidden: vec![0.0; GROUP * HIDDEN],
@@ -119,33 +118,8 @@ impl Scratch {
 impl Engine {
     /// `None` on a CPU without AVX2 and FMA. `workers` is how many threads share a batch.
     pub fn new(net: &Net, workers: usize) -> Result<Option<Self>> {
-        // PyTorch's `[out, in, ky, kx]` conv weight as the patch order `(ky, kx, in)`.
-        let kernel = |name: &str| -> Result<Vec<f32>> {
-            Ok(conv::cpu_kernel(net.get(name)?)?.flatten_all()?.to_vec1()?)
-        };
-        let values =
-            |name: &str| -> Result<Vec<f32>> { Ok(net.get(name)?.flatten_all()?.to_vec1()?) };
-        // Each weight `[out, in]` is read transposed, as the right-hand side `[in, out]`.
-        let packed = |w: &[f32], inputs: usize, outputs: usize| {
-            Packed::new(Rhs::transposed(w, inputs), inputs, outputs)
-        };
-        let (conv1, fc1) = (kernel("conv1.weight")?, values("fc1.weight")?);
-        let (Some(conv1), Some(conv2), Some(fc1)) = (
-            packed(&conv1, PATCH1, CHANNELS1),
-            Winograd::new(&kernel("conv2.weight")?, CHANNELS2, CHANNELS1),
-            packed(&fc1, FEATURES, HIDDEN),
-        ) else {
+        let Some(weights) = Weights::new(net.params())? else {
             return Ok(None);
-        };
-        let weights = Weights {
-            conv1,
-            conv1_bias: values("conv1.bias")?,
-            conv2,
-            conv2_bias: values("conv2.bias")?,
-            fc1,
-            fc1_bias: values("fc1.bias")?,
-            fc2: values("fc2.weight")?,
-            fc2_bias: values("fc2.bias")?,
         };
         let workers = (0..workers.max(1)).map(|_| Scratch::new()).collect();
         Ok(Some(Self { weights, workers }))
@@ -169,6 +143,35 @@ impl Engine {
 }
 
 impl Weights {
+    /// `None` on a CPU without AVX2 and FMA.
+    fn new(p: &Params<Tensor>) -> Result<Option<Self>> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        // PyTorch's `[out, in, ky, kx]` conv weight as the patch order `(ky, kx, in)`.
+        let kernel = |t: &Tensor| values(&conv::cpu_kernel(t)?);
+        // Each weight `[out, in]` is read transposed, as the right-hand side `[in, out]`.
+        let packed = |w: &[f32], inputs: usize, outputs: usize| {
+            Packed::new(Rhs::transposed(w, inputs), inputs, outputs)
+        };
+        let (conv1, fc1) = (kernel(&p.conv1_weight)?, values(&p.fc1_weight)?);
+        let (Some(conv1), Some(conv2), Some(fc1)) = (
+            packed(&conv1, PATCH1, CONV1_OUT),
+            Winograd::new(&kernel(&p.conv2_weight)?, CONV2_OUT, CONV1_OUT),
+            packed(&fc1, FEATURES, HIDDEN),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            conv1,
+            conv1_bias: values(&p.conv1_bias)?,
+            conv2,
+            conv2_bias: values(&p.conv2_bias)?,
+            fc1,
+            fc1_bias: values(&p.fc1_bias)?,
+            fc2: values(&p.fc2_weight)?,
+            fc2_bias: values(&p.fc2_bias)?,
+        }))
+    }
+
     /// Every image of `pixels` through the net on one thread, `GROUP` images at a time.
     fn run(&self, s: &mut Scratch, pixels: &[f32], out: &mut [f32]) {
         for (pixels, out) in pixels
@@ -211,8 +214,8 @@ impl Weights {
         let bias = &self.conv2_bias;
         self.conv2
             .convolve(conv1, (SIDE1, SIDE1), s, |ty, tx, block| {
-                let to = &mut features[(ty * POOLED + tx) * CHANNELS2..][..CHANNELS2];
-                let [a, b, c, d] = [0, 1, 2, 3].map(|i| &block[i * CHANNELS2..][..CHANNELS2]);
+                let to = &mut features[(ty * POOLED + tx) * CONV2_OUT..][..CONV2_OUT];
+                let [a, b, c, d] = [0, 1, 2, 3].map(|i| &block[i * CONV2_OUT..][..CONV2_OUT]);
                 for (ch, o) in to.iter_mut().enumerate() {
                     let max = a[ch].max(b[ch]).max(c[ch].max(d[ch]));
                     *o = (max + bias[ch]).max(0.0);
