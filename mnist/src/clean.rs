@@ -11,8 +11,9 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::idx::{ImageReader, PIXELS, SIDE, read_labels};
 
-/// The params of a cleaning run.
-#[derive(Debug, Clone, PartialEq)]
+/// `mnist-clean`'s params, with their defaults.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CleanOptions {
     /// Pixels as [0, 1] floats, else 0-255.
     pub normalize: bool,
@@ -20,6 +21,7 @@ pub struct CleanOptions {
     pub flatten: bool,
     /// A deterministic split by this share of test rows instead of the files' own.
     pub test_ratio: Option<f64>,
+    /// Rows per record batch written (4096).
     pub batch_rows: usize,
 }
 
@@ -346,5 +348,43 @@ impl Iterator for Background {
 impl arrow_array::RecordBatchReader for Background {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::CleanOptions;
+    use crate::contract::parse_params;
+
+    fn parse(params: serde_json::Value) -> anyhow::Result<CleanOptions> {
+        parse_params(params.as_object().expect("an object"))
+    }
+
+    #[test]
+    fn the_params_default_as_documented_and_refuse_what_they_lack() {
+        let defaults = CleanOptions {
+            normalize: true,
+            flatten: true,
+            test_ratio: None,
+            batch_rows: 4096,
+        };
+        assert_eq!(parse(json!({})).expect("no params"), defaults);
+        assert_eq!(CleanOptions::default(), defaults);
+        // As pipeline.json, the READMEs and the tests give them.
+        let given = parse(json!({"normalize": true, "flatten": true})).expect("given");
+        assert_eq!(given, defaults);
+        let all =
+            json!({"normalize": false, "flatten": false, "test_ratio": 0.2, "batch_rows": 10});
+        assert_eq!(parse(all).expect("all").test_ratio, Some(0.2));
+        let err = parse(json!({"normalise": false}))
+            .expect_err("a typo")
+            .to_string();
+        assert!(err.contains("unknown field `normalise`"), "{err}");
+        let err = parse(json!({"flatten": "yes"}))
+            .expect_err("not a bool")
+            .to_string();
+        assert!(err.starts_with("param flatten:"), "{err}");
     }
 }

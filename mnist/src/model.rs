@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use candle_core::{D, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 use crate::idx::{PIXELS, SIDE};
 use crate::kernels::{self, conv::conv_nhwc, pool::max_pool2};
@@ -261,13 +262,28 @@ pub fn images_tensor(pixels: &[f32], device: &Device) -> Result<Tensor> {
     )?)
 }
 
-pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::new_cuda(0)?),
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => anyhow::bail!("this build has no CUDA support: build mnist with --features cuda"),
-        other => anyhow::bail!("device must be cpu or cuda, not {other}"),
+/// Where the net trains or serves: the `device` param.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// This machine's CPU, on the crate's kernels.
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU; needs a build with `--features cuda`.
+    Cuda,
+}
+
+impl DeviceKind {
+    /// The candle device; an error for CUDA in a build without it.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            Self::Cuda => Ok(Device::new_cuda(0)?),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda => {
+                anyhow::bail!("this build has no CUDA support: build mnist with --features cuda")
+            }
+        }
     }
 }

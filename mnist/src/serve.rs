@@ -15,6 +15,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::idx::PIXELS;
 use crate::infer::Predictor;
+use crate::model::DeviceKind;
 
 /// Images per `{"images": [...]}` request.
 pub const MAX_IMAGES: usize = 1024;
@@ -22,6 +23,7 @@ pub const MAX_IMAGES: usize = 1024;
 /// A parsed `/predict` body: `n` images of 784 pixels, row after row.
 #[derive(Debug, PartialEq)]
 pub struct Images {
+    /// Every image's 784 pixels, one image after another.
     pub pixels: Vec<f32>,
     /// `{"images": [...]}`, answered with a list, rather than `{"image": [...]}`.
     pub batch: bool,
@@ -172,6 +174,54 @@ impl<'de> Visitor<'de> for ImagesSeed<'_> {
             )));
         }
         Ok(())
+    }
+}
+
+/// `mnist-serve`'s params, with their defaults. The address to bind is not among them:
+/// it is the operator's (`LANCER_SERVE_HOST`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeParams {
+    /// The port to bind (0: any free one).
+    pub port: u16,
+    /// The Lance version of the model to serve (the platform's input version, else the
+    /// newest).
+    pub version: Option<u64>,
+    /// Where to infer (cpu).
+    pub device: DeviceKind,
+    /// The most images per forward pass, 1 to 1,024 (64).
+    pub max_batch: usize,
+    /// How long a batch that is not full waits for more requests, in microseconds, at
+    /// most 100,000 (0: it takes what is queued).
+    pub batch_wait_us: u64,
+}
+
+impl Default for ServeParams {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            version: None,
+            device: DeviceKind::Cpu,
+            max_batch: 64,
+            batch_wait_us: 0,
+        }
+    }
+}
+
+impl ServeParams {
+    /// The batcher's options; an error for a value out of its range.
+    pub fn batch_options(&self) -> Result<BatchOptions> {
+        let (max_batch, wait) = (self.max_batch, self.batch_wait_us);
+        if !(1..=MAX_IMAGES).contains(&max_batch) {
+            anyhow::bail!("max_batch must be between 1 and {MAX_IMAGES}, not {max_batch}");
+        }
+        if wait > 100_000 {
+            anyhow::bail!("batch_wait_us must be at most 100000 (0.1 s), not {wait}");
+        }
+        Ok(BatchOptions {
+            max_batch,
+            wait: Duration::from_micros(wait),
+        })
     }
 }
 
@@ -345,9 +395,58 @@ pub fn respond(probabilities: &[f32], batch: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::parse_params;
     use crate::model::{Net, images_tensor};
     use candle_core::Device;
     use serde_json::json;
+
+    fn params(given: serde_json::Value) -> Result<ServeParams> {
+        parse_params(given.as_object().expect("an object"))
+    }
+
+    #[test]
+    fn the_params_default_as_documented_and_refuse_what_they_lack() -> Result<()> {
+        let defaults = ServeParams {
+            port: 0,
+            version: None,
+            device: DeviceKind::Cpu,
+            max_batch: 64,
+            batch_wait_us: 0,
+        };
+        assert_eq!(params(json!({}))?, defaults);
+        assert_eq!(ServeParams::default(), defaults);
+        // As the tests, the READMEs, run-pipeline and the bench give them.
+        for given in [
+            json!({"port": 0}),
+            json!({"port": 8080}),
+            json!({"port": 0, "batch_wait_us": 1000}),
+            json!({"version": 3, "device": "cpu", "max_batch": 1024}),
+        ] {
+            params(given.clone())?.batch_options()?;
+        }
+        let err = params(json!({"max_batches": 8}))
+            .expect_err("a typo")
+            .to_string();
+        assert!(err.contains("unknown field `max_batches`"), "{err}");
+        let err = params(json!({"device": "gpu"}))
+            .expect_err("no such device")
+            .to_string();
+        assert!(
+            err.starts_with("param device: unknown variant `gpu`"),
+            "{err}"
+        );
+        let err = params(json!({"port": 70000}))
+            .expect_err("too large")
+            .to_string();
+        assert!(err.starts_with("param port:"), "{err}");
+        assert!(params(json!({"max_batch": 0}))?.batch_options().is_err());
+        assert!(
+            params(json!({"batch_wait_us": 100_001}))?
+                .batch_options()
+                .is_err()
+        );
+        Ok(())
+    }
 
     fn image(seed: usize) -> Vec<f32> {
         (0..PIXELS)

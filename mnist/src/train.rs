@@ -3,24 +3,32 @@
 use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
-
-use crate::adadelta::{Adadelta, ParamsAdadelta};
 use serde::{Deserialize, Serialize};
 
+use crate::adadelta::{Adadelta, ParamsAdadelta};
 use crate::idx::{PIXELS, SIDE};
 use crate::lake::Split;
-use crate::model::{Net, images_tensor};
+use crate::model::{DeviceKind, Net, images_tensor};
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `mnist-train`'s params, with their defaults; the model row records them, and a
+/// checkpoint resumes only a run of the same ones (but `epochs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
+    /// Passes over the training split (8).
     pub epochs: usize,
     /// `None`: the optimizer's own default (adadelta 1.0, adam and adamw 0.001, sgd 0.01).
     pub learning_rate: Option<f64>,
+    /// Images per optimizer step (64).
     pub batch_size: usize,
+    /// Seeds the initial weights, the shuffles, the shifts and dropout (42): the same seed
+    /// on the CPU trains the same model, bit for bit.
     pub seed: u64,
-    pub device: String,
-    pub optimizer: String,
+    /// Where to train (cpu).
+    pub device: DeviceKind,
+    /// The update rule (adadelta, as PyTorch's example).
+    pub optimizer: OptimizerKind,
     /// The learning rate is multiplied by this after every epoch (PyTorch's StepLR gamma).
     pub lr_decay: f64,
     /// Each training image is moved by up to this many pixels across and down, drawn per
@@ -35,39 +43,62 @@ impl Default for TrainOptions {
             learning_rate: None,
             batch_size: 64,
             seed: 42,
-            device: "cpu".into(),
-            optimizer: "adadelta".into(),
+            device: DeviceKind::Cpu,
+            optimizer: OptimizerKind::Adadelta,
             lr_decay: 0.7,
             shift: 2,
         }
     }
 }
 
+/// The `optimizer` param.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// PyTorch's Adadelta, as its MNIST example trains.
+    Adadelta,
+    /// Adam: candle's AdamW without weight decay.
+    Adam,
+    /// candle's AdamW, with its default weight decay.
+    Adamw,
+    /// Plain stochastic gradient descent.
+    Sgd,
+}
+
+impl OptimizerKind {
+    /// The rate it starts from unless `learning_rate` is given.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            Self::Adadelta => 1.0,
+            Self::Sgd => 0.01,
+            Self::Adam | Self::Adamw => 0.001,
+        }
+    }
+}
+
+/// One epoch's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
+    /// Its number, from 1.
     pub epoch: usize,
     /// Mean training loss over the epoch.
     pub train_loss: f64,
-    /// Loss and accuracy on the test split after the epoch.
+    /// Mean cross-entropy on the test split after the epoch.
     pub loss: f64,
+    /// The share of the test split predicted right after the epoch.
     pub accuracy: f64,
+    /// The test images predicted right.
     pub correct: usize,
+    /// Wall-clock seconds of training and evaluation.
     pub seconds: f64,
 }
 
 /// What the loop tells its caller as it goes.
 pub trait Observer {
+    /// After each batch: `done` of `total` batches of `epoch`, and the batch's loss.
     fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64);
+    /// After each epoch, evaluated.
     fn epoch(&mut self, stats: &EpochStats);
-}
-
-/// The rate each optimizer starts from unless `learning_rate` is given.
-pub fn default_learning_rate(optimizer: &str) -> f64 {
-    match optimizer {
-        "adadelta" => 1.0,
-        "sgd" => 0.01,
-        _ => 0.001,
-    }
 }
 
 enum Opt {
@@ -80,7 +111,7 @@ impl Opt {
     fn new(options: &TrainOptions, vars: Vec<candle_core::Var>) -> Result<Self> {
         let lr = options
             .learning_rate
-            .unwrap_or_else(|| default_learning_rate(&options.optimizer));
+            .unwrap_or_else(|| options.optimizer.default_learning_rate());
         let adam = |weight_decay: f64| -> Result<Opt> {
             Ok(Opt::Adam(AdamW::new(
                 vars.clone(),
@@ -91,18 +122,17 @@ impl Opt {
                 },
             )?))
         };
-        Ok(match options.optimizer.as_str() {
-            "adadelta" => Opt::Adadelta(Adadelta::new(
+        Ok(match options.optimizer {
+            OptimizerKind::Adadelta => Opt::Adadelta(Adadelta::new(
                 vars,
                 ParamsAdadelta {
                     lr,
                     ..Default::default()
                 },
             )?),
-            "adam" => adam(0.0)?,
-            "adamw" => adam(ParamsAdamW::default().weight_decay)?,
-            "sgd" => Opt::Sgd(SGD::new(vars, lr)?),
-            other => bail!("optimizer must be adadelta, adam, adamw or sgd, not {other}"),
+            OptimizerKind::Adam => adam(0.0)?,
+            OptimizerKind::Adamw => adam(ParamsAdamW::default().weight_decay)?,
+            OptimizerKind::Sgd => Opt::Sgd(SGD::new(vars, lr)?),
         })
     }
 
@@ -139,13 +169,18 @@ pub struct Checkpoints<'a> {
     pub folder: Option<&'a crate::checkpoint::Folder>,
 }
 
-/// A trained net, its history, and the epoch it resumed after (0: it started afresh).
+/// What a training run ends with.
 pub struct Trained {
+    /// The trained net.
     pub net: Net,
+    /// Every epoch's figures, those before a resume included.
     pub history: Vec<EpochStats>,
+    /// The epoch it resumed after (0: it started afresh).
     pub resumed_after: usize,
 }
 
+/// Trains the net on `train` as `options` say, evaluating on `test` after each epoch, and
+/// with a checkpoint folder, saves after each epoch and resumes a run of the same options.
 pub fn train(
     train: &Split,
     test: &Split,
@@ -154,7 +189,7 @@ pub fn train(
     checkpoints: Checkpoints<'_>,
 ) -> Result<Trained> {
     check(train, test, options)?;
-    let device = crate::model::device(&options.device)?;
+    let device = options.device.device()?;
     let mut run = Run::start(options, train.len(), &device)?;
     // Adam's running averages live inside candle's optimizer, out of a checkpoint's reach.
     let dir = checkpoints
@@ -391,8 +426,89 @@ pub fn evaluate(net: &Net, split: &Split, device: &Device) -> Result<(f64, usize
 
 #[cfg(test)]
 mod tests {
-    use super::{SIDE, shifted};
+    use serde_json::json;
+
+    use super::{OptimizerKind, SIDE, TrainOptions, shifted};
+    use crate::contract::parse_params;
     use crate::idx::PIXELS;
+    use crate::model::DeviceKind;
+
+    fn parse(params: serde_json::Value) -> anyhow::Result<TrainOptions> {
+        parse_params(params.as_object().expect("an object"))
+    }
+
+    #[test]
+    fn the_params_default_as_documented_and_serialise_as_before() {
+        let defaults = TrainOptions {
+            epochs: 8,
+            learning_rate: None,
+            batch_size: 64,
+            seed: 42,
+            device: DeviceKind::Cpu,
+            optimizer: OptimizerKind::Adadelta,
+            lr_decay: 0.7,
+            shift: 2,
+        };
+        assert_eq!(parse(json!({})).expect("no params"), defaults);
+        assert_eq!(TrainOptions::default(), defaults);
+        // The model rows and checkpoints keep them as JSON: the same strings as ever.
+        let saved = serde_json::to_value(&defaults).expect("serialises");
+        assert_eq!(saved["device"], "cpu");
+        assert_eq!(saved["optimizer"], "adadelta");
+        assert_eq!(parse(saved.clone()).expect("reads its own JSON"), defaults);
+    }
+
+    #[test]
+    fn every_param_given_anywhere_is_accepted() {
+        // pipeline.json, the READMEs, mnist/run-pipeline, the bench and the tests.
+        for params in [
+            json!({"epochs": 1}),
+            json!({"epochs": 1, "seed": 7}),
+            json!({"device": "cuda"}),
+            json!({"epochs": 3, "batch_size": 32, "learning_rate": 0.5, "lr_decay": 1,
+                   "shift": 0, "optimizer": "sgd", "device": "cpu", "seed": null}),
+        ] {
+            parse(params.clone()).unwrap_or_else(|err| panic!("{params}: {err:#}"));
+        }
+        for (name, kind) in [
+            ("adadelta", OptimizerKind::Adadelta),
+            ("adam", OptimizerKind::Adam),
+            ("adamw", OptimizerKind::Adamw),
+            ("sgd", OptimizerKind::Sgd),
+        ] {
+            let options = parse(json!({ "optimizer": name })).expect("an optimizer");
+            assert_eq!(options.optimizer, kind);
+        }
+    }
+
+    #[test]
+    fn an_unknown_param_or_value_is_refused_by_name() {
+        let err = parse(json!({"epoch": 3}))
+            .expect_err("not a param")
+            .to_string();
+        assert!(
+            err.contains("unknown field `epoch`, expected one of"),
+            "{err}"
+        );
+        let err = parse(json!({"optimizer": "lbfgs"})).expect_err("no such optimizer");
+        let err = err.to_string();
+        assert!(
+            err.starts_with("param optimizer: unknown variant `lbfgs`"),
+            "{err}"
+        );
+        assert!(err.contains("`adadelta`, `adam`, `adamw`, `sgd`"), "{err}");
+        let err = parse(json!({"device": "tpu"}))
+            .expect_err("no such device")
+            .to_string();
+        assert!(
+            err.starts_with("param device: unknown variant `tpu`"),
+            "{err}"
+        );
+        let err = parse(json!({"epochs": -1}))
+            .expect_err("negative")
+            .to_string();
+        assert!(err.starts_with("param epochs:"), "{err}");
+    }
 
     #[test]
     fn a_shifted_image_moves_every_pixel_and_fills_the_edge_it_leaves_with_background() {

@@ -1,9 +1,10 @@
-//! `mnist-clean`: the design's ingestion step. MNIST IDX files (plain or gzip) in,
+//! `mnist-clean`: the pipeline's ingestion step. MNIST IDX files (plain or gzip) in,
 //! a Lance dataset of `index`, `image`, `label`, `split` out, streamed batch by batch.
 //! The input is a local folder or an `s3://` prefix.
 //!
 //! Params: `normalize` (default true), `flatten` (default true), `test_ratio` (optional),
-//! `batch_rows` (default 4096). Result: `{total_records, train, test, dropped}`.
+//! `batch_rows` (default 4096); any other param is refused, naming it. Result:
+//! `{total_records, train, test, dropped}`.
 
 use std::path::Path;
 
@@ -36,14 +37,11 @@ async fn main() -> Result<()> {
     } else {
         Path::new(&task.input).to_path_buf()
     };
-    let defaults = CleanOptions::default();
+    let options: CleanOptions = task.params()?;
+    // A batch of no rows would never finish; 0 has always meant 1.
     let options = CleanOptions {
-        normalize: task.bool_param("normalize", defaults.normalize)?,
-        flatten: task.bool_param("flatten", defaults.flatten)?,
-        test_ratio: task.f64_param("test_ratio")?,
-        batch_rows: task
-            .u64_param("batch_rows")?
-            .map_or(defaults.batch_rows, |n| n.max(1) as usize),
+        batch_rows: options.batch_rows.max(1),
+        ..options
     };
     let parts = find_parts(&input_dir)?;
     let mut progress = Progress::from_env();

@@ -1,4 +1,4 @@
-//! `mnist-serve`: the design's serving step. Loads the newest model version (or
+//! `mnist-serve`: the pipeline's serving step. Loads the newest model version (or
 //! `params.version`) from the lake and serves `POST /predict`, `GET /healthz` and the
 //! drawing page at `/`. Reports its URL to the platform and runs until stopped.
 //!
@@ -8,10 +8,10 @@
 //!
 //! Params: `port` (0 = any free port), `version` (a Lance version of the model),
 //! `device`, `max_batch` (images per forward pass, default 64) and `batch_wait_us` (how
-//! long a batch waits for more requests, default 0: it takes what is queued).
+//! long a batch waits for more requests, default 0: it takes what is queued). Any other
+//! param is refused, naming it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::body::Bytes;
@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::infer::Predictor;
 use mnist::model::Net;
-use mnist::serve::{BatchOptions, Batcher, parse, respond};
+use mnist::serve::{Batcher, ServeParams, parse, respond};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("../../index.html");
@@ -62,21 +62,6 @@ async fn health(State(model): State<Arc<Model>>) -> Json<Value> {
     Json(json!({"status": "ok", "model_version": model.version, "metrics": model.metrics}))
 }
 
-fn batch_options(task: &Invocation) -> Result<BatchOptions> {
-    let max_batch = task.u64_param("max_batch")?.unwrap_or(64);
-    if !(1..=1024).contains(&max_batch) {
-        bail!("max_batch must be between 1 and 1024, not {max_batch}");
-    }
-    let wait = task.u64_param("batch_wait_us")?.unwrap_or(0);
-    if wait > 100_000 {
-        bail!("batch_wait_us must be at most 100000 (0.1 s), not {wait}");
-    }
-    Ok(BatchOptions {
-        max_batch: max_batch as usize,
-        wait: Duration::from_micros(wait),
-    })
-}
-
 fn main() -> Result<()> {
     mnist::set_thread_count();
     tokio::runtime::Runtime::new()?.block_on(run())
@@ -88,22 +73,21 @@ async fn run() -> Result<()> {
     if task.input.is_empty() {
         bail!("mnist-serve needs a model as its input");
     }
-    let port = task.u64_param("port")?.unwrap_or(0);
-    let port = u16::try_from(port).context("port must be at most 65535")?;
-    if task.str_param("host")?.is_some() {
+    if task.params.contains_key("host") {
         bail!("the address to bind is the operator's (LANCER_SERVE_HOST), not a param");
     }
+    let params: ServeParams = task.params()?;
     // Loopback unless the operator says otherwise: on a KubeRay serving worker the endpoint
     // is reached through a Service, so there it binds the pod's interfaces ("0.0.0.0").
     let host: std::net::IpAddr = std::env::var("LANCER_SERVE_HOST")
         .unwrap_or_else(|_| "127.0.0.1".into())
         .parse()
         .context("LANCER_SERVE_HOST must be an IP address, such as 127.0.0.1 or 0.0.0.0")?;
-    let device = mnist::model::device(&task.str_param("device")?.unwrap_or_else(|| "cpu".into()))?;
-    let options = batch_options(&task)?;
+    let device = params.device.device()?;
+    let options = params.batch_options()?;
     let (row, version) = mnist::lake::load_model(
         &task.input,
-        task.u64_param("version")?.or(input_version()),
+        params.version.or(input_version()),
         &storage_options(),
     )
     .await?;
@@ -119,7 +103,7 @@ async fn run() -> Result<()> {
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(model);
-    let listener = tokio::net::TcpListener::bind((host, port))
+    let listener = tokio::net::TcpListener::bind((host, params.port))
         .await
         .context("binding the port")?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -1,4 +1,4 @@
-//! `mnist-train`: the design's training step. Trains PyTorch's MNIST example CNN on the
+//! `mnist-train`: the pipeline's training step. Trains PyTorch's MNIST example CNN on the
 //! dataset's train split, evaluates on its test split, and appends a version to the model.
 //!
 //! Params: `epochs` (8), `optimizer` (adadelta|adam|adamw|sgd, default adadelta as in
@@ -6,6 +6,7 @@
 //! sgd 0.01), `lr_decay` (0.7: multiplies the rate after each epoch, PyTorch's StepLR gamma),
 //! `batch_size` (64), `seed` (42), `device` (cpu|cuda), `shift` (2: each training image is
 //! moved by up to this many pixels, drawn per image from the seed; 0 as PyTorch's example).
+//! Any other param is refused, naming it.
 //! Result: `{accuracy, loss, model_version, resumed_after_epoch, epochs_run}`.
 //!
 //! With `LANCER_CHECKPOINT_DIR` (a folder on a local lake, or an `s3://` prefix), it saves a checkpoint after each
@@ -17,9 +18,7 @@ use mnist::checkpoint::Folder;
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
 use mnist::lake::{ModelRow, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
-use mnist::train::{
-    Checkpoints, EpochStats, Observer, TrainOptions, Trained, default_learning_rate, train,
-};
+use mnist::train::{Checkpoints, EpochStats, Observer, TrainOptions, Trained, train};
 use serde_json::json;
 
 struct Report {
@@ -71,29 +70,13 @@ async fn run() -> Result<()> {
     if task.input.is_empty() || task.output.is_empty() {
         bail!("mnist-train needs an input dataset and an output model");
     }
-    let defaults = TrainOptions::default();
-    let options = TrainOptions {
-        epochs: task
-            .u64_param("epochs")?
-            .map_or(defaults.epochs, |n| n as usize),
-        learning_rate: task.f64_param("learning_rate")?,
-        batch_size: task
-            .u64_param("batch_size")?
-            .map_or(defaults.batch_size, |n| n as usize),
-        seed: task.u64_param("seed")?.unwrap_or(defaults.seed),
-        device: task.str_param("device")?.unwrap_or(defaults.device),
-        optimizer: task.str_param("optimizer")?.unwrap_or(defaults.optimizer),
-        lr_decay: task.f64_param("lr_decay")?.unwrap_or(defaults.lr_decay),
-        shift: task
-            .u64_param("shift")?
-            .map_or(defaults.shift, |n| n as usize),
-    };
+    let options: TrainOptions = task.params()?;
     // The model row records the rate it really started from.
     let options = TrainOptions {
         learning_rate: Some(
             options
                 .learning_rate
-                .unwrap_or_else(|| default_learning_rate(&options.optimizer)),
+                .unwrap_or_else(|| options.optimizer.default_learning_rate()),
         ),
         ..options
     };
