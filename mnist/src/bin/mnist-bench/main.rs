@@ -7,11 +7,14 @@
 //! DIR's IDX files as they are and repeated ten times, to show that memory stays flat as
 //! the input grows. With `--peers PYTHON`, each figure is printed beside its Python peer's,
 //! measured the same way in the same run, with the ratio; without it no peer figure is
-//! printed at all.
+//! printed at all. `--only kernels` times our GEMM against the gemm crate on conv2's
+//! products instead, and needs no digits (`kernels`).
 //!
 //! Usage: `mnist-bench --raw DIR [--epochs N] [--seconds N] [--scale DIR] [--only clean]
-//! [--peers PYTHON --peer-scripts DIR]` (`mnist/bench` fetches the digits and builds it).
+//! [--peers PYTHON --peer-scripts DIR]` (`mnist/bench` fetches the digits and builds it),
+//! or `mnist-bench --only kernels`.
 
+mod kernels;
 mod peers;
 mod wrk;
 
@@ -31,9 +34,10 @@ use peers::{Peers, epoch_seconds};
 #[derive(clap::Parser)]
 #[command(name = "mnist-bench")]
 struct Options {
-    /// A folder holding the four MNIST IDX files (`mnist/fetch-data` writes one).
-    #[arg(long)]
-    raw: PathBuf,
+    /// A folder holding the four MNIST IDX files (`mnist/fetch-data` writes one); every
+    /// stage but the kernels needs it.
+    #[arg(long, required_unless_present = "only")]
+    raw: Option<PathBuf>,
     /// Training epochs (default: the trainer's own, as the pipeline runs it).
     #[arg(long)]
     epochs: Option<usize>,
@@ -59,7 +63,10 @@ struct Options {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Stage {
+    /// Only the clean runs.
     Clean,
+    /// Only our GEMM against the gemm crate, on conv2's products.
+    Kernels,
 }
 
 /// A process run under `mnist-bench measure`, so the peak RSS reported is its alone, in a
@@ -288,29 +295,7 @@ async fn train(
     let theirs = peer
         .as_ref()
         .map(|(done, _)| epoch_seconds(&done.stdout_json()));
-    println!(
-        "\ntrain, {} epochs: seconds and test accuracy after each epoch",
-        ours.len()
-    );
-    println!(
-        "epoch   lancer s  accuracy{}",
-        if peers.is_some() {
-            "   PyTorch s  accuracy"
-        } else {
-            ""
-        }
-    );
-    for (at, (epoch, seconds, accuracy)) in ours.iter().enumerate() {
-        let peer_cells = theirs
-            .as_ref()
-            .and_then(|lines| lines.get(at))
-            .map(|(_, s, a)| format!("   {s:>9.2}  {:>7.2}%", a * 100.0))
-            .unwrap_or_default();
-        println!(
-            "{epoch:>5}   {seconds:>8.2}  {:>7.2}%{peer_cells}",
-            accuracy * 100.0
-        );
-    }
+    print_epochs(&ours, theirs.as_deref());
     let per_epoch = mean(&ours.iter().map(|e| e.1).collect::<Vec<_>>());
     println!(
         "train lancer : {per_epoch:.2} s/epoch, final accuracy {:.2}%, {:.1} s in all, peak RSS {:.1} MB",
@@ -334,6 +319,30 @@ async fn train(
         return Ok((model, Some(weights)));
     }
     Ok((model, None))
+}
+
+/// Seconds and test accuracy after each epoch, with the peer's beside them if it ran.
+fn print_epochs(ours: &[(u64, f64, f64)], theirs: Option<&[(u64, f64, f64)]>) {
+    println!(
+        "\ntrain, {} epochs: seconds and test accuracy after each epoch",
+        ours.len()
+    );
+    let peer_header = if theirs.is_some() {
+        "   PyTorch s  accuracy"
+    } else {
+        ""
+    };
+    println!("epoch   lancer s  accuracy{peer_header}");
+    for (at, (epoch, seconds, accuracy)) in ours.iter().enumerate() {
+        let peer_cells = theirs
+            .and_then(|lines| lines.get(at))
+            .map(|(_, s, a)| format!("   {s:>9.2}  {:>7.2}%", a * 100.0))
+            .unwrap_or_default();
+        println!(
+            "{epoch:>5}   {seconds:>8.2}  {:>7.2}%{peer_cells}",
+            accuracy * 100.0
+        );
+    }
 }
 
 async fn wait_for_endpoint(job: &Job) -> Result<String> {
@@ -523,6 +532,13 @@ async fn main() -> Result<()> {
         return measure(std::env::args().skip(2)).await;
     }
     let options = <Options as clap::Parser>::parse();
+    if options.only == Some(Stage::Kernels) {
+        return kernels::run();
+    }
+    let raw = options
+        .raw
+        .clone()
+        .context("--raw DIR is needed but for --only kernels")?;
     let peers = match (&options.peers, &options.peer_scripts) {
         (Some(python), Some(scripts)) => Some(Peers {
             python: python.clone(),
@@ -535,21 +551,21 @@ async fn main() -> Result<()> {
     println!(
         "mnist-bench: {} CPUs, raw digits from {}{}\n",
         std::thread::available_parallelism()?,
-        options.raw.display(),
+        raw.display(),
         if peers.is_some() {
             ", with the Python peers"
         } else {
             ""
         }
     );
-    clean(work, &options.raw, "mnist", peers.as_ref()).await?;
+    clean(work, &raw, "mnist", peers.as_ref()).await?;
     if let Some(dir) = &options.scale {
         scale(work, dir, peers.as_ref()).await?;
     }
     if options.only == Some(Stage::Clean) {
         return Ok(());
     }
-    let (model, weights) = train(work, &options.raw, options.epochs, peers.as_ref()).await?;
+    let (model, weights) = train(work, &raw, options.epochs, peers.as_ref()).await?;
     let peer = peers.as_ref().zip(weights.as_deref());
-    serve(work, &model, &options.raw, &options, peer).await
+    serve(work, &model, &raw, &options, peer).await
 }
