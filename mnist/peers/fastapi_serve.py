@@ -1,6 +1,6 @@
-"""The design document's serving script (ai-platform-design-a.md, 3.x, mnist_serve.py):
-FastAPI + uvicorn + PyTorch, one image per request. The weights come from a file the
-PyTorch peer saved rather than from the lake, which leaves the request path unchanged.
+"""/predict as a plain Python deployment serves it: FastAPI + uvicorn + PyTorch, one
+image per request. The weights come from a file the PyTorch peer saved rather than from
+the lake, which leaves the request path unchanged.
 
     python fastapi_serve.py --weights FILE --port N --threads 2
 """

@@ -1,4 +1,4 @@
-"""A lancer task in the design's contract: adds feature columns to a cleaned MNIST dataset.
+"""A lancer task under the run contract: adds feature columns to a cleaned MNIST dataset.
 
 Lance schema evolution writes only the new columns: the images already stored are
 read once and never rewritten. Columns: ink_mass (sum of pixel intensities in [0, 1]

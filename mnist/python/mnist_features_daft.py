@@ -1,6 +1,6 @@
-"""A lancer task in the design's contract, on the Daft dataframe engine: per-image features.
+"""A lancer task under the run contract, on the Daft dataframe engine: per-image features.
 
-The design documents run their pipeline steps on Daft, so this is the Daft twin of
+Many pipelines run their steps on Daft, so this is the Daft twin of
 mnist_features.py. Unlike that one (which adds columns in place), it reads the cleaned MNIST
 dataset with daft.read_lance, at the version the platform pinned (LANCER_INPUT_VERSION), and
 writes a new dataset at output_path (overwrite): label, split, ink_mass (sum of the pixels,

@@ -7,11 +7,14 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 use candle_nn::Optimizer;
 
+/// Adadelta's settings; the defaults are PyTorch's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ParamsAdadelta {
+    /// The learning rate (1.0).
     pub lr: f64,
     /// Decay of the running averages.
     pub rho: f64,
+    /// Added under each square root, for stability (1e-6).
     pub eps: f64,
 }
 
@@ -174,6 +177,7 @@ impl InplaceOp2 for FusedStep<'_> {
     }
 }
 
+/// The optimizer: a state per float variable, stepped as PyTorch's `torch.optim.Adadelta`.
 pub struct Adadelta {
     states: Vec<State>,
     params: ParamsAdadelta,

@@ -27,14 +27,19 @@ const META: &str = "checkpoint.json";
 /// Where checkpoints go: `LANCER_CHECKPOINT_DIR`, a folder on a local lake or a prefix in
 /// an object store (`s3://…`, opened with the lake's storage options).
 pub enum Folder {
+    /// A folder on this machine.
     Local(PathBuf),
+    /// A prefix in an object store.
     Remote {
+        /// The store.
         store: Arc<dyn ObjectStore>,
+        /// The prefix the checkpoint's files go under.
         prefix: object_store::path::Path,
     },
 }
 
 impl Folder {
+    /// The folder `location` names: a path (created if missing) or an `s3://` URL.
     pub fn open(location: &str, storage_options: &HashMap<String, String>) -> Result<Self> {
         if !location.contains("://") {
             std::fs::create_dir_all(location)?;
@@ -124,10 +129,16 @@ impl Folder {
 
 /// The state after `epoch` epochs.
 pub struct Checkpoint {
+    /// The epochs done.
     pub epoch: usize,
+    /// The generator's state ([`crate::rng::Rng::state`]).
     pub rng_state: u64,
+    /// The training rows in their last shuffled order.
     pub order: Vec<usize>,
+    /// Every epoch's figures so far.
     pub history: Vec<EpochStats>,
+    /// The weights (`weight.{i}`, in [`crate::model::Params::iter`]'s order) and
+    /// Adadelta's running averages (`square_avg.{i}`, `acc_delta.{i}`).
     pub tensors: HashMap<String, Tensor>,
 }
 
@@ -190,6 +201,7 @@ fn options_key(options: &TrainOptions) -> Result<Value> {
     Ok(value)
 }
 
+/// Saves `checkpoint` of a run with `options` into `folder`, replacing the one before.
 pub fn save(folder: &Folder, options: &TrainOptions, checkpoint: &Checkpoint) -> Result<()> {
     let tensors = format!("epoch-{}.safetensors", checkpoint.epoch);
     // candle writes safetensors to files only.

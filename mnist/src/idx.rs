@@ -6,9 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
+/// The first word of an IDX image file (unsigned bytes, three dimensions).
 pub const IMAGE_MAGIC: u32 = 0x0000_0803;
+/// The first word of an IDX label file (unsigned bytes, one dimension).
 pub const LABEL_MAGIC: u32 = 0x0000_0801;
+/// An MNIST image's side, in pixels.
 pub const SIDE: usize = 28;
+/// Pixels per image.
 pub const PIXELS: usize = SIDE * SIDE;
 
 fn open(path: &Path) -> Result<Box<dyn Read + Send>> {
@@ -38,12 +42,14 @@ fn read_u32(reader: &mut impl Read, what: &str) -> Result<u32> {
 /// An IDX image file: a header, then `count` images of 28x28 unsigned bytes.
 pub struct ImageReader {
     reader: Box<dyn Read + Send>,
+    /// The images the header promises.
     pub count: usize,
     remaining: usize,
     name: String,
 }
 
 impl ImageReader {
+    /// Opens `path` and checks its header: the magic and 28x28 images.
     pub fn open(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
         let mut reader = open(path)?;

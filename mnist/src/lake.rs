@@ -40,6 +40,7 @@ fn write_params(mode: WriteMode, storage_options: &HashMap<String, String>) -> W
     }
 }
 
+/// The Lance dataset at `uri`, its newest version.
 pub async fn open(uri: &str, storage_options: &HashMap<String, String>) -> Result<Dataset> {
     DatasetBuilder::from_uri(uri)
         .with_storage_options(storage_options.clone())
@@ -66,15 +67,19 @@ pub async fn overwrite(
 /// Images and labels of one split, images flattened to 784 floats in [0, 1].
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Split {
+    /// Every image's 784 pixels, one image after another.
     pub images: Vec<f32>,
+    /// Each image's digit.
     pub labels: Vec<u8>,
 }
 
 impl Split {
+    /// The images in the split.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the split holds no image.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -175,11 +180,17 @@ fn push_pixels(array: &dyn Array, out: &mut Vec<f32>) -> Result<()> {
 /// One saved model version, as a row of `models/<name>.lance`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRow {
+    /// The net's weights, as safetensors keyed by PyTorch's names (`Net::to_safetensors`).
     pub weights: Vec<u8>,
+    /// The net they fit ([`crate::model::ARCHITECTURE`]).
     pub architecture: String,
+    /// The final accuracy and loss, the row counts and every epoch's figures.
     pub metrics: serde_json::Value,
+    /// The training params, the learning rate resolved.
     pub params: serde_json::Value,
+    /// The dataset trained on and its version.
     pub dataset: serde_json::Value,
+    /// When it was saved, RFC 3339.
     pub created_at: String,
 }
 

@@ -1,6 +1,8 @@
 //! lancer's reference workload. These are user code: they reach the platform only through
 //! the run contract (flags, params, result file, progress file, environment).
 
+#![warn(missing_docs)]
+
 pub mod adadelta;
 pub mod checkpoint;
 pub mod clean;

@@ -2,12 +2,14 @@
 //! It lives in this crate so it is compiled optimised with the training loop, and it is
 //! fully determined by its seed: the same seed trains the same model.
 
+/// SplitMix64: one 64-bit word of state, advanced once per draw.
 #[derive(Debug, Clone)]
 pub struct Rng {
     state: u64,
 }
 
 impl Rng {
+    /// A generator starting at `seed` (or at a saved [`Rng::state`]).
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
@@ -17,6 +19,7 @@ impl Rng {
         self.state
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

@@ -16,7 +16,7 @@
 use anyhow::{Result, bail};
 use mnist::checkpoint::Folder;
 use mnist::contract::{Invocation, Progress, init_logging, input_version, storage_options};
-use mnist::lake::{ModelRow, append_model, read_splits};
+use mnist::lake::{ModelRow, Split, append_model, read_splits};
 use mnist::model::ARCHITECTURE;
 use mnist::train::{Checkpoints, EpochStats, Observer, TrainOptions, Trained, train};
 use serde_json::json;
@@ -101,17 +101,36 @@ async fn run() -> Result<()> {
     let checkpoints = Checkpoints {
         folder: folder.as_ref(),
     };
-    let Trained {
-        net,
-        history,
-        resumed_after,
-    } = train(
+    let trained = train(
         &train_split,
         &test_split,
         &options,
         &mut report,
         checkpoints,
     )?;
+    let resumed_after = trained.resumed_after;
+    let splits = (&train_split, &test_split);
+    let (row, last) = model_row(&task, &options, trained, splits, version)?;
+    let model_version = append_model(&task.output, &row, &storage).await?;
+    task.finish(&json!({
+        "accuracy": last.accuracy,
+        "loss": last.loss,
+        "model_version": model_version,
+        "resumed_after_epoch": resumed_after,
+        "epochs_run": options.epochs - resumed_after,
+    }))
+}
+
+/// The row a trained net appends to the model (its weights, architecture, metrics,
+/// params and dataset), and its last epoch's figures.
+fn model_row(
+    task: &Invocation,
+    options: &TrainOptions,
+    trained: Trained,
+    (train_split, test_split): (&Split, &Split),
+    version: u64,
+) -> Result<(ModelRow, EpochStats)> {
+    let Trained { net, history, .. } = trained;
     let last = history
         .last()
         .cloned()
@@ -128,16 +147,9 @@ async fn run() -> Result<()> {
         weights: net.to_safetensors()?,
         architecture: ARCHITECTURE.into(),
         metrics,
-        params: serde_json::to_value(&options)?,
+        params: serde_json::to_value(options)?,
         dataset: json!({"input": task.input, "version": version}),
         created_at: chrono::Utc::now().to_rfc3339(),
     };
-    let model_version = append_model(&task.output, &row, &storage).await?;
-    task.finish(&json!({
-        "accuracy": last.accuracy,
-        "loss": last.loss,
-        "model_version": model_version,
-        "resumed_after_epoch": resumed_after,
-        "epochs_run": options.epochs - resumed_after,
-    }))
+    Ok((row, last))
 }

@@ -1,5 +1,5 @@
 //! The Python peers, run by the same benchmark in the same run: PyTorch's MNIST example
-//! for training, the design document's FastAPI server for `/predict`, and numpy, pyarrow
+//! for training, a FastAPI server with PyTorch for `/predict`, and numpy, pyarrow
 //! and pylance for cleaning. Their scripts are in `mnist/peers/`; `mnist/bench --peers`
 //! makes the venv they run in.
 
