@@ -117,7 +117,7 @@ impl TestApp {
                 pipelines: self.pipelines.clone(),
                 lake: self.lake.clone(),
                 dispatcher: self.dispatcher.clone(),
-                scripts: self.scripts(),
+                scripts: Arc::new(lancer::scripts::ScriptFolder::new(self.scripts())),
                 api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
                 ingest_rules,
                 upload_limits: UploadLimits::default(),
@@ -143,6 +143,7 @@ impl TestApp {
 
     /// Moves a task as a runner would: starts it, then applies `ending`.
     pub async fn finish(&self, id: &str, ending: lancer::domain::task::Change) {
+        let id = &lancer::domain::task::TaskId::parse(id).expect("a task id");
         use lancer::domain::task::Change;
         let pending = self.store.get(id).await.expect("get").expect("stored");
         let start = Change::Start {
@@ -162,6 +163,7 @@ impl TestApp {
     /// Completes a task as a runner would after its script wrote `rows` rows as a new
     /// version of its output dataset: that version is recorded on the task.
     pub async fn finish_writing(&self, id: &str, rows: usize) {
+        let id = &lancer::domain::task::TaskId::parse(id).expect("a task id");
         use lancer::domain::task::{Change, Heartbeat};
         let task = self.store.get(id).await.expect("get").expect("stored");
         let output = task.output_path.clone().expect("an output");

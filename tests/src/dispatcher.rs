@@ -48,7 +48,7 @@ async fn stored(f: &Fixture, spec: &TaskSpec) -> Task {
 }
 
 /// The task once `done` holds of it, within the fixture's patience.
-async fn until(f: &Fixture, id: &str, what: &str, done: impl Fn(&Task) -> bool) -> Task {
+async fn until(f: &Fixture, id: &TaskId, what: &str, done: impl Fn(&Task) -> bool) -> Task {
     let deadline = Instant::now() + f.patience;
     loop {
         let task = f

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::task_store::task_id;
 use arrow_array::{BinaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use lancer::domain::path::{LakePath, Name};
@@ -360,12 +361,18 @@ pub async fn a_version_tagged_with_its_writer_names_it_and_only_it(f: LakeFixtur
     assert_eq!(f.lake.latest_version(&path).await.expect("latest"), None);
     f.seed.model("", "cnn", &[0.5, 0.9]).await;
     assert_eq!(f.lake.latest_version(&path).await.expect("latest"), Some(2));
-    f.lake.tag_writer(&path, 2, "task-b").await.expect("tag");
     f.lake
-        .tag_writer(&path, 2, "task-b")
+        .tag_writer(&path, 2, &task_id("task-b"))
+        .await
+        .expect("tag");
+    f.lake
+        .tag_writer(&path, 2, &task_id("task-b"))
         .await
         .expect("tagging again is a no-op");
-    f.lake.tag_writer(&path, 1, "task-a").await.expect("tag");
+    f.lake
+        .tag_writer(&path, 1, &task_id("task-a"))
+        .await
+        .expect("tag");
     let detail = f
         .lake
         .describe(&root(""), ArtifactKind::Model, &name("cnn"))
@@ -375,7 +382,7 @@ pub async fn a_version_tagged_with_its_writer_names_it_and_only_it(f: LakeFixtur
     let writers: Vec<(u64, Option<&str>)> = detail
         .versions
         .iter()
-        .map(|v| (v.version, v.task_id.as_deref()))
+        .map(|v| (v.version, v.task_id.as_ref().map(|id| id.as_str())))
         .collect();
     assert_eq!(writers, [(1, Some("task-a")), (2, Some("task-b"))]);
 }

@@ -10,4 +10,5 @@ pub mod pipeline_store;
 pub mod ray;
 pub mod scripts;
 pub mod server;
+pub mod stores;
 pub mod task_store;

@@ -4,7 +4,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use crate::task_store::{task_id, tenant};
 use lancer::Error;
+use lancer::domain::cache::Digest;
 use lancer::domain::path::LakePath;
 use lancer::domain::pipeline::{
     Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_pipeline,
@@ -17,6 +19,15 @@ use serde_json::json;
 pub struct Fixture {
     pub store: Arc<dyn PipelineStore>,
     pub keep: Box<dyn Any + Send>,
+}
+
+impl<S: PipelineStore + 'static> From<crate::stores::Opened<S>> for Fixture {
+    fn from(opened: crate::stores::Opened<S>) -> Self {
+        Self {
+            store: opened.store,
+            keep: opened.keep,
+        }
+    }
 }
 
 fn spec(name: &str, key: Option<&str>) -> PipelineSpec {
@@ -54,6 +65,7 @@ pub async fn create_then_get_returns_the_stored_pipeline(f: Fixture) {
     let read = f.store.pipeline(&pipeline.id).await.expect("get");
     assert_eq!(read, Some(pipeline));
     let unknown = uuid::Uuid::now_v7().to_string();
+    let unknown = PipelineId::parse(&unknown).expect("an id");
     assert_eq!(f.store.pipeline(&unknown).await.expect("get"), None);
 }
 
@@ -123,10 +135,10 @@ pub async fn listing_pages_through_a_tenants_pipelines_newest_first(f: Fixture) 
     }
     ids.reverse();
     let mut seen = Vec::new();
-    let mut token: Option<String> = None;
+    let mut token = None;
     loop {
         let page = store
-            .list_pipelines("acme", 2, token.as_deref())
+            .list_pipelines(&tenant("acme"), 2, token.as_ref())
             .await
             .expect("list");
         assert!(page.pipelines.len() <= 2);
@@ -163,37 +175,25 @@ pub async fn active_pipelines_are_the_running_ones_and_schedules_across_tenants(
 
 pub async fn the_cache_remembers_the_newest_task_per_tenant_and_digest(f: Fixture) {
     let store = f.store.as_ref();
-    assert_eq!(store.cached_task("acme", "d1").await.expect("get"), None);
-    store
-        .remember_task("acme", "d1", "task-1")
-        .await
-        .expect("put");
-    store
-        .remember_task("acme", "d1", "task-2")
-        .await
-        .expect("replace");
-    store
-        .remember_task("globex", "d1", "task-3")
-        .await
-        .expect("put");
-    assert_eq!(
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let (d1, d2) = (Digest::of(b"one key"), Digest::of(b"another key"));
+    assert_eq!(store.cached_task(&acme, &d1).await.expect("get"), None);
+    for (who, task) in [(&acme, "task-1"), (&acme, "task-2"), (&globex, "task-3")] {
         store
-            .cached_task("acme", "d1")
+            .remember_task(who, &d1, &task_id(task))
             .await
-            .expect("get")
-            .as_deref(),
-        Some("task-2")
+            .expect("put or replace");
+    }
+    assert_eq!(
+        store.cached_task(&acme, &d1).await.expect("get"),
+        Some(task_id("task-2"))
     );
     assert_eq!(
-        store
-            .cached_task("globex", "d1")
-            .await
-            .expect("get")
-            .as_deref(),
-        Some("task-3"),
+        store.cached_task(&globex, &d1).await.expect("get"),
+        Some(task_id("task-3")),
         "each tenant has its own cache"
     );
-    assert_eq!(store.cached_task("acme", "d2").await.expect("get"), None);
+    assert_eq!(store.cached_task(&acme, &d2).await.expect("get"), None);
 }
 
 #[macro_export]

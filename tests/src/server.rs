@@ -96,6 +96,23 @@ fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {
 }
 
 impl Server {
+    /// Runs the `lancer` CLI against this server, with `LANCER_API_KEY` set to `key` or
+    /// unset: (succeeded, stdout, stderr).
+    pub fn cli(&self, key: Option<&str>, args: &[&str]) -> (bool, String, String) {
+        let mut command = std::process::Command::new(bin_dir().join("lancer"));
+        command.args(args).env("LANCER_URL", &self.url);
+        match key {
+            Some(key) => command.env("LANCER_API_KEY", key),
+            None => command.env_remove("LANCER_API_KEY"),
+        };
+        let out = command.output().expect("run lancer");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts a server whose scripts folder holds and registers `scripts` (name, body,
     /// executable?).
     pub async fn start(scripts: &[(&str, &str, bool)], extra_env: &[(&str, &str)]) -> Server {

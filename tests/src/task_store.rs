@@ -6,18 +6,37 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use lancer::Error;
-use lancer::domain::path::LakePath;
+use lancer::domain::path::{LakePath, Name};
 use lancer::domain::task::{
-    Change, Guard, Heartbeat, Progress, Task, TaskError, TaskId, TaskSpec, TaskStatus,
+    Change, FailureCode, Guard, Heartbeat, Progress, Task, TaskError, TaskId, TaskSpec, TaskStatus,
 };
 use lancer::domain::tenant::{Tenant, TenantName};
-use lancer::ports::{Created, ListQuery, TaskStore};
+use lancer::ports::{Created, ListQuery, PageToken, TaskStore};
 use serde_json::json;
+
+/// A tenant's name, parsed.
+pub fn tenant(name: &str) -> TenantName {
+    TenantName::parse(name).expect("a tenant name")
+}
+
+/// A task id, parsed.
+pub fn task_id(text: &str) -> TaskId {
+    TaskId::parse(text).expect("a task id")
+}
 
 /// A store under test and whatever keeps it alive (a temp dir, a table).
 pub struct Fixture {
     pub store: Arc<dyn TaskStore>,
     pub keep: Box<dyn Any + Send>,
+}
+
+impl<S: TaskStore + 'static> From<crate::stores::Opened<S>> for Fixture {
+    fn from(opened: crate::stores::Opened<S>) -> Self {
+        Self {
+            store: opened.store,
+            keep: opened.keep,
+        }
+    }
 }
 
 pub fn spec(name: &str) -> TaskSpec {
@@ -67,7 +86,10 @@ pub async fn create_then_get_returns_the_stored_task(f: Fixture) {
 }
 
 pub async fn get_of_an_unknown_id_is_none(f: Fixture) {
-    assert_eq!(f.store.get("no-such-task").await.expect("get"), None);
+    assert_eq!(
+        f.store.get(&task_id("no-such-task")).await.expect("get"),
+        None
+    );
 }
 
 pub async fn a_repeated_idempotency_key_returns_the_first_task(f: Fixture) {
@@ -126,7 +148,7 @@ pub async fn concurrent_submissions_with_keys_lose_and_duplicate_nothing(f: Fixt
     let page = f
         .store
         .list(&ListQuery {
-            tenant: Some("acme".into()),
+            tenant: Some(tenant("acme")),
             limit: 1000,
             ..Default::default()
         })
@@ -194,7 +216,7 @@ pub async fn a_stale_guard_is_a_conflict_and_an_unknown_id_not_found(f: Fixture)
     assert!(matches!(result, Err(Error::Stale(_))), "{result:?}");
     let missing = f
         .store
-        .transition("no-such-task", task.guard(), Change::Cancel)
+        .transition(&task_id("no-such-task"), task.guard(), Change::Cancel)
         .await;
     assert!(
         matches!(missing, Err(Error::NotFound { .. })),
@@ -229,7 +251,7 @@ pub async fn terminal_states_refuse_every_change(f: Fixture) {
             backend: "x".into(),
         },
         Change::Fail {
-            error: TaskError::new("E", "e"),
+            error: TaskError::new(FailureCode::ScriptFailed, "e"),
         },
     ] {
         let refused = f.store.transition(&task.id, done.guard(), change).await;
@@ -253,7 +275,7 @@ pub async fn heartbeats_record_progress_only_for_the_running_attempt(f: Fixture)
             metrics: Some(json!({"loss": 0.5})),
         }),
         endpoint: Some("http://127.0.0.1:9999".into()),
-        sandbox: Some("landlock".into()),
+        sandbox: Some("landlock+namespaces+nocaps".parse().expect("a level")),
         input_version: Some(3),
         output_version: Some(7),
     };
@@ -318,7 +340,10 @@ pub async fn a_requeued_task_waits_again_and_its_old_attempt_can_no_longer_write
         .heartbeat(&task.id, first.attempt, beat)
         .await
         .expect("heartbeat");
-    let lost = TaskError::new("LEASE_EXPIRED", "the runner of attempt 1 went silent");
+    let lost = TaskError::new(
+        FailureCode::LeaseExpired,
+        "the runner of attempt 1 went silent",
+    );
     let requeued = f
         .store
         .transition(
@@ -403,7 +428,7 @@ pub async fn listing_pages_through_a_tenants_tasks_newest_first(f: Fixture) {
     ids.reverse();
     let mut seen = Vec::new();
     let mut query = ListQuery {
-        tenant: Some("acme".into()),
+        tenant: Some(tenant("acme")),
         limit: 5,
         ..Default::default()
     };
@@ -420,15 +445,23 @@ pub async fn listing_pages_through_a_tenants_tasks_newest_first(f: Fixture) {
         seen, ids,
         "every task once, newest first, only the tenant's"
     );
-    let bad = f
+    // A token past every id (a forged one parses: it only names where to continue) lists
+    // what lies below it, and nothing of another tenant.
+    let past_all = f
         .store
         .list(&ListQuery {
-            page_token: Some("not a token!".into()),
-            limit: 5,
+            tenant: Some(tenant("acme")),
+            page_token: Some(PageToken::after("~")),
+            limit: 1000,
             ..Default::default()
         })
-        .await;
-    assert!(matches!(bad, Err(Error::InvalidRequest(_))), "{bad:?}");
+        .await
+        .expect("list");
+    assert_eq!(
+        past_all.tasks.len(),
+        ids.len(),
+        "every acme task lies below '~'"
+    );
 }
 
 pub async fn listing_filters_by_status(f: Fixture) {
@@ -438,7 +471,7 @@ pub async fn listing_filters_by_status(f: Fixture) {
     let running = f
         .store
         .list(&ListQuery {
-            tenant: Some("acme".into()),
+            tenant: Some(tenant("acme")),
             status: Some(TaskStatus::Running),
             limit: 10,
             page_token: None,
@@ -484,9 +517,9 @@ pub async fn listing_filters_by_the_start_of_the_name(f: Fixture) {
     started(store, &train).await;
     let names = |tenant: Option<&str>, status: Option<TaskStatus>, prefix: &str| {
         let query = ListQuery {
-            tenant: tenant.map(str::to_owned),
+            tenant: tenant.map(self::tenant),
             status,
-            name_prefix: Some(prefix.to_owned()),
+            name_prefix: Some(Name::parse("name", prefix).expect("a name")),
             limit: 10,
             page_token: None,
         };

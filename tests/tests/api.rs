@@ -393,21 +393,22 @@ async fn cancelling_a_pending_task_stops_it_and_a_second_cancel_is_409() {
 
 #[tokio::test]
 async fn cancelling_a_completed_or_failed_task_is_409_and_changes_nothing() {
-    use lancer::domain::task::{Change, TaskError};
+    use lancer::domain::task::{Change, FailureCode, TaskError, TaskId};
     let app = TestApp::new(None);
     let endings = [
         Change::Complete {
             result: json!({"done": true}),
         },
         Change::Fail {
-            error: TaskError::new("SCRIPT_ERROR", "boom"),
+            error: TaskError::new(FailureCode::ScriptFailed, "boom"),
         },
     ];
     for ending in endings {
         let id = app.post("/api/v1/tasks", &noop("ends"), &[]).await.json()["id"]
             .as_str()
+            .map(TaskId::parse)
             .expect("id")
-            .to_owned();
+            .expect("a task id");
         let pending = app.store.get(&id).await.expect("get").expect("stored");
         let start = Change::Start {
             backend: "test".into(),
@@ -422,7 +423,7 @@ async fn cancelling_a_completed_or_failed_task_is_409_and_changes_nothing() {
             .transition(&id, running.guard(), ending)
             .await
             .expect("end");
-        let cancel = app.cancel(&id, &[]).await;
+        let cancel = app.cancel(id.as_str(), &[]).await;
         assert_eq!(
             (cancel.status, cancel.code().as_str()),
             (StatusCode::CONFLICT, "CONFLICT"),

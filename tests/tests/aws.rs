@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use lancer::domain::path::LakePath;
-use lancer::domain::task::{Change, Task, TaskId, TaskSpec};
+use lancer::domain::task::{Change, FailureCode, Task, TaskId, TaskSpec};
 use lancer::domain::tenant::Tenant;
 use lancer::lake::lance::LanceLake;
 use lancer::ports::{Lake, Stored, TaskStore};
@@ -124,7 +124,7 @@ async fn the_scheduled_sweeper_fails_a_silent_runners_task_or_requeues_it_while_
     );
     let swept = store.get(&lost.id).await.expect("get").expect("exists");
     assert_eq!(swept.status.as_str(), "failed");
-    assert_eq!(swept.error.expect("error").code, "LEASE_EXPIRED");
+    assert_eq!(swept.error.expect("error").code, FailureCode::LeaseExpired);
     // The other went back to pending in DynamoDB, and the sweeper started its attempt 2.
     let deadline = Instant::now() + Duration::from_secs(60);
     let again = loop {
@@ -203,7 +203,7 @@ async fn uploading_mnist_to_the_bucket_ingests_it_once_and_the_api_lists_the_dat
     assert_eq!(created.len(), 1, "exactly one ingestion task: {created:?}");
     let listed = store
         .list(&lancer::ports::ListQuery {
-            tenant: Some("default".into()),
+            tenant: Some(lancer::domain::tenant::TenantName::parse("default").expect("name")),
             limit: 100,
             ..Default::default()
         })
@@ -244,7 +244,7 @@ async fn deployed_as_on_aws_the_api_function_hands_keyed_tasks_to_the_ray_head_a
     let key = Some("lambda-key-for-acme");
     let (status, created) = api.http_as(key, "POST", "/api/v1/tasks", Some(&spec)).await;
     assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = TaskId::parse(created["id"].as_str().expect("id")).expect("a task id");
     // Lambda may freeze or recycle the function as soon as it has answered: nothing it
     // started in the background is to be relied on. The scheduled sweeper reconciles.
     api.stop().await;
@@ -272,7 +272,7 @@ async fn deployed_as_on_aws_the_api_function_hands_keyed_tasks_to_the_ray_head_a
     assert_eq!(done.status.as_str(), "completed", "{done:?}");
     assert_eq!(done.backend.as_deref(), Some("ray"));
     assert_eq!(done.tenant.to_string(), "acme");
-    let jobs = lancer_tests::ray::jobs_of_task(&id).await;
+    let jobs = lancer_tests::ray::jobs_of_task(id.as_str()).await;
     assert_eq!(jobs.len(), 1, "one job, whoever submitted it: {jobs:#?}");
     assert_eq!(jobs[0]["metadata"]["lancer_tenant"], "acme");
 }
@@ -339,7 +339,11 @@ async fn without_require_each_object_is_an_upload_whether_put_whole_or_in_parts_
     for id in &created {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let task = store.get(id).await.expect("get").expect("exists");
+            let task = store
+                .get(&TaskId::parse(id).expect("a task id"))
+                .await
+                .expect("get")
+                .expect("exists");
             if task.status.is_terminal() {
                 assert_eq!(task.status.as_str(), "completed", "{task:?}");
                 break;

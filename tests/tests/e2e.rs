@@ -765,15 +765,10 @@ async fn a_serving_task_reports_its_endpoint_and_leaves_the_batch_slot_free() {
     server.stop().await;
 }
 
-/// Runs the `lancer` CLI against `server`: (succeeded, stdout, stderr).
-fn lancer_cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    lancer_cli_with(server, None, args)
-}
-
 #[tokio::test]
 async fn the_cli_submits_waits_lists_and_reads_logs() {
     let server = Server::start(&[("ingest.py", INGEST_PY, false)], &[]).await;
-    let lancer = |args: &[&str]| lancer_cli(&server, args);
+    let lancer = |args: &[&str]| server.cli(None, args);
     let (ok, stdout, stderr) = lancer(&[
         "tasks",
         "submit",
@@ -838,7 +833,7 @@ async fn a_log_of_megabytes_is_served_in_chunks_and_read_back_whole_by_the_cli()
         "one call answers the whole lines within 1 MiB, not {} bytes",
         first.len()
     );
-    let (ok, stdout, stderr) = lancer_cli(&server, &["tasks", "logs", id]);
+    let (ok, stdout, stderr) = server.cli(None, &["tasks", "logs", id]);
     assert!(ok, "{stderr}");
     let dots = ".".repeat(500);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -943,27 +938,6 @@ def run(input_path, output_path, params):
     return {}
 "#;
 
-/// Runs the CLI against a keyed server with `LANCER_API_KEY` set to `key`.
-fn lancer_cli_as(server: &Server, key: &str, args: &[&str]) -> (bool, String, String) {
-    lancer_cli_with(server, Some(key), args)
-}
-
-/// Runs `lancer` with `LANCER_URL` (and `LANCER_API_KEY` when given) set; (ok, out, err).
-fn lancer_cli_with(server: &Server, key: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(bin_dir().join("lancer"));
-    command.args(args).env("LANCER_URL", &server.url);
-    match key {
-        Some(key) => command.env("LANCER_API_KEY", key),
-        None => command.env_remove("LANCER_API_KEY"),
-    };
-    let out = command.output().expect("run lancer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Polls `lancer tasks get` until the task's status is `status`.
 async fn cli_wait_for(lancer: impl Fn(&[&str]) -> (bool, String, String), id: &str, status: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -994,8 +968,8 @@ async fn the_cli_with_an_api_key_follows_a_log_cancels_a_task_and_gets_a_model()
         &[("LANCER_API_KEYS", "cli-key-for-acme=acme")],
     )
     .await;
-    let lancer = |args: &[&str]| lancer_cli_as(&server, "cli-key-for-acme", args);
-    let (ok, _, stderr) = lancer_cli_as(&server, "a-wrong-key", &["tasks", "list"]);
+    let lancer = |args: &[&str]| server.cli(Some("cli-key-for-acme"), args);
+    let (ok, _, stderr) = server.cli(Some("a-wrong-key"), &["tasks", "list"]);
     assert!(!ok && stderr.contains("UNAUTHORIZED"), "{stderr}");
 
     let (ok, stdout, stderr) = lancer(&[

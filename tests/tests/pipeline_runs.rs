@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use lancer_tests::scripts::SLOW_PY;
-use lancer_tests::server::{Server, bin_dir};
+use lancer_tests::server::Server;
 use serde_json::{Value, json};
 
 /// Fails the first time it runs in a lake, then completes: a step worth retrying.
@@ -89,21 +89,6 @@ async fn a_crash_of_lancer_serve_mid_pipeline_loses_nothing_and_starts_nothing_t
     server.stop().await;
 }
 
-/// Runs the `lancer` CLI against `server`; (ok, stdout, stderr).
-fn lancer_cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin_dir().join("lancer"))
-        .args(args)
-        .env("LANCER_URL", &server.url)
-        .env_remove("LANCER_API_KEY")
-        .output()
-        .expect("run lancer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_failed_step() {
     let server = Server::start(
@@ -118,15 +103,14 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
         {"name": "report", "script": "slow.py", "params": {"steps": 1}, "after": ["fit"]},
     ]});
     std::fs::write(&file, spec.to_string()).expect("write the pipeline file");
-    let (ok, stdout, stderr) =
-        lancer_cli(&server, &["pipelines", "submit", &file.to_string_lossy()]);
+    let (ok, stdout, stderr) = server.cli(None, &["pipelines", "submit", &file.to_string_lossy()]);
     assert!(ok, "{stderr}");
     let id = serde_json::from_str::<Value>(&stdout).expect("the pipeline")["id"]
         .as_str()
         .expect("id")
         .to_owned();
 
-    let (ok, _, stderr) = lancer_cli(&server, &["pipelines", "wait", &id]);
+    let (ok, _, stderr) = server.cli(None, &["pipelines", "wait", &id]);
     assert!(!ok, "a failed pipeline fails the wait");
     assert!(stderr.contains("failed steps: fit"), "{stderr}");
     for line in [
@@ -139,7 +123,7 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
     let failed = server.get_json(&format!("/pipelines/{id}")).await;
     let prepare = failed["steps"][0]["task_id"].clone();
 
-    let (ok, _, stderr) = lancer_cli(&server, &["pipelines", "retry", &id, "--wait"]);
+    let (ok, _, stderr) = server.cli(None, &["pipelines", "retry", &id, "--wait"]);
     assert!(ok, "{stderr}");
     let done = server.get_json(&format!("/pipelines/{id}")).await;
     assert_eq!(done["status"], "completed");
@@ -157,7 +141,7 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
         .await;
     assert_eq!(fit["result"], json!({"second": true}));
 
-    let (ok, stdout, _) = lancer_cli(&server, &["pipelines", "list"]);
+    let (ok, stdout, _) = server.cli(None, &["pipelines", "list"]);
     assert!(
         ok && stdout.contains(&id) && stdout.contains("3/3 done"),
         "{stdout}"

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use lancer::application::Service;
 use lancer::config::{ApiKeys, ScheduleLimits};
 use lancer::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
-use lancer::domain::task::{Change, TaskError};
+use lancer::domain::task::{Change, FailureCode, TaskError};
 use lancer::domain::tenant::Tenant;
 use lancer_tests::app::TestApp;
 use serde_json::{Value, json};
@@ -103,7 +103,7 @@ async fn a_failed_step_skips_what_follows_and_retry_resumes_from_it_keeping_comp
     app.advance_pipelines().await;
     let first_train = task_of(&read(&app, &id).await, 1);
     let fail = Change::Fail {
-        error: TaskError::new("SCRIPT_ERROR", "out of memory"),
+        error: TaskError::new(FailureCode::ScriptFailed, "out of memory"),
     };
     app.finish(&first_train, fail).await;
     app.advance_pipelines().await;
@@ -532,7 +532,7 @@ fn service_with(app: &TestApp, keys: &str, limits: ScheduleLimits) -> Service {
         pipelines: app.pipelines.clone(),
         lake: app.lake.clone(),
         dispatcher: app.dispatcher.clone(),
-        scripts: app.scripts(),
+        scripts: std::sync::Arc::new(lancer::scripts::ScriptFolder::new(app.scripts())),
         api_keys: Some(ApiKeys::parse(keys).expect("keys")),
         ingest_rules: Default::default(),
         upload_limits: Default::default(),

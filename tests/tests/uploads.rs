@@ -276,7 +276,7 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         pipelines: store.clone(),
         lake,
         dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
-        scripts: app.scripts(),
+        scripts: Arc::new(lancer::scripts::ScriptFolder::new(app.scripts())),
         api_keys: None,
         ingest_rules: IngestRules::parse(
             r#"[{"name": "csv", "prefix": "raw/", "script": "jobs/noop.py", "output": "rows"}]"#,
@@ -310,8 +310,8 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
     );
     let mut tasks = Vec::new();
     for id in answer["created"].as_array().expect("ids") {
-        let id = id.as_str().expect("id");
-        tasks.push(store.get(id).await.expect("get").expect("stored"));
+        let id = lancer::domain::task::TaskId::parse(id.as_str().expect("id")).expect("a task id");
+        tasks.push(store.get(&id).await.expect("get").expect("stored"));
     }
     tasks.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     assert_eq!(tasks[0].tenant, "acme");

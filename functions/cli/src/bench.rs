@@ -42,7 +42,7 @@ async fn worker(
         let task = client.submit(&spec, None).await?;
         latencies.push(started.elapsed());
         let started = Instant::now();
-        client.task(&task.id).await?;
+        client.task(task.id.as_str()).await?;
         latencies.push(started.elapsed());
     }
     Ok(latencies)
@@ -117,7 +117,7 @@ pub async fn submit_to_completed(client: &Client, options: &BenchOptions) -> Res
             )
             .await?;
         loop {
-            let now = client.task(&task.id).await?;
+            let now = client.task(task.id.as_str()).await?;
             match now.status {
                 TaskStatus::Completed => break,
                 status if status.is_terminal() => {

@@ -305,7 +305,7 @@ async fn submit(client: &Client, args: SubmitArgs) -> Result<()> {
     let task = client.submit(&spec_of(args)?, key.as_deref()).await?;
     print_json(&task)?;
     if wait {
-        wait_for(client, &task.id).await?;
+        wait_for(client, task.id.as_str()).await?;
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ pub async fn run(client: &Client, command: PipelineCommand) -> Result<()> {
                 .await?;
             print_json(&pipeline)?;
             if wait {
-                wait_for(client, &pipeline.id).await?;
+                wait_for(client, pipeline.id.as_str()).await?;
             }
             Ok(())
         }
@@ -161,7 +161,7 @@ async fn show_step(client: &Client, bar: &ProgressBar, step: &Step) -> String {
     }
     let live = step.task_id.as_ref().filter(|_| step.status.is_live());
     if let Some(Ok(task)) = match live {
-        Some(id) => Some(client.task(id).await),
+        Some(id) => Some(client.task(id.as_str()).await),
         None => None,
     } {
         let progress = task.progress.unwrap_or_default();

@@ -11,7 +11,7 @@ use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
 use crate::domain::endpoint::Reserved;
 use crate::domain::fair::FairLimits;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 use crate::http::origin::Hosts;
 use crate::http::serve::serve_connections;
 use crate::http::streams::OpenStreams;
@@ -21,7 +21,7 @@ use crate::lake::lance::LanceLake;
 use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
 use crate::runner::RunnerContext;
 use crate::sandbox::SandboxMode;
-use crate::scripts::{REGISTRY_FILE, ScriptRegistry};
+use crate::scripts::{REGISTRY_FILE, RegistryError, ScriptFolder, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
 
@@ -113,7 +113,7 @@ pub async fn service(config: &Config) -> Result<Service, StartError> {
         lake: open_lake(config)?,
         dispatcher: open_dispatcher(config, store.clone())?,
         store,
-        scripts: config.scripts.root.clone(),
+        scripts: Arc::new(ScriptFolder::new(config.scripts.root.clone())),
         api_keys: config.server.api_keys.clone(),
         ingest_rules: config.ingest_rules.clone(),
         upload_limits: config.server.uploads,
@@ -270,7 +270,13 @@ fn check_open(config: &Config) -> Result<(), ConfigError> {
 /// Stops the server at start-up on a broken script registry, and says when it is empty.
 fn check_scripts(config: &Config) -> Result<(), ConfigError> {
     let root = &config.scripts.root;
-    let broken = |err: Error| ConfigError(format!("LANCER_SCRIPTS {}: {err}", root.display()));
+    let broken = |err: RegistryError| {
+        ConfigError(format!(
+            "LANCER_SCRIPTS {}: {}",
+            root.display(),
+            chain(&err)
+        ))
+    };
     let registry = ScriptRegistry::load(root).map_err(broken)?;
     registry.check_all().map_err(broken)?;
     if registry.is_empty() {

@@ -522,7 +522,7 @@ impl Config {
                 sandbox: match vars.text(Var::Sandbox) {
                     Some(mode) => mode
                         .parse()
-                        .map_err(|err: crate::error::Error| bad(err.to_string()))?,
+                        .map_err(|err: crate::sandbox::UnknownSandboxMode| bad(err.to_string()))?,
                     None => defaults.scripts.sandbox,
                 },
             },

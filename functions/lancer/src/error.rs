@@ -129,16 +129,6 @@ internal_from!(
     aws_sdk_dynamodb::error::BuildError,
 );
 
-impl<E, R> From<aws_sdk_dynamodb::error::SdkError<E, R>> for Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    fn from(err: aws_sdk_dynamodb::error::SdkError<E, R>) -> Self {
-        Error::Internal(Box::new(err))
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its sources, outermost first: where a library says what really failed

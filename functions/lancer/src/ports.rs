@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::domain::cache::Digest;
 use crate::domain::endpoint::Reported;
+use crate::domain::error::Invalid;
 use crate::domain::path::{LakePath, Name};
-use crate::domain::pipeline::Pipeline;
-use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
+use crate::domain::tenant::TenantName;
 use crate::domain::validate::ArtifactKind;
 use crate::error::Result;
 
@@ -36,23 +39,77 @@ impl<T> Created<T> {
 /// The most records one page of a listing holds.
 pub const MAX_PAGE: usize = 1000;
 
+/// Where a listing continues: the id of the previous page's last record, opaque to
+/// clients (URL-safe base64). A store issues it; a request's is parsed, once, at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    last_id: String,
+}
+
+/// The longest page token a request may carry: a record id, encoded.
+const MAX_PAGE_TOKEN: usize = 512;
+
+impl PageToken {
+    /// The token of a page that ended at `last_id`.
+    pub fn after(last_id: &str) -> Self {
+        Self {
+            last_id: last_id.to_owned(),
+        }
+    }
+
+    /// A client's token, refused unless this server could have issued it.
+    pub fn parse(token: &str) -> std::result::Result<Self, Invalid> {
+        use base64::Engine as _;
+        let refused = || Invalid::rule("page_token is not a token this server issued");
+        if token.len() > MAX_PAGE_TOKEN {
+            return Err(refused());
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| refused())?;
+        let last_id = String::from_utf8(bytes).map_err(|_| refused())?;
+        Ok(Self { last_id })
+    }
+
+    /// The id the listing continues below (or above, for oldest-first listings).
+    pub fn last_id(&self) -> &str {
+        &self.last_id
+    }
+}
+
+impl std::fmt::Display for PageToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine as _;
+        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.last_id))
+    }
+}
+
+impl Serialize for PageToken {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
     /// `None` lists every tenant's tasks (dispatchers and sweepers only).
-    pub tenant: Option<String>,
+    pub tenant: Option<TenantName>,
     pub status: Option<TaskStatus>,
     /// Only tasks whose name starts with this.
-    pub name_prefix: Option<String>,
+    pub name_prefix: Option<Name>,
     pub limit: usize,
-    /// Opaque token from a previous page.
-    pub page_token: Option<String>,
+    /// From a previous page.
+    pub page_token: Option<PageToken>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskPage {
     /// Newest first.
     pub tasks: Vec<Task>,
-    pub next_page_token: Option<String>,
+    pub next_page_token: Option<PageToken>,
 }
 
 /// Where task records live. Every state change is a compare-and-set on `Guard`,
@@ -63,17 +120,17 @@ pub trait TaskStore: Send + Sync {
     /// returns the task that holds it instead.
     async fn create(&self, task: Task) -> Result<Created>;
 
-    async fn get(&self, id: &str) -> Result<Option<Task>>;
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>>;
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage>;
 
     /// Applies `change` if the record still matches `guard`; `Error::Stale` if it
     /// moved on, `Error::NotFound` if there is no such task.
-    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task>;
+    async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task>;
 
     /// Records a heartbeat (and progress or endpoint) of a running attempt;
     /// `Error::Stale` once the task is no longer running that attempt.
-    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task>;
+    async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task>;
 
     /// Running tasks whose last heartbeat is older than `cutoff`, across tenants.
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>>;
@@ -83,7 +140,7 @@ pub trait TaskStore: Send + Sync {
 pub struct PipelinePage {
     /// Newest first.
     pub pipelines: Vec<Pipeline>,
-    pub next_page_token: Option<String>,
+    pub next_page_token: Option<PageToken>,
 }
 
 /// Where pipeline records live. A record changes only by `update_pipeline`, a
@@ -95,14 +152,14 @@ pub trait PipelineStore: Send + Sync {
     /// pipeline that holds it (a different spec under the key is `Error::Conflict`).
     async fn create_pipeline(&self, pipeline: Pipeline) -> Result<Created<Pipeline>>;
 
-    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>>;
+    async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>>;
 
     /// A tenant's pipelines, newest first, `limit` (1-1000) at a time.
     async fn list_pipelines(
         &self,
-        tenant: &str,
+        tenant: &TenantName,
         limit: usize,
-        page_token: Option<&str>,
+        page_token: Option<&PageToken>,
     ) -> Result<PipelinePage>;
 
     /// Every running pipeline and every schedule across tenants, oldest first: what
@@ -114,10 +171,15 @@ pub trait PipelineStore: Send + Sync {
     async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline>;
 
     /// The task a tenant's cache remembers under a cache key's digest.
-    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>>;
+    async fn cached_task(&self, tenant: &TenantName, digest: &Digest) -> Result<Option<TaskId>>;
 
     /// Remembers `task`, completed, under the digest (replacing an older one).
-    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()>;
+    async fn remember_task(
+        &self,
+        tenant: &TenantName,
+        digest: &Digest,
+        task: &TaskId,
+    ) -> Result<()>;
 }
 
 /// One field of an artifact's Arrow schema.
@@ -164,10 +226,12 @@ pub struct Version {
     pub timestamp: DateTime<Utc>,
     /// The task that wrote it (the version's `lancer-task-<id>` tag).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub task_id: Option<TaskId>,
     /// That task's pipeline and step.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pipeline_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub pipeline_id: Option<PipelineId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// What that task read: a model version names the dataset version it was trained on.
@@ -183,7 +247,7 @@ pub struct Version {
 pub const SIZES_OF_BINARY: &str = "lancer:bytes";
 
 /// The tag that marks the version a task wrote.
-pub fn writer_tag(task: &str) -> String {
+pub fn writer_tag(task: &TaskId) -> String {
     format!("{WRITER_TAG_PREFIX}{task}")
 }
 
@@ -314,7 +378,7 @@ pub trait Lake: Send + Sync {
     /// Marks `version` of the dataset at `path` as written by `task` (the Lance tag
     /// `writer_tag(task)`), so its version listing names the writer. Marking it again is a
     /// no-op.
-    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()>;
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &TaskId) -> Result<()>;
 
     /// A digest of the object at `path`, or of every object under it: names, sizes and
     /// versions. What stands for the version of an input that is no Lance dataset (a
@@ -359,6 +423,24 @@ pub trait Lake: Send + Sync {
 
     /// Storage options a script needs to open `uri_of` paths with Lance (empty on local disk).
     fn storage_options(&self) -> BTreeMap<String, String>;
+}
+
+/// The operator's scripts, as the use cases see them: which scripts a task may name, what
+/// they hold now (a cache key covers it), and the pipeline files ingestion rules start.
+/// The real adapter reads the scripts folder on each call, so an operator's edit takes
+/// effect without a restart (`scripts::ScriptFolder`); `scripts::MemoryScripts` is the fake.
+#[async_trait]
+pub trait Scripts: Send + Sync {
+    /// Whether a task may name `script`: registered and runnable. A refusal is a 400 that
+    /// says nothing of the server's folders.
+    async fn check(&self, script: &str) -> Result<()>;
+
+    /// The content of the registered script `script`, refused as `check` refuses.
+    async fn content(&self, script: &str) -> Result<Vec<u8>>;
+
+    /// A pipeline file beside the scripts, named by an ingestion rule. It is the
+    /// operator's: a missing or broken one is an internal error, not the uploader's.
+    async fn pipeline(&self, file: &str) -> Result<PipelineSpec>;
 }
 
 /// Runs tasks somewhere: local subprocesses, Ray jobs. A backend implements `submit` and
@@ -409,7 +491,21 @@ pub trait Dispatcher: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::LogChunk;
+    use super::{LogChunk, PageToken};
+
+    #[test]
+    fn a_page_token_reads_back_the_id_it_was_issued_after_and_refuses_any_other_text() {
+        let token = PageToken::after("0193e9a0-7c1f-7000-8000-000000000001");
+        let again = PageToken::parse(&token.to_string()).expect("an issued token");
+        assert_eq!(again.last_id(), "0193e9a0-7c1f-7000-8000-000000000001");
+        for forged in ["not base64!", "//8", &"A".repeat(513)] {
+            let err = PageToken::parse(forged).expect_err(forged);
+            assert!(
+                err.to_string().contains("not a token this server issued"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn a_slice_stops_at_the_limit_or_the_end() {

@@ -1,15 +1,20 @@
 //! The script registry: the operator lists, in `lancer-scripts.json` in the scripts folder,
 //! the scripts tenants may submit. A script is found by its exact entry, never by looking
 //! around the folder, so helper modules, hidden folders and the repository's own tooling
-//! beside the scripts are never runnable.
+//! beside the scripts are never runnable. `ScriptFolder` is the `Scripts` port over such a
+//! folder, `MemoryScripts` its fake.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::domain::path::printable;
+use crate::domain::pipeline::PipelineSpec;
 use crate::error::{Error, Result};
+use crate::ports::Scripts;
 
 /// The registry's file name inside the scripts folder.
 pub const REGISTRY_FILE: &str = "lancer-scripts.json";
@@ -31,6 +36,53 @@ pub struct Script {
     pub kind: ScriptKind,
 }
 
+/// What reading the scripts folder can fail with. A task naming a script the registry does
+/// not hold, or holds but cannot run, is the client's 400; the rest are the operator's: a
+/// `ConfigError` at start-up, an internal error (logged whole) on a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("script '{}' is not registered: the operator lists the runnable scripts in {REGISTRY_FILE}", printable(.0))]
+    NotRegistered(String),
+    #[error("script '{}' is registered but cannot be run; the server log says why", printable(.0))]
+    Unrunnable(String),
+    #[error("scripts folder {}", .path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .path.display())]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{REGISTRY_FILE} entry '{entry}' {why}")]
+    BadEntry {
+        entry: String,
+        why: &'static str,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+impl From<RegistryError> for Error {
+    fn from(err: RegistryError) -> Self {
+        match err {
+            RegistryError::NotRegistered(_) | RegistryError::Unrunnable(_) => {
+                Error::invalid(err.to_string())
+            }
+            other => Error::internal(other),
+        }
+    }
+}
+
 /// `lancer-scripts.json`: `{"scripts": ["mnist/bin/mnist-clean", "jobs/train.py"]}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,15 +100,17 @@ pub struct ScriptRegistry {
 impl ScriptRegistry {
     /// Reads the registry of the scripts folder `root`. A folder without one registers
     /// nothing: every submission is refused until the operator writes it.
-    pub fn load(root: &Path) -> Result<Self> {
-        let root = std::fs::canonicalize(root)
-            .map_err(|err| Error::internal(format!("scripts folder {}: {err}", root.display())))?;
-        let manifest = match std::fs::read(root.join(REGISTRY_FILE)) {
-            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).map_err(|err| {
-                Error::internal(format!("{}: {err}", root.join(REGISTRY_FILE).display()))
-            })?,
+    pub fn load(root: &Path) -> Result<Self, RegistryError> {
+        let root = std::fs::canonicalize(root).map_err(|source| RegistryError::Folder {
+            path: root.to_owned(),
+            source,
+        })?;
+        let path = root.join(REGISTRY_FILE);
+        let manifest = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
+                .map_err(|source| RegistryError::Malformed { path, source })?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(err) => return Err(Error::internal(format!("{REGISTRY_FILE}: {err}"))),
+            Err(source) => return Err(RegistryError::Unreadable { path, source }),
         };
         Ok(Self {
             root,
@@ -69,7 +123,7 @@ impl ScriptRegistry {
     }
 
     /// Checks every entry, so an operator's mistake stops the server at start-up.
-    pub fn check_all(&self) -> Result<()> {
+    pub fn check_all(&self) -> Result<(), RegistryError> {
         self.entries
             .iter()
             .try_for_each(|entry| self.locate(entry).map(|_| ()))
@@ -77,55 +131,141 @@ impl ScriptRegistry {
 
     /// The registered script a task names. Anything else, however it is spelled, is
     /// refused with the same message, which says nothing of the server's folders.
-    pub fn resolve(&self, script: &str) -> Result<Script> {
+    pub fn resolve(&self, script: &str) -> Result<Script, RegistryError> {
         if !self.entries.iter().any(|entry| entry == script) {
-            return Err(Error::invalid(format!(
-                "script '{}' is not registered: the operator lists the runnable scripts in {REGISTRY_FILE}",
-                printable(script)
-            )));
+            return Err(RegistryError::NotRegistered(script.to_owned()));
         }
         self.locate(script).map_err(|err| {
-            tracing::error!(%err, script, "a registered script cannot be run");
-            Error::invalid(format!(
-                "script '{}' is registered but cannot be run; the server log says why",
-                printable(script)
-            ))
+            tracing::error!(err = %crate::error::chain(&err), script, "a registered script cannot be run");
+            RegistryError::Unrunnable(script.to_owned())
         })
     }
 
     /// The file of an entry: a plain relative path, inside the folder after symlinks, a
     /// regular file, and Python or executable.
-    fn locate(&self, entry: &str) -> Result<Script> {
-        let bad = |why: &str| Error::internal(format!("{REGISTRY_FILE} entry '{entry}' {why}"));
+    fn locate(&self, entry: &str) -> Result<Script, RegistryError> {
+        let bad = |why: &'static str, source: Option<std::io::Error>| RegistryError::BadEntry {
+            entry: entry.to_owned(),
+            why,
+            source,
+        };
         if entry.is_empty() || entry.starts_with('/') || entry.contains(['\\', '\0']) {
-            return Err(bad("must be a relative path"));
+            return Err(bad("must be a relative path", None));
         }
         if entry
             .split('/')
             .any(|part| part.is_empty() || part.starts_with('.'))
         {
-            return Err(bad("must not hold '.', '..', hidden or empty parts"));
+            return Err(bad("must not hold '.', '..', hidden or empty parts", None));
         }
         let path = std::fs::canonicalize(self.root.join(entry))
-            .map_err(|err| bad(&format!("cannot be found: {err}")))?;
+            .map_err(|err| bad("cannot be found", Some(err)))?;
         if !path.starts_with(&self.root) {
-            return Err(bad("resolves outside the scripts folder"));
+            return Err(bad("resolves outside the scripts folder", None));
         }
-        let meta = std::fs::metadata(&path).map_err(|err| bad(&err.to_string()))?;
+        let meta = std::fs::metadata(&path).map_err(|err| bad("cannot be read", Some(err)))?;
         if !meta.is_file() {
-            return Err(bad("is not a file"));
+            return Err(bad("is not a file", None));
         }
         let kind = if path.extension().is_some_and(|ext| ext == "py") {
             ScriptKind::Python
         } else if meta.permissions().mode() & 0o111 != 0 {
             ScriptKind::Executable
         } else {
-            return Err(bad("is neither a .py file nor executable"));
+            return Err(bad("is neither a .py file nor executable", None));
         };
         Ok(Script {
             name: entry.to_owned(),
             path,
             kind,
+        })
+    }
+}
+
+/// The `Scripts` port over a scripts folder, read again on each call: an operator's edit
+/// to the registry or a script takes effect on the next submission.
+#[derive(Debug, Clone)]
+pub struct ScriptFolder {
+    root: PathBuf,
+}
+
+impl ScriptFolder {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn resolve(&self, script: &str) -> Result<Script, RegistryError> {
+        ScriptRegistry::load(&self.root)?.resolve(script)
+    }
+}
+
+#[async_trait]
+impl Scripts for ScriptFolder {
+    async fn check(&self, script: &str) -> Result<()> {
+        Ok(self.resolve(script).map(|_| ())?)
+    }
+
+    async fn content(&self, script: &str) -> Result<Vec<u8>> {
+        let script = self.resolve(script)?;
+        tokio::fs::read(&script.path).await.map_err(|source| {
+            Error::from(RegistryError::Unreadable {
+                path: script.path,
+                source,
+            })
+        })
+    }
+
+    async fn pipeline(&self, file: &str) -> Result<PipelineSpec> {
+        let path = self.root.join(file);
+        let text = match tokio::fs::read(&path).await {
+            Ok(text) => text,
+            Err(source) => return Err(Error::from(RegistryError::Unreadable { path, source })),
+        };
+        serde_json::from_slice(&text)
+            .map_err(|source| Error::from(RegistryError::Malformed { path, source }))
+    }
+}
+
+/// The `Scripts` fake: scripts and pipeline files held in memory, every one registered.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryScripts {
+    scripts: BTreeMap<String, Vec<u8>>,
+    pipelines: BTreeMap<String, PipelineSpec>,
+}
+
+impl MemoryScripts {
+    /// Registers `name` holding `content`.
+    pub fn with_script(mut self, name: &str, content: &[u8]) -> Self {
+        self.scripts.insert(name.to_owned(), content.to_vec());
+        self
+    }
+
+    /// Keeps `spec` as the pipeline file `file`.
+    pub fn with_pipeline(mut self, file: &str, spec: PipelineSpec) -> Self {
+        self.pipelines.insert(file.to_owned(), spec);
+        self
+    }
+}
+
+#[async_trait]
+impl Scripts for MemoryScripts {
+    async fn check(&self, script: &str) -> Result<()> {
+        self.content(script).await.map(|_| ())
+    }
+
+    async fn content(&self, script: &str) -> Result<Vec<u8>> {
+        self.scripts
+            .get(script)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotRegistered(script.to_owned()).into())
+    }
+
+    async fn pipeline(&self, file: &str) -> Result<PipelineSpec> {
+        self.pipelines.get(file).cloned().ok_or_else(|| {
+            Error::from(RegistryError::Unreadable {
+                path: file.into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
         })
     }
 }

@@ -25,7 +25,10 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> std::process::ExitCode {
     init_tracing();
-    let Some(task_id) = std::env::args().nth(1) else {
+    let Some(task_id) = std::env::args()
+        .nth(1)
+        .and_then(|id| lancer::domain::task::TaskId::parse(&id).ok())
+    else {
         eprintln!("usage: lancer-runner <task-id>");
         return std::process::ExitCode::from(2);
     };

@@ -71,7 +71,7 @@ impl Service {
             }
         }
         let mut query = ListQuery {
-            tenant: tenant.map(|t| t.name.to_string()),
+            tenant: tenant.map(|t| t.name.clone()),
             status: None,
             name_prefix: None,
             limit: crate::ports::MAX_PAGE,

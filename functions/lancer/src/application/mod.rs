@@ -2,7 +2,6 @@
 //! API, the Lambda ingestion path, the CLI's server, reconcile). Each takes parsed domain values and
 //! the ports; none knows about HTTP.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use crate::config::{ApiKeys, ScheduleLimits, UploadLimits};
 use crate::domain::ingest::IngestRules;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
-use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
+use crate::ports::{Dispatcher, Lake, PipelineStore, Scripts, TaskStore};
 
 mod artifacts;
 mod changes;
@@ -22,7 +21,7 @@ mod tasks;
 mod uploads;
 
 pub use changes::{TaskChange, TaskChanges};
-pub use pipelines::{Advanced, STEP_NOT_STARTED};
+pub use pipelines::Advanced;
 pub use reconcile::{RoundReport, reconcile};
 pub use rows::{MAX_ROWS, Rows, RowsRequest};
 pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskFilter, TaskLog, TaskProgress, cancel_in_store};
@@ -34,8 +33,8 @@ pub struct Service {
     pub pipelines: Arc<dyn PipelineStore>,
     pub lake: Arc<dyn Lake>,
     pub dispatcher: Arc<dyn Dispatcher>,
-    /// The folder holding `lancer-scripts.json` and the scripts it registers.
-    pub scripts: PathBuf,
+    /// The scripts tasks may name (`lancer-scripts.json` and what it registers).
+    pub scripts: Arc<dyn Scripts>,
     /// `None`: open single-tenant mode.
     pub api_keys: Option<ApiKeys>,
     /// What to run when raw data arrives (`LANCER_INGEST_RULES`).

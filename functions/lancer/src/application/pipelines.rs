@@ -9,11 +9,10 @@ use crate::domain::path::printable;
 use crate::domain::pipeline::{
     Pipeline, PipelineId, PipelineSpec, PipelineStatus, check_interval, check_pipeline,
 };
-use crate::domain::task::{Lineage, Task, TaskError, TaskId, TaskStatus};
+use crate::domain::task::{FailureCode, Lineage, Task, TaskError, TaskId, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Resource, Result};
-use crate::ports::{Created, PipelinePage};
-use crate::scripts::ScriptRegistry;
+use crate::ports::{Created, PageToken, PipelinePage};
 
 /// Why a due schedule does not fire.
 enum Refusal {
@@ -29,10 +28,6 @@ enum Start {
     Cached(Task, CacheKey),
     Stored(Task),
 }
-
-/// The code a step gets when its task could not be submitted (its input is gone, its
-/// script was unregistered since the pipeline was accepted).
-pub const STEP_NOT_STARTED: &str = "STEP_NOT_STARTED";
 
 /// What one round over the active pipelines did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +52,16 @@ impl Service {
         if let Some(schedule) = &spec.schedule {
             self.check_new_schedule(tenant, schedule).await?;
         }
-        let registry = ScriptRegistry::load(&self.scripts)?;
         for step in &spec.steps {
-            registry.resolve(&step.task.script).map_err(|err| {
-                Error::invalid(format!("step '{}': {err}", printable(&step.task.name)))
-            })?;
+            self.scripts
+                .check(&step.task.script)
+                .await
+                .map_err(|err| match err {
+                    Error::InvalidRequest(why) => {
+                        Error::invalid(format!("step '{}': {why}", printable(&step.task.name)))
+                    }
+                    other => other,
+                })?;
         }
         self.store_pipeline(tenant, spec, None).await
     }
@@ -108,8 +108,9 @@ impl Service {
         page_token: Option<&str>,
     ) -> Result<PipelinePage> {
         let limit = super::tasks::page_size(limit)?;
+        let page_token = page_token.map(PageToken::parse).transpose()?;
         self.pipelines
-            .list_pipelines(&tenant.name, limit, page_token)
+            .list_pipelines(&tenant.name, limit, page_token.as_ref())
             .await
     }
 
@@ -339,7 +340,7 @@ impl Service {
         let mut started = Vec::new();
         for step in next.ready() {
             let origin = Lineage {
-                pipeline: Some(next.id.to_string()),
+                pipeline: Some(next.id.clone()),
                 step: Some(next.steps[step].name.clone()),
                 ..Lineage::default()
             };
@@ -357,8 +358,10 @@ impl Service {
                     started.push(task);
                 }
                 Err(Error::Internal(source)) => return Err(Error::Internal(source)),
-                Err(refused) => next
-                    .could_not_start(step, TaskError::new(STEP_NOT_STARTED, refused.to_string())),
+                Err(refused) => next.could_not_start(
+                    step,
+                    TaskError::new(FailureCode::StepNotStarted, refused.to_string()),
+                ),
             }
         }
         Ok(started)
@@ -447,25 +450,20 @@ mod tests {
     use crate::dispatch::memory::RecordingDispatcher;
     use crate::domain::task::Change;
     use crate::lake::memory::MemoryLake;
+    use crate::scripts::MemoryScripts;
     use crate::store::memory::MemoryTaskStore;
 
     fn service() -> Service {
-        let scripts = std::env::temp_dir().join(format!("lancer-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&scripts).expect("mkdir");
-        std::fs::write(scripts.join("job.py"), "def run(i, o, p):\n    return {}\n")
-            .expect("write");
-        std::fs::write(
-            scripts.join(crate::scripts::REGISTRY_FILE),
-            r#"{"scripts": ["job.py"]}"#,
-        )
-        .expect("write");
         let store = Arc::new(MemoryTaskStore::new());
         Service {
             dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
             store: store.clone(),
             pipelines: store,
             lake: Arc::new(MemoryLake::new()),
-            scripts,
+            scripts: Arc::new(
+                MemoryScripts::default()
+                    .with_script("job.py", b"def run(i, o, p):\n    return {}\n"),
+            ),
             api_keys: None,
             ingest_rules: Default::default(),
             upload_limits: Default::default(),
@@ -506,7 +504,10 @@ mod tests {
             .transition(&clean, running.guard(), done)
             .await
             .expect("complete");
-        let read = service.pipeline(&tenant, &pipeline.id).await.expect("read");
+        let read = service
+            .pipeline(&tenant, pipeline.id.as_str())
+            .await
+            .expect("read");
         let first = service.advance(read.clone()).await.expect("first");
         let second = service.advance(read).await.expect("second");
         assert_eq!(first.revision, second.revision, "the second write lost");

@@ -203,41 +203,7 @@ impl Work {
         if nested && depth >= MAX_DEPTH {
             return json!({"depth": depth});
         }
-        macro_rules! number {
-            ($type:ty) => {
-                json!(array.as_primitive::<$type>().value(row))
-            };
-        }
         match array.data_type() {
-            DataType::Boolean => json!(array.as_boolean().value(row)),
-            DataType::Int8 => number!(Int8Type),
-            DataType::Int16 => number!(Int16Type),
-            DataType::Int32 => number!(Int32Type),
-            DataType::Int64 => number!(Int64Type),
-            DataType::UInt8 => number!(UInt8Type),
-            DataType::UInt16 => number!(UInt16Type),
-            DataType::UInt32 => number!(UInt32Type),
-            DataType::UInt64 => number!(UInt64Type),
-            // NaN and infinities have no JSON form: they become null. An f32 is written in
-            // its own shortest form (0.1, not 0.10000000149011612).
-            DataType::Float32 => {
-                let value = array.as_primitive::<Float32Type>().value(row);
-                json!(
-                    value
-                        .to_string()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                )
-            }
-            DataType::Float64 => number!(Float64Type),
-            DataType::Utf8 => text(array.as_string::<i32>().value(row)),
-            DataType::LargeUtf8 => text(array.as_string::<i64>().value(row)),
-            DataType::Utf8View => text(array.as_string_view().value(row)),
-            DataType::Binary => json!({"bytes": array.as_binary::<i32>().value(row).len()}),
-            DataType::LargeBinary => json!({"bytes": array.as_binary::<i64>().value(row).len()}),
-            DataType::BinaryView => json!({"bytes": array.as_binary_view().value(row).len()}),
-            DataType::FixedSizeBinary(size) => json!({"bytes": size}),
             DataType::List(_) => self.list(&array.as_list::<i32>().value(row), depth),
             DataType::LargeList(_) => self.list(&array.as_list::<i64>().value(row), depth),
             DataType::FixedSizeList(_, _) => {
@@ -257,7 +223,7 @@ impl Work {
                     .collect::<Map<_, _>>()
                     .into()
             }
-            _ => displayed(array, row),
+            _ => scalar(array, row),
         }
     }
 
@@ -281,6 +247,47 @@ impl Work {
             }
             None => false,
         }
+    }
+}
+
+/// A cell that holds no other cells: a number, text, or a binary value's size.
+fn scalar(array: &ArrayRef, row: usize) -> Value {
+    macro_rules! number {
+        ($type:ty) => {
+            json!(array.as_primitive::<$type>().value(row))
+        };
+    }
+    match array.data_type() {
+        DataType::Boolean => json!(array.as_boolean().value(row)),
+        DataType::Int8 => number!(Int8Type),
+        DataType::Int16 => number!(Int16Type),
+        DataType::Int32 => number!(Int32Type),
+        DataType::Int64 => number!(Int64Type),
+        DataType::UInt8 => number!(UInt8Type),
+        DataType::UInt16 => number!(UInt16Type),
+        DataType::UInt32 => number!(UInt32Type),
+        DataType::UInt64 => number!(UInt64Type),
+        // NaN and infinities have no JSON form: they become null. An f32 is written in
+        // its own shortest form (0.1, not 0.10000000149011612).
+        DataType::Float32 => {
+            let value = array.as_primitive::<Float32Type>().value(row);
+            json!(
+                value
+                    .to_string()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+            )
+        }
+        DataType::Float64 => number!(Float64Type),
+        DataType::Utf8 => text(array.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => text(array.as_string::<i64>().value(row)),
+        DataType::Utf8View => text(array.as_string_view().value(row)),
+        DataType::Binary => json!({"bytes": array.as_binary::<i32>().value(row).len()}),
+        DataType::LargeBinary => json!({"bytes": array.as_binary::<i64>().value(row).len()}),
+        DataType::BinaryView => json!({"bytes": array.as_binary_view().value(row).len()}),
+        DataType::FixedSizeBinary(size) => json!({"bytes": size}),
+        _ => displayed(array, row),
     }
 }
 

@@ -15,8 +15,7 @@ use crate::domain::validate::{
     resolve_output, split_version,
 };
 use crate::error::{Error, Resource, Result};
-use crate::ports::{Created, ListQuery, LogChunk, TaskPage, TaskStore};
-use crate::scripts::ScriptRegistry;
+use crate::ports::{Created, ListQuery, LogChunk, PageToken, TaskPage, TaskStore};
 use crate::telemetry::{self, DISPATCH};
 
 /// The most log bytes one read returns: well inside Lambda's 6 MB response limit.
@@ -138,7 +137,7 @@ impl Service {
         mut lineage: Lineage,
     ) -> Result<Task> {
         check_spec(&spec)?;
-        let script = ScriptRegistry::load(&self.scripts)?.resolve(&spec.script)?;
+        let content = self.scripts.content(&spec.script).await?;
         let (input, pinned) = split_version(&spec.input)?;
         let input_path = match parse_input(input)? {
             InputRef::None => None,
@@ -166,7 +165,6 @@ impl Service {
             (None, _) => None,
         };
         let output_path = resolve_output(&spec.output)?.map(|path| tenant.path(&path));
-        let content = tokio::fs::read(&script.path).await?;
         let cache_key = CacheKey::new(
             &spec.script,
             &content,
@@ -253,12 +251,13 @@ impl Service {
         // A start of a name is itself a name: the same characters, the same first one.
         let name_prefix = filter
             .name
-            .map(|name| Name::parse("name", name).map(|name| name.to_string()))
+            .map(|name| Name::parse("name", name))
             .transpose()?;
+        let page_token = page_token.as_deref().map(PageToken::parse).transpose()?;
         let limit = page_size(limit)?;
         self.store
             .list(&ListQuery {
-                tenant: Some(tenant.name.to_string()),
+                tenant: Some(tenant.name.clone()),
                 status,
                 name_prefix,
                 limit,

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::Service;
 use crate::domain::ingest::RulePipeline;
 use crate::domain::path::LakePath;
-use crate::domain::pipeline::{Pipeline, PipelineSpec};
+use crate::domain::pipeline::Pipeline;
 use crate::domain::task::Task;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
@@ -124,7 +124,7 @@ impl Service {
         }
         if let Some(pipeline) = &rule.pipeline {
             let spec = match pipeline {
-                RulePipeline::File(file) => self.pipeline_file(file)?,
+                RulePipeline::File(file) => self.scripts.pipeline(file).await?,
                 RulePipeline::Inline(spec) => (**spec).clone(),
             };
             let key_of_upload = rule.idempotency_key(&present);
@@ -145,16 +145,6 @@ impl Service {
             ingested("task");
         }
         Ok(Some(Ingested::Task(Box::new(created))))
-    }
-
-    /// A rule's pipeline file in the scripts folder. It is the operator's: a broken one is
-    /// an internal error, logged, not the uploader's fault.
-    fn pipeline_file(&self, file: &str) -> Result<PipelineSpec> {
-        let path = self.scripts.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|err| Error::internal(format!("{}: {err}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|err| Error::internal(format!("{}: {err}", path.display())))
     }
 }
 

@@ -19,7 +19,7 @@ use super::listeners;
 use crate::config::ConfigError;
 use crate::domain::endpoint::Reported;
 use crate::domain::fair::{FairLimits, FairQueue, Held};
-use crate::domain::task::{Task, TaskStatus};
+use crate::domain::task::{Task, TaskId, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, TaskStore};
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ impl RunnerCommand {
 struct Inner {
     store: Arc<dyn TaskStore>,
     runner: RunnerCommand,
-    queue: Mutex<FairQueue>,
+    queue: Mutex<FairQueue<TaskId>>,
     grace: Duration,
     /// Tasks this dispatcher has taken and whose runner has not exited yet.
     active: Mutex<HashSet<String>>,
@@ -146,14 +146,14 @@ impl Inner {
         self.pump();
     }
 
-    async fn run(self: Arc<Self>, tenant: String, task_id: String) {
+    async fn run(self: Arc<Self>, tenant: String, task_id: TaskId) {
         // It may have been cancelled while it waited for a slot.
         match self.store.get(&task_id).await {
             Ok(Some(task)) if task.status == TaskStatus::Pending => {}
-            Ok(_) => return self.done(&tenant, &task_id, Held::Slot),
+            Ok(_) => return self.done(&tenant, task_id.as_str(), Held::Slot),
             Err(err) => {
                 error!(task = %task_id, %err, "cannot read task before starting it");
-                return self.done(&tenant, &task_id, Held::Slot);
+                return self.done(&tenant, task_id.as_str(), Held::Slot);
             }
         }
         let mut command = Command::new(&self.runner.program);
@@ -166,7 +166,7 @@ impl Inner {
             }
         }
         let spawned = command
-            .arg(&task_id)
+            .arg(task_id.as_str())
             .envs(self.runner.env.iter().cloned())
             .stdin(Stdio::null())
             .process_group(0)
@@ -176,12 +176,12 @@ impl Inner {
             Ok(child) => child,
             Err(err) => {
                 error!(task = %task_id, %err, "cannot start the runner");
-                return self.done(&tenant, &task_id, Held::Slot);
+                return self.done(&tenant, task_id.as_str(), Held::Slot);
             }
         };
         let pid = child.id().unwrap_or_default();
         if let Ok(mut runners) = self.runners.lock() {
-            runners.insert(task_id.clone(), pid);
+            runners.insert(task_id.to_string(), pid);
         }
         info!(task = %task_id, pid, "runner started");
         let (status, held) = self.watch_runner(&mut child, &tenant, &task_id).await;
@@ -192,7 +192,7 @@ impl Inner {
         }
         // Whatever the runner left behind (its script, after a kill -9) goes with it.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        self.done(&tenant, &task_id, held);
+        self.done(&tenant, task_id.as_str(), held);
     }
 
     /// Waits for the runner; a task that starts serving becomes a service, giving its batch
@@ -201,7 +201,7 @@ impl Inner {
         self: &Arc<Self>,
         child: &mut tokio::process::Child,
         tenant: &str,
-        task_id: &str,
+        task_id: &TaskId,
     ) -> (std::io::Result<std::process::ExitStatus>, Held) {
         let mut held = Held::Slot;
         let mut serving = false;
@@ -238,9 +238,9 @@ impl Dispatcher for LocalDispatcher {
     }
 
     async fn submit(&self, task: &Task) -> Result<()> {
-        if self.inner.take(&task.id) {
+        if self.inner.take(task.id.as_str()) {
             if let Ok(mut queue) = self.inner.queue.lock() {
-                queue.push(&task.tenant, task.id.to_string());
+                queue.push(task.tenant.as_str(), task.id.clone());
             }
             self.inner.pump();
         }
@@ -272,7 +272,7 @@ impl Dispatcher for LocalDispatcher {
     }
 
     async fn cancel(&self, task: &Task) -> Result<()> {
-        let Some(pid) = self.inner.runner_pid(&task.id) else {
+        let Some(pid) = self.inner.runner_pid(task.id.as_str()) else {
             return Ok(()); // queued only: the runner will find it cancelled and not start it
         };
         let group = Pid::from_raw(pid as i32);
@@ -282,7 +282,7 @@ impl Dispatcher for LocalDispatcher {
         let id = task.id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(inner.grace + Duration::from_secs(2)).await;
-            if inner.runner_pid(&id) == Some(pid) {
+            if inner.runner_pid(id.as_str()) == Some(pid) {
                 warn!(task = %id, "runner outlived the grace period; killing it");
                 let _ = killpg(group, Signal::SIGKILL);
             }

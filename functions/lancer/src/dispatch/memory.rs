@@ -108,7 +108,7 @@ impl Dispatcher for RecordingDispatcher {
     }
 
     async fn submit(&self, task: &Task) -> Result<()> {
-        Self::record(&self.submitted, &task.id)?;
+        Self::record(&self.submitted, task.id.as_str())?;
         if self.runs_tasks {
             let (store, cancels, task) = (self.store.clone(), self.cancels.clone(), task.clone());
             tokio::spawn(async move {
@@ -121,7 +121,7 @@ impl Dispatcher for RecordingDispatcher {
     }
 
     async fn cancel(&self, task: &Task) -> Result<()> {
-        Self::record(&self.cancelled, &task.id)?;
+        Self::record(&self.cancelled, task.id.as_str())?;
         self.cancels.notify_waiters();
         Ok(())
     }

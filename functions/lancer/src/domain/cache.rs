@@ -3,8 +3,49 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
+
+/// A cache key's SHA-256, as lowercase hex: what a tenant's cache is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex(&Sha256::digest(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+    /// A stored digest: 64 lowercase hex digits, as `of` writes them.
+    fn try_from(text: String) -> Result<Self, String> {
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if text.len() == 64 && text.chars().all(hex) {
+            Ok(Self(text))
+        } else {
+            Err("a cache digest is 64 lowercase hex digits".into())
+        }
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The parts of a task's cache key, and their digest. Every task carries one, so a cache
 /// miss is explained by comparing two tasks' parts.
@@ -25,7 +66,8 @@ pub struct CacheKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// SHA-256 over all the parts above.
-    pub digest: String,
+    #[schema(value_type = String)]
+    pub digest: Digest,
 }
 
 impl CacheKey {
@@ -49,11 +91,12 @@ impl CacheKey {
             input,
             input_version,
             output,
-            digest: String::new(),
+            // Hashed as the empty string, then replaced by the digest of the parts.
+            digest: Digest(String::new()),
         };
         // serde_json's maps are sorted, so equal parts serialize to equal bytes.
         let parts = serde_json::to_vec(&key).unwrap_or_default();
-        key.digest = hex(&Sha256::digest(&parts));
+        key.digest = Digest::of(&parts);
         key
     }
 }
@@ -95,7 +138,7 @@ mod tests {
         ] {
             assert_ne!(base.digest, other.digest, "{other:?}");
         }
-        assert_eq!(base.digest.len(), 64);
+        assert_eq!(base.digest.as_str().len(), 64);
         assert_eq!(
             base.script_sha256,
             "3bfc269594ef649228e9a74bab00f042efc91d5acc6fbee31a382e80d42388fe"

@@ -25,10 +25,11 @@ pub enum Held {
     Service,
 }
 
+/// Waiting tasks by tenant, each task by its `Id` (a `TaskId` in the dispatcher).
 #[derive(Debug)]
-pub struct FairQueue {
+pub struct FairQueue<Id> {
     limits: FairLimits,
-    waiting: HashMap<String, VecDeque<String>>,
+    waiting: HashMap<String, VecDeque<Id>>,
     /// Tenants with waiting tasks, in the order they arrived.
     turn: VecDeque<String>,
     /// When each tenant last had a task started (a counter, not a clock).
@@ -38,7 +39,7 @@ pub struct FairQueue {
     services: HashMap<String, usize>,
 }
 
-impl FairQueue {
+impl<Id> FairQueue<Id> {
     pub fn new(limits: FairLimits) -> Self {
         Self {
             limits: FairLimits {
@@ -56,7 +57,7 @@ impl FairQueue {
     }
 
     /// Queues a task behind the tenant's earlier ones.
-    pub fn push(&mut self, tenant: &str, id: String) {
+    pub fn push(&mut self, tenant: &str, id: Id) {
         let queue = self.waiting.entry(tenant.to_owned()).or_default();
         queue.push_back(id);
         if !self.turn.iter().any(|t| t == tenant) {
@@ -66,7 +67,7 @@ impl FairQueue {
 
     /// The next task to start, as (tenant, id), with a batch slot taken for it; `None` when
     /// every slot is in use or every waiting tenant is at its share.
-    pub fn start_next(&mut self) -> Option<(String, String)> {
+    pub fn start_next(&mut self) -> Option<(String, Id)> {
         if self.slots.values().sum::<usize>() >= self.limits.slots {
             return None;
         }
@@ -131,7 +132,7 @@ fn release(counts: &mut HashMap<String, usize>, tenant: &str) {
 mod tests {
     use super::*;
 
-    fn queue(slots: usize, per_tenant: usize, services: usize) -> FairQueue {
+    fn queue(slots: usize, per_tenant: usize, services: usize) -> FairQueue<String> {
         FairQueue::new(FairLimits {
             slots,
             per_tenant,
@@ -139,7 +140,7 @@ mod tests {
         })
     }
 
-    fn starts(queue: &mut FairQueue) -> Vec<String> {
+    fn starts(queue: &mut FairQueue<String>) -> Vec<String> {
         std::iter::from_fn(|| queue.start_next().map(|(_, id)| id)).collect()
     }
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod endpoint;
 pub mod error;
 pub mod fair;
+pub mod id;
 pub mod ingest;
 pub mod path;
 pub mod pipeline;

@@ -98,7 +98,8 @@ impl fmt::Display for Name {
 }
 
 /// A `Name` with a meaning of its own (a task id, a tenant), so one cannot be passed for
-/// the other: parsed with the name rule, read as `&str`, written as a plain string.
+/// the other: parsed with the name rule, read as `&str` only when asked (`as_str`), written
+/// as a plain string.
 macro_rules! name_type {
     ($(#[$doc:meta])* $type:ident, $what:literal) => {
         $(#[$doc])*
@@ -119,9 +120,8 @@ macro_rules! name_type {
             }
         }
 
-        impl std::ops::Deref for $type {
-            type Target = str;
-            fn deref(&self) -> &str {
+        impl AsRef<str> for $type {
+            fn as_ref(&self) -> &str {
                 self.as_str()
             }
         }

@@ -11,8 +11,10 @@ use utoipa::ToSchema;
 
 use super::cache::CacheKey;
 use super::error::Invalid;
+pub use super::id::PipelineId;
+use super::id::TaskId;
 use super::path::{LakePath, Name, printable};
-use super::task::{Task, TaskError, TaskId, TaskSpec, TaskStatus};
+use super::task::{Task, TaskError, TaskSpec, TaskStatus};
 use super::tenant::{Tenant, TenantName};
 use super::validate::{check_idempotency_key, check_spec, resolve_output};
 
@@ -20,18 +22,6 @@ use super::validate::{check_idempotency_key, check_spec, resolve_output};
 pub const MAX_STEPS: usize = 32;
 /// The most bytes of a pipeline's spec: its record must fit a DynamoDB item (400 KB).
 pub const MAX_SPEC_BYTES: usize = 128 * 1024;
-
-super::path::name_type!(
-    /// A pipeline's id: a UUIDv7, so ids sort by creation time.
-    PipelineId,
-    "pipeline id"
-);
-
-impl PipelineId {
-    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
-        Self::parse(&uuid.to_string()).expect("a UUID is a name")
-    }
-}
 
 /// What a client submits: a name and its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -8,22 +8,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::cache::CacheKey;
+use super::id::PipelineId;
+pub use super::id::TaskId;
 use super::path::{LakePath, Name};
 use super::tenant::{Tenant, TenantName};
-
-super::path::name_type!(
-    /// A task's id: a name, in practice a UUIDv7 (so ids sort by creation time). A
-    /// client's id is parsed before any lookup, and one that cannot parse is no task's.
-    TaskId,
-    "task id"
-);
-
-impl TaskId {
-    /// The id of a task created now: the caller brings the UUID, the domain reads no clock.
-    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
-        Self::parse(&uuid.to_string()).expect("a UUID is a name")
-    }
-}
 
 /// Lifecycle of a task. Terminal states are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -146,16 +134,133 @@ fn default_max_attempts() -> u32 {
     1
 }
 
+/// Why a task ended failed (or its attempt was retried): every code a task can carry,
+/// listed once here and, through the schema, in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureCode {
+    /// The script exited non-zero, was killed, or raised.
+    ScriptFailed,
+    /// The task names a script the registry no longer holds or cannot run.
+    ScriptNotFound,
+    /// The script's process could not be started.
+    ScriptStartFailed,
+    /// `LANCER_SANDBOX=required` on a kernel that cannot confine scripts.
+    SandboxUnavailable,
+    /// The pinned input version is not in the lake.
+    InputVersionNotFound,
+    /// The script's result is over the size a task record holds.
+    ResultTooLarge,
+    /// The script's result is not a JSON object.
+    ResultInvalid,
+    /// The runner itself failed (the server log says why).
+    RunnerError,
+    /// The attempt's runner stopped sending heartbeats.
+    LeaseExpired,
+    /// The backend (Ray) cannot be reached.
+    BackendUnavailable,
+    /// The backend refused the job (a 4xx).
+    BackendRejected,
+    /// The backend failed to take the job (a 5xx or an unreadable answer).
+    BackendError,
+    /// Ray reports the job failed before its runner settled the task.
+    RayJobFailed,
+    /// Ray reports the job stopped before its runner settled the task.
+    RayJobStopped,
+    /// A pipeline step the platform refused to start (its spec or quota).
+    StepNotStarted,
+}
+
+impl std::fmt::Display for FailureCode {
+    /// The code as the API spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(code)) => f.write_str(&code),
+            _ => Err(std::fmt::Error),
+        }
+    }
+}
+
+/// How an attempt's script is confined: Landlock, its own namespaces (PID, IPC, mount),
+/// and no capability. The API spells it as its parts joined by `+`
+/// (`landlock+namespaces+nocaps`), or `none`; records written before a part existed
+/// still read, without it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxLevel {
+    pub landlock: bool,
+    pub namespaces: bool,
+    pub no_capabilities: bool,
+}
+
+/// The parts of a `SandboxLevel`, in the order it is written.
+const SANDBOX_PARTS: [&str; 3] = ["landlock", "namespaces", "nocaps"];
+
+impl SandboxLevel {
+    fn parts(self) -> [bool; 3] {
+        [self.landlock, self.namespaces, self.no_capabilities]
+    }
+}
+
+impl std::fmt::Display for SandboxLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<&str> = SANDBOX_PARTS
+            .iter()
+            .zip(self.parts())
+            .filter_map(|(name, on)| on.then_some(*name))
+            .collect();
+        match parts.as_slice() {
+            [] => f.write_str("none"),
+            parts => f.write_str(&parts.join("+")),
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxLevel {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut level = Self::default();
+        if text == "none" {
+            return Ok(level);
+        }
+        for part in text.split('+') {
+            let flag = match part {
+                "landlock" => &mut level.landlock,
+                "namespaces" => &mut level.namespaces,
+                "nocaps" => &mut level.no_capabilities,
+                other => return Err(format!("unknown sandbox part '{other}'")),
+            };
+            *flag = true;
+        }
+        Ok(level)
+    }
+}
+
+impl Serialize for SandboxLevel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SandboxLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a task failed: a code from the closed list, and a message for its tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskError {
-    pub code: String,
+    pub code: FailureCode,
+    /// What went wrong, shown to the task's tenant: never the server's paths or secrets.
     pub message: String,
 }
 
 impl TaskError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
         Self {
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -210,7 +315,8 @@ pub struct Task {
     /// `namespaces` (its own PID, IPC and mount namespaces) and `nocaps` (no capability),
     /// or `none` with the sandbox off; unset until a runner started it.
     #[serde(default)]
-    pub sandbox: Option<String>,
+    #[schema(value_type = Option<String>, example = "landlock+namespaces+nocaps")]
+    pub sandbox: Option<SandboxLevel>,
     /// Lake-relative path of the current attempt's log (`logs/<id>/<attempt>.log`): each
     /// attempt writes its own, so a retry never erases or mixes with an earlier one.
     #[serde(alias = "logs_uri")]
@@ -239,7 +345,8 @@ pub struct Lineage {
     pub output_version: Option<u64>,
     /// The pipeline whose step this task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pipeline: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub pipeline: Option<PipelineId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
 }
@@ -414,7 +521,7 @@ pub fn apply(task: &Task, change: Change, now: DateTime<Utc>) -> Result<Task, Il
 pub struct Heartbeat {
     pub progress: Option<Progress>,
     pub endpoint: Option<String>,
-    pub sandbox: Option<String>,
+    pub sandbox: Option<SandboxLevel>,
     pub input_version: Option<u64>,
     pub output_version: Option<u64>,
 }
@@ -428,8 +535,8 @@ pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Tas
     if let Some(endpoint) = &beat.endpoint {
         next.endpoint = Some(endpoint.clone());
     }
-    if let Some(sandbox) = &beat.sandbox {
-        next.sandbox = Some(sandbox.clone());
+    if let Some(sandbox) = beat.sandbox {
+        next.sandbox = Some(sandbox);
     }
     if beat.input_version.is_some() {
         next.lineage.input_version = beat.input_version;
@@ -443,7 +550,7 @@ pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Tas
 /// What the lease sweep does with a running task whose heartbeat is older than the lease.
 pub fn expire(task: &Task) -> Change {
     let error = TaskError::new(
-        "LEASE_EXPIRED",
+        FailureCode::LeaseExpired,
         format!(
             "the runner of attempt {} stopped sending heartbeats (it crashed or was killed)",
             task.attempt
@@ -458,7 +565,37 @@ pub fn expire(task: &Task) -> Change {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn a_sandbox_level_reads_back_as_it_is_written_and_older_records_still_read() {
+        for text in [
+            "none",
+            "nocaps",
+            "landlock+namespaces+nocaps",
+            "landlock+nocaps",
+        ] {
+            let level: SandboxLevel = serde_json::from_value(json!(text)).expect(text);
+            assert_eq!(serde_json::to_value(level).expect("json"), json!(text));
+        }
+        let before_nocaps: SandboxLevel = "landlock+namespaces".parse().expect("old level");
+        assert!(
+            before_nocaps.landlock && before_nocaps.namespaces && !before_nocaps.no_capabilities
+        );
+        assert!("landlock+root".parse::<SandboxLevel>().is_err());
+    }
+
+    #[test]
+    fn failure_codes_are_spelled_as_the_api_spells_them() {
+        assert_eq!(FailureCode::LeaseExpired.to_string(), "LEASE_EXPIRED");
+        assert_eq!(
+            serde_json::from_value::<FailureCode>(json!("RESULT_TOO_LARGE")).expect("code"),
+            FailureCode::ResultTooLarge
+        );
+        assert!(serde_json::from_value::<FailureCode>(json!("SOMETHING_ELSE")).is_err());
+    }
 
     fn task_in(status: TaskStatus) -> Task {
         let spec = TaskSpec {
@@ -480,7 +617,7 @@ mod tests {
     fn change_to(status: TaskStatus) -> Change {
         match status {
             TaskStatus::Pending => Change::Requeue {
-                error: TaskError::new("E", "e"),
+                error: TaskError::new(FailureCode::ScriptFailed, "e"),
             },
             TaskStatus::Running => Change::Start {
                 backend: "local".into(),
@@ -489,7 +626,7 @@ mod tests {
                 result: Value::Null,
             },
             TaskStatus::Failed => Change::Fail {
-                error: TaskError::new("E", "e"),
+                error: TaskError::new(FailureCode::ScriptFailed, "e"),
             },
             TaskStatus::Cancelled => Change::Cancel,
         }

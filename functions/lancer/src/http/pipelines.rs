@@ -78,7 +78,7 @@ pub async fn list(
         .await?;
     Ok(Json(PipelineList {
         pipelines: page.pipelines,
-        next_page_token: page.next_page_token,
+        next_page_token: page.next_page_token.as_ref().map(ToString::to_string),
     }))
 }
 

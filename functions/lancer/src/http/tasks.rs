@@ -96,7 +96,7 @@ pub async fn list(
         .await?;
     Ok(Json(TaskList {
         tasks: page.tasks,
-        next_page_token: page.next_page_token,
+        next_page_token: page.next_page_token.as_ref().map(ToString::to_string),
     }))
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::confine::{self, Reach};
 use super::{
-    LakeRoot, binary_as_sizes, fields_of, is_binary, model_info_of, no_such_version, projection,
+    LakeRoot, NothingToTag, binary_as_sizes, fields_of, is_binary, model_info_of, no_such_version,
+    projection,
 };
 use crate::config::ConfigError;
 use ::lance::Dataset;
@@ -20,6 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tracing::warn;
 
 use crate::domain::path::{LakePath, Name};
+use crate::domain::task::TaskId;
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
@@ -228,14 +230,15 @@ impl Lake for LanceLake {
         };
         let summary = self.summarize(name, &relative, &dataset).await?;
         let fields = fields_of(&ArrowSchema::from(dataset.schema()));
-        let writers: HashMap<u64, String> = dataset
+        // A tag that names no task id (a script may tag its own dataset) names no writer.
+        let writers: HashMap<u64, TaskId> = dataset
             .tags()
             .list()
             .await?
             .into_iter()
             .filter_map(|(tag, contents)| {
                 let task = tag.strip_prefix(WRITER_TAG_PREFIX)?;
-                Some((contents.version, task.to_owned()))
+                Some((contents.version, TaskId::parse(task).ok()?))
             })
             .collect();
         let versions = dataset
@@ -332,11 +335,11 @@ impl Lake for LanceLake {
             .map(|dataset| dataset.version().version))
     }
 
-    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()> {
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &TaskId) -> Result<()> {
         let dataset = self
             .open_dataset(path)
             .await?
-            .ok_or_else(|| Error::internal(format!("no dataset at {path} to tag")))?;
+            .ok_or_else(|| Error::internal(NothingToTag::new(path, version)))?;
         match dataset.tags().create(&writer_tag(task), version).await {
             // A runner retrying its write-back tags the same version again.
             Ok(()) | Err(::lance::Error::RefConflict { .. }) => Ok(()),

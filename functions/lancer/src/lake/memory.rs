@@ -10,8 +10,9 @@ use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{fields_of, model_info_of, no_such_version, projection};
+use super::{NothingToTag, fields_of, model_info_of, no_such_version, projection};
 use crate::domain::path::{LakePath, Name};
+use crate::domain::task::TaskId;
 use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Result};
 use crate::ports::{
@@ -24,7 +25,7 @@ struct Write {
     rows: RecordBatch,
     at: DateTime<Utc>,
     /// The task the version is tagged with.
-    writer: Option<String>,
+    writer: Option<TaskId>,
 }
 
 #[derive(Default)]
@@ -191,13 +192,13 @@ impl Lake for MemoryLake {
             .filter(|&versions| versions > 0))
     }
 
-    async fn tag_writer(&self, path: &LakePath, version: u64, task: &str) -> Result<()> {
+    async fn tag_writer(&self, path: &LakePath, version: u64, task: &TaskId) -> Result<()> {
         let mut artifacts = self.artifacts.lock().map_err(poisoned)?;
         let write = artifacts
             .get_mut(path)
             .and_then(|writes| writes.get_mut((version as usize).checked_sub(1)?))
-            .ok_or_else(|| Error::internal(format!("no version {version} at {path} to tag")))?;
-        write.writer.get_or_insert_with(|| task.to_owned());
+            .ok_or_else(|| Error::internal(NothingToTag::new(path, version)))?;
+        write.writer.get_or_insert_with(|| task.clone());
         Ok(())
     }
 

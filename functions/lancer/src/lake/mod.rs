@@ -15,6 +15,24 @@ pub mod confine;
 pub mod lance;
 pub mod memory;
 
+/// A writer asked to tag a version its path does not hold: the runner's write-back and the
+/// lake disagree, which is the platform's fault, never the tenant's.
+#[derive(Debug, thiserror::Error)]
+#[error("no version {version} at {path} to tag")]
+pub struct NothingToTag {
+    path: String,
+    version: u64,
+}
+
+impl NothingToTag {
+    pub fn new(path: &crate::domain::path::LakePath, version: u64) -> Self {
+        Self {
+            path: path.to_string(),
+            version,
+        }
+    }
+}
+
 /// Where a lake lives: a local folder, or an object-store URL (`s3://bucket/prefix`). The
 /// one place that decides which a configured root is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskError, TaskStatus};
+use crate::domain::task::{
+    Change, FailureCode, Guard, Heartbeat, SandboxLevel, Task, TaskError, TaskId, TaskStatus,
+};
 use crate::domain::validate::is_artifact;
 use crate::error::{Error, Resource, Result};
 use crate::ports::{Lake, TaskStore};
@@ -70,7 +72,7 @@ enum Verdict {
     Abandon,
 }
 
-pub async fn run_task(ctx: &RunnerContext, task_id: &str) -> Result<Outcome> {
+pub async fn run_task(ctx: &RunnerContext, task_id: &TaskId) -> Result<Outcome> {
     let task = match claim(ctx, task_id).await? {
         Ok(task) => task,
         Err(status) => return Ok(Outcome::NotClaimed(status)),
@@ -85,7 +87,10 @@ pub async fn run_task(ctx: &RunnerContext, task_id: &str) -> Result<Outcome> {
         Err(err) => {
             warn!(task = %task.id, %err, "the runner failed");
             Change::Fail {
-                error: TaskError::new("RUNNER_ERROR", "the runner failed; the server log says why"),
+                error: TaskError::new(
+                    FailureCode::RunnerError,
+                    "the runner failed; the server log says why",
+                ),
             }
         }
     };
@@ -93,12 +98,12 @@ pub async fn run_task(ctx: &RunnerContext, task_id: &str) -> Result<Outcome> {
 }
 
 /// Moves the task from pending to running; the status it had if another got there first.
-async fn claim(ctx: &RunnerContext, task_id: &str) -> Result<Result<Task, TaskStatus>> {
+async fn claim(ctx: &RunnerContext, task_id: &TaskId) -> Result<Result<Task, TaskStatus>> {
     let task = ctx
         .store
         .get(task_id)
         .await?
-        .ok_or_else(|| Error::not_found(Resource::Task, task_id))?;
+        .ok_or_else(|| Error::not_found(Resource::Task, task_id.as_str()))?;
     if task.status != TaskStatus::Pending {
         return Ok(Err(task.status));
     }
@@ -150,7 +155,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
     let script = match ScriptRegistry::load(&ctx.scripts).and_then(|r| r.resolve(&task.spec.script))
     {
         Ok(script) => script,
-        Err(err) => return Ok(fail("SCRIPT_NOT_FOUND", err.to_string())),
+        Err(err) => return Ok(fail(FailureCode::ScriptNotFound, err.to_string())),
     };
     if let Err(verdict) = record_sandbox(ctx, task).await {
         return Ok(verdict);
@@ -164,7 +169,7 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
         Err(err) => {
             warn!(task = %task.id, %err, path = %script.path.display(), "cannot start the script");
             let message = format!("cannot start script '{}': {}", script.name, err.kind());
-            return Ok(fail("SCRIPT_START_FAILED", message));
+            return Ok(fail(FailureCode::ScriptStartFailed, message));
         }
     };
     let mut log = LogBuffer::default();
@@ -194,15 +199,14 @@ async fn supervise(ctx: &RunnerContext, task: &Task, files: &Files) -> Result<Ve
 
 /// What confines a script, as its task records it: Landlock and its own namespaces where
 /// the kernel allows, and no capability whenever the sandbox is on (`+nocaps`).
-fn sandbox_level(mode: SandboxMode, landlock: bool) -> &'static str {
+fn sandbox_level(mode: SandboxMode, landlock: bool) -> SandboxLevel {
     if mode == SandboxMode::Off {
-        return "none";
+        return SandboxLevel::default();
     }
-    match (landlock, crate::sandbox::namespaces::available()) {
-        (true, true) => "landlock+namespaces+nocaps",
-        (true, false) => "landlock+nocaps",
-        (false, true) => "namespaces+nocaps",
-        (false, false) => "nocaps",
+    SandboxLevel {
+        landlock,
+        namespaces: crate::sandbox::namespaces::available(),
+        no_capabilities: true,
     }
 }
 
@@ -212,12 +216,12 @@ async fn record_sandbox(ctx: &RunnerContext, task: &Task) -> Result<(), Verdict>
     let enforced = ctx.sandbox != SandboxMode::Off && crate::sandbox::enforceable();
     if ctx.sandbox == SandboxMode::Required && !enforced {
         return Err(fail(
-            "SANDBOX_UNAVAILABLE",
+            FailureCode::SandboxUnavailable,
             "LANCER_SANDBOX=required, and this kernel cannot sandbox scripts (Landlock ABI 3 or newer is needed)".into(),
         ));
     }
     let beat = Heartbeat {
-        sandbox: Some(sandbox_level(ctx.sandbox, enforced).into()),
+        sandbox: Some(sandbox_level(ctx.sandbox, enforced)),
         ..Heartbeat::default()
     };
     watch::heartbeat(ctx, task, beat)
@@ -237,7 +241,7 @@ async fn pin_input(ctx: &RunnerContext, task: &Task) -> Result<Result<Task, Verd
         (Some(pinned), Some(latest)) if pinned <= latest => pinned,
         (Some(pinned), _) => {
             let message = format!("input {input} has no version {pinned}");
-            return Ok(Err(fail("INPUT_VERSION_NOT_FOUND", message)));
+            return Ok(Err(fail(FailureCode::InputVersionNotFound, message)));
         }
         (None, Some(latest)) => latest,
         // Not written yet: the script decides what a missing input means.
@@ -276,7 +280,7 @@ async fn still_this_attempt(ctx: &RunnerContext, task: &Task) -> bool {
     matches!(ctx.store.get(&task.id).await, Ok(Some(now)) if now.attempt == task.attempt)
 }
 
-fn fail(code: &str, message: String) -> Verdict {
+fn fail(code: FailureCode, message: String) -> Verdict {
     Verdict::Report(Change::Fail {
         error: TaskError::new(code, message),
     })
@@ -298,7 +302,7 @@ fn outcome(status: ExitStatus, files: &Files, log: &LogBuffer) -> Change {
             None => how,
         };
         return Change::Fail {
-            error: TaskError::new("SCRIPT_FAILED", message),
+            error: TaskError::new(FailureCode::ScriptFailed, message),
         };
     }
     match read_result(&files.result) {
@@ -315,7 +319,7 @@ fn read_result(path: &std::path::Path) -> Result<Value, TaskError> {
     };
     if size > MAX_RESULT_BYTES {
         return Err(TaskError::new(
-            "RESULT_TOO_LARGE",
+            FailureCode::ResultTooLarge,
             format!(
                 "the result is {size} bytes; the limit is {MAX_RESULT_BYTES}: write large outputs to the lake and return a summary"
             ),
@@ -323,7 +327,7 @@ fn read_result(path: &std::path::Path) -> Result<Value, TaskError> {
     }
     let invalid = || {
         TaskError::new(
-            "RESULT_INVALID",
+            FailureCode::ResultInvalid,
             "the script's result file is not a JSON object",
         )
     };
@@ -348,12 +352,12 @@ mod tests {
         std::fs::write(&path, b"[1]").expect("write");
         assert_eq!(
             read_result(&path).map_err(|e| e.code),
-            Err("RESULT_INVALID".into())
+            Err(FailureCode::ResultInvalid)
         );
         let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_RESULT_BYTES as usize));
         std::fs::write(&path, big).expect("write");
         let err = read_result(&path).expect_err("too large");
-        assert_eq!(err.code, "RESULT_TOO_LARGE");
+        assert_eq!(err.code, FailureCode::ResultTooLarge);
         assert!(err.message.contains("262144"), "{}", err.message);
     }
 }

@@ -19,8 +19,6 @@ use landlock::{
     RulesetError, RulesetStatus, path_beneath_rules,
 };
 
-use crate::error::{Error, Result};
-
 pub mod namespaces;
 mod privileges;
 
@@ -49,16 +47,19 @@ pub enum SandboxMode {
     Required,
 }
 
+/// A `LANCER_SANDBOX` that names no mode.
+#[derive(Debug, thiserror::Error)]
+#[error("LANCER_SANDBOX must be off, best-effort or required, not '{0}'")]
+pub struct UnknownSandboxMode(String);
+
 impl std::str::FromStr for SandboxMode {
-    type Err = Error;
-    fn from_str(text: &str) -> Result<Self> {
+    type Err = UnknownSandboxMode;
+    fn from_str(text: &str) -> std::result::Result<Self, UnknownSandboxMode> {
         match text {
             "off" => Ok(Self::Off),
             "best-effort" => Ok(Self::BestEffort),
             "required" => Ok(Self::Required),
-            other => Err(Error::invalid(format!(
-                "LANCER_SANDBOX must be off, best-effort or required, not '{other}'"
-            ))),
+            other => Err(UnknownSandboxMode(other.to_owned())),
         }
     }
 }

@@ -21,7 +21,8 @@ use chrono::{DateTime, Utc};
 use super::{
     existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
 };
-use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::domain::path::Name;
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
@@ -208,9 +209,9 @@ impl DynamoTaskStore {
     }
 
     async fn create_keyed(&self, task: Task, key: &str) -> Result<Created> {
-        let reservation = key_item_id(&task.tenant, key);
+        let reservation = key_item_id(task.tenant.as_str(), key);
         let holder_id = match self
-            .put_reserved(&reservation, "task_id", &task.id, item_of(&task)?)
+            .put_reserved(&reservation, "task_id", task.id.as_str(), item_of(&task)?)
             .await?
         {
             Reserved::Written => return Ok(Created::New(task)),
@@ -234,7 +235,7 @@ impl DynamoTaskStore {
             .table_name(&self.table)
             .set_item(Some(HashMap::from([
                 ("id".to_owned(), s(reservation)),
-                ("task_id".to_owned(), s(&task.id)),
+                ("task_id".to_owned(), s(task.id.as_str())),
             ])))
             .condition_expression("task_id = :gone")
             .expression_attribute_values(":gone", s(gone))
@@ -399,8 +400,8 @@ fn key_item_id(tenant: &str, key: &str) -> String {
 
 fn item_of(task: &Task) -> Result<Item> {
     let mut item = HashMap::from([
-        ("id".to_owned(), s(&task.id)),
-        ("tenant".to_owned(), s(&task.tenant)),
+        ("id".to_owned(), s(task.id.as_str())),
+        ("tenant".to_owned(), s(task.tenant.as_str())),
         ("status".to_owned(), s(task.status.as_str())),
         // Beside the body so that a listing can filter on it.
         ("name".to_owned(), s(&task.spec.name)),
@@ -428,15 +429,26 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> boo
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// A DynamoDB call that failed: the operation, and the SDK's error whole (its service
+/// error and the transport's below it), for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("DynamoDB {operation}")]
+pub(crate) struct DynamoError {
+    operation: &'static str,
+    #[source]
+    source: crate::error::Source,
+}
+
 /// AWS failures are internal: the detail goes to the log, never to a client.
-fn aws_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
-    operation: &str,
-    err: SdkError<E, R>,
-) -> Error {
-    Error::internal(format!(
-        "DynamoDB {operation}: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(err)
-    ))
+fn aws_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Error::internal(DynamoError {
+        operation,
+        source: Box::new(err),
+    })
 }
 
 #[async_trait]
@@ -462,7 +474,8 @@ impl TaskStore for DynamoTaskStore {
         }
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Task>> {
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        let id = id.as_str();
         if id.contains('#') {
             return Ok(None); // a reservation or a pipeline, not a task
         }
@@ -470,11 +483,11 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
-        let before = page_start(query)?;
+        let before = page_start(query.page_token.as_ref());
         let limit = page_limit(query.limit);
         // One more than asked tells whether another page exists.
         let want = limit + 1;
-        let name_prefix = query.name_prefix.as_deref();
+        let name_prefix = query.name_prefix.as_ref().map(Name::as_str);
         let tasks = match (&query.tenant, query.status) {
             (Some(tenant), status) => {
                 let filter = Filter {
@@ -483,7 +496,7 @@ impl TaskStore for DynamoTaskStore {
                 };
                 self.query_index(
                     BY_TENANT,
-                    ("tenant", tenant),
+                    ("tenant", tenant.as_str()),
                     before.as_deref(),
                     filter,
                     want,
@@ -508,12 +521,14 @@ impl TaskStore for DynamoTaskStore {
         Ok(page_of(tasks, limit))
     }
 
-    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {
+    async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task> {
+        let id = id.as_str();
         self.update(id, move |current| next_record(current, guard, change))
             .await
     }
 
-    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task> {
+    async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task> {
+        let id = id.as_str();
         self.update(id, move |current| next_heartbeat(current, attempt, &beat))
             .await
     }

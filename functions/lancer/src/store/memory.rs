@@ -7,14 +7,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_page_token, existing_for_key, existing_pipeline_for_key, next_heartbeat, next_pipeline,
-    next_record, page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of,
-    task_not_found,
+    existing_for_key, existing_pipeline_for_key, next_heartbeat, next_pipeline, next_record,
+    page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of, task_not_found,
 };
-use crate::domain::pipeline::Pipeline;
-use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::domain::cache::Digest;
+use crate::domain::path::Name;
+use crate::domain::pipeline::{Pipeline, PipelineId};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
+use crate::domain::tenant::TenantName;
 use crate::error::{Error, Result};
-use crate::ports::{Created, ListQuery, PipelinePage, PipelineStore, TaskPage, TaskStore};
+use crate::ports::{
+    Created, ListQuery, PageToken, PipelinePage, PipelineStore, TaskPage, TaskStore,
+};
 
 #[derive(Default)]
 struct State {
@@ -22,7 +26,7 @@ struct State {
     keys: HashMap<(String, String), String>,
     pipelines: BTreeMap<String, Pipeline>,
     pipeline_keys: HashMap<(String, String), String>,
-    cache: HashMap<(String, String), String>,
+    cache: HashMap<(TenantName, Digest), TaskId>,
 }
 
 #[derive(Default)]
@@ -60,13 +64,14 @@ impl TaskStore for MemoryTaskStore {
         Ok(Created::New(task))
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Task>> {
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        let id = id.as_str();
         Ok(self.lock()?.tasks.get(id).cloned())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
         let state = self.lock()?;
-        let before = page_start(query)?;
+        let before = page_start(query.page_token.as_ref());
         let limit = page_limit(query.limit);
         let tasks: Vec<Task> = state
             .tasks
@@ -76,14 +81,16 @@ impl TaskStore for MemoryTaskStore {
             .filter(|task| {
                 query
                     .tenant
-                    .as_deref()
+                    .as_ref()
+                    .map(TenantName::as_str)
                     .is_none_or(|tenant| task.tenant == tenant)
             })
             .filter(|task| query.status.is_none_or(|status| task.status == status))
             .filter(|task| {
                 query
                     .name_prefix
-                    .as_deref()
+                    .as_ref()
+                    .map(Name::as_str)
                     .is_none_or(|prefix| task.spec.name.starts_with(prefix))
             })
             .take(limit + 1)
@@ -92,7 +99,8 @@ impl TaskStore for MemoryTaskStore {
         Ok(page_of(tasks, limit))
     }
 
-    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {
+    async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task> {
+        let id = id.as_str();
         let mut state = self.lock()?;
         let current = state.tasks.get_mut(id).ok_or_else(|| task_not_found(id))?;
         let next = next_record(current, guard, change)?;
@@ -100,7 +108,8 @@ impl TaskStore for MemoryTaskStore {
         Ok(next)
     }
 
-    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task> {
+    async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task> {
+        let id = id.as_str();
         let mut state = self.lock()?;
         let current = state.tasks.get_mut(id).ok_or_else(|| task_not_found(id))?;
         let next = next_heartbeat(current, attempt, &beat)?;
@@ -141,17 +150,19 @@ impl PipelineStore for MemoryTaskStore {
         Ok(Created::New(pipeline))
     }
 
-    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+    async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
+        let id = id.as_str();
         Ok(self.lock()?.pipelines.get(id).cloned())
     }
 
     async fn list_pipelines(
         &self,
-        tenant: &str,
+        tenant: &TenantName,
         limit: usize,
-        page_token: Option<&str>,
+        page_token: Option<&PageToken>,
     ) -> Result<PipelinePage> {
-        let before = page_token.map(decode_page_token).transpose()?;
+        let tenant = tenant.as_str();
+        let before = page_start(page_token);
         let limit = page_limit(limit);
         let pipelines = self
             .lock()?
@@ -181,20 +192,25 @@ impl PipelineStore for MemoryTaskStore {
         let current = state
             .pipelines
             .get_mut(next.id.as_str())
-            .ok_or_else(|| pipeline_not_found(&next.id))?;
+            .ok_or_else(|| pipeline_not_found(next.id.as_str()))?;
         let next = next_pipeline(current, next)?;
         *current = next.clone();
         Ok(next)
     }
 
-    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
-        let slot = (tenant.to_owned(), digest.to_owned());
+    async fn cached_task(&self, tenant: &TenantName, digest: &Digest) -> Result<Option<TaskId>> {
+        let slot = (tenant.clone(), digest.clone());
         Ok(self.lock()?.cache.get(&slot).cloned())
     }
 
-    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
-        let slot = (tenant.to_owned(), digest.to_owned());
-        self.lock()?.cache.insert(slot, task.to_owned());
+    async fn remember_task(
+        &self,
+        tenant: &TenantName,
+        digest: &Digest,
+        task: &TaskId,
+    ) -> Result<()> {
+        let slot = (tenant.clone(), digest.clone());
+        self.lock()?.cache.insert(slot, task.clone());
         Ok(())
     }
 }

@@ -1,38 +1,24 @@
 //! TaskStore adapters: in-memory (tests, fakes), SQLite (the embedded default) and
 //! DynamoDB (the AWS level).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::domain::pipeline::Pipeline;
-use crate::domain::task::{Change, Guard, Heartbeat, Task, apply, apply_heartbeat};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, apply, apply_heartbeat};
 use crate::error::{Error, Resource, Result};
-use crate::ports::{Created, MAX_PAGE, PipelinePage};
+use crate::ports::{Created, MAX_PAGE, PageToken, PipelinePage};
 
 pub mod dynamodb;
 pub mod memory;
 pub mod sqlite;
 
-/// Page tokens are opaque to clients: the base64 of the last id served.
-pub fn encode_page_token(last_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last_id)
+/// A task id read back from a store: one the store did not write is corruption, the
+/// platform's fault, never the client's.
+pub fn stored_task_id(text: &str) -> Result<TaskId> {
+    TaskId::parse(text).map_err(Error::internal)
 }
 
-/// The id a listing continues below, from the query's page token.
-pub fn page_start(query: &crate::ports::ListQuery) -> Result<Option<String>> {
-    query
-        .page_token
-        .as_deref()
-        .map(decode_page_token)
-        .transpose()
-}
-
-pub fn decode_page_token(token: &str) -> Result<String> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| Error::invalid("page_token is not a token this server issued"))
+/// The id a listing continues below, from a page token.
+pub fn page_start(token: Option<&PageToken>) -> Option<String> {
+    token.map(|token| token.last_id().to_owned())
 }
 
 /// What `create` answers when the idempotency key is already held: the same request
@@ -100,14 +86,14 @@ fn cut_page<T, Id: AsRef<str> + ?Sized>(
     records: &mut Vec<T>,
     limit: usize,
     id: impl Fn(&T) -> &Id,
-) -> Option<String> {
+) -> Option<PageToken> {
     if records.len() <= limit {
         return None;
     }
     records.truncate(limit);
     records
         .last()
-        .map(|last| encode_page_token(id(last).as_ref()))
+        .map(|last| PageToken::after(id(last).as_ref()))
 }
 
 /// `existing_for_key` for pipelines.

@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use super::{
     existing_for_key, next_heartbeat, next_record, page_limit, page_of, page_start, task_not_found,
 };
-use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskStatus};
+use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
@@ -196,16 +196,17 @@ impl TaskStore for SqliteTaskStore {
         .await
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Task>> {
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        let id = id.as_str();
         let id = id.to_owned();
         self.with_conn(move |conn| select_task(conn, &id)).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
-        let before = page_start(query)?;
-        let tenant = query.tenant.clone();
+        let before = page_start(query.page_token.as_ref());
+        let tenant = query.tenant.as_ref().map(ToString::to_string);
         let status = query.status.map(TaskStatus::as_str);
-        let prefix = query.name_prefix.clone();
+        let prefix = query.name_prefix.as_ref().map(ToString::to_string);
         let limit = page_limit(query.limit);
         self.with_conn(move |conn| {
             // substr, not LIKE: a prefix holding % or _ means itself.
@@ -231,12 +232,14 @@ impl TaskStore for SqliteTaskStore {
         .await
     }
 
-    async fn transition(&self, id: &str, guard: Guard, change: Change) -> Result<Task> {
+    async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task> {
+        let id = id.as_str();
         self.update(id, move |current| next_record(current, guard, change))
             .await
     }
 
-    async fn heartbeat(&self, id: &str, attempt: u32, beat: Heartbeat) -> Result<Task> {
+    async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task> {
+        let id = id.as_str();
         self.update(id, move |current| next_heartbeat(current, attempt, &beat))
             .await
     }

@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::task::TaskError;
-use crate::error::{Result, chain};
+use crate::domain::task::{FailureCode, TaskError};
+use crate::error::Result;
 
 /// Ray's Jobs API answers in milliseconds; anything slower is a head in trouble.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,12 +74,37 @@ struct Logs {
     logs: String,
 }
 
-/// Why Ray did not take or answer a request.
-#[derive(Debug)]
+/// Why Ray did not take or answer a request. Each names the request (its method and URL,
+/// so the head's address) and keeps what came back: the `reqwest` error, or the status and
+/// body, and the JSON error where the body could not be read.
+#[derive(Debug, thiserror::Error)]
 pub enum RayError {
-    Unreachable(String),
-    Rejected(StatusCode, String),
-    Broken(StatusCode, String),
+    #[error("{request}: the Ray head cannot be reached")]
+    Unreachable {
+        request: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{request}: Ray refused it ({status}): {}", truncate(.body, MAX_BODY_SHOWN))]
+    Rejected {
+        request: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{request}: Ray failed it ({status}): {}", truncate(.body, MAX_BODY_SHOWN))]
+    Broken {
+        request: String,
+        status: StatusCode,
+        body: String,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+}
+
+impl From<RayError> for crate::error::Error {
+    fn from(err: RayError) -> Self {
+        crate::error::Error::internal(err)
+    }
 }
 
 impl RayError {
@@ -87,19 +112,19 @@ impl RayError {
     /// has that), since a task's error is shown to its tenant.
     pub fn task_error(&self) -> TaskError {
         match self {
-            RayError::Unreachable(_) => TaskError::new(
-                "BACKEND_UNAVAILABLE",
+            RayError::Unreachable { .. } => TaskError::new(
+                FailureCode::BackendUnavailable,
                 "the Ray cluster cannot be reached; the server log says why",
             ),
-            RayError::Rejected(status, body) => TaskError::new(
-                "BACKEND_REJECTED",
+            RayError::Rejected { status, body, .. } => TaskError::new(
+                FailureCode::BackendRejected,
                 format!(
                     "Ray refused the job ({status}): {}",
                     truncate(body, MAX_BODY_SHOWN)
                 ),
             ),
-            RayError::Broken(status, body) => TaskError::new(
-                "BACKEND_ERROR",
+            RayError::Broken { status, body, .. } => TaskError::new(
+                FailureCode::BackendError,
                 format!(
                     "Ray failed to take the job ({status}): {}",
                     truncate(body, MAX_BODY_SHOWN)
@@ -108,19 +133,6 @@ impl RayError {
         }
     }
 }
-
-impl std::fmt::Display for RayError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RayError::Unreachable(why) => write!(f, "unreachable: {why}"),
-            RayError::Rejected(status, body) | RayError::Broken(status, body) => {
-                write!(f, "{status}: {}", truncate(body, MAX_BODY_SHOWN))
-            }
-        }
-    }
-}
-
-impl std::error::Error for RayError {}
 
 pub struct JobsClient {
     http: reqwest::Client,
@@ -149,10 +161,6 @@ impl JobsClient {
         Ok(Self { http, address })
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
     fn url(&self, rest: &str) -> String {
         format!("{}/api/jobs/{rest}", self.address)
     }
@@ -162,7 +170,7 @@ impl JobsClient {
         match self.send(self.http.post(self.url("")).json(job)).await {
             Ok(_) => Ok(()),
             // Ray answers a duplicate submission id with a 500: the job is already there.
-            Err(RayError::Broken(_, body)) if body.contains("already exists") => Ok(()),
+            Err(RayError::Broken { body, .. }) if body.contains("already exists") => Ok(()),
             Err(err) => Err(err),
         }
     }
@@ -177,11 +185,11 @@ impl JobsClient {
         };
         serde_json::from_value(info.clone())
             .map(Some)
-            .map_err(|err| {
-                RayError::Broken(
-                    StatusCode::OK,
-                    format!("unexpected job info ({err}): {info}"),
-                )
+            .map_err(|err| RayError::Broken {
+                request: format!("GET {}", self.url(submission_id)),
+                status: StatusCode::OK,
+                body: info.to_string(),
+                source: Some(err),
             })
     }
 
@@ -205,30 +213,51 @@ impl JobsClient {
     async fn about_job(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, RayError> {
         match self.send(request).await {
             Ok(body) => Ok(Some(body)),
-            Err(RayError::Rejected(StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err(RayError::Rejected {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, RayError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|err| RayError::Unreachable(chain(&err)))?;
+        let (client, request) = request.build_split();
+        let (label, response) = match request {
+            Ok(request) => {
+                let label = format!("{} {}", request.method(), request.url());
+                (label, client.execute(request).await)
+            }
+            Err(err) => ("a Ray request".to_owned(), Err(err)),
+        };
+        let unreachable = |request: &str| {
+            let request = request.to_owned();
+            move |source| RayError::Unreachable { request, source }
+        };
+        let response = response.map_err(unreachable(&label))?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|err| RayError::Unreachable(chain(&err)))?;
+        let body = response.text().await.map_err(unreachable(&label))?;
         if status.is_success() {
-            return serde_json::from_str(&body).map_err(|err| {
-                RayError::Broken(status, format!("unreadable answer ({err}): {body}"))
+            return serde_json::from_str(&body).map_err(|err| RayError::Broken {
+                request: label,
+                status,
+                body,
+                source: Some(err),
             });
         }
         if status.is_client_error() {
-            Err(RayError::Rejected(status, body))
+            Err(RayError::Rejected {
+                request: label,
+                status,
+                body,
+            })
         } else {
-            Err(RayError::Broken(status, body))
+            Err(RayError::Broken {
+                request: label,
+                status,
+                body,
+                source: None,
+            })
         }
     }
 }

@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use tracing::{info, warn};
 
 use crate::domain::endpoint::Reported;
-use crate::domain::task::{Change, Task, TaskError, TaskStatus};
-use crate::error::{Error, Result};
+use crate::domain::task::{Change, FailureCode, Task, TaskError, TaskStatus};
+use crate::error::{Error, Result, chain};
 use crate::ports::{Dispatcher, TaskStore};
 
 mod jobs;
 
-use jobs::{JobInfo, JobRequest, JobStatus, JobsClient, RayError, RuntimeEnv};
+use jobs::{JobInfo, JobRequest, JobStatus, JobsClient, RuntimeEnv};
 
 const BACKEND: &str = "ray";
 
@@ -87,7 +87,7 @@ impl Inner {
                 Ok(())
             }
             Err(err) => {
-                warn!(task = %task.id, address = %self.jobs.address(), %err, "Ray did not take the job");
+                warn!(task = %task.id, err = %chain(&err), "Ray did not take the job");
                 self.fail(task, err.task_error()).await
             }
         }
@@ -99,9 +99,7 @@ impl Inner {
         self.jobs
             .job(&submission_id(task))
             .await
-            .map_err(|err: RayError| {
-                Error::internal(format!("Ray head at {}: {err}", self.jobs.address()))
-            })
+            .map_err(Error::from)
     }
 
     /// Ends a task Ray could not run. A pending task is claimed first, so the record goes
@@ -127,8 +125,8 @@ impl Inner {
     /// purpose, and fails the task.
     async fn settle(&self, task: &Task, job: &JobInfo) -> Result<()> {
         let code = match job.status {
-            JobStatus::Failed => "RAY_JOB_FAILED",
-            JobStatus::Stopped => "RAY_JOB_STOPPED",
+            JobStatus::Failed => FailureCode::RayJobFailed,
+            JobStatus::Stopped => FailureCode::RayJobStopped,
             // Still going; or done, when the runner's own write-back is what counts.
             JobStatus::Pending | JobStatus::Running | JobStatus::Succeeded => return Ok(()),
         };
@@ -206,9 +204,7 @@ impl Dispatcher for RayDispatcher {
     /// a cancel must reach whichever of them exists.
     async fn cancel(&self, task: &Task) -> Result<()> {
         for submission_id in jobs_to_stop(task) {
-            self.inner.jobs.stop(&submission_id).await.map_err(|err| {
-                Error::internal(format!("cannot stop Ray job {submission_id}: {err}"))
-            })?;
+            self.inner.jobs.stop(&submission_id).await?;
         }
         Ok(())
     }
@@ -248,11 +244,7 @@ impl Dispatcher for RayDispatcher {
 
     async fn logs(&self, task: &Task) -> Result<Option<String>> {
         let submission_id = submission_id(task);
-        self.inner.jobs.logs(&submission_id).await.map_err(|err| {
-            Error::internal(format!(
-                "cannot read the logs of Ray job {submission_id}: {err}"
-            ))
-        })
+        Ok(self.inner.jobs.logs(&submission_id).await?)
     }
 }
 

@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use super::{
     DynamoTaskStore, Item, MAX_QUERY_PAGE, Reserved, aws_error, is_condition_failure, n, s,
 };
-use crate::domain::pipeline::Pipeline;
+use crate::domain::cache::Digest;
+use crate::domain::pipeline::{Pipeline, PipelineId};
+use crate::domain::task::TaskId;
+use crate::domain::tenant::TenantName;
 use crate::error::{Error, Result};
-use crate::ports::{Created, PipelinePage, PipelineStore};
+use crate::ports::{Created, PageToken, PipelinePage, PipelineStore};
 use crate::store::{
-    decode_page_token, existing_pipeline_for_key, next_pipeline, page_limit, pipeline_not_found,
-    pipeline_page_of,
+    existing_pipeline_for_key, next_pipeline, page_limit, page_start, pipeline_not_found,
+    pipeline_page_of, stored_task_id,
 };
 use async_trait::async_trait;
 
@@ -31,8 +34,8 @@ fn item_id(id: &str) -> String {
 
 fn item_of(pipeline: &Pipeline) -> Result<Item> {
     let mut item = HashMap::from([
-        ("id".to_owned(), s(&item_id(&pipeline.id))),
-        (TENANT.to_owned(), s(&pipeline.tenant)),
+        ("id".to_owned(), s(&item_id(pipeline.id.as_str()))),
+        (TENANT.to_owned(), s(pipeline.tenant.as_str())),
         ("revision".to_owned(), n(pipeline.revision)),
         ("body".to_owned(), s(&serde_json::to_string(pipeline)?)),
     ]);
@@ -107,7 +110,7 @@ impl DynamoTaskStore {
         let reservation = format!("pipeline-key#{}#{key}", pipeline.tenant);
         let item = item_of(&pipeline)?;
         let holder = match self
-            .put_reserved(&reservation, "pipeline_id", &pipeline.id, item)
+            .put_reserved(&reservation, "pipeline_id", pipeline.id.as_str(), item)
             .await?
         {
             Reserved::Written => return Ok(Created::New(pipeline)),
@@ -152,17 +155,19 @@ impl PipelineStore for DynamoTaskStore {
         }
     }
 
-    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+    async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
+        let id = id.as_str();
         self.read_pipeline(&item_id(id)).await
     }
 
     async fn list_pipelines(
         &self,
-        tenant: &str,
+        tenant: &TenantName,
         limit: usize,
-        page_token: Option<&str>,
+        page_token: Option<&PageToken>,
     ) -> Result<PipelinePage> {
-        let before = page_token.map(decode_page_token).transpose()?;
+        let tenant = tenant.as_str();
+        let before = page_start(page_token);
         let limit = page_limit(limit);
         let pipelines = self
             .query_pipelines(
@@ -184,11 +189,11 @@ impl PipelineStore for DynamoTaskStore {
     }
 
     async fn update_pipeline(&self, next: Pipeline) -> Result<Pipeline> {
-        let id = item_id(&next.id);
+        let id = item_id(next.id.as_str());
         let current = self
             .read_pipeline(&id)
             .await?
-            .ok_or_else(|| pipeline_not_found(&next.id))?;
+            .ok_or_else(|| pipeline_not_found(next.id.as_str()))?;
         let next = next_pipeline(&current, next)?;
         let written = self
             .client
@@ -209,15 +214,22 @@ impl PipelineStore for DynamoTaskStore {
         }
     }
 
-    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
+    async fn cached_task(&self, tenant: &TenantName, digest: &Digest) -> Result<Option<TaskId>> {
+        let (tenant, digest) = (tenant.as_str(), digest.as_str());
         let item = self.item(&cache_item_id(tenant, digest)).await?;
-        Ok(item
-            .as_ref()
+        item.as_ref()
             .and_then(|item| item.get("task_id")?.as_s().ok())
-            .cloned())
+            .map(|id| stored_task_id(id))
+            .transpose()
     }
 
-    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
+    async fn remember_task(
+        &self,
+        tenant: &TenantName,
+        digest: &Digest,
+        task: &TaskId,
+    ) -> Result<()> {
+        let (tenant, digest, task) = (tenant.as_str(), digest.as_str(), task.as_str());
         let item = HashMap::from([
             ("id".to_owned(), s(&cache_item_id(tenant, digest))),
             ("task_id".to_owned(), s(task)),

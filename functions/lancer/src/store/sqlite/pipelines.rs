@@ -5,12 +5,15 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteTaskStore, is_unique_violation};
-use crate::domain::pipeline::{Pipeline, PipelineStatus};
+use crate::domain::cache::Digest;
+use crate::domain::pipeline::{Pipeline, PipelineId, PipelineStatus};
+use crate::domain::task::TaskId;
+use crate::domain::tenant::TenantName;
 use crate::error::{Error, Result};
-use crate::ports::{Created, PipelinePage, PipelineStore};
+use crate::ports::{Created, PageToken, PipelinePage, PipelineStore};
 use crate::store::{
-    decode_page_token, existing_pipeline_for_key, next_pipeline, page_limit, pipeline_not_found,
-    pipeline_page_of,
+    existing_pipeline_for_key, next_pipeline, page_limit, page_start, pipeline_not_found,
+    pipeline_page_of, stored_task_id,
 };
 
 fn to_json(pipeline: &Pipeline) -> Result<String> {
@@ -80,7 +83,8 @@ fn insert(conn: &mut Connection, pipeline: Pipeline) -> Result<Created<Pipeline>
 
 fn update(conn: &mut Connection, next: Pipeline) -> Result<Pipeline> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current = select_one(&tx, &next.id)?.ok_or_else(|| pipeline_not_found(&next.id))?;
+    let current =
+        select_one(&tx, next.id.as_str())?.ok_or_else(|| pipeline_not_found(next.id.as_str()))?;
     let next = next_pipeline(&current, next)?;
     let written = tx.execute(
         "UPDATE pipelines SET status = ?1, revision = ?2, body = ?3
@@ -109,18 +113,20 @@ impl PipelineStore for SqliteTaskStore {
         self.with_conn(move |conn| insert(conn, pipeline)).await
     }
 
-    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+    async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
+        let id = id.as_str();
         let id = id.to_owned();
         self.with_conn(move |conn| select_one(conn, &id)).await
     }
 
     async fn list_pipelines(
         &self,
-        tenant: &str,
+        tenant: &TenantName,
         limit: usize,
-        page_token: Option<&str>,
+        page_token: Option<&PageToken>,
     ) -> Result<PipelinePage> {
-        let before = page_token.map(decode_page_token).transpose()?;
+        let tenant = tenant.as_str();
+        let before = page_start(page_token);
         let tenant = tenant.to_owned();
         let limit = page_limit(limit);
         self.with_conn(move |conn| {
@@ -153,21 +159,29 @@ impl PipelineStore for SqliteTaskStore {
         self.with_conn(move |conn| update(conn, next)).await
     }
 
-    async fn cached_task(&self, tenant: &str, digest: &str) -> Result<Option<String>> {
-        let (tenant, digest) = (tenant.to_owned(), digest.to_owned());
-        self.with_conn(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT task_id FROM cache WHERE tenant = ?1 AND digest = ?2",
-                    params![tenant, digest],
-                    |row| row.get(0),
-                )
-                .optional()?)
-        })
-        .await
+    async fn cached_task(&self, tenant: &TenantName, digest: &Digest) -> Result<Option<TaskId>> {
+        let (tenant, digest) = (tenant.to_string(), digest.to_string());
+        let id: Option<String> = self
+            .with_conn(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT task_id FROM cache WHERE tenant = ?1 AND digest = ?2",
+                        params![tenant, digest],
+                        |row| row.get(0),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        id.as_deref().map(stored_task_id).transpose()
     }
 
-    async fn remember_task(&self, tenant: &str, digest: &str, task: &str) -> Result<()> {
+    async fn remember_task(
+        &self,
+        tenant: &TenantName,
+        digest: &Digest,
+        task: &TaskId,
+    ) -> Result<()> {
+        let (tenant, digest, task) = (tenant.as_str(), digest.as_str(), task.as_str());
         let (tenant, digest, task) = (tenant.to_owned(), digest.to_owned(), task.to_owned());
         self.with_conn(move |conn| {
             conn.execute(
