@@ -60,3 +60,8 @@ def test_every_field_of_the_documents_schemas_is_in_the_sdks_types(server: Serve
         checked.append(name)
     for expected in ("Task", "TaskSpec", "Pipeline", "ArtifactDetail", "Rows", "Version", "TaskProgress"):
         assert expected in checked, f"the document has no {expected} schema with properties: {sorted(schemas)}"
+
+
+def test_the_sdks_failure_codes_are_the_documents(server: Server) -> None:
+    schemas = httpx.get(f"{server.url}/api/v1/openapi.json").json()["components"]["schemas"]
+    assert set(typing.get_args(types.FailureCode)) == set(schemas["FailureCode"]["enum"])

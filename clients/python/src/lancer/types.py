@@ -4,8 +4,7 @@ names them. ``tests/test_openapi.py`` fails when the document has a field one of
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, TypedDict
-
+from typing import Any, Dict, List, Literal, Optional, TypedDict
 
 
 class Resources(TypedDict, total=False):
@@ -26,8 +25,28 @@ class TaskSpec(TypedDict, total=False):
     idempotency_key: Optional[str]
 
 
+FailureCode = Literal[
+    "SCRIPT_FAILED",
+    "SCRIPT_NOT_FOUND",
+    "SCRIPT_START_FAILED",
+    "SANDBOX_UNAVAILABLE",
+    "INPUT_VERSION_NOT_FOUND",
+    "RESULT_TOO_LARGE",
+    "RESULT_INVALID",
+    "RUNNER_ERROR",
+    "LEASE_EXPIRED",
+    "BACKEND_UNAVAILABLE",
+    "BACKEND_REJECTED",
+    "BACKEND_ERROR",
+    "RAY_JOB_FAILED",
+    "RAY_JOB_STOPPED",
+    "STEP_NOT_STARTED",
+]
+"""Why a task failed: the server's closed list (``FailureCode`` in the OpenAPI document)."""
+
+
 class TaskError(TypedDict):
-    code: str
+    code: FailureCode
     message: str
 
 
