@@ -522,15 +522,17 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task> {
-        let id = id.as_str();
-        self.update(id, move |current| next_record(current, guard, change))
-            .await
+        self.update(id.as_str(), move |current| {
+            next_record(current, guard, change)
+        })
+        .await
     }
 
     async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task> {
-        let id = id.as_str();
-        self.update(id, move |current| next_heartbeat(current, attempt, &beat))
-            .await
+        self.update(id.as_str(), move |current| {
+            next_heartbeat(current, attempt, &beat)
+        })
+        .await
     }
 
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>> {

@@ -65,8 +65,7 @@ impl TaskStore for MemoryTaskStore {
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
-        let id = id.as_str();
-        Ok(self.lock()?.tasks.get(id).cloned())
+        Ok(self.lock()?.tasks.get(id.as_str()).cloned())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage> {
@@ -151,8 +150,7 @@ impl PipelineStore for MemoryTaskStore {
     }
 
     async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
-        let id = id.as_str();
-        Ok(self.lock()?.pipelines.get(id).cloned())
+        Ok(self.lock()?.pipelines.get(id.as_str()).cloned())
     }
 
     async fn list_pipelines(

@@ -197,8 +197,7 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
-        let id = id.as_str();
-        let id = id.to_owned();
+        let id = id.to_string();
         self.with_conn(move |conn| select_task(conn, &id)).await
     }
 
@@ -233,15 +232,17 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn transition(&self, id: &TaskId, guard: Guard, change: Change) -> Result<Task> {
-        let id = id.as_str();
-        self.update(id, move |current| next_record(current, guard, change))
-            .await
+        self.update(id.as_str(), move |current| {
+            next_record(current, guard, change)
+        })
+        .await
     }
 
     async fn heartbeat(&self, id: &TaskId, attempt: u32, beat: Heartbeat) -> Result<Task> {
-        let id = id.as_str();
-        self.update(id, move |current| next_heartbeat(current, attempt, &beat))
-            .await
+        self.update(id.as_str(), move |current| {
+            next_heartbeat(current, attempt, &beat)
+        })
+        .await
     }
 
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>> {

@@ -156,8 +156,7 @@ impl PipelineStore for DynamoTaskStore {
     }
 
     async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
-        let id = id.as_str();
-        self.read_pipeline(&item_id(id)).await
+        self.read_pipeline(&item_id(id.as_str())).await
     }
 
     async fn list_pipelines(

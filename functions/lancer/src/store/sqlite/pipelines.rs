@@ -114,8 +114,7 @@ impl PipelineStore for SqliteTaskStore {
     }
 
     async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>> {
-        let id = id.as_str();
-        let id = id.to_owned();
+        let id = id.to_string();
         self.with_conn(move |conn| select_one(conn, &id)).await
     }
 
@@ -125,9 +124,8 @@ impl PipelineStore for SqliteTaskStore {
         limit: usize,
         page_token: Option<&PageToken>,
     ) -> Result<PipelinePage> {
-        let tenant = tenant.as_str();
         let before = page_start(page_token);
-        let tenant = tenant.to_owned();
+        let tenant = tenant.to_string();
         let limit = page_limit(limit);
         self.with_conn(move |conn| {
             let pipelines = select(
@@ -181,8 +179,7 @@ impl PipelineStore for SqliteTaskStore {
         digest: &Digest,
         task: &TaskId,
     ) -> Result<()> {
-        let (tenant, digest, task) = (tenant.as_str(), digest.as_str(), task.as_str());
-        let (tenant, digest, task) = (tenant.to_owned(), digest.to_owned(), task.to_owned());
+        let (tenant, digest, task) = (tenant.to_string(), digest.to_string(), task.to_string());
         self.with_conn(move |conn| {
             conn.execute(
                 "INSERT OR REPLACE INTO cache (tenant, digest, task_id) VALUES (?1, ?2, ?3)",
