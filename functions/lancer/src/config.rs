@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::ingest::IngestRules;
 use crate::domain::tenant::TenantName;
 use crate::lake::{LakeRoot, absolute};
-use crate::sandbox::SandboxMode;
+use crate::sandbox::{SandboxMode, UnknownSandboxMode};
 
 /// A configuration lancer cannot run with; the message names the variable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,112 +25,332 @@ fn bad(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
 
-/// Every variable lancer reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Var {
-    Lake,
-    StorageOptions,
-    Db,
-    TaskTable,
-    Host,
-    Port,
-    Scripts,
-    ApiKeys,
-    ApiKeysFile,
-    AllowOpen,
-    MetricsOpen,
-    MaxConnections,
-    MaxStreams,
-    TenantStreams,
-    TenantSchedules,
-    TenantRunsPerMinute,
-    ScheduleMinInterval,
-    Concurrency,
-    TenantConcurrency,
-    TenantServices,
-    Lease,
-    CancelGrace,
-    Runner,
-    Python,
-    Backend,
-    IngestRules,
-    ScriptEnv,
-    Sandbox,
-    MaxUploadBytes,
-    UploadQuotaBytes,
-    RequestTimeout,
-    UploadTimeout,
-    RayAddress,
-    RayRunner,
-    RayEnv,
-    RayToken,
+/// Declares `Var` from one row per variable: its doc, its name, how the loader reads it
+/// into a `Config` (the row's block gets the variable's `Reader` and the config read so
+/// far, which starts as `Config::default()`), and, for the variables runners read, how
+/// a `Config` writes it back for a runner's environment. Rows are read in order, so a
+/// row may look at what an earlier one set.
+macro_rules! settings {
+    (@write $config:ident) => { None };
+    (@write $config:ident, $bound:ident $write:block) => {{
+        let $bound = $config;
+        $write
+    }};
+    ($(
+        $(#[doc = $doc:literal])*
+        $var:ident = $name:literal,
+        read($vars:ident, $into:ident) $read:block
+        $(runners($from:ident) $write:block)?
+        ;
+    )*) => {
+        /// Every variable lancer reads.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Var {
+            $($(#[doc = $doc])* $var,)*
+        }
+
+        impl Var {
+            /// Every variable, in the order the loader reads them.
+            pub const ALL: &'static [Var] = &[$(Var::$var),*];
+
+            /// The variable's name in the environment.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Var::$var => $name,)*
+                }
+            }
+
+            /// Reads this variable into `config`.
+            fn read(self, vars: Reader<'_>, config: &mut Config) -> Result<()> {
+                match self {
+                    $(Var::$var => {
+                        let ($vars, $into) = (vars, config);
+                        $read
+                    })*
+                }
+                Ok(())
+            }
+
+            /// The value a runner gets for this variable, or `None` where runners do not
+            /// read it (or `config` leaves it unset).
+            fn for_runner(self, config: &Config) -> Option<String> {
+                match self {
+                    $(Var::$var => settings!(@write config $(, $from $write)?),)*
+                }
+            }
+        }
+    };
 }
 
-impl Var {
-    /// The variables a runner reads to rebuild the part of the configuration it needs.
-    const FOR_RUNNERS: [Var; 11] = [
-        Var::Lake,
-        Var::StorageOptions,
-        Var::Db,
-        Var::TaskTable,
-        Var::Scripts,
-        Var::Lease,
-        Var::CancelGrace,
-        Var::Python,
-        Var::Backend,
-        Var::ScriptEnv,
-        Var::Sandbox,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Var::Lake => "LANCER_LAKE",
-            Var::StorageOptions => "LANCER_STORAGE_OPTIONS",
-            Var::Db => "LANCER_DB",
-            Var::TaskTable => "LANCER_TASK_TABLE",
-            Var::Host => "LANCER_HOST",
-            Var::Port => "LANCER_PORT",
-            Var::Scripts => "LANCER_SCRIPTS",
-            Var::ApiKeys => "LANCER_API_KEYS",
-            Var::ApiKeysFile => "LANCER_API_KEYS_FILE",
-            Var::AllowOpen => "LANCER_ALLOW_OPEN",
-            Var::MetricsOpen => "LANCER_METRICS_OPEN",
-            Var::MaxConnections => "LANCER_MAX_CONNECTIONS",
-            Var::MaxStreams => "LANCER_MAX_STREAMS",
-            Var::TenantStreams => "LANCER_TENANT_STREAMS",
-            Var::TenantSchedules => "LANCER_TENANT_SCHEDULES",
-            Var::TenantRunsPerMinute => "LANCER_TENANT_RUNS_PER_MINUTE",
-            Var::ScheduleMinInterval => "LANCER_SCHEDULE_MIN_INTERVAL_SECS",
-            Var::Concurrency => "LANCER_CONCURRENCY",
-            Var::TenantConcurrency => "LANCER_TENANT_CONCURRENCY",
-            Var::TenantServices => "LANCER_TENANT_SERVICES",
-            Var::Lease => "LANCER_LEASE_SECS",
-            Var::CancelGrace => "LANCER_CANCEL_GRACE_SECS",
-            Var::Runner => "LANCER_RUNNER",
-            Var::Python => "LANCER_PYTHON",
-            Var::Backend => "LANCER_BACKEND",
-            Var::IngestRules => "LANCER_INGEST_RULES",
-            Var::ScriptEnv => "LANCER_SCRIPT_ENV",
-            Var::Sandbox => "LANCER_SANDBOX",
-            Var::MaxUploadBytes => "LANCER_MAX_UPLOAD_BYTES",
-            Var::UploadQuotaBytes => "LANCER_UPLOAD_QUOTA_BYTES",
-            Var::RequestTimeout => "LANCER_REQUEST_TIMEOUT_SECS",
-            Var::UploadTimeout => "LANCER_UPLOAD_TIMEOUT_SECS",
-            Var::RayAddress => "RAY_ADDRESS",
-            Var::RayRunner => "LANCER_RAY_RUNNER",
-            Var::RayEnv => "LANCER_RAY_ENV",
-            Var::RayToken => "LANCER_RAY_TOKEN",
+settings! {
+    /// A local folder or an `s3://bucket/prefix` URL.
+    Lake = "LANCER_LAKE",
+    read(v, c) {
+        if let Some(root) = v.text() {
+            c.lake.root = LakeRoot::parse(&root);
         }
     }
+    runners(c) { Some(c.lake.root.uri()) };
+
+    /// A JSON object of object-store / Lance storage options.
+    StorageOptions = "LANCER_STORAGE_OPTIONS",
+    read(v, c) { c.lake.storage_options = v.json_object()?; }
+    runners(c) { Some(json(&c.lake.storage_options)) };
+
+    /// A DynamoDB table for task records; wins over `LANCER_DB`.
+    TaskTable = "LANCER_TASK_TABLE",
+    read(v, c) {
+        if let Some(table) = v.text() {
+            c.tasks = TaskTable::Dynamo { table };
+        }
+    }
+    runners(c) {
+        match &c.tasks {
+            TaskTable::Dynamo { table } => Some(table.clone()),
+            TaskTable::Sqlite(_) => None,
+        }
+    };
+
+    /// A SQLite file for task records.
+    Db = "LANCER_DB",
+    read(v, c) {
+        if let (None, Some(db)) = (v.other(Var::TaskTable), v.text()) {
+            c.tasks = TaskTable::Sqlite(db.into());
+        }
+    }
+    runners(c) {
+        match &c.tasks {
+            TaskTable::Sqlite(path) => Some(absolute(path)),
+            TaskTable::Dynamo { .. } => None,
+        }
+    };
+
+    /// The address `lancer serve` listens on.
+    Host = "LANCER_HOST",
+    read(v, c) {
+        if let Some(raw) = v.text() {
+            c.server.host = raw
+                .parse()
+                .map_err(|_| v.bad(format!("must be an IP address, not '{raw}'")))?;
+        }
+    };
+
+    /// The port `lancer serve` listens on.
+    Port = "LANCER_PORT",
+    read(v, c) {
+        if let Some(port) = v.number()? {
+            c.server.port = u16::try_from(port).map_err(|_| v.bad("must be at most 65535"))?;
+        }
+    };
+
+    /// The folder holding `lancer-scripts.json` and the scripts.
+    Scripts = "LANCER_SCRIPTS",
+    read(v, c) {
+        if let Some(root) = v.text() {
+            c.scripts.root = root.into();
+        }
+    }
+    runners(c) { Some(absolute(&c.scripts.root)) };
+
+    /// `key=tenant,...`: the API keys. Set but empty is refused, so auth fails closed.
+    ApiKeys = "LANCER_API_KEYS",
+    read(v, c) {
+        if let Some(inline) = v.raw() {
+            c.server.api_keys = Some(ApiKeys::parse(&inline)?);
+        }
+    };
+
+    /// A file of `key=tenant` lines, read when `LANCER_API_KEYS` is unset.
+    ApiKeysFile = "LANCER_API_KEYS_FILE",
+    read(v, c) {
+        if let (None, Some(file)) = (v.other_raw(Var::ApiKeys), v.text()) {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|err| v.bad(format!("cannot be read from '{file}': {err}")))?;
+            c.server.api_keys = Some(ApiKeys::parse(&text)?);
+        }
+    };
+
+    /// `true` lets a server without API keys listen beyond loopback.
+    AllowOpen = "LANCER_ALLOW_OPEN",
+    read(v, c) { c.server.allow_open = v.flag()?; };
+
+    /// `true` serves `/metrics` without a key, covering every tenant.
+    MetricsOpen = "LANCER_METRICS_OPEN",
+    read(v, c) { c.server.metrics_open = v.flag()?; };
+
+    /// Connections `lancer serve` serves at once.
+    MaxConnections = "LANCER_MAX_CONNECTIONS",
+    read(v, c) { c.server.max_connections = v.count(c.server.max_connections)?; };
+
+    /// Event streams open at once, over all tenants.
+    MaxStreams = "LANCER_MAX_STREAMS",
+    read(v, c) { c.server.streams.total = v.count(c.server.streams.total)?; };
+
+    /// Event streams one tenant may hold open at once.
+    TenantStreams = "LANCER_TENANT_STREAMS",
+    read(v, c) { c.server.streams.per_tenant = v.count(c.server.streams.per_tenant)?; };
+
+    /// Schedules one tenant may have active at once.
+    TenantSchedules = "LANCER_TENANT_SCHEDULES",
+    read(v, c) { c.schedules.per_tenant = v.count(c.schedules.per_tenant)?; };
+
+    /// Runs one tenant's schedules may start in a minute.
+    TenantRunsPerMinute = "LANCER_TENANT_RUNS_PER_MINUTE",
+    read(v, c) { c.schedules.runs_per_minute = v.count(c.schedules.runs_per_minute)?; };
+
+    /// The shortest time a schedule may leave between two runs.
+    ScheduleMinInterval = "LANCER_SCHEDULE_MIN_INTERVAL_SECS",
+    read(v, c) { c.schedules.min_interval = v.seconds(c.schedules.min_interval)?; };
+
+    /// Batch tasks the local dispatcher runs at once.
+    Concurrency = "LANCER_CONCURRENCY",
+    read(v, c) { c.dispatch.concurrency = v.count(c.dispatch.concurrency)?; };
+
+    /// Batch tasks one tenant may run at once (default: all of them).
+    TenantConcurrency = "LANCER_TENANT_CONCURRENCY",
+    read(v, c) {
+        if let Some(slots) = v.positive()? {
+            c.dispatch.tenant_concurrency = Some(slots as usize);
+        }
+    };
+
+    /// Services one tenant may run beside the batch slots; 0 allows none.
+    TenantServices = "LANCER_TENANT_SERVICES",
+    read(v, c) {
+        if let Some(services) = v.number()? {
+            c.dispatch.tenant_services = services as usize;
+        }
+    };
+
+    /// Seconds without a heartbeat after which a running task has lost its runner.
+    Lease = "LANCER_LEASE_SECS",
+    read(v, c) { c.dispatch.lease = v.seconds(c.dispatch.lease)?; }
+    runners(c) { Some(c.dispatch.lease.as_secs().to_string()) };
+
+    /// Seconds between SIGTERM and SIGKILL on cancel; 0 kills at once.
+    CancelGrace = "LANCER_CANCEL_GRACE_SECS",
+    read(v, c) {
+        if let Some(grace) = v.number()? {
+            c.dispatch.cancel_grace = Duration::from_secs(grace);
+        }
+    }
+    runners(c) { Some(c.dispatch.cancel_grace.as_secs().to_string()) };
+
+    /// The runner binary (default: `lancer-runner` beside the current binary).
+    Runner = "LANCER_RUNNER",
+    read(v, c) { c.dispatch.runner = v.text().map(PathBuf::from); };
+
+    /// The interpreter for `*.py` scripts.
+    Python = "LANCER_PYTHON",
+    read(v, c) {
+        if let Some(python) = v.text() {
+            c.scripts.python = python;
+        }
+    }
+    runners(c) { Some(c.scripts.python.clone()) };
+
+    /// `local` or `ray`: where runners run.
+    Backend = "LANCER_BACKEND",
+    read(v, c) {
+        match v.text().as_deref() {
+            None | Some("local") => {}
+            Some("ray") => c.dispatch.backend = Backend::Ray(RayConfig::default()),
+            Some(other) => return Err(v.bad(format!("must be local or ray, not '{other}'"))),
+        }
+    }
+    runners(c) { Some(c.backend_name().into()) };
+
+    /// A JSON array of rules that turn uploads under `raw/` into tasks.
+    IngestRules = "LANCER_INGEST_RULES",
+    read(v, c) {
+        if let Some(json) = v.text() {
+            c.ingest_rules = IngestRules::parse(&json).map_err(|err| v.bad(format!("is not valid: {err}")))?;
+        }
+    };
+
+    /// A JSON object of variables the operator gives every script.
+    ScriptEnv = "LANCER_SCRIPT_ENV",
+    read(v, c) { c.scripts.env = v.json_object()?; }
+    runners(c) { Some(json(&c.scripts.env)) };
+
+    /// `off`, `best-effort` or `required`: whether scripts run confined.
+    Sandbox = "LANCER_SANDBOX",
+    read(v, c) {
+        if let Some(mode) = v.text() {
+            c.scripts.sandbox = mode.parse().map_err(|err: UnknownSandboxMode| v.bad(err.to_string()))?;
+        }
+    }
+    runners(c) { Some(c.scripts.sandbox.as_str().into()) };
+
+    /// The most bytes of one upload.
+    MaxUploadBytes = "LANCER_MAX_UPLOAD_BYTES",
+    read(v, c) {
+        if let Some(bytes) = v.number()? {
+            c.server.uploads.max_bytes = bytes;
+        }
+    };
+
+    /// The most bytes a tenant may keep under `raw/`.
+    UploadQuotaBytes = "LANCER_UPLOAD_QUOTA_BYTES",
+    read(v, c) {
+        if let Some(bytes) = v.number()? {
+            c.server.uploads.quota_bytes = bytes;
+        }
+    };
+
+    /// Seconds a request may take, body included, before it is answered 408.
+    RequestTimeout = "LANCER_REQUEST_TIMEOUT_SECS",
+    read(v, c) { c.server.timeouts.request = v.seconds(c.server.timeouts.request)?; };
+
+    /// Seconds an upload's body may take to arrive.
+    UploadTimeout = "LANCER_UPLOAD_TIMEOUT_SECS",
+    read(v, c) { c.server.timeouts.upload = v.seconds(c.server.timeouts.upload)?; };
+
+    /// The Ray head's dashboard URL; read when `LANCER_BACKEND=ray`.
+    RayAddress = "RAY_ADDRESS",
+    read(v, c) {
+        if let (Backend::Ray(ray), Some(raw)) = (&mut c.dispatch.backend, v.text()) {
+            ray.address = ray_address(&raw).map_err(|message| v.bad(message))?;
+        }
+    };
+
+    /// The runner binary's path on Ray's nodes.
+    RayRunner = "LANCER_RAY_RUNNER",
+    read(v, c) {
+        if let Backend::Ray(ray) = &mut c.dispatch.backend {
+            ray.runner = v.text().map(PathBuf::from);
+        }
+    };
+
+    /// A JSON object of variables that replace the runner's defaults on Ray's nodes.
+    RayEnv = "LANCER_RAY_ENV",
+    read(v, c) {
+        if let Backend::Ray(ray) = &mut c.dispatch.backend {
+            ray.env = v.json_object()?;
+        }
+    };
+
+    /// The bearer token of a Ray head with token authentication.
+    RayToken = "LANCER_RAY_TOKEN",
+    read(v, c) {
+        if let Backend::Ray(ray) = &mut c.dispatch.backend {
+            ray.token = v.text();
+        }
+    };
 }
 
+/// Everything a lancer process is configured with; each field names its variables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `LANCER_LAKE` and `LANCER_STORAGE_OPTIONS`: where datasets and models live.
     pub lake: LakeConfig,
     /// `LANCER_DB` or `LANCER_TASK_TABLE`: where task records live.
     pub tasks: TaskTable,
+    /// How `lancer serve` and the API function listen, authenticate and bound requests.
     pub server: ServerConfig,
+    /// Where and how runners run.
     pub dispatch: DispatchConfig,
+    /// How scripts are found, started and confined.
     pub scripts: ScriptConfig,
     /// `LANCER_INGEST_RULES`: JSON array of rules that turn uploads under `raw/` into tasks.
     pub ingest_rules: IngestRules,
@@ -160,6 +380,7 @@ impl Default for ScheduleLimits {
     }
 }
 
+/// Where the lake lives and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LakeConfig {
     /// `LANCER_LAKE`: a local folder or an `s3://bucket/prefix` URL.
@@ -175,7 +396,10 @@ pub enum TaskTable {
     Sqlite(PathBuf),
     /// `LANCER_TASK_TABLE`: a DynamoDB table (the AWS level); credentials, region and
     /// endpoint come from the standard AWS chain.
-    Dynamo { table: String },
+    Dynamo {
+        /// The table's name.
+        table: String,
+    },
 }
 
 /// What `lancer serve` and the API function answer with.
@@ -183,6 +407,7 @@ pub enum TaskTable {
 pub struct ServerConfig {
     /// `LANCER_HOST` and `LANCER_PORT`: where `lancer serve` listens.
     pub host: IpAddr,
+    /// See `host`; 0 picks a free port.
     pub port: u16,
     /// `LANCER_API_KEYS` (`key=tenant,...`) or `LANCER_API_KEYS_FILE` (a `key=tenant` per line).
     pub api_keys: Option<ApiKeys>,
@@ -206,7 +431,9 @@ pub struct ServerConfig {
 /// How many event streams may be open at once (`LANCER_MAX_STREAMS`, `LANCER_TENANT_STREAMS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
+    /// Streams over all tenants.
     pub total: usize,
+    /// Streams of one tenant.
     pub per_tenant: usize,
 }
 
@@ -256,6 +483,7 @@ pub struct ScriptConfig {
 /// How long a request may take, body included, before it is answered 408.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Any request but an upload.
     pub request: Duration,
     /// An upload's body may take longer to arrive.
     pub upload: Duration,
@@ -297,6 +525,7 @@ pub enum Backend {
     Ray(RayConfig),
 }
 
+/// How to reach the Ray head and what its jobs run with (`LANCER_BACKEND=ray`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RayConfig {
     /// `RAY_ADDRESS`: the head's dashboard URL (default `http://127.0.0.1:8265`).
@@ -310,6 +539,17 @@ pub struct RayConfig {
     /// `LANCER_RAY_TOKEN`: the bearer token of a head with token authentication. It stays
     /// with the Jobs client: no job's environment carries it.
     pub token: Option<String>,
+}
+
+impl Default for RayConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8265".into(),
+            runner: None,
+            env: BTreeMap::new(),
+            token: None,
+        }
+    }
 }
 
 /// Where the lake and the task table live by default: `$XDG_DATA_HOME/lancer` (else
@@ -414,212 +654,114 @@ impl ApiKeys {
         Ok(Self(keys))
     }
 
+    /// The tenant a presented key belongs to, or `None` for an unknown key.
     pub fn tenant_of(&self, key: &str) -> Option<&TenantName> {
         self.0.get(&key_digest(key))
     }
 }
 
-/// Reads variables through a lookup. An empty variable counts as unset, except the API
+/// One variable, read through a lookup. An empty variable counts as unset, except the API
 /// keys: `LANCER_API_KEYS=""` is a key set with no key, refused rather than read as open
 /// mode, so auth fails closed.
-struct Reader<F> {
-    lookup: F,
+#[derive(Clone, Copy)]
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    var: Var,
 }
 
-impl<F: Fn(&str) -> Option<String>> Reader<F> {
-    fn raw(&self, var: Var) -> Option<String> {
+impl Reader<'_> {
+    /// An error that names the variable: `"{name} {message}"`.
+    fn bad(&self, message: impl std::fmt::Display) -> ConfigError {
+        bad(format!("{} {message}", self.var.name()))
+    }
+
+    fn raw(&self) -> Option<String> {
+        self.other_raw(self.var)
+    }
+
+    fn text(&self) -> Option<String> {
+        self.other(self.var)
+    }
+
+    /// Another variable's value, for a row whose meaning depends on it.
+    fn other(&self, var: Var) -> Option<String> {
+        self.other_raw(var).filter(|value| !value.is_empty())
+    }
+
+    fn other_raw(&self, var: Var) -> Option<String> {
         (self.lookup)(var.name())
     }
 
-    fn text(&self, var: Var) -> Option<String> {
-        self.raw(var).filter(|value| !value.is_empty())
-    }
-
-    fn number(&self, var: Var) -> Result<Option<u64>> {
-        self.text(var)
+    fn number(&self) -> Result<Option<u64>> {
+        self.text()
             .map(|raw| {
-                raw.parse::<u64>().map_err(|_| {
-                    bad(format!(
-                        "{} must be a whole number, not '{raw}'",
-                        var.name()
-                    ))
-                })
+                raw.parse::<u64>()
+                    .map_err(|_| self.bad(format!("must be a whole number, not '{raw}'")))
             })
             .transpose()
     }
 
     /// A number that must be at least 1 (a slot count, a limit, a timeout): a 0 would
     /// stop the server doing its work, so it is refused rather than read as 1.
-    fn positive(&self, var: Var) -> Result<Option<u64>> {
-        match self.number(var)? {
-            Some(0) => Err(bad(format!("{} must be at least 1, not 0", var.name()))),
+    fn positive(&self) -> Result<Option<u64>> {
+        match self.number()? {
+            Some(0) => Err(self.bad("must be at least 1, not 0")),
             number => Ok(number),
         }
     }
 
-    fn count(&self, var: Var, default: usize) -> Result<usize> {
-        Ok(self.positive(var)?.map_or(default, |n| n as usize))
+    fn count(&self, default: usize) -> Result<usize> {
+        Ok(self.positive()?.map_or(default, |n| n as usize))
     }
 
-    fn seconds(&self, var: Var, default: Duration) -> Result<Duration> {
-        Ok(self.positive(var)?.map_or(default, Duration::from_secs))
+    fn seconds(&self, default: Duration) -> Result<Duration> {
+        Ok(self.positive()?.map_or(default, Duration::from_secs))
     }
 
-    fn flag(&self, var: Var) -> Result<bool> {
-        match self.text(var).as_deref() {
+    fn flag(&self) -> Result<bool> {
+        match self.text().as_deref() {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(bad(format!(
-                "{} must be true or false, not '{other}'",
-                var.name()
-            ))),
+            Some(other) => Err(self.bad(format!("must be true or false, not '{other}'"))),
         }
     }
 
-    /// A variable holding a JSON object of strings; empty when unset.
-    fn json_object(&self, var: Var) -> Result<BTreeMap<String, String>> {
-        match self.text(var) {
-            Some(json) => serde_json::from_str(&json).map_err(|err| {
-                bad(format!(
-                    "{} must be a JSON object of strings: {err}",
-                    var.name()
-                ))
-            }),
+    /// A JSON object of strings; empty when unset.
+    fn json_object(&self) -> Result<BTreeMap<String, String>> {
+        match self.text() {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|err| self.bad(format!("must be a JSON object of strings: {err}"))),
             None => Ok(BTreeMap::new()),
         }
     }
 }
 
+/// A map as the JSON object its variable holds.
+fn json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
 impl Config {
+    /// Reads the configuration from the process's environment.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the configuration from `lookup`, a variable's value by name.
+    /// Reads the configuration from `lookup`, a variable's value by name: each row of
+    /// `Var` in order, over the defaults.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let vars = Reader { lookup };
-        let defaults = Self::default();
-        Ok(Self {
-            lake: LakeConfig {
-                root: vars
-                    .text(Var::Lake)
-                    .map_or(defaults.lake.root, |root| LakeRoot::parse(&root)),
-                storage_options: vars.json_object(Var::StorageOptions)?,
-            },
-            tasks: match (vars.text(Var::TaskTable), vars.text(Var::Db)) {
-                (Some(table), _) => TaskTable::Dynamo { table },
-                (None, Some(db)) => TaskTable::Sqlite(db.into()),
-                (None, None) => defaults.tasks,
-            },
-            server: server(&vars, defaults.server)?,
-            dispatch: dispatch(&vars, defaults.dispatch)?,
-            scripts: ScriptConfig {
-                root: vars
-                    .text(Var::Scripts)
-                    .map_or(defaults.scripts.root, PathBuf::from),
-                python: vars.text(Var::Python).unwrap_or(defaults.scripts.python),
-                env: vars.json_object(Var::ScriptEnv)?,
-                sandbox: match vars.text(Var::Sandbox) {
-                    Some(mode) => mode
-                        .parse()
-                        .map_err(|err: crate::sandbox::UnknownSandboxMode| bad(err.to_string()))?,
-                    None => defaults.scripts.sandbox,
+        let mut config = Self::default();
+        for &var in Var::ALL {
+            var.read(
+                Reader {
+                    lookup: &lookup,
+                    var,
                 },
-            },
-            ingest_rules: match vars.text(Var::IngestRules) {
-                Some(json) => IngestRules::parse(&json)
-                    .map_err(|err| bad(format!("{}: {err}", Var::IngestRules.name())))?,
-                None => defaults.ingest_rules,
-            },
-            schedules: ScheduleLimits {
-                per_tenant: vars.count(Var::TenantSchedules, defaults.schedules.per_tenant)?,
-                runs_per_minute: vars
-                    .count(Var::TenantRunsPerMinute, defaults.schedules.runs_per_minute)?,
-                min_interval: vars
-                    .seconds(Var::ScheduleMinInterval, defaults.schedules.min_interval)?,
-            },
-        })
-    }
-}
-
-fn server<F: Fn(&str) -> Option<String>>(
-    vars: &Reader<F>,
-    defaults: ServerConfig,
-) -> Result<ServerConfig> {
-    let api_keys = match (vars.raw(Var::ApiKeys), vars.text(Var::ApiKeysFile)) {
-        (Some(inline), _) => Some(ApiKeys::parse(&inline)?),
-        (None, Some(file)) => Some(ApiKeys::parse(&std::fs::read_to_string(&file).map_err(
-            |err| bad(format!("cannot read LANCER_API_KEYS_FILE '{file}': {err}")),
-        )?)?),
-        (None, None) => None,
-    };
-    let host = match vars.text(Var::Host) {
-        Some(raw) => raw
-            .parse()
-            .map_err(|_| bad(format!("LANCER_HOST must be an IP address, not '{raw}'")))?,
-        None => defaults.host,
-    };
-    let port = match vars.number(Var::Port)? {
-        Some(port) => u16::try_from(port).map_err(|_| bad("LANCER_PORT must be at most 65535"))?,
-        None => defaults.port,
-    };
-    Ok(ServerConfig {
-        host,
-        port,
-        api_keys,
-        allow_open: vars.flag(Var::AllowOpen)?,
-        metrics_open: vars.flag(Var::MetricsOpen)?,
-        max_connections: vars.count(Var::MaxConnections, defaults.max_connections)?,
-        streams: StreamLimits {
-            total: vars.count(Var::MaxStreams, defaults.streams.total)?,
-            per_tenant: vars.count(Var::TenantStreams, defaults.streams.per_tenant)?,
-        },
-        uploads: UploadLimits {
-            max_bytes: vars
-                .number(Var::MaxUploadBytes)?
-                .unwrap_or(defaults.uploads.max_bytes),
-            quota_bytes: vars
-                .number(Var::UploadQuotaBytes)?
-                .unwrap_or(defaults.uploads.quota_bytes),
-        },
-        timeouts: Timeouts {
-            request: vars.seconds(Var::RequestTimeout, defaults.timeouts.request)?,
-            upload: vars.seconds(Var::UploadTimeout, defaults.timeouts.upload)?,
-        },
-    })
-}
-
-fn dispatch<F: Fn(&str) -> Option<String>>(
-    vars: &Reader<F>,
-    defaults: DispatchConfig,
-) -> Result<DispatchConfig> {
-    let backend = match vars.text(Var::Backend).as_deref() {
-        None | Some("local") => Backend::Local,
-        Some("ray") => Backend::Ray(RayConfig {
-            address: ray_address(vars.text(Var::RayAddress))?,
-            runner: vars.text(Var::RayRunner).map(PathBuf::from),
-            env: vars.json_object(Var::RayEnv)?,
-            token: vars.text(Var::RayToken),
-        }),
-        Some(other) => {
-            return Err(bad(format!(
-                "LANCER_BACKEND must be local or ray, not '{other}'"
-            )));
+                &mut config,
+            )?;
         }
-    };
-    Ok(DispatchConfig {
-        backend,
-        concurrency: vars.count(Var::Concurrency, defaults.concurrency)?,
-        tenant_concurrency: vars.positive(Var::TenantConcurrency)?.map(|n| n as usize),
-        tenant_services: vars
-            .number(Var::TenantServices)?
-            .map_or(defaults.tenant_services, |n| n as usize),
-        lease: vars.seconds(Var::Lease, defaults.lease)?,
-        cancel_grace: vars
-            .number(Var::CancelGrace)?
-            .map_or(defaults.cancel_grace, Duration::from_secs),
-        runner: vars.text(Var::Runner).map(PathBuf::from),
-    })
+        Ok(config)
+    }
 }
 
 impl Config {
@@ -631,6 +773,7 @@ impl Config {
         }
     }
 
+    /// The socket address `lancer serve` binds.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.server.host, self.server.port)
     }
@@ -640,39 +783,14 @@ impl Config {
         (self.dispatch.lease / 3).max(Duration::from_millis(500))
     }
 
-    /// The variables a runner process needs to rebuild this configuration: `Var`'s runner
-    /// part, each written as the loader reads it back (paths made absolute).
+    /// The variables a runner process needs to rebuild this configuration: the rows of
+    /// `Var` that runners read, each written as the loader reads it back (paths made
+    /// absolute).
     pub fn runner_env(&self) -> Vec<(String, String)> {
-        Var::FOR_RUNNERS
-            .into_iter()
-            .filter_map(|var| Some((var.name().to_owned(), self.runner_value(var)?)))
+        Var::ALL
+            .iter()
+            .filter_map(|var| Some((var.name().to_owned(), var.for_runner(self)?)))
             .collect()
-    }
-
-    fn runner_value(&self, var: Var) -> Option<String> {
-        let json = |map: &BTreeMap<String, String>| {
-            serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
-        };
-        Some(match var {
-            Var::Lake => self.lake.root.uri(),
-            Var::StorageOptions => json(&self.lake.storage_options),
-            Var::Db => match &self.tasks {
-                TaskTable::Sqlite(path) => absolute(path),
-                TaskTable::Dynamo { .. } => return None,
-            },
-            Var::TaskTable => match &self.tasks {
-                TaskTable::Dynamo { table } => table.clone(),
-                TaskTable::Sqlite(_) => return None,
-            },
-            Var::Scripts => absolute(&self.scripts.root),
-            Var::Lease => self.dispatch.lease.as_secs().to_string(),
-            Var::CancelGrace => self.dispatch.cancel_grace.as_secs().to_string(),
-            Var::Python => self.scripts.python.clone(),
-            Var::Backend => self.backend_name().into(),
-            Var::ScriptEnv => json(&self.scripts.env),
-            Var::Sandbox => self.scripts.sandbox.as_str().into(),
-            _ => return None,
-        })
     }
 
     /// The runner's configuration for a Ray job's `runtime_env`, which Ray's dashboard
@@ -725,19 +843,19 @@ fn is_credential(key: &str) -> bool {
 }
 
 /// The Jobs API URL from `RAY_ADDRESS`; `host:port` without a scheme means plain HTTP.
-fn ray_address(raw: Option<String>) -> Result<String> {
-    let raw = raw.unwrap_or_else(|| "http://127.0.0.1:8265".into());
+/// The error is the message after the variable's name.
+fn ray_address(raw: &str) -> Result<String, String> {
     let with_scheme = if raw.contains("://") {
-        raw.clone()
+        raw.to_owned()
     } else {
         format!("http://{raw}")
     };
-    let url = url::Url::parse(&with_scheme)
-        .map_err(|err| bad(format!("RAY_ADDRESS '{raw}' is not a URL: {err}")))?;
+    let url =
+        url::Url::parse(&with_scheme).map_err(|err| format!("'{raw}' is not a URL: {err}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "RAY_ADDRESS must be the head's dashboard URL (http://host:8265), not '{raw}'"
-        )));
+        return Err(format!(
+            "must be the head's dashboard URL (http://host:8265), not '{raw}'"
+        ));
     }
     Ok(with_scheme.trim_end_matches('/').to_owned())
 }
@@ -803,6 +921,42 @@ mod tests {
         assert!(
             !env.contains_key("LANCER_PORT"),
             "servers' settings stay out"
+        );
+    }
+
+    #[test]
+    fn every_variable_has_one_row_a_unique_name_and_a_line_in_the_readme() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let mut names = std::collections::HashSet::new();
+        for var in Var::ALL {
+            assert!(names.insert(var.name()), "{} has two rows", var.name());
+            assert!(
+                readme.contains(var.name()),
+                "README never names {}",
+                var.name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_db_file_yields_to_a_dynamodb_table_and_a_keys_file_to_inline_keys() {
+        let config = Config::from_lookup(lookup(&[
+            ("LANCER_DB", "/tmp/ignored.db"),
+            ("LANCER_TASK_TABLE", "tasks"),
+            ("LANCER_API_KEYS", "inline-key-1=alice"),
+            ("LANCER_API_KEYS_FILE", "/nonexistent/keys"),
+        ]))
+        .expect("the file is not read when inline keys are given");
+        assert_eq!(
+            config.tasks,
+            TaskTable::Dynamo {
+                table: "tasks".into()
+            }
+        );
+        let keys = config.server.api_keys.expect("keys");
+        assert_eq!(
+            keys.tenant_of("inline-key-1").map(AsRef::as_ref),
+            Some("alice")
         );
     }
 
