@@ -15,6 +15,7 @@ pub(super) fn resource_of(kind: ArtifactKind) -> Resource {
 }
 
 impl Service {
+    /// The tenant's datasets or models, each with its latest version.
     pub async fn list_artifacts(
         &self,
         tenant: &Tenant,
@@ -28,14 +29,13 @@ impl Service {
         &self,
         tenant: &Tenant,
         kind: ArtifactKind,
-        id: &str,
+        name: &Name,
     ) -> Result<ArtifactDetail> {
-        let name = Name::parse("id", id)?;
         let mut detail = self
             .lake
-            .describe(&tenant.root, kind, &name)
+            .describe(&tenant.root, kind, name)
             .await?
-            .ok_or_else(|| Error::not_found(resource_of(kind), id))?;
+            .ok_or_else(|| Error::not_found(resource_of(kind), name.as_str()))?;
         for version in &mut detail.versions {
             self.add_lineage(tenant, version).await?;
         }
@@ -70,13 +70,12 @@ impl Service {
         &self,
         tenant: &Tenant,
         kind: ArtifactKind,
-        id: &str,
+        name: &Name,
     ) -> Result<()> {
-        let name = Name::parse("id", id)?;
-        if self.lake.delete(&tenant.root, kind, &name).await? {
+        if self.lake.delete(&tenant.root, kind, name).await? {
             Ok(())
         } else {
-            Err(Error::not_found(resource_of(kind), id))
+            Err(Error::not_found(resource_of(kind), name.as_str()))
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{LogRequest, Service, TaskLog};
-use crate::domain::task::{Task, TaskStatus};
+use crate::domain::task::{Task, TaskId, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
 
@@ -27,9 +27,13 @@ pub enum TaskChange {
     Record(Box<Task>),
     /// New log text of `attempt` from `offset`; `next_offset` is where to resume.
     Log {
+        /// The attempt whose log this is.
         attempt: u32,
+        /// The byte offset of `text` in that attempt's log.
         offset: u64,
+        /// The offset after `text`: a `Last-Event-ID` resumes from here.
         next_offset: u64,
+        /// The new text, ending at a line end unless the log ends.
         text: String,
     },
     /// The task ended and all its log was yielded: the watch is over.
@@ -42,7 +46,7 @@ pub enum TaskChange {
 pub struct TaskChanges<S> {
     owner: Arc<S>,
     tenant: Tenant,
-    id: String,
+    id: TaskId,
     attempt: u32,
     offset: u64,
     /// The record last yielded, without its heartbeat time.
@@ -59,7 +63,7 @@ impl Service {
     pub async fn task_changes<S: AsRef<Service>>(
         owner: Arc<S>,
         tenant: Tenant,
-        id: String,
+        id: TaskId,
         resume: Option<(u32, u64)>,
     ) -> Result<TaskChanges<S>> {
         let task = (*owner).as_ref().task(&tenant, &id).await?;

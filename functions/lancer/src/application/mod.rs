@@ -29,9 +29,13 @@ pub use uploads::{Ingested, Uploaded};
 
 /// The ports and the operator's settings every use case runs against.
 pub struct Service {
+    /// Task records and their state machine.
     pub store: Arc<dyn TaskStore>,
+    /// Pipeline and schedule records, and the step cache.
     pub pipelines: Arc<dyn PipelineStore>,
+    /// Datasets, models, raw uploads, logs and progress histories.
     pub lake: Arc<dyn Lake>,
+    /// Where runners run: local subprocesses or Ray jobs.
     pub dispatcher: Arc<dyn Dispatcher>,
     /// The scripts tasks may name (`lancer-scripts.json` and what it registers).
     pub scripts: Arc<dyn Scripts>,

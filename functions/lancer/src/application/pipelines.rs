@@ -91,12 +91,10 @@ impl Service {
     }
 
     /// The pipeline if it exists and belongs to the tenant.
-    pub async fn pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
-        let not_found = || Error::not_found(Resource::Pipeline, printable(id));
-        let id = PipelineId::parse(id).map_err(|_| not_found())?;
-        match self.pipelines.pipeline(&id).await? {
+    pub async fn pipeline(&self, tenant: &Tenant, id: &PipelineId) -> Result<Pipeline> {
+        match self.pipelines.pipeline(id).await? {
             Some(pipeline) if pipeline.tenant == tenant.name => Ok(pipeline),
-            _ => Err(not_found()),
+            _ => Err(Error::not_found(Resource::Pipeline, id.as_str())),
         }
     }
 
@@ -116,7 +114,7 @@ impl Service {
 
     /// Cancels the pipeline: waiting steps never start, and running or pending step tasks
     /// (a completed pipeline's service too) are cancelled.
-    pub async fn cancel_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
+    pub async fn cancel_pipeline(&self, tenant: &Tenant, id: &PipelineId) -> Result<Pipeline> {
         let (mut pipeline, live) = self
             .modify_pipeline(tenant, id, |pipeline| {
                 if !pipeline.can_cancel() {
@@ -143,7 +141,7 @@ impl Service {
     }
 
     /// Resumes a failed or cancelled pipeline from its first step that did not complete.
-    pub async fn retry_pipeline(&self, tenant: &Tenant, id: &str) -> Result<Pipeline> {
+    pub async fn retry_pipeline(&self, tenant: &Tenant, id: &PipelineId) -> Result<Pipeline> {
         let (pipeline, ()) = self
             .modify_pipeline(tenant, id, |pipeline| {
                 pipeline
@@ -163,7 +161,7 @@ impl Service {
     async fn modify_pipeline<T>(
         &self,
         tenant: &Tenant,
-        id: &str,
+        id: &PipelineId,
         mut change: impl FnMut(&mut Pipeline) -> Result<T>,
     ) -> Result<(Pipeline, T)> {
         loop {
@@ -504,10 +502,7 @@ mod tests {
             .transition(&clean, running.guard(), done)
             .await
             .expect("complete");
-        let read = service
-            .pipeline(&tenant, pipeline.id.as_str())
-            .await
-            .expect("read");
+        let read = service.pipeline(&tenant, &pipeline.id).await.expect("read");
         let first = service.advance(read.clone()).await.expect("first");
         let second = service.advance(read).await.expect("second");
         assert_eq!(first.revision, second.revision, "the second write lost");
@@ -556,11 +551,11 @@ mod tests {
         assert_eq!(stored.fired.map(|f| f.runs), Some(vec![runs[0].id.clone()]));
     }
 
-    fn id_of(page: &PipelinePage) -> String {
+    fn id_of(page: &PipelinePage) -> PipelineId {
         page.pipelines
             .iter()
             .find(|p| p.status == PipelineStatus::Scheduled)
-            .map(|p| p.id.to_string())
+            .map(|p| p.id.clone())
             .expect("the schedule")
     }
 }

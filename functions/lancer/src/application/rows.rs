@@ -46,19 +46,24 @@ const MAX_PAGE_VALUES: usize = 1 << 20;
 /// What a client asks for, as the query string carries it.
 #[derive(Debug, Default, Clone)]
 pub struct RowsRequest {
+    /// The first row to return, counted from 0 (default 0).
     pub offset: Option<u64>,
     /// 1 to [`MAX_ROWS`], 20 unless asked.
     pub limit: Option<u64>,
     /// Comma-separated column names.
     pub columns: Option<String>,
+    /// The version to read (default: the latest).
     pub version: Option<u64>,
 }
 
 /// A page of rows of one version.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Rows {
+    /// The dataset's or model's name.
     pub id: String,
+    /// The version the rows were read from.
     pub version: u64,
+    /// The first row's position in that version.
     pub offset: u64,
     /// Rows in that version.
     pub total_rows: u64,
@@ -113,16 +118,15 @@ impl Service {
         &self,
         tenant: &Tenant,
         kind: ArtifactKind,
-        id: &str,
+        name: &Name,
         request: RowsRequest,
     ) -> Result<Rows> {
-        let name = Name::parse("id", id)?;
         let query = request.parse()?;
         let slice = self
             .lake
-            .rows(&tenant.root, kind, &name, &query)
+            .rows(&tenant.root, kind, name, &query)
             .await?
-            .ok_or_else(|| Error::not_found(resource_of(kind), id))?;
+            .ok_or_else(|| Error::not_found(resource_of(kind), name.as_str()))?;
         let rows = json_rows(&slice.batches, MAX_PAGE_BYTES);
         let end = query.offset + rows.len() as u64;
         Ok(Rows {

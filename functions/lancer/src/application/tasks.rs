@@ -22,10 +22,12 @@ use crate::telemetry::{self, DISPATCH};
 pub const MAX_LOG_CHUNK: u64 = 1 << 20;
 
 /// Which part of which attempt's log to read; unset fields take the defaults.
+/// Which piece of a task's log a client asks for.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogRequest {
     /// 1 to the task's attempts so far (default: the latest).
     pub attempt: Option<u32>,
+    /// The byte offset to read from (default 0).
     pub offset: Option<u64>,
     /// 1 to [`MAX_LOG_CHUNK`] (the default).
     pub limit: Option<u64>,
@@ -34,6 +36,7 @@ pub struct LogRequest {
 /// Which of a tenant's tasks a listing shows, as the query string gave them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TaskFilter<'a> {
+    /// Only tasks in this status, as its name (`pending`, `running`, ...).
     pub status: Option<&'a str>,
     /// The start of the task's name.
     pub name: Option<&'a str>,
@@ -46,9 +49,13 @@ const MAX_HISTORY_BYTES: u64 = 8 << 20;
 /// An attempt's progress history.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TaskProgress {
+    /// The task the history belongs to.
     pub task_id: String,
+    /// The attempt whose reports these are.
     pub attempt: u32,
+    /// The task's status when the history was read.
     pub status: TaskStatus,
+    /// The reports, oldest first, with what was thinned out.
     #[serde(flatten)]
     pub history: ProgressHistory,
 }
@@ -56,8 +63,11 @@ pub struct TaskProgress {
 /// A piece of a task's log, ending at a line end unless it reaches the log's end.
 #[derive(Debug)]
 pub struct TaskLog {
+    /// The bytes, and the offset to continue from.
     pub chunk: LogChunk,
+    /// The attempt whose log it is.
     pub attempt: u32,
+    /// The task's status when the log was read: a finished task's log grows no more.
     pub status: TaskStatus,
 }
 
@@ -225,12 +235,10 @@ impl Service {
 
     /// The task if it exists and belongs to the tenant; another tenant's task, and an id
     /// that is no task id at all, are not found.
-    pub async fn task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
-        let not_found = || Error::not_found(Resource::Task, printable(id));
-        let id = TaskId::parse(id).map_err(|_| not_found())?;
-        match self.store.get(&id).await? {
+    pub async fn task(&self, tenant: &Tenant, id: &TaskId) -> Result<Task> {
+        match self.store.get(id).await? {
             Some(task) if task.tenant == tenant.name.as_str() => Ok(task),
-            _ => Err(not_found()),
+            _ => Err(Error::not_found(Resource::Task, id.as_str())),
         }
     }
 
@@ -267,7 +275,7 @@ impl Service {
     }
 
     /// Cancels a pending or running task and stops its runner; a finished one is a conflict.
-    pub async fn cancel_task(&self, tenant: &Tenant, id: &str) -> Result<Task> {
+    pub async fn cancel_task(&self, tenant: &Tenant, id: &TaskId) -> Result<Task> {
         let task = self.task(tenant, id).await?;
         self.cancel_current(task).await
     }
@@ -297,7 +305,7 @@ impl Service {
     pub async fn task_log(
         &self,
         tenant: &Tenant,
-        id: &str,
+        id: &TaskId,
         request: LogRequest,
     ) -> Result<TaskLog> {
         let task = self.task(tenant, id).await?;
@@ -337,7 +345,7 @@ impl Service {
     pub async fn task_progress(
         &self,
         tenant: &Tenant,
-        id: &str,
+        id: &TaskId,
         attempt: Option<u32>,
     ) -> Result<TaskProgress> {
         let task = self.task(tenant, id).await?;
@@ -364,7 +372,7 @@ impl Service {
     pub async fn serving_endpoint(
         &self,
         tenant: &Tenant,
-        id: &str,
+        id: &TaskId,
         reserved: &Reserved,
     ) -> Result<SocketAddr> {
         let task = self.task(tenant, id).await?;

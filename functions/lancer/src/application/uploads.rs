@@ -21,6 +21,7 @@ pub struct Uploaded {
     /// Where the object landed, lake-relative.
     #[schema(value_type = String)]
     pub path: LakePath,
+    /// The bytes written.
     pub size: u64,
     /// The ingestion task the upload completed, if a rule matched and every file it
     /// requires is present.
@@ -33,7 +34,9 @@ pub struct Uploaded {
 /// What a complete upload started.
 #[derive(Debug)]
 pub enum Ingested {
+    /// A rule that names a script submitted this task.
     Task(Box<Created>),
+    /// A rule that names a pipeline file started this pipeline.
     Pipeline(Box<Created<Pipeline>>),
 }
 

@@ -14,6 +14,8 @@ use axum::response::Response;
 use super::AppState;
 use crate::error::Error;
 
+/// Middleware: the bearer key's tenant goes into the request's extensions; a missing or
+/// unknown key is a 401 (a server without keys serves the one default tenant).
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,

@@ -136,7 +136,7 @@ async fn pass_on(
 ) -> Result<Response> {
     let address = state
         .service
-        .serving_endpoint(&tenant, &id, &state.reserved)
+        .serving_endpoint(&tenant, &super::ids::task_id(&id)?, &state.reserved)
         .await?;
     // The path is the tenant's, but it only ever names something on the task's own server.
     let mut target = url::Url::parse(&format!("http://{address}/")).map_err(Error::internal)?;

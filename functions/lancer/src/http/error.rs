@@ -12,21 +12,25 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Resource, chain};
 
+/// The body of every error answer: `{"error": {"code", "message"}}`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// An error's code and message.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// INVALID_REQUEST, UNAUTHORIZED, DATASET_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND,
     /// NOT_FOUND, FORBIDDEN, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_REQUESTS,
     /// ENDPOINT_UNREACHABLE, INTERNAL_ERROR.
     pub code: String,
+    /// What went wrong, for a person; it names nothing internal.
     pub message: String,
 }
 
-/// The design document's error code.
+/// The error code an answer carries for `err`, as the README's table lists them.
 pub fn code_of(err: &Error) -> &'static str {
     match err {
         Error::InvalidRequest(_) => "INVALID_REQUEST",
@@ -48,6 +52,7 @@ pub fn code_of(err: &Error) -> &'static str {
     }
 }
 
+/// The HTTP status an answer carries for `err`.
 pub fn status_of(err: &Error) -> StatusCode {
     match err {
         Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -150,6 +155,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The fallback handler: a path no route matches is a 404 in the API's error shape.
 pub async fn route_not_found() -> Error {
     Error::not_found(Resource::Route, "this path")
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::{ApiQuery, ErrorBody};
+use super::ids::artifact_name;
 use super::{AppState, Tenant};
 use crate::application::{Rows, RowsRequest};
 use crate::domain::validate::ArtifactKind;
@@ -43,7 +44,7 @@ pub async fn get_dataset(
     Ok(Json(
         state
             .service
-            .describe_artifact(&tenant, ArtifactKind::Dataset, &id)
+            .describe_artifact(&tenant, ArtifactKind::Dataset, &artifact_name(&id)?)
             .await?,
     ))
 }
@@ -58,7 +59,7 @@ pub async fn delete_dataset(
 ) -> Result<StatusCode> {
     state
         .service
-        .delete_artifact(&tenant, ArtifactKind::Dataset, &id)
+        .delete_artifact(&tenant, ArtifactKind::Dataset, &artifact_name(&id)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -89,7 +90,7 @@ pub async fn get_model(
     Ok(Json(
         state
             .service
-            .describe_artifact(&tenant, ArtifactKind::Model, &id)
+            .describe_artifact(&tenant, ArtifactKind::Model, &artifact_name(&id)?)
             .await?,
     ))
 }
@@ -104,7 +105,7 @@ pub async fn delete_model(
 ) -> Result<StatusCode> {
     state
         .service
-        .delete_artifact(&tenant, ArtifactKind::Model, &id)
+        .delete_artifact(&tenant, ArtifactKind::Model, &artifact_name(&id)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -146,7 +147,12 @@ pub async fn dataset_rows(
 ) -> Result<Json<Rows>> {
     let rows = state
         .service
-        .artifact_rows(&tenant, ArtifactKind::Dataset, &id, params.into())
+        .artifact_rows(
+            &tenant,
+            ArtifactKind::Dataset,
+            &artifact_name(&id)?,
+            params.into(),
+        )
         .await?;
     Ok(Json(rows))
 }
@@ -163,7 +169,12 @@ pub async fn model_rows(
 ) -> Result<Json<Rows>> {
     let rows = state
         .service
-        .artifact_rows(&tenant, ArtifactKind::Model, &id, params.into())
+        .artifact_rows(
+            &tenant,
+            ArtifactKind::Model,
+            &artifact_name(&id)?,
+            params.into(),
+        )
         .await?;
     Ok(Json(rows))
 }

@@ -17,6 +17,7 @@ pub mod auth;
 mod console;
 pub mod endpoint;
 pub mod error;
+mod ids;
 mod lake;
 mod metrics;
 pub mod origin;
@@ -32,7 +33,9 @@ pub use crate::domain::tenant::Tenant;
 
 /// Everything a request handler needs: the use cases, and how long a request may take.
 pub struct AppState {
+    /// The use cases.
     pub service: Service,
+    /// How long a request, and an upload, may take.
     pub timeouts: Timeouts,
     /// `/metrics` without a key, over every tenant (`LANCER_METRICS_OPEN`).
     pub metrics_open: bool,
@@ -50,6 +53,7 @@ impl AsRef<Service> for AppState {
     }
 }
 
+/// The OpenAPI document, served at `/api/v1/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "lancer", description = "ML tasks on a Lance data lake: ingest, train, serve."),

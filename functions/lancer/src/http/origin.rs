@@ -24,9 +24,14 @@ pub enum Hosts {
     #[default]
     Any,
     /// Open mode: loopback names and addresses, and the address the server listens on.
-    Loopback { listen: IpAddr },
+    Loopback {
+        /// The address the server listens on, which a request may also name.
+        listen: IpAddr,
+    },
 }
 
+/// Middleware: refuses (403) a request addressed to a name that is not the server's in
+/// open mode, and a cross-site request that could change state.
 pub async fn same_site(
     State(state): State<Arc<AppState>>,
     request: Request,

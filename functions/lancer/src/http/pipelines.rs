@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiJson, ApiQuery, ErrorBody};
+use super::ids::pipeline_id;
 use super::{AppState, Tenant};
 use crate::domain::pipeline::{Pipeline, PipelineSpec};
 use crate::error::Result;
@@ -92,7 +93,9 @@ pub async fn get_pipeline(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Pipeline>> {
-    Ok(Json(state.service.pipeline(&tenant, &id).await?))
+    Ok(Json(
+        state.service.pipeline(&tenant, &pipeline_id(&id)?).await?,
+    ))
 }
 
 /// Cancel a pipeline: waiting steps never start, pending and running ones are cancelled
@@ -109,7 +112,12 @@ pub async fn cancel(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Pipeline>> {
-    Ok(Json(state.service.cancel_pipeline(&tenant, &id).await?))
+    Ok(Json(
+        state
+            .service
+            .cancel_pipeline(&tenant, &pipeline_id(&id)?)
+            .await?,
+    ))
 }
 
 /// Resume a failed or cancelled pipeline: its failed, cancelled and skipped steps run
@@ -126,5 +134,10 @@ pub async fn retry(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Pipeline>> {
-    Ok(Json(state.service.retry_pipeline(&tenant, &id).await?))
+    Ok(Json(
+        state
+            .service
+            .retry_pipeline(&tenant, &pipeline_id(&id)?)
+            .await?,
+    ))
 }

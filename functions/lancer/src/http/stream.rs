@@ -36,7 +36,13 @@ pub async fn task_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let name = tenant.name.clone();
-    let changes = Service::task_changes(state.clone(), tenant, id, resume_from(&headers)).await?;
+    let changes = Service::task_changes(
+        state.clone(),
+        tenant,
+        super::ids::task_id(&id)?,
+        resume_from(&headers),
+    )
+    .await?;
     let slot = state.streams.admit(name.as_str())?;
     // The slot rides with the stream: given back when it ends or the client goes.
     let events = stream::unfold((changes, slot), |(mut changes, slot)| async move {

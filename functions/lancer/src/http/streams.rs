@@ -26,6 +26,7 @@ struct Counts {
 }
 
 impl OpenStreams {
+    /// No stream open yet, within `limits`.
     pub fn new(limits: StreamLimits) -> Self {
         Self {
             limits,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiJson, ApiQuery, ErrorBody};
+use super::ids::task_id;
 use super::{AppState, Tenant};
 use crate::application::{LogRequest, TaskFilter, TaskLog, TaskProgress};
 use crate::domain::task::{Task, TaskSpec};
@@ -110,7 +111,7 @@ pub async fn get_task(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>> {
-    Ok(Json(state.service.task(&tenant, &id).await?))
+    Ok(Json(state.service.task(&tenant, &task_id(&id)?).await?))
 }
 
 /// Cancel a pending or running task.
@@ -126,7 +127,9 @@ pub async fn cancel(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>> {
-    Ok(Json(state.service.cancel_task(&tenant, &id).await?))
+    Ok(Json(
+        state.service.cancel_task(&tenant, &task_id(&id)?).await?,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -162,7 +165,10 @@ pub async fn logs(
         chunk,
         attempt,
         status,
-    } = state.service.task_log(&tenant, &id, request).await?;
+    } = state
+        .service
+        .task_log(&tenant, &task_id(&id)?, request)
+        .await?;
     let mut response = chunk.bytes.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -199,7 +205,7 @@ pub async fn progress(
 ) -> Result<Json<TaskProgress>> {
     let history = state
         .service
-        .task_progress(&tenant, &id, params.attempt)
+        .task_progress(&tenant, &task_id(&id)?, params.attempt)
         .await?;
     Ok(Json(history))
 }
