@@ -29,13 +29,19 @@ use crate::store::sqlite::SqliteTaskStore;
 /// it could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The configuration is missing, malformed or refused (an open server without API keys,
+    /// an unsafe folder layout, an unusable lake root or runner binary).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The API's listening socket could not be bound, or its address read back.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address it was to listen on.
         addr: std::net::SocketAddr,
+        /// What the operating system answered.
         source: std::io::Error,
     },
+    /// An adapter could not be opened: the SQLite task table, or the Ray jobs client.
     #[error(transparent)]
     Adapter(#[from] Error),
 }
@@ -59,6 +65,8 @@ pub async fn open_stores(config: &Config) -> Result<(Arc<dyn TaskStore>, Arc<dyn
     })
 }
 
+/// The Lance lake at the configured root (a local folder is created if missing); a root it
+/// cannot open is a configuration error.
 pub fn open_lake(config: &Config) -> Result<Arc<dyn Lake>, StartError> {
     Ok(Arc::new(LanceLake::at(
         &config.lake.root,
@@ -350,6 +358,8 @@ pub fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
+/// What `lancer-runner` needs to run a task: the task table and lake the configuration
+/// names, and its scripts, sandbox, heartbeat, lease and cancel settings.
 pub async fn runner_context(config: &Config) -> Result<RunnerContext, StartError> {
     Ok(RunnerContext {
         store: open_stores(config).await?.0,

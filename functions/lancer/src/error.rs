@@ -13,10 +13,20 @@ pub type Source = Box<dyn std::error::Error + Send + Sync>;
 /// never carry internal details; `Internal` keeps its source for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request itself is wrong (a field, a path, a script name, a page token): a 400
+    /// whose message says what to fix.
     #[error("{0}")]
     InvalidRequest(String),
+    /// No `kind` with `id` exists, or none the caller may see (another tenant's is not
+    /// found either): a 404.
     #[error("{kind} '{id}' does not exist")]
-    NotFound { kind: Resource, id: String },
+    NotFound {
+        /// What kind of thing was asked for.
+        kind: Resource,
+        /// The id it was asked for by.
+        id: String,
+    },
+    /// The request carries no API key, or one the server does not know: a 401.
     #[error("{0}")]
     Unauthorized(String),
     /// The client asked for something the resource's state does not allow: a reused
@@ -27,8 +37,10 @@ pub enum Error {
     /// Code matches on this to re-read or step aside; a client that meets it sees a 409.
     #[error("{0}")]
     Stale(String),
+    /// A body or upload is over its size limit, or over the tenant's upload quota: a 413.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request ran past the server's time limit and was stopped: a 408.
     #[error("{0}")]
     Timeout(String),
     /// A request the server will not take from where it came: another site, another host.
@@ -40,6 +52,8 @@ pub enum Error {
     /// A serving task's endpoint did not answer the request passed on to it.
     #[error("{0}")]
     BadGateway(String),
+    /// Something in the platform failed (a store, the lake, a library under them): a 500
+    /// whose message says only that, its source kept for the log.
     #[error("internal error: {0}")]
     Internal(#[source] Source),
 }
@@ -47,10 +61,15 @@ pub enum Error {
 /// The kinds of thing a client can ask for by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
+    /// A dataset in a tenant's lake, by name.
     Dataset,
+    /// A model in a tenant's lake, by name.
     Model,
+    /// A task, by id.
     Task,
+    /// A pipeline, by id.
     Pipeline,
+    /// A URL path the API does not serve.
     Route,
 }
 
@@ -67,10 +86,12 @@ impl std::fmt::Display for Resource {
 }
 
 impl Error {
+    /// An `InvalidRequest`; `message` is shown to the client as it is.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidRequest(message.into())
     }
 
+    /// A `NotFound` for the `kind` of thing with `id`.
     pub fn not_found(kind: Resource, id: impl Into<String>) -> Self {
         Self::NotFound {
             kind,
@@ -129,6 +150,7 @@ internal_from!(
     aws_sdk_dynamodb::error::BuildError,
 );
 
+/// Lancer's result: `Error` unless another error type is named.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its sources, outermost first: where a library says what really failed

@@ -37,6 +37,7 @@ struct S3EventRecord {
 /// One object an event says was created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreatedObject {
+    /// The S3 bucket the object was created in.
     pub bucket: String,
     /// Decoded: S3 writes keys form-encoded in events (`+` for a space, `%2F` for `/`).
     pub key: String,

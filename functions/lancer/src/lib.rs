@@ -3,6 +3,8 @@
 //! The domain (task model, state machine, validation) does no I/O; it talks to the world
 //! through the ports (`TaskStore`, `Lake`, `Dispatcher`), whose adapters live beside it.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod application;
 pub mod config;

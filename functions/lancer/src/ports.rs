@@ -23,12 +23,14 @@ use crate::error::Result;
 /// The outcome of `TaskStore::create` and `PipelineStore::create_pipeline`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created<T = Task> {
+    /// No record held its idempotency key (or it had none): this one was stored.
     New(T),
     /// A record with the same tenant and idempotency key already existed.
     Existing(T),
 }
 
 impl<T> Created<T> {
+    /// The record, whether stored now or found under the key.
     pub fn into_inner(self) -> T {
         match self {
             Created::New(record) | Created::Existing(record) => record,
@@ -93,22 +95,27 @@ impl Serialize for PageToken {
     }
 }
 
+/// Which tasks `TaskStore::list` returns, a page at a time: those all given filters admit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
     /// `None` lists every tenant's tasks (dispatchers and sweepers only).
     pub tenant: Option<TenantName>,
+    /// Only tasks in this status.
     pub status: Option<TaskStatus>,
     /// Only tasks whose name starts with this.
     pub name_prefix: Option<Name>,
+    /// The most tasks on a page; a store clamps it to 1-`MAX_PAGE`.
     pub limit: usize,
     /// From a previous page.
     pub page_token: Option<PageToken>,
 }
 
+/// One page of `TaskStore::list`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskPage {
     /// Newest first.
     pub tasks: Vec<Task>,
+    /// Where the next page starts; `None` on the last page.
     pub next_page_token: Option<PageToken>,
 }
 
@@ -120,8 +127,12 @@ pub trait TaskStore: Send + Sync {
     /// returns the task that holds it instead.
     async fn create(&self, task: Task) -> Result<Created>;
 
+    /// The task `id` as last written; `None` if the store holds no such task, which
+    /// includes a finished task DynamoDB has expired.
     async fn get(&self, id: &TaskId) -> Result<Option<Task>>;
 
+    /// One page of the tasks `query` admits, newest first (by id, which orders by
+    /// creation), with a token for the next page while more remain.
     async fn list(&self, query: &ListQuery) -> Result<TaskPage>;
 
     /// Applies `change` if the record still matches `guard`; `Error::Stale` if it
@@ -136,10 +147,12 @@ pub trait TaskStore: Send + Sync {
     async fn stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<Task>>;
 }
 
+/// One page of `PipelineStore::list_pipelines`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelinePage {
     /// Newest first.
     pub pipelines: Vec<Pipeline>,
+    /// Where the next page starts; `None` on the last page.
     pub next_page_token: Option<PageToken>,
 }
 
@@ -152,6 +165,7 @@ pub trait PipelineStore: Send + Sync {
     /// pipeline that holds it (a different spec under the key is `Error::Conflict`).
     async fn create_pipeline(&self, pipeline: Pipeline) -> Result<Created<Pipeline>>;
 
+    /// The pipeline `id` as last written; `None` if the store holds no such pipeline.
     async fn pipeline(&self, id: &PipelineId) -> Result<Option<Pipeline>>;
 
     /// A tenant's pipelines, newest first, `limit` (1-1000) at a time.
@@ -185,10 +199,12 @@ pub trait PipelineStore: Send + Sync {
 /// One field of an artifact's Arrow schema.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Field {
+    /// The column name, as `RowsQuery::columns` names it.
     pub name: String,
     /// Arrow data type, e.g. `Int64` or `FixedSizeList(784 x Float32)`.
     #[serde(rename = "type")]
     pub data_type: String,
+    /// Whether the column may hold nulls.
     pub nullable: bool,
     /// The picture shape, `[height, width]` or `[height, width, channels]`, of a column
     /// whose Arrow field metadata says `lancer:image` = `28x28` (or `32x32x3`): its
@@ -200,7 +216,9 @@ pub struct Field {
 /// Which rows of an artifact to read: parsed and bounded by the use case.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowsQuery {
+    /// The first row to return, counting from 0 in that version.
     pub offset: u64,
+    /// The most rows to return.
     pub limit: u64,
     /// Only these columns, in this order; every column when `None`.
     pub columns: Option<Vec<String>>,
@@ -211,9 +229,12 @@ pub struct RowsQuery {
 /// Rows of one version of an artifact.
 #[derive(Debug, Clone)]
 pub struct RowSlice {
+    /// The version read: the one asked for, or the latest.
     pub version: u64,
     /// Rows in that version.
     pub total_rows: u64,
+    /// The fields of the columns returned, in the order asked for, as the schema declares
+    /// them (even where `batches` carries a binary column as its sizes).
     pub fields: Vec<Field>,
     /// The rows asked for, in order (possibly fewer, at the end).
     pub batches: Vec<arrow_array::RecordBatch>,
@@ -222,7 +243,9 @@ pub struct RowSlice {
 /// One version of a dataset or model, and what made it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Version {
+    /// The Lance version number (a dataset's first write is 1).
     pub version: u64,
+    /// When the version was committed.
     pub timestamp: DateTime<Utc>,
     /// The task that wrote it (the version's `lancer-task-<id>` tag).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,11 +255,13 @@ pub struct Version {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub pipeline_id: Option<PipelineId>,
+    /// The name of the pipeline step that task ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// What that task read: a model version names the dataset version it was trained on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_path: Option<String>,
+    /// The version of `input_path` that task read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_version: Option<u64>,
 }
@@ -251,38 +276,53 @@ pub fn writer_tag(task: &TaskId) -> String {
     format!("{WRITER_TAG_PREFIX}{task}")
 }
 
+/// What every writer tag starts with; the task id follows.
 pub const WRITER_TAG_PREFIX: &str = "lancer-task-";
 
 /// A dataset or model as `GET /datasets` and `GET /models` list it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactSummary {
+    /// The artifact's name: its folder is `<id>.lance`, and `/datasets/{id}` or
+    /// `/models/{id}` names it.
     pub id: String,
     /// The lake URI of the Lance dataset.
     pub path: String,
     /// Column name -> Arrow type.
     #[schema(value_type = Object)]
     pub schema: BTreeMap<String, String>,
+    /// Rows in the latest version.
     pub num_rows: u64,
 }
 
 /// The newest row of a model: what it scored and how it was trained.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ModelInfo {
+    /// The newest row's `metrics` column, parsed as JSON (kept as a string if it is not);
+    /// `None` if the row has none.
     #[schema(value_type = Object)]
     pub metrics: Option<Value>,
+    /// The newest row's `params` column, read as `metrics` is.
     #[schema(value_type = Object)]
     pub params: Option<Value>,
+    /// The newest row's `created_at` column, as the script wrote it.
     pub created_at: Option<String>,
 }
 
+/// A dataset or model as `GET /datasets/{id}` and `GET /models/{id}` describe it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ArtifactDetail {
+    /// What a listing shows of it, flattened into the same JSON object.
     #[serde(flatten)]
     pub summary: ArtifactSummary,
+    /// The latest version's schema, column by column.
     pub fields: Vec<Field>,
+    /// The latest version.
     pub version: u64,
+    /// Every version the artifact holds, oldest first.
     pub versions: Vec<Version>,
+    /// The bytes it takes in the lake, every version's files together.
     pub size_bytes: u64,
+    /// What a model's newest row records; `None` for a dataset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelInfo>,
 }
@@ -290,6 +330,7 @@ pub struct ArtifactDetail {
 /// A slice of a task's log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogChunk {
+    /// The bytes read, starting at the offset asked for.
     pub bytes: Vec<u8>,
     /// Offset to ask for next.
     pub next_offset: u64,
@@ -354,7 +395,9 @@ pub enum Stored {
 /// object has a new version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStat {
+    /// The object's size in bytes.
     pub size: u64,
+    /// Opaque; it changes when the object is rewritten with other content.
     pub version: String,
 }
 
@@ -363,8 +406,13 @@ pub struct ObjectStat {
 /// every path is a `LakePath`, so no key or URI is built from unchecked text.
 #[async_trait]
 pub trait Lake: Send + Sync {
+    /// The datasets or models (`kind`) under `root`; a folder there that is no Lance
+    /// dataset is skipped, not an error.
     async fn list(&self, root: &LakePath, kind: ArtifactKind) -> Result<Vec<ArtifactSummary>>;
 
+    /// The artifact `name` of `kind` under `root`: its schema, versions (each naming only
+    /// the task that wrote it), size and, for a model, its newest row; `None` if there is
+    /// no such artifact.
     async fn describe(
         &self,
         root: &LakePath,

@@ -19,6 +19,7 @@ use crate::ports::Scripts;
 /// The registry's file name inside the scripts folder.
 pub const REGISTRY_FILE: &str = "lancer-scripts.json";
 
+/// How a registered script is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScriptKind {
     /// A `*.py` file with `run(input_path, output_path, params)`.
@@ -27,12 +28,14 @@ pub enum ScriptKind {
     Executable,
 }
 
+/// A registered script, found and checked: what a runner starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Script {
     /// The entry as the registry and the task name it.
     pub name: String,
     /// The file, canonical, inside the scripts folder.
     pub path: PathBuf,
+    /// Whether it runs under the Python interpreter or as an executable.
     pub kind: ScriptKind,
 }
 
@@ -41,32 +44,50 @@ pub struct Script {
 /// `ConfigError` at start-up, an internal error (logged whole) on a request.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The task names a script the registry does not list: the client's 400.
     #[error("script '{}' is not registered: the operator lists the runnable scripts in {REGISTRY_FILE}", printable(.0))]
     NotRegistered(String),
+    /// The registry lists the script but its entry names nothing runnable: the client's
+    /// 400, with the reason in the server log only.
     #[error("script '{}' is registered but cannot be run; the server log says why", printable(.0))]
     Unrunnable(String),
+    /// The scripts folder itself cannot be found or resolved.
     #[error("scripts folder {}", .path.display())]
     Folder {
+        /// The folder as configured.
         path: PathBuf,
+        /// Why it could not be resolved.
         #[source]
         source: std::io::Error,
     },
+    /// A file in the folder (the registry, a script, a pipeline file) cannot be read.
     #[error("{}", .path.display())]
     Unreadable {
+        /// The file that could not be read.
         path: PathBuf,
+        /// What reading it failed with.
         #[source]
         source: std::io::Error,
     },
+    /// The registry or a pipeline file is not the JSON it should be.
     #[error("{}", .path.display())]
     Malformed {
+        /// The file that could not be parsed.
         path: PathBuf,
+        /// What parsing it failed with.
         #[source]
         source: serde_json::Error,
     },
+    /// A registry entry that names no runnable file in the folder: not a plain relative
+    /// path, missing, outside the folder, not a regular file, or neither Python nor
+    /// executable.
     #[error("{REGISTRY_FILE} entry '{entry}' {why}")]
     BadEntry {
+        /// The entry as the registry spells it.
         entry: String,
+        /// What is wrong with it, worded to follow the entry ("is not a file").
         why: &'static str,
+        /// The filesystem's error, where one was the reason.
         #[source]
         source: Option<std::io::Error>,
     },
@@ -118,6 +139,7 @@ impl ScriptRegistry {
         })
     }
 
+    /// Whether the registry lists no script, so that every submission is refused.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -190,6 +212,7 @@ pub struct ScriptFolder {
 }
 
 impl ScriptFolder {
+    /// The port over the scripts folder `root`; nothing is read until a call.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }

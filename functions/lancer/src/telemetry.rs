@@ -9,15 +9,23 @@ use std::sync::{Mutex, OnceLock};
 /// One metric family: its name, kind and what it counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Family {
+    /// The metric's name as exposed, e.g. `lancer_tasks`.
     pub name: &'static str,
+    /// Counter, gauge or histogram, with a histogram's bucket bounds.
     pub kind: Kind,
+    /// The `# HELP` text: what it counts, and by which labels.
     pub help: &'static str,
 }
 
+/// What a family's series hold, as its `# TYPE` line names it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
+    /// A total that only grows: `Registry::add` adds to it.
     Counter,
+    /// A value as it stands, which may go down as well as up (tasks by status).
     Gauge,
+    /// Observations counted into buckets with these upper bounds, ascending, plus their sum
+    /// and count; the `+Inf` bucket is implied.
     Histogram(&'static [f64]),
 }
 
@@ -31,46 +39,60 @@ pub const TASK_TIME: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// The latency of every HTTP request the API answers, labelled `method`, `route` (the
+/// matched template) and `status` (its class, `2xx`).
 pub const HTTP_REQUESTS: Family = Family {
     name: "lancer_http_request_duration_seconds",
     kind: Kind::Histogram(LATENCY),
     help: "Time to answer an HTTP request, by method, route and status.",
 };
+/// How long handing a newly stored task to its dispatcher took, labelled `backend` and
+/// `outcome` (`ok` or `error`).
 pub const DISPATCH: Family = Family {
     name: "lancer_dispatch_duration_seconds",
     kind: Kind::Histogram(LATENCY),
     help: "Time to hand a task to its backend, by backend and outcome.",
 };
+/// Running tasks reconcile found past their lease, labelled `outcome`: requeued or failed.
 pub const HEARTBEATS_MISSED: Family = Family {
     name: "lancer_heartbeats_missed_total",
     kind: Kind::Counter,
     help: "Running tasks whose runner stopped heartbeating past the lease, by what became of them.",
 };
+/// Uploads stored under `raw/`.
 pub const UPLOADS: Family = Family {
     name: "lancer_uploads_total",
     kind: Kind::Counter,
     help: "Uploads stored under raw/.",
 };
+/// Bytes of the uploads stored under `raw/`.
 pub const UPLOAD_BYTES: Family = Family {
     name: "lancer_upload_bytes_total",
     kind: Kind::Counter,
     help: "Bytes of the uploads stored under raw/.",
 };
+/// Ingestions a rule started for an upload, labelled `started`: `task` or `pipeline`.
 pub const INGESTIONS: Family = Family {
     name: "lancer_ingestions_total",
     kind: Kind::Counter,
     help: "Ingestions a rule started for an upload, by what it started (task or pipeline).",
 };
+/// Tasks in the task table, labelled `tenant` and `status`: derived from the table at each
+/// scrape, not kept in `global`.
 pub const TASKS: Family = Family {
     name: "lancer_tasks",
     kind: Kind::Gauge,
     help: "Tasks in the table, by tenant and status.",
 };
+/// Seconds from each started task's creation to its latest start, labelled `tenant`:
+/// derived from the task table at each scrape.
 pub const QUEUE_WAIT: Family = Family {
     name: "lancer_task_queue_wait_seconds",
     kind: Kind::Histogram(TASK_TIME),
     help: "From a task's submission to its (latest) start, by tenant.",
 };
+/// Seconds from each finished task's start to its end, labelled `tenant` and `status`:
+/// derived from the task table at each scrape.
 pub const RUN_TIME: Family = Family {
     name: "lancer_task_run_seconds",
     kind: Kind::Histogram(TASK_TIME),

@@ -27,7 +27,10 @@ use std::net::SocketAddr;
 /// How to start a runner: its binary and the environment that carries the configuration.
 #[derive(Debug, Clone)]
 pub struct RunnerCommand {
+    /// The runner binary, started as `<program> <task id>`.
     pub program: PathBuf,
+    /// The variables that carry the runner's configuration; the server's own `LANCER_*`
+    /// variables are not passed on.
     pub env: Vec<(String, String)>,
 }
 
@@ -64,12 +67,16 @@ struct Inner {
     runners: Mutex<HashMap<String, u32>>,
 }
 
+/// The `Dispatcher` that runs each task as a local runner subprocess in a process group of
+/// its own, started as the fair queue frees a slot.
 #[derive(Clone)]
 pub struct LocalDispatcher {
     inner: Arc<Inner>,
 }
 
 impl LocalDispatcher {
+    /// A dispatcher over `store` that starts `runner` within `limits`, and kills a
+    /// cancelled task's runner once `grace` (and a little more) has passed after SIGTERM.
     pub fn new(
         store: Arc<dyn TaskStore>,
         runner: RunnerCommand,

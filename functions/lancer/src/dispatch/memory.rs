@@ -17,6 +17,8 @@ use crate::ports::{Dispatcher, TaskStore};
 /// any other completes at once with `{"ran": <attempt>}`.
 pub const HOLD: &str = "hold";
 
+/// The in-memory `Dispatcher`: it records the tasks it is asked to submit and cancel and,
+/// built with `running_tasks`, runs them in-process.
 pub struct RecordingDispatcher {
     store: Arc<dyn TaskStore>,
     runs_tasks: bool,
@@ -47,6 +49,7 @@ impl RecordingDispatcher {
         }
     }
 
+    /// The ids of the tasks submitted so far, in order, repeats included.
     pub fn submitted(&self) -> Vec<String> {
         self.submitted
             .lock()
@@ -54,6 +57,7 @@ impl RecordingDispatcher {
             .unwrap_or_default()
     }
 
+    /// The ids of the tasks cancelled so far, in order, repeats included.
     pub fn cancelled(&self) -> Vec<String> {
         self.cancelled
             .lock()

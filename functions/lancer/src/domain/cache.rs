@@ -17,6 +17,7 @@ impl Digest {
         Self(hex(&Sha256::digest(bytes)))
     }
 
+    /// The digest as 64 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -51,6 +52,7 @@ impl std::fmt::Display for Digest {
 /// miss is explained by comparing two tasks' parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CacheKey {
+    /// The registered script the task runs, by its name in the spec.
     pub script: String,
     /// SHA-256 of the registered script file's content.
     pub script_sha256: String,
@@ -60,6 +62,8 @@ pub struct CacheKey {
     /// other inputs (`raw/` files) a digest of their objects' names, sizes and ETags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// Which version of `input` the task reads (see `input`); `None` when there is no
+    /// input, or it has no version to name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_version: Option<String>,
     /// The lake path it writes: a cached result is that path's version.
@@ -71,6 +75,8 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    /// The key of a task running `script` (whose file holds `script_content`) with
+    /// `params`, reading `input` (a path and its version) and writing `output`.
     pub fn new(
         script: &str,
         script_content: &[u8],

@@ -22,6 +22,8 @@ const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x
 pub struct Reported(pub SocketAddr);
 
 impl Reported {
+    /// Parses `http://IP:PORT` with an optional trailing `/`; anything more (a host name,
+    /// a path, user info, a query) is refused.
     pub fn parse(text: &str) -> Result<Self, Invalid> {
         let invalid = |why: &str| Invalid::rule(format!("the reported endpoint {why}"));
         let rest = text
@@ -42,6 +44,7 @@ impl Reported {
 /// the Lambda Runtime API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reserved {
+    /// The reserved port numbers, refused whatever the address.
     pub ports: Vec<u16>,
 }
 

@@ -7,8 +7,10 @@ use super::path::InvalidPath;
 /// and echo user input only through `path::printable`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Invalid {
+    /// Any other broken rule; the message names the field and the rule.
     #[error("{0}")]
     Rule(String),
+    /// A name or lake path that is not well formed; it names the field and why.
     #[error(transparent)]
     Path(#[from] InvalidPath),
     /// Over a size limit.
@@ -17,6 +19,7 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    /// A broken rule, described by `message`.
     pub fn rule(message: impl Into<String>) -> Self {
         Self::Rule(message.into())
     }

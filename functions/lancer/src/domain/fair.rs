@@ -40,6 +40,7 @@ pub struct FairQueue<Id> {
 }
 
 impl<Id> FairQueue<Id> {
+    /// An empty queue enforcing `limits`, with at least one slot in all and per tenant.
     pub fn new(limits: FairLimits) -> Self {
         Self {
             limits: FairLimits {

@@ -29,8 +29,11 @@ pub struct IngestRule {
     /// The task to run: a registered script, its output and params...
     #[serde(default)]
     pub script: String,
+    /// What the task writes, as a task spec's `output`: a dataset name, or a `datasets/..`
+    /// or `models/..` path.
     #[serde(default)]
     pub output: String,
+    /// The params the task gets, as a task spec's `params`.
     #[serde(default)]
     pub params: Map<String, Value>,
     /// ... or a pipeline to start, whose steps name their own inputs.
@@ -43,14 +46,19 @@ pub struct IngestRule {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum RulePipeline {
+    /// A pipeline spec file, relative to the scripts folder (`mnist/pipeline.json`).
     File(String),
+    /// The pipeline spec, written in the rule itself.
     Inline(Box<PipelineSpec>),
 }
 
+/// The rules of `LANCER_INGEST_RULES`, checked; empty when it is unset.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IngestRules(Vec<IngestRule>);
 
 impl IngestRules {
+    /// Parses and checks `LANCER_INGEST_RULES`: each rule names a script or a pipeline file
+    /// (not both), a prefix under `raw/`, and bare file names in `require`.
     pub fn parse(json: &str) -> Result<Self, Invalid> {
         let rules: Vec<IngestRule> = serde_json::from_str(json)
             .map_err(|err| Invalid::rule(format!("LANCER_INGEST_RULES: {err}")))?;
@@ -90,6 +98,7 @@ impl IngestRules {
         Ok(Self(rules))
     }
 
+    /// Whether there are no rules, so that no upload starts a task.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -86,6 +86,7 @@ impl Name {
         }
     }
 
+    /// The name as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -107,14 +108,17 @@ macro_rules! name_type {
         pub struct $type($crate::domain::path::Name);
 
         impl $type {
+            /// Parses `text` with the name rule; the error names what this type is.
             pub fn parse(text: &str) -> Result<Self, $crate::domain::path::InvalidPath> {
                 $crate::domain::path::Name::parse($what, text).map(Self)
             }
 
+            /// The name as written.
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
             }
 
+            /// The plain `Name` underneath, e.g. to build a lake path from it.
             pub fn as_name(&self) -> &$crate::domain::path::Name {
                 &self.0
             }
@@ -236,14 +240,17 @@ impl LakePath {
             .map(|rest| Self(rest.to_owned()))
     }
 
+    /// True if this path is `prefix` or lies under it, segment by segment.
     pub fn starts_with(&self, prefix: &LakePath) -> bool {
         self.strip_prefix(prefix).is_some()
     }
 
+    /// True for the lake's root, the path with no segment.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The path's segments in order; none for the root.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.0.split('/').filter(|segment| !segment.is_empty())
     }
@@ -288,10 +295,12 @@ pub mod optional {
 
     use super::LakePath;
 
+    /// Writes the path, or `""` for none.
     pub fn serialize<S: Serializer>(path: &Option<LakePath>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(path.as_ref().map_or("", LakePath::as_str))
     }
 
+    /// Reads a path, `""` (or null) as none; a path that breaks the rules is an error.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LakePath>, D::Error> {
         let path = Option::<LakePath>::deserialize(d)?;
         Ok(path.filter(|path| !path.is_root()))

@@ -27,6 +27,7 @@ pub const MAX_SPEC_BYTES: usize = 128 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
+    /// Names the pipeline for people, following the name rule; a schedule's runs share it.
     pub name: String,
     /// At most 32. Each step's `name` is unique in the pipeline.
     pub steps: Vec<StepSpec>,
@@ -38,6 +39,8 @@ pub struct PipelineSpec {
     /// run of its steps at each tick, rather than running itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// A key of the tenant's choosing: submitting it again answers the pipeline first
+    /// submitted with it. The `Idempotency-Key` header sets it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
@@ -54,6 +57,8 @@ pub struct StepSpec {
     /// Overrides the pipeline's `cache` for this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// The step's task: its `name` names the step, and its `input` may be
+    /// `${steps.<name>.output}`.
     #[serde(flatten)]
     pub task: TaskSpec,
 }
@@ -77,14 +82,21 @@ impl TryFrom<Map<String, Value>> for StepSpec {
     }
 }
 
+/// Where a pipeline stands: a schedule stays `scheduled` until it is stopped; a run is
+/// `running` until its steps settle, and a retry makes a failed or cancelled one run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PipelineStatus {
     /// A schedule: it starts runs, each a pipeline of its own.
     Scheduled,
+    /// Some step still waits for its upstream, or its task is pending or running.
     Running,
+    /// Every step completed, or serves its endpoint.
     Completed,
+    /// Nothing is left to run and at least one step failed.
     Failed,
+    /// Cancelled by a client, or a schedule the platform stopped; or its steps settled with
+    /// one cancelled and none failed.
     Cancelled,
 }
 
@@ -94,6 +106,7 @@ impl PipelineStatus {
         matches!(self, Self::Running | Self::Scheduled)
     }
 
+    /// The status as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Scheduled => "scheduled",
@@ -117,13 +130,21 @@ impl std::fmt::Display for PipelineStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
+    /// Not started yet: it waits for its upstream steps to complete (or begin serving).
     Waiting,
+    /// Its task is pending, waiting for a runner.
     Pending,
+    /// Its task is running and has reported no endpoint.
     Running,
+    /// Its task is running and has reported an endpoint: steps after it may start.
     Serving,
+    /// Its task completed, or a cache hit reused an earlier task's output.
     Completed,
+    /// Its task failed, or could not be submitted (`error` says why).
     Failed,
+    /// Its task was cancelled, or the pipeline was cancelled before the step started.
     Cancelled,
+    /// An upstream step failed, was cancelled or was skipped: it cannot start in this run.
     Skipped,
 }
 
@@ -155,9 +176,12 @@ impl StepStatus {
     }
 }
 
+/// One step's state in a pipeline's record: its status, its tasks and what it wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Step {
+    /// The step's name, from its task spec's `name`: unique in the pipeline.
     pub name: String,
+    /// Where the step stands.
     pub status: StepStatus,
     /// The step's current task; unset while it waits.
     #[schema(value_type = Option<String>)]
@@ -182,15 +206,22 @@ pub struct Step {
     pub cached_from: Option<TaskId>,
 }
 
+/// A pipeline's record: its spec, each step's state, and for a schedule what it fired.
+/// Every write is a compare-and-set on `revision`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Pipeline {
+    /// The pipeline's id, a UUIDv7.
     #[schema(value_type = String)]
     pub id: PipelineId,
+    /// The tenant it belongs to; its steps' tasks run for that tenant.
     #[schema(value_type = String)]
     pub tenant: TenantName,
+    /// That tenant's lake folder, where its steps' inputs and outputs resolve.
     #[schema(value_type = String)]
     pub tenant_root: LakePath,
+    /// What the client submitted (for a schedule's run, the schedule's steps).
     pub spec: PipelineSpec,
+    /// Where the pipeline stands.
     pub status: PipelineStatus,
     /// In the order of `spec.steps`.
     pub steps: Vec<Step>,
@@ -206,14 +237,19 @@ pub struct Pipeline {
     /// Why the platform held a schedule's tick back, or stopped the schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// When the record was created: submitted, or fired by its schedule.
     pub created_at: DateTime<Utc>,
+    /// When it last advanced, was retried, or had its schedule stopped.
     pub updated_at: DateTime<Utc>,
+    /// When it ended: completed, failed or cancelled; cleared by a retry.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// What a schedule has fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Fired {
+    /// The newest tick the schedule has dealt with: fired as a run, or held back (`note`
+    /// says why).
     pub tick: DateTime<Utc>,
     /// Its newest runs, newest last (at most `KEPT_RUNS`).
     #[schema(value_type = Vec<String>)]

@@ -21,7 +21,9 @@ pub const MAX_POINT_BYTES: usize = 2048;
 /// One report, and when the runner read it (within about a second of the script's write).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgressPoint {
+    /// When the runner read the report.
     pub at: DateTime<Utc>,
+    /// The report itself, its fields inline in the point's JSON.
     #[serde(flatten)]
     pub progress: Progress,
 }

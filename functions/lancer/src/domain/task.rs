@@ -17,14 +17,21 @@ use super::tenant::{Tenant, TenantName};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Stored, waiting for a runner to claim it (again, after a requeue).
     Pending,
+    /// A runner claimed it and keeps its lease with heartbeats.
     Running,
+    /// The script finished and its result is recorded.
     Completed,
+    /// It ended with an error (`error` says why): its script failed, it could not run, or
+    /// its runner was lost with no attempt left.
     Failed,
+    /// Cancelled, by its client or its pipeline, before it ended.
     Cancelled,
 }
 
 impl TaskStatus {
+    /// Every status, in the order of the lifecycle.
     pub const ALL: [TaskStatus; 5] = [
         TaskStatus::Pending,
         TaskStatus::Running,
@@ -33,10 +40,12 @@ impl TaskStatus {
         TaskStatus::Cancelled,
     ];
 
+    /// Whether the status is final: completed, failed or cancelled.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// The status as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -86,8 +95,11 @@ impl std::str::FromStr for TaskStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
+    /// CPUs the task reserves, fractions allowed: more than 0 and at most 1024; 1 by default.
     pub cpus: f64,
+    /// GPUs the task reserves, from 0 (the default) to 64.
     pub gpus: f64,
+    /// Memory the task reserves, in MiB (at most 16 TiB); 0, the default, reserves none.
     pub memory_mb: u64,
     /// Ray custom resources the task's node must offer, such as `{"serve": 1}` for the
     /// KubeRay worker group behind the serving Service (`infra/k8s/`). At most 16 names.
@@ -110,6 +122,8 @@ impl Default for Resources {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
+    /// Names the task for people, following the name rule; a pipeline step's task has the
+    /// step's name.
     pub name: String,
     /// A Python file with `run()` or an executable, relative to the scripts root.
     pub script: String,
@@ -119,13 +133,20 @@ pub struct TaskSpec {
     /// A dataset name, or a lake-relative `datasets/..` or `models/..` path; empty for services.
     #[serde(default)]
     pub output: String,
+    /// Any JSON the script gets as its params (`run()`'s `params`, or `--params-file`); at
+    /// most 64 KiB.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
+    /// What the task may use while it runs.
     #[serde(default)]
     pub resources: Resources,
+    /// How many attempts the task may have, 1 to 10 (default 1): an attempt whose runner was
+    /// lost (its lease expired, or its Ray job failed) is retried while fewer have run.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// A key of the tenant's choosing, 1-255 printable ASCII: submitting it again answers the
+    /// task first submitted with it. The `Idempotency-Key` header sets it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
@@ -187,8 +208,11 @@ impl std::fmt::Display for FailureCode {
 /// still read, without it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxLevel {
+    /// Landlock limits the files the script may read and write.
     pub landlock: bool,
+    /// The script runs in its own PID, IPC and mount namespaces.
     pub namespaces: bool,
+    /// The script holds no capability.
     pub no_capabilities: bool,
 }
 
@@ -252,12 +276,14 @@ impl<'de> Deserialize<'de> for SandboxLevel {
 /// Why a task failed: a code from the closed list, and a message for its tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskError {
+    /// Which failure it was, from the closed list.
     pub code: FailureCode,
     /// What went wrong, shown to the task's tenant: never the server's paths or secrets.
     pub message: String,
 }
 
 impl TaskError {
+    /// An error of `code`, with `message` for the task's tenant.
     pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -269,26 +295,37 @@ impl TaskError {
 /// The last progress line a script wrote to `LANCER_PROGRESS_FILE`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Progress {
+    /// How far along the script says it is, from 0 to 1 (as reported: not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
+    /// A line for people, such as `epoch 2/5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Any JSON the script adds, usually named numbers such as `{"loss": 0.31}`: the
+    /// progress history groups reports into series by their names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub metrics: Option<Value>,
 }
 
+/// A task's record: its spec, where it stands in the state machine, and what its attempts
+/// recorded. Every state change is a compare-and-set on its `guard`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
+    /// The task's id, a UUIDv7.
     #[schema(value_type = String)]
     pub id: TaskId,
+    /// The tenant that owns it; no other tenant's request finds it.
     #[schema(value_type = String)]
     pub tenant: TenantName,
     /// The tenant's folder in the lake: what the script gets as `LANCER_LAKE`.
     #[serde(default)]
     #[schema(value_type = String)]
     pub tenant_root: LakePath,
+    /// What the client submitted (for a pipeline step, the step's spec with its input and
+    /// idempotency key filled in).
     pub spec: TaskSpec,
+    /// Where it stands in the state machine.
     pub status: TaskStatus,
     /// How many times a runner has claimed this task.
     pub attempt: u32,
@@ -300,14 +337,24 @@ pub struct Task {
     #[serde(with = "super::path::optional")]
     #[schema(value_type = String)]
     pub output_path: Option<LakePath>,
+    /// When it was submitted.
     pub created_at: DateTime<Utc>,
+    /// When a runner last claimed it: the start of the latest attempt.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached completed, failed or cancelled.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The current attempt's latest heartbeat; once it is older than the lease, the attempt
+    /// is requeued or failed. Cleared by a requeue.
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The script's result, a JSON object, once it completed.
     #[schema(value_type = Object)]
     pub result: Option<Value>,
+    /// Why it failed, or why its last attempt was requeued; cleared when an attempt starts.
     pub error: Option<TaskError>,
+    /// The last progress line the script reported.
     pub progress: Option<Progress>,
+    /// The backend whose runner claimed the latest attempt (`local`, `ray`); unset until one
+    /// has.
     pub backend: Option<String>,
     /// URL of a serving task once its script reported one.
     pub endpoint: Option<String>,
@@ -347,6 +394,7 @@ pub struct Lineage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub pipeline: Option<PipelineId>,
+    /// The name of the pipeline step this task runs, beside `pipeline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
 }
@@ -442,7 +490,9 @@ fn log_of(tenant_root: &LakePath, id: &Name, attempt: u32, suffix: &'static str)
 /// Including the attempt stops a runner of an expired attempt from finishing a retried one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Guard {
+    /// The status the writer read.
     pub status: TaskStatus,
+    /// The attempt the writer read.
     pub attempt: u32,
 }
 
@@ -450,18 +500,31 @@ pub struct Guard {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// pending -> running: a runner claimed the task.
-    Start { backend: String },
+    Start {
+        /// The backend whose runner claimed it, recorded as the task's `backend`.
+        backend: String,
+    },
     /// running -> completed with the script's result.
-    Complete { result: Value },
+    Complete {
+        /// The script's result, a JSON object.
+        result: Value,
+    },
     /// running -> failed.
-    Fail { error: TaskError },
+    Fail {
+        /// Why it failed.
+        error: TaskError,
+    },
     /// pending | running -> cancelled.
     Cancel,
     /// running -> pending: the lease expired and attempts remain.
-    Requeue { error: TaskError },
+    Requeue {
+        /// Why the attempt ended, kept on the task while it waits for the next.
+        error: TaskError,
+    },
 }
 
 impl Change {
+    /// The status the change leads to.
     pub fn target(&self) -> TaskStatus {
         match self {
             Change::Start { .. } => TaskStatus::Running,
@@ -473,10 +536,13 @@ impl Change {
     }
 }
 
+/// A change the state machine forbids from the task's status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("task cannot go from {from} to {to}")]
 pub struct IllegalTransition {
+    /// The status the task is in.
     pub from: TaskStatus,
+    /// The status the change leads to.
     pub to: TaskStatus,
 }
 
@@ -519,13 +585,20 @@ pub fn apply(task: &Task, change: Change, now: DateTime<Utc>) -> Result<Task, Il
 /// A live update from a running task: heartbeat, progress, endpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Heartbeat {
+    /// The newest progress line the script reported since the last beat.
     pub progress: Option<Progress>,
+    /// The endpoint URL a serving script reported, as written: the proxy checks it before use.
     pub endpoint: Option<String>,
+    /// How the attempt's script is confined, recorded before it starts.
     pub sandbox: Option<SandboxLevel>,
+    /// The version of the input the attempt reads, once the runner has settled it.
     pub input_version: Option<u64>,
+    /// The version the output became, once the script completed.
     pub output_version: Option<u64>,
 }
 
+/// The record after a heartbeat at `now`: `heartbeat_at` moves, and each field the beat
+/// carries replaces the record's; the fields it leaves out stay as they were.
 pub fn apply_heartbeat(task: &Task, beat: &Heartbeat, now: DateTime<Utc>) -> Task {
     let mut next = task.clone();
     next.heartbeat_at = Some(now);

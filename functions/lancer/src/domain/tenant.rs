@@ -14,6 +14,7 @@ super::path::name_type!(
 /// The caller, as authentication established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
+    /// Who the tenant is: `default` in single-tenant mode, else the one its API key belongs to.
     pub name: TenantName,
     /// The tenant's folder in the lake: `tenants/<name>` with API keys, else the root.
     pub root: LakePath,

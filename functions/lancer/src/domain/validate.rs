@@ -9,14 +9,20 @@ use super::task::{Resources, TaskSpec};
 
 type Result<T, E = Invalid> = std::result::Result<T, E>;
 
+/// The most bytes of a task's `params` as JSON (64 KiB); more is refused as too large.
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
+/// The most bytes of a JSON request body (1 MiB); a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The most attempts a task's `max_attempts` may ask for.
 pub const MAX_ATTEMPTS: u32 = 10;
 /// Upper bounds of `resources`: far above any one machine, low enough that no backend's
 /// arithmetic on them can overflow.
 pub const MAX_CPUS: f64 = 1024.0;
+/// The most GPUs a task may reserve.
 pub const MAX_GPUS: f64 = 64.0;
+/// The most memory a task may reserve, in MiB (16 TiB).
 pub const MAX_MEMORY_MB: u64 = 16 << 20;
+/// The most custom resources one task may name.
 pub const MAX_CUSTOM_RESOURCES: usize = 16;
 /// Ray's own resources, which `cpus`, `gpus` and `memory_mb` already name; a custom entry
 /// of the same name would reserve them twice.
@@ -26,7 +32,9 @@ const MAX_SCRIPT_BYTES: usize = 1024;
 /// The two kinds of Lance artifact in the lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ArtifactKind {
+    /// A Lance dataset, under `datasets/`.
     Dataset,
+    /// A model, under `models/`.
     Model,
 }
 
@@ -57,6 +65,7 @@ pub fn is_artifact(path: &LakePath) -> bool {
 /// What a task's `input` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputRef {
+    /// No input: `input` is empty.
     None,
     /// A bare name: the dataset of that name, else the model of that name.
     Name(Name),
@@ -80,6 +89,8 @@ pub fn split_version(input: &str) -> Result<(&str, Option<u64>)> {
     }
 }
 
+/// What a task's `input` names, its `@N` version already split off: nothing, a bare name,
+/// or a path under `datasets/`, `models/` or `raw/`.
 pub fn parse_input(input: &str) -> Result<InputRef> {
     if input.is_empty() {
         return Ok(InputRef::None);
@@ -197,6 +208,7 @@ fn check_custom_resources(custom: &BTreeMap<String, f64>) -> Result<()> {
     Ok(())
 }
 
+/// Checks an idempotency key: 1-255 printable ASCII characters, no space.
 pub fn check_idempotency_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Invalid::rule(

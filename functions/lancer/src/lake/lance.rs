@@ -36,6 +36,8 @@ const ROWS_METADATA_CACHE_BYTES: usize = 4 << 20;
 /// Columns of a model row that `describe` reports (weights stay unread).
 const MODEL_INFO_COLUMNS: [&str; 3] = ["metrics", "params", "created_at"];
 
+/// The `Lake` over Lance: datasets, models and objects under one root on local disk, S3 or
+/// another object store.
 pub struct LanceLake {
     /// The root as scripts and Lance see it: an absolute local path or an `s3://` URL.
     root: String,

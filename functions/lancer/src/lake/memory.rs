@@ -28,6 +28,7 @@ struct Write {
     writer: Option<TaskId>,
 }
 
+/// The in-memory `Lake`: artifacts as appended Arrow batches, objects as bytes.
 #[derive(Default)]
 pub struct MemoryLake {
     /// Artifacts (their writes, oldest first) and objects by lake-relative path.
@@ -36,6 +37,7 @@ pub struct MemoryLake {
 }
 
 impl MemoryLake {
+    /// An empty lake.
     pub fn new() -> Self {
         Self::default()
     }

@@ -25,6 +25,7 @@ pub struct NothingToTag {
 }
 
 impl NothingToTag {
+    /// The error for tagging `version` of the dataset at `path`.
     pub fn new(path: &crate::domain::path::LakePath, version: u64) -> Self {
         Self {
             path: path.to_string(),
@@ -37,7 +38,9 @@ impl NothingToTag {
 /// one place that decides which a configured root is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LakeRoot {
+    /// A folder on this machine (a plain path, or a `file://` URL).
     Local(PathBuf),
+    /// An object store by URL: `s3://bucket/prefix`, or any scheme `object_store` opens.
     Url(Url),
 }
 

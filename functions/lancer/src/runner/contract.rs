@@ -221,11 +221,12 @@ fn path_or_empty(ctx: &RunnerContext, path: Option<&LakePath>) -> String {
     path.map(|path| ctx.lake.uri_of(path)).unwrap_or_default()
 }
 
-/// The whole environment of a script: the inherited allow-list, the operator's
-/// `LANCER_SCRIPT_ENV`, then the contract's own variables, which nothing overrides.
 /// The address serving scripts bind (`LANCER_SERVE_HOST`).
 pub const SERVE_HOST: &str = "LANCER_SERVE_HOST";
 
+/// The whole environment of a script: the inherited allow-list, the operator's
+/// `LANCER_SCRIPT_ENV`, then the contract's own variables, which nothing overrides.
+/// `runner_var` reads the runner's own environment, where the inherited ones come from.
 pub fn script_env(
     ctx: &RunnerContext,
     task: &Task,

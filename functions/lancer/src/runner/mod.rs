@@ -39,26 +39,39 @@ use watch::{Ended, watch};
 /// items are at most 400 KB; a bigger result belongs in the lake, as a dataset.
 pub const MAX_RESULT_BYTES: u64 = 256 * 1024;
 
+/// What a runner needs to run a task: its adapters, the scripts folder, and the sandbox and
+/// timing it runs scripts under.
 pub struct RunnerContext {
+    /// Where the runner claims the task and writes its heartbeats and outcome.
     pub store: Arc<dyn TaskStore>,
+    /// The lake the script reads and writes; the task's log and progress go there too.
     pub lake: Arc<dyn Lake>,
+    /// The scripts folder, whose registry says which script a task may run.
     pub scripts: PathBuf,
+    /// The interpreter that runs `*.py` scripts: a path, or a name looked up on `PATH`.
     pub python: String,
+    /// The backend name recorded on the task as the runner claims it.
     pub backend: String,
     /// The operator's extra variables for every script (`LANCER_SCRIPT_ENV`).
     pub script_env: BTreeMap<String, String>,
     /// Whether scripts run confined by Landlock (`LANCER_SANDBOX`).
     pub sandbox: SandboxMode,
+    /// How often the runner heartbeats while the script runs (a progress update beats too).
     pub heartbeat_every: Duration,
     /// How long a running task keeps its runner without a heartbeat.
     pub lease: Duration,
+    /// How long a script being stopped (cancelled, or its lease lost) has after SIGTERM
+    /// before it is killed.
     pub cancel_grace: Duration,
 }
 
+/// What became of the task the runner was started for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Another runner claimed it, or it was no longer pending.
     NotClaimed(TaskStatus),
+    /// The runner claimed the task, ran it, and wrote the outcome back: the task as
+    /// written, completed or failed.
     Finished(Box<Task>),
     /// Cancelled, or the lease was lost, while it ran: nothing was written back.
     Abandoned,
@@ -72,6 +85,10 @@ enum Verdict {
     Abandon,
 }
 
+/// Runs one attempt of `task_id`: claims it (pending -> running), runs its script under the
+/// run contract, and writes the outcome back on that attempt. `Error::NotFound` if the
+/// store has no such task; an error too when the store fails the claim, or fails the
+/// write-back until the lease runs out.
 pub async fn run_task(ctx: &RunnerContext, task_id: &TaskId) -> Result<Outcome> {
     let task = match claim(ctx, task_id).await? {
         Ok(task) => task,

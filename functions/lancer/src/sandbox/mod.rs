@@ -39,6 +39,7 @@ const SYSTEM_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/shm", "/dev/tty"
 /// `LANCER_SANDBOX`: whether scripts must, may or must not run sandboxed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SandboxMode {
+    /// Run scripts unconfined: no Landlock, no namespaces of their own, capabilities kept.
     Off,
     /// Sandbox where the kernel supports Landlock; run unsandboxed elsewhere.
     #[default]
@@ -65,6 +66,7 @@ impl std::str::FromStr for SandboxMode {
 }
 
 impl SandboxMode {
+    /// The mode as `LANCER_SANDBOX` spells it, and as `from_str` reads it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Off => "off",
@@ -77,6 +79,7 @@ impl SandboxMode {
 /// What a sandboxed script may touch, besides the system folders.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// Folders it may read and run, but not change: the scripts folder, its interpreter's.
     pub read: Vec<PathBuf>,
     /// Folders it may change as it likes: its own temporary folder.
     pub write: Vec<PathBuf>,

@@ -30,7 +30,10 @@ mod pipelines;
 
 pub use pipelines::{PIPELINES_ACTIVE, PIPELINES_BY_TENANT};
 
+/// The index of a tenant's tasks, keyed (tenant, id): listings by tenant, newest first.
 pub const BY_TENANT: &str = "by_tenant";
+/// The index of tasks by status, keyed (status, id): the listings of dispatchers and
+/// sweepers across tenants.
 pub const BY_STATUS: &str = "by_status";
 /// Finished tasks carry `expires_at` (epoch seconds) for the table's TTL.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -38,12 +41,14 @@ const FINISHED_TASK_TTL_DAYS: i64 = 90;
 
 type Item = HashMap<String, AttributeValue>;
 
+/// The `TaskStore` and `PipelineStore` over one DynamoDB table.
 pub struct DynamoTaskStore {
     client: Client,
     table: String,
 }
 
 impl DynamoTaskStore {
+    /// The store over the existing table `table` (`create_table` makes one for tests).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

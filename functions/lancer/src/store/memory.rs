@@ -29,12 +29,15 @@ struct State {
     cache: HashMap<(TenantName, Digest), TaskId>,
 }
 
+/// The in-memory `TaskStore` and `PipelineStore`, deciding every write by the same rules as
+/// the real stores.
 #[derive(Default)]
 pub struct MemoryTaskStore {
     state: Mutex<State>,
 }
 
 impl MemoryTaskStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

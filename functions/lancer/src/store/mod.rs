@@ -45,6 +45,8 @@ pub fn next_record(current: &Task, guard: Guard, change: Change) -> Result<Task>
     Ok(apply(current, change, chrono::Utc::now())?)
 }
 
+/// The heartbeat decision every adapter shares: the record with `beat` applied if `current`
+/// is still running `attempt`, `Error::Stale` if not.
 pub fn next_heartbeat(current: &Task, attempt: u32, beat: &Heartbeat) -> Result<Task> {
     if current.status != crate::domain::task::TaskStatus::Running || current.attempt != attempt {
         return Err(Error::Stale(format!(
@@ -55,10 +57,12 @@ pub fn next_heartbeat(current: &Task, attempt: u32, beat: &Heartbeat) -> Result<
     Ok(apply_heartbeat(current, beat, chrono::Utc::now()))
 }
 
+/// The error for a task id the store does not hold.
 pub fn task_not_found(id: &str) -> Error {
     Error::not_found(Resource::Task, id)
 }
 
+/// A listing's `limit`, bounded to 1-`MAX_PAGE`.
 pub fn page_limit(limit: usize) -> usize {
     limit.clamp(1, MAX_PAGE)
 }
@@ -124,6 +128,7 @@ pub fn next_pipeline(current: &Pipeline, mut next: Pipeline) -> Result<Pipeline>
     Ok(next)
 }
 
+/// The error for a pipeline id the store does not hold.
 pub fn pipeline_not_found(id: &str) -> Error {
     Error::not_found(Resource::Pipeline, id)
 }

@@ -53,12 +53,15 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 ";
 
+/// The `TaskStore` and `PipelineStore` over one SQLite file.
 pub struct SqliteTaskStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
 impl SqliteTaskStore {
+    /// Opens the database at `path`, creating the file, its folder and the tables where
+    /// missing, in WAL mode with a 10 s busy timeout.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -75,6 +78,7 @@ impl SqliteTaskStore {
         })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -22,6 +22,8 @@ use jobs::{JobInfo, JobRequest, JobStatus, JobsClient, RuntimeEnv};
 
 const BACKEND: &str = "ray";
 
+/// The `Dispatcher` that runs each attempt of a task as one Ray job, `<task id>-<attempt>`,
+/// through a Ray head's Jobs API.
 #[derive(Clone)]
 pub struct RayDispatcher {
     inner: Arc<Inner>,
@@ -37,6 +39,10 @@ struct Inner {
 }
 
 impl RayDispatcher {
+    /// A dispatcher over `store` that submits jobs to the Ray head at `address` (its
+    /// dashboard URL), with `runner` as the entrypoint on Ray's nodes, `env` as each job's
+    /// environment and `token`, if any, as a bearer token; a token that is no valid header
+    /// value is refused.
     pub fn new(
         store: Arc<dyn TaskStore>,
         address: String,

@@ -21,7 +21,10 @@ use crate::store::{
 };
 use async_trait::async_trait;
 
+/// The index of a tenant's pipelines, keyed (`pipeline_tenant`, id).
 pub const PIPELINES_BY_TENANT: &str = "pipelines_by_tenant";
+/// The sparse index of running pipelines and schedules, keyed (`pipeline_active`, id): what
+/// reconcile advances or fires.
 pub const PIPELINES_ACTIVE: &str = "pipelines_active";
 pub(super) const TENANT: &str = "pipeline_tenant";
 pub(super) const ACTIVE: &str = "pipeline_active";
