@@ -2,15 +2,14 @@
 //! `Var` is the one table of variable names: the loader reads it, and `runner_env` passes
 //! a runner the part of it that runners read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use crate::domain::ingest::IngestRules;
-use crate::domain::tenant::TenantName;
+pub use crate::domain::limits::{ScheduleLimits, UploadLimits};
+pub use crate::domain::tenant::ApiKeys;
 use crate::lake::{LakeRoot, absolute};
 use crate::sandbox::{SandboxMode, UnknownSandboxMode};
 
@@ -156,7 +155,7 @@ settings! {
     ApiKeys = "LANCER_API_KEYS",
     read(v, c) {
         if let Some(inline) = v.raw() {
-            c.server.api_keys = Some(ApiKeys::parse(&inline)?);
+            c.server.api_keys = Some(ApiKeys::parse(&inline).map_err(|err| v.bad(err))?);
         }
     };
 
@@ -166,7 +165,7 @@ settings! {
         if let (None, Some(file)) = (v.other_raw(Var::ApiKeys), v.text()) {
             let text = std::fs::read_to_string(&file)
                 .map_err(|err| v.bad(format!("cannot be read from '{file}': {err}")))?;
-            c.server.api_keys = Some(ApiKeys::parse(&text)?);
+            c.server.api_keys = Some(ApiKeys::parse(&text).map_err(|err| v.bad(err))?);
         }
     };
 
@@ -359,27 +358,6 @@ pub struct Config {
     pub schedules: ScheduleLimits,
 }
 
-/// How much a tenant's schedules may start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScheduleLimits {
-    /// Schedules one tenant may have active at once.
-    pub per_tenant: usize,
-    /// Runs one tenant's schedules may start in a minute; ticks past it are let pass.
-    pub runs_per_minute: usize,
-    /// The shortest time a schedule may leave between two runs.
-    pub min_interval: Duration,
-}
-
-impl Default for ScheduleLimits {
-    fn default() -> Self {
-        Self {
-            per_tenant: 10,
-            runs_per_minute: 10,
-            min_interval: Duration::from_secs(60),
-        }
-    }
-}
-
 /// Where the lake lives and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LakeConfig {
@@ -498,24 +476,6 @@ impl Default for Timeouts {
     }
 }
 
-/// How much raw data a tenant may send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UploadLimits {
-    /// The most bytes of one upload.
-    pub max_bytes: u64,
-    /// The most bytes a tenant may keep under `raw/`.
-    pub quota_bytes: u64,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 1 << 30,
-            quota_bytes: 10 << 30,
-        }
-    }
-}
-
 /// Where runners run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
@@ -600,63 +560,6 @@ impl Default for Config {
             ingest_rules: IngestRules::default(),
             schedules: ScheduleLimits::default(),
         }
-    }
-}
-
-/// API key -> tenant. Keys are held as SHA-256 digests: a lookup hashes the presented key
-/// first, so its timing tells nothing about how much of a real key was guessed, and the
-/// keys themselves never sit in memory or in debug output.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApiKeys(HashMap<[u8; 32], TenantName>);
-
-fn key_digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-impl ApiKeys {
-    /// Whether some key belongs to `tenant`.
-    pub fn has_tenant(&self, tenant: &TenantName) -> bool {
-        self.0.values().any(|name| name == tenant)
-    }
-
-    /// Parses `key=tenant` entries separated by commas or newlines; `#` starts a comment.
-    pub fn parse(text: &str) -> Result<Self> {
-        let mut keys = HashMap::new();
-        for entry in text
-            .split([',', '\n'])
-            .map(|e| e.split('#').next().unwrap_or("").trim())
-        {
-            if entry.is_empty() {
-                continue;
-            }
-            let (key, tenant) = entry
-                .split_once('=')
-                .ok_or_else(|| bad("API keys are written key=tenant"))?;
-            let (key, tenant) = (key.trim(), tenant.trim());
-            if key.len() < 8 {
-                return Err(bad("an API key must be at least 8 characters"));
-            }
-            // Records of the keyless single tenant carry this name: a keyed tenant of the
-            // same name would inherit them.
-            if tenant == crate::domain::tenant::DEFAULT_TENANT {
-                return Err(bad(format!(
-                    "the tenant name '{tenant}' is reserved for the server without keys; choose another"
-                )));
-            }
-            keys.insert(
-                key_digest(key),
-                TenantName::parse(tenant).map_err(|err| bad(err.to_string()))?,
-            );
-        }
-        if keys.is_empty() {
-            return Err(bad("API keys are configured but none was given"));
-        }
-        Ok(Self(keys))
-    }
-
-    /// The tenant a presented key belongs to, or `None` for an unknown key.
-    pub fn tenant_of(&self, key: &str) -> Option<&TenantName> {
-        self.0.get(&key_digest(key))
     }
 }
 
@@ -862,7 +765,10 @@ fn ray_address(raw: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::domain::tenant::TenantName;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ApiKeys, ScheduleLimits, UploadLimits};
 use crate::domain::ingest::IngestRules;
+use crate::domain::limits::{ScheduleLimits, UploadLimits};
+use crate::domain::tenant::ApiKeys;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
 use crate::ports::{Dispatcher, Lake, PipelineStore, Scripts, TaskStore};

@@ -7,6 +7,7 @@ pub mod error;
 pub mod fair;
 pub mod id;
 pub mod ingest;
+pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod progress;

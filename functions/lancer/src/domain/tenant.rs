@@ -1,5 +1,9 @@
 //! Tenants: who a request acts for, and the lake folder everything it names lives in.
 
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
 use super::path::LakePath;
 
 /// The tenant of open single-tenant mode.
@@ -55,6 +59,70 @@ impl Tenant {
             return (tenant, rest);
         }
         (Self::single(), key.clone())
+    }
+}
+
+/// Why a set of API keys was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeysError(String);
+
+/// API key -> tenant. Keys are held as SHA-256 digests: a lookup hashes the presented key
+/// first, so its timing tells nothing about how much of a real key was guessed, and the
+/// keys themselves never sit in memory or in debug output.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApiKeys(HashMap<[u8; 32], TenantName>);
+
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// Whether some key belongs to `tenant`.
+    pub fn has_tenant(&self, tenant: &TenantName) -> bool {
+        self.0.values().any(|name| name == tenant)
+    }
+
+    /// Parses `key=tenant` entries separated by commas or newlines; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<Self, KeysError> {
+        let mut keys = HashMap::new();
+        for entry in text
+            .split([',', '\n'])
+            .map(|e| e.split('#').next().unwrap_or("").trim())
+        {
+            if entry.is_empty() {
+                continue;
+            }
+            let (key, tenant) = entry
+                .split_once('=')
+                .ok_or_else(|| KeysError("API keys are written key=tenant".into()))?;
+            let (key, tenant) = (key.trim(), tenant.trim());
+            if key.len() < 8 {
+                return Err(KeysError("an API key must be at least 8 characters".into()));
+            }
+            // Records of the keyless single tenant carry this name: a keyed tenant of the
+            // same name would inherit them.
+            if tenant == DEFAULT_TENANT {
+                return Err(KeysError(format!(
+                    "the tenant name '{tenant}' is reserved for the server without keys; choose another"
+                )));
+            }
+            keys.insert(
+                key_digest(key),
+                TenantName::parse(tenant).map_err(|err| KeysError(err.to_string()))?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(KeysError(
+                "API keys are configured but none was given".into(),
+            ));
+        }
+        Ok(Self(keys))
+    }
+
+    /// The tenant a presented key belongs to, or `None` for an unknown key.
+    pub fn tenant_of(&self, key: &str) -> Option<&TenantName> {
+        self.0.get(&key_digest(key))
     }
 }
 
