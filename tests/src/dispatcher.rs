@@ -25,6 +25,9 @@ pub struct Fixture {
     pub slow: TaskSpec,
     /// How long a task may take on this backend (a real runner starts in a second or two).
     pub patience: Duration,
+    /// Whether the backend runs each task as a `lancer-runner <id>` process on this host
+    /// (the local runners, and Ray jobs on the head the suite starts here).
+    pub runner_processes: bool,
     pub keep: Box<dyn Any + Send>,
 }
 
@@ -99,14 +102,42 @@ pub async fn a_cancelled_task_stops_and_stays_cancelled(f: Fixture) {
         .await
         .expect("cancel in the store");
     f.dispatcher.cancel(&cancelled).await.expect("cancel");
-    // A runner that kept going would heartbeat or write its outcome: neither may land.
-    tokio::time::sleep(f.patience.min(Duration::from_secs(5))).await;
+    if f.runner_processes {
+        assert!(runners_of(&task.id) > 0, "a runner process ran the task");
+    }
+    // A runner that kept going would heartbeat or write its outcome: once it is gone,
+    // nothing can, and nothing may have.
+    let deadline = Instant::now() + f.patience;
+    while runners_of(&task.id) > 0 {
+        assert!(Instant::now() < deadline, "the runner outlived the cancel");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = f.store.get(&task.id).await.expect("get").expect("exists");
     assert_eq!(after.status, TaskStatus::Cancelled, "{after:#?}");
     assert_eq!(
         after.finished_at, cancelled.finished_at,
         "nothing wrote after the cancel"
     );
+}
+
+/// Live processes on this host whose command line is `lancer-runner <id>` (a zombie's
+/// command line is empty, so a runner that exited and awaits reaping is not counted).
+fn runners_of(id: &TaskId) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = raw.split(|byte| *byte == 0).collect();
+            args.first()
+                .is_some_and(|program| program.ends_with(b"lancer-runner"))
+                && args.contains(&id.as_str().as_bytes())
+        })
+        .count()
 }
 
 pub async fn reconcile_retries_a_task_whose_runner_went_silent(f: Fixture) {

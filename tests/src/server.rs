@@ -275,6 +275,45 @@ impl Server {
             .expect("json")
     }
 
+    /// Reconcile rounds this server has finished, as a scrape of its `/metrics` without a
+    /// key shows them: a server without keys, or one with `LANCER_METRICS_OPEN` (a tenant's
+    /// key would narrow the scrape to that tenant's tasks).
+    pub async fn reconcile_rounds(&self) -> u64 {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| line.starts_with("lancer_reconcile_rounds_total{"))
+            .map(|line| {
+                let value = line.rsplit(' ').next().expect("a value");
+                value.parse::<f64>().expect("a number") as u64
+            })
+            .sum()
+    }
+
+    /// Waits until the server has finished `more` reconcile rounds after this call: two
+    /// rounds later, one round has looked at the whole table since the call began.
+    pub async fn wait_for_reconcile_rounds(&self, more: u64, within: Duration) {
+        let target = self.reconcile_rounds().await + more;
+        let deadline = Instant::now() + within;
+        loop {
+            let rounds = self.reconcile_rounds().await;
+            if rounds >= target {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server finished {rounds} reconcile rounds, not {target}, in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn logs(&self, id: &str) -> String {
         self.logs_at(&format!("/tasks/{id}/logs")).await
     }
@@ -295,10 +334,23 @@ impl Server {
         }
     }
 
-    /// One attempt's log.
-    pub async fn attempt_logs(&self, id: &str, attempt: u32) -> String {
-        self.logs_at(&format!("/tasks/{id}/logs?attempt={attempt}"))
+    /// One attempt's log (`attempt` 0 for the latest), with the attempt its `X-Attempt`
+    /// header says it is.
+    pub async fn attempt_logs(&self, id: &str, attempt: u32) -> (String, u32) {
+        let query = if attempt == 0 {
+            String::new()
+        } else {
+            format!("?attempt={attempt}")
+        };
+        let response = self
+            .http
+            .get(self.api(&format!("/tasks/{id}/logs{query}")))
+            .send()
             .await
+            .expect("logs");
+        let header = response.headers()["x-attempt"].to_str().expect("ascii");
+        let said = header.parse().expect("X-Attempt is a number");
+        (response.text().await.expect("text"), said)
     }
 
     async fn logs_at(&self, path: &str) -> String {

@@ -66,6 +66,7 @@ impl Setup {
             quick: spec("quick.py", json!({})),
             slow: spec("slow.py", json!({"steps": 6000})),
             patience,
+            runner_processes: true,
             keep: Box::new(self.dir),
         }
     }
@@ -86,6 +87,7 @@ mod memory {
             quick: spec("any", json!({})),
             slow: spec("any", json!({HOLD: true})),
             patience: Duration::from_secs(5),
+            runner_processes: false,
             keep: Box::new(()),
         }
     }

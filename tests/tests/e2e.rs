@@ -474,8 +474,10 @@ async fn a_script_failure_is_not_retried_even_with_attempts_left() {
         (done["status"].as_str(), done["attempt"].as_u64()),
         (Some("failed"), Some(1))
     );
-    // Past a lease and a reconcile round, it is still the one failed attempt.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Once reconcile has looked at the whole table since, it is still the one attempt.
+    server
+        .wait_for_reconcile_rounds(2, Duration::from_secs(30))
+        .await;
     let later = server.task(&id).await;
     assert_eq!(
         (later["status"].as_str(), later["attempt"].as_u64()),
@@ -602,12 +604,14 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
     assert_eq!(done["attempt"], 2);
     assert_eq!(done["result"], json!({"attempt": 2}));
     // Each attempt keeps its own log: the retry neither erased nor mixed with the first.
-    let latest = server.logs(&id).await;
+    let (latest, said) = server.attempt_logs(&id, 0).await;
     assert!(
         latest.contains("attempt 2 starting") && !latest.contains("attempt 1"),
         "{latest}"
     );
-    let first = server.attempt_logs(&id, 1).await;
+    assert_eq!(said, 2, "X-Attempt names the latest attempt");
+    let (first, said) = server.attempt_logs(&id, 1).await;
+    assert_eq!(said, 1, "X-Attempt names the attempt asked for");
     assert!(
         first.contains("attempt 1 starting") && !first.contains("attempt 2"),
         "{first}"

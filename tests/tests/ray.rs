@@ -416,6 +416,8 @@ async fn a_tasks_resources_and_names_reach_its_ray_job_and_a_restarted_server_su
         ("LANCER_BACKEND", "ray"),
         ("RAY_ADDRESS", &ray_address()),
         ("LANCER_API_KEYS", "ray-key-for-acme=acme"),
+        // The test waits on the restarted server's reconcile rounds, which /metrics counts.
+        ("LANCER_METRICS_OPEN", "true"),
     ];
     let server = Server::start(&[("slow.py", SLOW_PY, false)], &env)
         .await
@@ -447,8 +449,11 @@ async fn a_tasks_resources_and_names_reach_its_ray_job_and_a_restarted_server_su
         .crash_and_restart()
         .await
         .with_api_key("ray-key-for-acme");
-    // Two reconcile rounds (every half of the 5 s lease) look after the pending task.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Two finished reconcile rounds of the new process have looked after the pending task
+    // (a second submission would happen in the first).
+    server
+        .wait_for_reconcile_rounds(2, Duration::from_secs(30))
+        .await;
     let task = server.task(&id).await;
     assert_eq!(
         (&task["status"], &task["error"]),

@@ -24,6 +24,7 @@ use crate::sandbox::SandboxMode;
 use crate::scripts::{REGISTRY_FILE, RegistryError, ScriptFolder, ScriptRegistry};
 use crate::store::dynamodb::DynamoTaskStore;
 use crate::store::sqlite::SqliteTaskStore;
+use crate::telemetry;
 
 /// Why a process could not start: its configuration, its listening socket, or an adapter
 /// it could not open.
@@ -212,6 +213,8 @@ pub async fn reconcile_once(service: &Service) -> RoundReport {
 
 async fn reconcile_tasks(service: &Service) -> RoundReport {
     let report = service.reconcile().await;
+    let outcome = if report.errors > 0 { "errors" } else { "ok" };
+    telemetry::global().add(telemetry::RECONCILE_ROUNDS, &[("outcome", outcome)], 1.0);
     if report.errors > 0 {
         warn!(
             ?report,

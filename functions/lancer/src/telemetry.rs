@@ -59,6 +59,14 @@ pub const HEARTBEATS_MISSED: Family = Family {
     kind: Kind::Counter,
     help: "Running tasks whose runner stopped heartbeating past the lease, by what became of them.",
 };
+/// Reconcile rounds over the tasks this process finished, labelled `outcome`: `ok`, or
+/// `errors` when a step of the round failed (and is tried again next round). A client can
+/// wait on it to know the server has looked at the table since some moment.
+pub const RECONCILE_ROUNDS: Family = Family {
+    name: "lancer_reconcile_rounds_total",
+    kind: Kind::Counter,
+    help: "Reconcile rounds over the tasks this process finished, by outcome (ok or errors).",
+};
 /// Uploads stored under `raw/`.
 pub const UPLOADS: Family = Family {
     name: "lancer_uploads_total",
