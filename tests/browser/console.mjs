@@ -6,7 +6,7 @@
 //                                 FOREIGN's page says it was not found
 //   markup URL DIR TASK_ID MARKUP  the task's params, log and result hold MARKUP, which
 //                                 the pages show as text and never run
-//   chart  URL DIR TASK_ID         the running task's loss chart gains a point per epoch
+//   chart  URL DIR TASK_ID EPOCHS  the running task's loss chart gains a point per epoch
 //   pipeline URL DIR PIPELINE_ID   the pipeline's steps in columns by depth, all completing
 //   attempts URL DIR TASK_ID       a retried task's page shows the latest attempt's log, and
 //                                 the first attempt's when its button is pressed
@@ -89,6 +89,12 @@ async function watch(taskId) {
   await page.locator("h1 .badge.cancelled").waitFor({ timeout: 30000 });
   await page.locator("#run-again").waitFor();
   await shot("task-cancelled");
+  // Run again submits the same spec as a new task and opens its page.
+  await page.locator("#run-again").click();
+  await page.waitForURL((address) => address.hash.startsWith("#/tasks/") && !address.hash.endsWith(taskId));
+  const rerun = new URL(page.url()).hash.slice("#/tasks/".length);
+  await page.locator("h1 .badge.pending, h1 .badge.running").waitFor();
+  await shot("task-run-again");
 
   await page.goto(`${url}/#/tasks?status=cancelled`);
   await page.locator(`tr[data-task="${taskId}"] .badge.cancelled`).waitFor();
@@ -113,7 +119,26 @@ async function watch(taskId) {
   await page.goto(`${url}/#/tasks/${taskId}`);
   await page.locator("h1 .badge.cancelled").waitFor();
   await shot("task-phone");
-  console.log(JSON.stringify({ first, second, linesBefore, linesAfter }));
+  const phone = { task: await phoneLayout() };
+  await page.goto(`${url}/#/tasks`);
+  await page.locator(`tr[data-task="${taskId}"]`).waitFor();
+  await shot("tasks-phone");
+  phone.list = await phoneLayout();
+  console.log(JSON.stringify({ first, second, linesBefore, linesAfter, rerun, phone }));
+}
+
+/** What a narrow screen shows: whether anything is wider than the screen, whether the
+ * facts stack in one column, and how many of the list's wide columns are still drawn. */
+function phoneLayout() {
+  return page.evaluate(() => {
+    const facts = [...document.querySelectorAll("dl.facts dt, dl.facts dd")].map((e) => e.getBoundingClientRect().left);
+    return {
+      overflows: document.documentElement.scrollWidth > window.innerWidth,
+      factColumns: new Set(facts.map(Math.round)).size,
+      wideShown: [...document.querySelectorAll("th.wide, td.wide")].filter((e) => e.getClientRects().length > 0).length,
+      wideCells: document.querySelectorAll("th.wide, td.wide").length,
+    };
+  });
 }
 
 async function tenant(key, own, foreign) {
@@ -151,18 +176,21 @@ async function markup(taskId, text) {
   await shot("markup-task");
   const seen = await page.evaluate((t) => ({
     ran: window.__lancer_pwned === true,
-    elements: document.querySelectorAll("main img, main script, main b.injected").length,
+    // The CSP would keep `ran` false even if the page parsed the markup; the DOM would not
+    // hide the elements, and text shown as text reads back escaped.
+    elements: document.querySelectorAll("img[src='x'], b.injected, main img, main script").length,
+    logEscaped: document.getElementById("log").innerHTML.includes("&lt;img src=x"),
     params: document.querySelector("main dl.facts").textContent.includes(JSON.stringify(t).slice(1, -1)),
     result: document.querySelector("main pre:not(.log)").textContent.includes(JSON.stringify(t).slice(1, -1)),
   }), text);
   await page.goto(`${url}/#/tasks`);
   await page.locator(`tr[data-task="${taskId}"]`).waitFor();
-  seen.listElements = await page.locator("main img, main script, main b.injected").count();
+  seen.listElements = await page.locator("img[src='x'], b.injected, main img, main script").count();
   seen.listRan = await page.evaluate(() => window.__lancer_pwned === true);
   console.log(JSON.stringify(seen));
 }
 
-async function lossChart(taskId) {
+async function lossChart(taskId, epochs) {
   await page.goto(`${url}/#/tasks/${taskId}`);
   const points = () => page.locator("#chart-loss").getAttribute("data-points").then(Number);
   await page.locator("#chart-loss").waitFor();
@@ -173,7 +201,9 @@ async function lossChart(taskId) {
   const second = await points();
   await shot("task-loss-chart");
   await page.locator("h1 .badge.completed").waitFor({ timeout: 60000 });
-  await page.waitForTimeout(1500); // the last history read after completion
+  // The page reads the history once more after completion: it ends with every epoch.
+  await page.waitForFunction((all) => Number(document.getElementById("chart-loss").dataset.points) >= all,
+                             Number(epochs), { timeout: 15000 });
   const last = await points();
   const circles = await page.locator("#chart-loss circle").count();
   await shot("task-loss-chart-done");

@@ -15,6 +15,13 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// A number the page reported; a missing one fails the test rather than comparing as less.
+fn number(seen: &Value, key: &str) -> f64 {
+    seen[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the page reported no number {key}: {seen}"))
+}
+
 /// Runs one scenario of `console.mjs`; what it saw.
 fn browse(scenario: &str, url: &str, args: &[&str]) -> Value {
     let shots = screenshots();
@@ -75,15 +82,42 @@ async fn a_running_task_shows_its_progress_and_log_live_and_is_cancelled_from_it
         .await;
     let seen = browse("watch", &server.url, &[&id]);
     assert!(
-        seen["second"].as_f64() > seen["first"].as_f64(),
+        number(&seen, "second") > number(&seen, "first"),
         "progress rose on the page: {seen}"
     );
     assert!(
-        seen["linesAfter"].as_u64() > seen["linesBefore"].as_u64(),
+        number(&seen, "linesAfter") > number(&seen, "linesBefore"),
         "{seen}"
     );
     let task = server.task(&id).await;
     assert_eq!(task["status"], "cancelled", "{task:#}");
+    // Run again made a new task of the same spec.
+    let rerun = seen["rerun"].as_str().expect("the page of a new task");
+    assert_ne!(rerun, id);
+    let again = server.task(rerun).await;
+    assert_eq!(
+        (&again["spec"]["name"], &again["spec"]["script"]),
+        (&task["spec"]["name"], &task["spec"]["script"]),
+        "{again:#}"
+    );
+    assert_eq!(
+        server
+            .post(&format!("/tasks/{rerun}/cancel"))
+            .await
+            .status(),
+        200
+    );
+    // On a phone-sized screen nothing is wider than the screen, the facts stack and the
+    // list drops its wide columns.
+    for view in ["task", "list"] {
+        assert_eq!(seen["phone"][view]["overflows"], false, "{view}: {seen}");
+    }
+    assert_eq!(seen["phone"]["task"]["factColumns"], 1, "{seen}");
+    assert!(
+        seen["phone"]["list"]["wideCells"].as_u64() > Some(0),
+        "{seen}"
+    );
+    assert_eq!(seen["phone"]["list"]["wideShown"], 0, "{seen}");
     server.stop().await;
 }
 
@@ -143,6 +177,10 @@ async fn markup_in_a_tasks_params_log_and_result_is_shown_as_text_and_never_runs
     );
     assert_eq!(seen["listElements"], 0, "{seen}");
     assert_eq!(
+        seen["logEscaped"], true,
+        "the log holds the markup as text: {seen}"
+    );
+    assert_eq!(
         seen["params"], true,
         "the params are shown, as text: {seen}"
     );
@@ -178,8 +216,8 @@ async fn a_training_tasks_loss_chart_gains_a_point_per_epoch_while_it_runs() {
     server
         .wait_until(&id, Duration::from_secs(60), |t| t["status"] == "running")
         .await;
-    let seen = browse("chart", &server.url, &[&id]);
-    assert!(seen["second"].as_u64() > seen["first"].as_u64(), "{seen}");
+    let seen = browse("chart", &server.url, &[&id, "6"]);
+    assert!(number(&seen, "second") > number(&seen, "first"), "{seen}");
     let history = server.get_json(&format!("/tasks/{id}/progress")).await;
     let losses = history["points"]
         .as_array()
