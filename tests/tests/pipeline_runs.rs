@@ -262,6 +262,27 @@ async fn the_same_pipeline_submitted_again_with_caching_on_finishes_from_the_cac
     assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(2));
     let digits = server.get_json("/datasets/digits").await;
     assert_eq!(digits["version"], 1, "the cached step wrote nothing");
+    let written = &digits["versions"][0];
+    assert_eq!(
+        (&written["pipeline_id"], &written["step"]),
+        (&first["id"], &json!("ingest")),
+        "the version names the pipeline step that wrote it: {digits:#}"
+    );
+    // The writer is a Lance tag on the dataset itself, readable without lancer.
+    let uri = server.lake().join("datasets/digits.lance");
+    let dataset = lance::Dataset::open(&uri.to_string_lossy())
+        .await
+        .expect("open digits");
+    let tags = dataset.tags().list().await.expect("tags");
+    let writer = format!(
+        "lancer-task-{}",
+        first["steps"][0]["task_id"].as_str().expect("id")
+    );
+    assert_eq!(
+        tags.get(&writer).map(|tag| tag.version),
+        Some(1),
+        "{tags:?}"
+    );
     eprintln!("the cached pipeline completed in {took:?}");
     server.stop().await;
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use lancer::application::Service;
 use lancer::config::{ApiKeys, ScheduleLimits};
 use lancer::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
-use lancer::domain::task::{Change, FailureCode, TaskError};
+use lancer::domain::task::{Change, FailureCode, Heartbeat, TaskError, TaskId};
 use lancer::domain::tenant::Tenant;
 use lancer_tests::app::TestApp;
 use serde_json::{Value, json};
@@ -253,6 +253,102 @@ async fn pipelines_that_could_never_run_are_refused_with_400_naming_the_step() {
     assert!(app.dispatcher.submitted().is_empty(), "nothing ran");
     let list = app.get("/api/v1/pipelines", &[]).await.json();
     assert_eq!(list["pipelines"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_spec_over_128_kib_is_refused_with_413_and_one_under_it_is_taken() {
+    let app = TestApp::new(None);
+    // Each step's params are within their own 64 KiB; three of them are not within 128.
+    let padded = |steps: usize| {
+        let steps: Vec<Value> = (0..steps)
+            .map(|n| {
+                json!({"name": format!("s{n}"), "script": "jobs/noop.py",
+                "params": {"pad": "x".repeat(50 * 1024)}})
+            })
+            .collect();
+        json!({"name": "padded", "steps": steps})
+    };
+    let answer = app.post("/api/v1/pipelines", &padded(3), &[]).await;
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+        "{}",
+        answer.text()
+    );
+    let message = answer.json()["error"]["message"].to_string();
+    assert!(message.contains("the limit is 131072"), "{message}");
+    let list = app.get("/api/v1/pipelines", &[]).await.json();
+    assert_eq!(list["pipelines"], json!([]), "nothing was stored");
+    assert!(app.dispatcher.submitted().is_empty(), "nothing ran");
+    let taken = submit(&app, &padded(2)).await;
+    assert_eq!(taken["status"], "running");
+}
+
+/// A service step followed by a smoke test of it.
+fn served_flow() -> Value {
+    json!({"name": "served", "steps": [
+        {"name": "serve", "script": "jobs/noop.py"},
+        {"name": "smoke", "script": "jobs/noop.py", "after": ["serve"]},
+    ]})
+}
+
+#[tokio::test]
+async fn a_step_after_a_service_starts_once_it_serves_and_cancelling_the_completed_pipeline_stops_the_service()
+ {
+    let app = TestApp::new(None);
+    let pipeline = submit(&app, &served_flow()).await;
+    let id = pipeline["id"].as_str().expect("id").to_owned();
+    let serve = task_of(&pipeline, 0);
+    let serve_id = TaskId::parse(&serve).expect("a task id");
+    let pending = app
+        .store
+        .get(&serve_id)
+        .await
+        .expect("get")
+        .expect("stored");
+    let start = Change::Start {
+        backend: "test".into(),
+    };
+    let running = app
+        .store
+        .transition(&serve_id, pending.guard(), start)
+        .await
+        .expect("start");
+    app.advance_pipelines().await;
+    assert_eq!(
+        statuses(&read(&app, &id).await),
+        ["running", "waiting"],
+        "a service that is not up yet holds back what follows"
+    );
+    let up = Heartbeat {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..Heartbeat::default()
+    };
+    app.store
+        .heartbeat(&serve_id, running.attempt, up)
+        .await
+        .expect("heartbeat");
+    app.advance_pipelines().await;
+    let pipeline = read(&app, &id).await;
+    assert_eq!(statuses(&pipeline), ["serving", "pending"]);
+    app.finish(&task_of(&pipeline, 1), completed()).await;
+    app.advance_pipelines().await;
+    let pipeline = read(&app, &id).await;
+    assert_eq!(pipeline["status"], "completed");
+    assert_eq!(statuses(&pipeline), ["serving", "completed"]);
+
+    let answer = app
+        .post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["status"], "cancelled");
+    let task = app.get(&format!("/api/v1/tasks/{serve}"), &[]).await.json();
+    assert_eq!(task["status"], "cancelled", "the service is stopped");
+    assert_eq!(
+        app.dispatcher.cancelled(),
+        vec![serve],
+        "its runner told to stop"
+    );
 }
 
 #[tokio::test]

@@ -114,3 +114,74 @@ fn record(table: &Registry, task: &Task) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::dispatch::memory::RecordingDispatcher;
+    use crate::domain::task::TaskId;
+    use crate::domain::tenant::TenantName;
+    use crate::lake::memory::MemoryLake;
+    use crate::scripts::MemoryScripts;
+    use crate::store::memory::MemoryTaskStore;
+
+    fn service() -> Service {
+        let store = Arc::new(MemoryTaskStore::new());
+        Service {
+            dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
+            store: store.clone(),
+            pipelines: store,
+            lake: Arc::new(MemoryLake::new()),
+            scripts: Arc::new(MemoryScripts::default()),
+            api_keys: None,
+            ingest_rules: Default::default(),
+            upload_limits: Default::default(),
+            schedule_limits: Default::default(),
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    async fn add_task(service: &Service, tenant: &Tenant) {
+        let id = TaskId::from_uuid(uuid::Uuid::now_v7());
+        let spec = serde_json::from_value(json!({"name": "t", "script": "job.py"})).expect("spec");
+        let task = Task::new(&id, tenant, spec, None, None, chrono::Utc::now());
+        service.store.create(task).await.expect("create");
+    }
+
+    #[tokio::test]
+    async fn the_tables_figures_are_reused_for_five_seconds_then_read_again() {
+        let service = service();
+        // The cache is the process's: a tenant no other test scrapes.
+        let name = format!("metrics-{}", uuid::Uuid::now_v7().simple());
+        let tenant = Tenant::keyed(TenantName::parse(&name).expect("a tenant name"));
+        let pending = |n: u32| {
+            format!(
+                "lancer_tasks{{tenant=\"{}\",status=\"pending\"}} {n}\n",
+                tenant.name
+            )
+        };
+        add_task(&service, &tenant).await;
+        let first = service.metrics_text(Some(&tenant)).await.expect("metrics");
+        assert!(first.contains(&pending(1)), "{first}");
+        add_task(&service, &tenant).await;
+        let reused = service.metrics_text(Some(&tenant)).await.expect("metrics");
+        assert!(
+            reused.contains(&pending(1)),
+            "read the table again: {reused}"
+        );
+        // As if the figures had been rendered TABLE_TTL ago.
+        let scope = Some(tenant.name.to_string());
+        cache()
+            .lock()
+            .expect("lock")
+            .get_mut(&scope)
+            .expect("cached")
+            .0 -= TABLE_TTL;
+        let fresh = service.metrics_text(Some(&tenant)).await.expect("metrics");
+        assert!(fresh.contains(&pending(2)), "{fresh}");
+    }
+}
