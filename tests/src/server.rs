@@ -275,19 +275,26 @@ impl Server {
             .expect("json")
     }
 
-    /// Reconcile rounds this server has finished, as a scrape of its `/metrics` without a
-    /// key shows them: a server without keys, or one with `LANCER_METRICS_OPEN` (a tenant's
-    /// key would narrow the scrape to that tenant's tasks).
-    pub async fn reconcile_rounds(&self) -> u64 {
-        let text = reqwest::Client::new()
+    /// `/metrics` scraped without a key: everything on a server without keys or with
+    /// `LANCER_METRICS_OPEN`.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
             .get(format!("{}/metrics", self.url))
             .send()
             .await
             .expect("scrape")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
+            .expect("metrics text")
+    }
+
+    /// Reconcile rounds this server has finished, as a scrape of its `/metrics` without a
+    /// key shows them: a server without keys, or one with `LANCER_METRICS_OPEN` (a tenant's
+    /// key would narrow the scrape to that tenant's tasks).
+    pub async fn reconcile_rounds(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
             .filter(|line| line.starts_with("lancer_reconcile_rounds_total{"))
             .map(|line| {
                 let value = line.rsplit(' ').next().expect("a value");

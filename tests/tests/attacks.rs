@@ -507,18 +507,15 @@ async fn wait_finished_as(http: &reqwest::Client, server: &Server, key: &str, id
     panic!("task {id} never finished");
 }
 
-#[tokio::test]
-async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
+/// Sends `head` and the start of a body that never ends; the answer and when it came.
+async fn stalled(server: &Server, head: &str) -> (String, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start(&[], &[("LANCER_REQUEST_TIMEOUT_SECS", "1")]).await;
     let addr = server.url.trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
-    socket
-        .write_all(b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":")
-        .await
-        .expect("write");
+    let sent = std::time::Instant::now();
+    socket.write_all(head.as_bytes()).await.expect("write");
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buffer = [0u8; 4096];
@@ -534,9 +531,44 @@ async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
         read.is_ok(),
         "the server answers instead of waiting for the body"
     );
-    let answer = String::from_utf8_lossy(&answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        sent.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_ends_is_answered_408_in_the_error_format() {
+    let server = Server::start(&[], &[("LANCER_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let (answer, _) = stalled(&server, "POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_has_its_own_longer_timeout_and_one_that_stalls_past_it_leaves_nothing() {
+    let env = [
+        ("LANCER_REQUEST_TIMEOUT_SECS", "1"),
+        ("LANCER_UPLOAD_TIMEOUT_SECS", "3"),
+    ];
+    let server = Server::start(&[], &env).await;
+    let head = format!(
+        "PUT /api/v1/uploads/stalled/data.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n{}",
+        "x".repeat(70_000)
+    );
+    let (answer, took) = stalled(&server, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "an upload is given its own 3 s, not a request's 1 s: answered after {took:?}"
+    );
+    let folder = server.lake().join("raw/stalled");
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a broken upload left {left:?}");
     server.stop().await;
 }
 

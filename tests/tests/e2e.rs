@@ -228,6 +228,27 @@ async fn open_metrics_cover_every_tenant_without_a_key() {
         .expect("text");
     let bob = series(&text, "lancer_tasks{tenant=\"bob\",status=\"completed\"}");
     assert_eq!(bob, Some(1.0), "{text}");
+    // The run time's buckets count up to +Inf, and the one run lands in the first bucket
+    // whose bound is at least its time.
+    let prefix = "lancer_task_run_seconds_bucket{tenant=\"bob\",status=\"completed\",le=\"";
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (le, value) = line.strip_prefix(prefix)?.split_once("\"} ")?;
+            Some((le.to_owned(), value.parse().expect("a number")))
+        })
+        .collect();
+    assert_eq!(buckets.last(), Some(&("+Inf".to_owned(), 1.0)), "{text}");
+    let seconds = series(
+        &text,
+        "lancer_task_run_seconds_sum{tenant=\"bob\",status=\"completed\"}",
+    )
+    .expect("a sum");
+    for (le, count) in &buckets[..buckets.len() - 1] {
+        let bound: f64 = le.parse().expect("a bound");
+        let expected = if seconds <= bound { 1.0 } else { 0.0 };
+        assert_eq!(*count, expected, "le {le} of a {seconds} s run:\n{text}");
+    }
     let submits = series(
         &text,
         "lancer_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/tasks\",status=\"2xx\"}",
@@ -584,6 +605,9 @@ async fn a_runner_killed_with_sigkill_takes_its_script_and_leaves_its_task_faile
         .await;
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "LEASE_EXPIRED");
+    let text = server.metrics().await;
+    let missed = series(&text, "lancer_heartbeats_missed_total{outcome=\"failed\"}");
+    assert_eq!(missed, Some(1.0), "{text}");
     server.stop().await;
 }
 
@@ -603,6 +627,12 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["attempt"], 2);
     assert_eq!(done["result"], json!({"attempt": 2}));
+    let text = server.metrics().await;
+    let missed = series(
+        &text,
+        "lancer_heartbeats_missed_total{outcome=\"requeued\"}",
+    );
+    assert_eq!(missed, Some(1.0), "{text}");
     // Each attempt keeps its own log: the retry neither erased nor mixed with the first.
     let (latest, said) = server.attempt_logs(&id, 0).await;
     assert!(
@@ -616,6 +646,228 @@ async fn a_lost_runner_is_retried_while_attempts_remain() {
         first.contains("attempt 1 starting") && !first.contains("attempt 2"),
         "{first}"
     );
+    server.stop().await;
+}
+
+/// A service for the proxy's tests: `/echo` answers the size and Adler-32 of a body it
+/// reads as it comes, `/first-part` says whether the first MiB of the body being echoed has
+/// arrived, `/stream` sends one MiB and the other seven once `/release` is posted,
+/// `/headers` shows what reached it and answers with hop-by-hop headers of its own, and
+/// `/close` closes its socket while the task runs on.
+const STREAM_PY: &str = r#"
+import http.server, json, os, threading, time, zlib
+
+MIB = 1 << 20
+first_part = threading.Event()
+release = threading.Event()
+
+class Stream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, body, headers=()):
+        self.send_response(200)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def pieces(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                yield self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            left = int(self.headers.get("content-length", 0))
+            while left:
+                piece = self.rfile.read(min(left, 65536))
+                left -= len(piece)
+                yield piece
+
+    def do_POST(self):
+        if self.path == "/echo":
+            size, adler = 0, 1
+            for piece in self.pieces():
+                size, adler = size + len(piece), zlib.adler32(piece, adler)
+                if size >= MIB:
+                    first_part.set()
+            self.reply(json.dumps({"bytes": size, "adler32": adler}).encode())
+        elif self.path == "/release":
+            release.set()
+            self.reply(b"released")
+        elif self.path == "/close":
+            self.reply(b"closing")
+            threading.Thread(target=server.shutdown).start()
+
+    def do_GET(self):
+        if self.path == "/first-part":
+            self.reply(json.dumps(first_part.wait(30)).encode())
+        elif self.path == "/stream":
+            self.send_response(200)
+            self.send_header("content-length", str(8 * MIB))
+            self.end_headers()
+            self.wfile.write(b"a" * MIB)
+            if release.wait(30):
+                for _ in range(7):
+                    self.wfile.write(b"b" * MIB)
+        elif self.path == "/headers":
+            seen = {name.lower(): value for name, value in self.headers.items()}
+            self.reply(json.dumps(seen).encode(), [("keep-alive", "timeout=5"),
+                       ("proxy-connection", "keep-alive"), ("x-reply", "kept")])
+
+def run(input_path, output_path, params):
+    global server
+    host = os.environ["LANCER_SERVE_HOST"]
+    server = http.server.ThreadingHTTPServer((host, 0), Stream)
+    url = f"http://{host}:{server.server_address[1]}"
+    with open(os.environ["LANCER_PROGRESS_FILE"], "a") as progress:
+        progress.write(json.dumps({"endpoint": url, "message": "serving"}) + "\n")
+    server.serve_forever()
+    server.server_close()
+    while True:
+        time.sleep(1)
+"#;
+
+const MIB: usize = 1 << 20;
+
+/// zlib's Adler-32, as the service computes it.
+fn adler32(parts: &[Vec<u8>]) -> u64 {
+    let (mut a, mut b) = (1u64, 0u64);
+    for byte in parts.iter().flatten() {
+        a = (a + u64::from(*byte)) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+#[tokio::test]
+async fn the_endpoint_proxy_streams_bodies_both_ways_drops_hop_by_hop_headers_and_answers_502_once_the_service_is_down()
+ {
+    use futures::SinkExt;
+    let server = Server::start(&[("stream.py", STREAM_PY, false)], &[]).await;
+    let id = server
+        .submit_for_id(&json!({"name": "streamer", "script": "stream.py"}))
+        .await;
+    server
+        .wait_until(&id, Duration::from_secs(60), |t| t["endpoint"].is_string())
+        .await;
+    let base = server.api(&format!("/tasks/{id}/endpoint"));
+    let http = reqwest::Client::new();
+
+    // Upstream: the service holds the first MiB while the client has not sent the rest.
+    let parts: Vec<Vec<u8>> = (0..8)
+        .map(|n| (0..MIB).map(|i| ((i * 31 + n) % 251) as u8).collect())
+        .collect();
+    let (mut body, unsent) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let echo = tokio::spawn(
+        http.post(format!("{base}/echo"))
+            .body(reqwest::Body::wrap_stream(unsent))
+            .send(),
+    );
+    body.send(Ok(parts[0].clone())).await.expect("send");
+    let arrived = http
+        .get(format!("{base}/first-part"))
+        .send()
+        .await
+        .expect("ask");
+    assert_eq!(
+        arrived.text().await.expect("text"),
+        "true",
+        "the first MiB was passed on alone"
+    );
+    for part in &parts[1..] {
+        body.send(Ok(part.clone())).await.expect("send");
+    }
+    drop(body);
+    let echoed: serde_json::Value = echo
+        .await
+        .expect("join")
+        .expect("echo")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        echoed,
+        json!({"bytes": 8 * MIB, "adler32": adler32(&parts)})
+    );
+
+    // Downstream: the first MiB reaches the client while the service holds back the rest.
+    let mut received = 0;
+    let first_mib = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut stream = http
+            .get(format!("{base}/stream"))
+            .send()
+            .await
+            .expect("get");
+        while received < MIB {
+            received += stream.chunk().await.expect("chunk").expect("more").len();
+        }
+        stream
+    });
+    let mut stream = first_mib
+        .await
+        .expect("the first MiB came through while the service held back the rest");
+    http.post(format!("{base}/release"))
+        .send()
+        .await
+        .expect("release");
+    while let Some(chunk) = stream.chunk().await.expect("chunk") {
+        received += chunk.len();
+    }
+    assert_eq!(received, 8 * MIB);
+
+    let answer = http
+        .get(format!("{base}/headers"))
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .expect("get");
+    let replied = answer.headers().clone();
+    let seen: serde_json::Value = answer.json().await.expect("json");
+    for hop in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        assert!(seen.get(hop).is_none(), "{hop} went upstream: {seen}");
+    }
+    assert_eq!(seen["x-custom"], "kept");
+    for hop in ["keep-alive", "proxy-connection"] {
+        assert!(!replied.contains_key(hop), "{hop} came back: {replied:?}");
+    }
+    assert_eq!(replied["x-reply"], "kept");
+
+    http.post(format!("{base}/close"))
+        .send()
+        .await
+        .expect("close");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let down = loop {
+        let answer = http
+            .get(format!("{base}/headers"))
+            .send()
+            .await
+            .expect("get");
+        if answer.status() != 200 {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the socket never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(down.status(), 502);
+    let error: serde_json::Value = down.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "ENDPOINT_UNREACHABLE", "{error}");
+    assert_eq!(
+        server.task(&id).await["status"],
+        "running",
+        "the task runs on"
+    );
+    // A service outlives lancer serve's stop: end it here.
+    server.post(&format!("/tasks/{id}/cancel")).await;
     server.stop().await;
 }
 
@@ -1128,5 +1380,114 @@ async fn an_upload_through_lancer_serve_becomes_a_task_that_runs() {
     let done = server.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["result"]["files"], json!({"one.csv": "c\n3\n"}));
+    let text = server.metrics().await;
+    let counted = [
+        "lancer_uploads_total",
+        "lancer_upload_bytes_total",
+        "lancer_ingestions_total{started=\"task\"}",
+    ]
+    .map(|name| series(&text, name));
+    assert_eq!(
+        counted,
+        [Some(3.0), Some(12.0), Some(2.0)],
+        "three uploads of 4 bytes; the half upload started nothing:\n{text}"
+    );
+    server.stop().await;
+}
+
+/// When the task record says it started or finished.
+fn time_of(task: &serde_json::Value, field: &str) -> chrono::DateTime<chrono::Utc> {
+    task[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}: {task:#}"))
+        .parse()
+        .expect("an RFC 3339 time")
+}
+
+#[tokio::test]
+async fn a_tenant_runs_no_more_tasks_at_once_than_its_share_while_another_tenant_runs_beside() {
+    let env = [
+        ("LANCER_API_KEYS", "key-for-ada=ada,key-for-bob=bob"),
+        ("LANCER_CONCURRENCY", "3"),
+        ("LANCER_TENANT_CONCURRENCY", "1"),
+    ];
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &env)
+        .await
+        .with_api_key("key-for-ada");
+    let slow = json!({"name": "slow", "script": "slow.py", "params": {"steps": 20}});
+    let first = server.submit_for_id(&slow).await;
+    let second = server.submit_for_id(&slow).await;
+    let bob = reqwest::Client::new();
+    let theirs: serde_json::Value = bob
+        .post(server.api("/tasks"))
+        .bearer_auth("key-for-bob")
+        .json(&slow)
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let within = Duration::from_secs(60);
+    let first = server.wait_finished(&first, within).await;
+    let second = server.wait_finished(&second, within).await;
+    let deadline = std::time::Instant::now() + within;
+    let theirs = loop {
+        let task: serde_json::Value = bob
+            .get(server.api(&format!("/tasks/{}", theirs["id"].as_str().expect("id"))))
+            .bearer_auth("key-for-bob")
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if task["status"] == "completed" {
+            break task;
+        }
+        assert!(std::time::Instant::now() < deadline, "{task:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        time_of(&second, "started_at") >= time_of(&first, "finished_at"),
+        "ada's second task waited for her first, though slots were free:\n{first:#}\n{second:#}"
+    );
+    assert!(
+        time_of(&theirs, "started_at") < time_of(&first, "finished_at"),
+        "bob's task ran beside ada's:\n{first:#}\n{theirs:#}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_past_a_tenants_share_keep_their_batch_slot_and_those_within_it_give_it_back() {
+    let env = [("LANCER_CONCURRENCY", "1"), ("LANCER_TENANT_SERVICES", "1")];
+    let scripts = [("serve.py", SERVE_PY, false), ("slow.py", SLOW_PY, false)];
+    let server = Server::start(&scripts, &env).await;
+    let within = Duration::from_secs(60);
+    let service = json!({"name": "svc", "script": "serve.py"});
+    let quick = json!({"name": "quick", "script": "slow.py", "params": {"steps": 1}});
+    let first = server.submit_for_id(&service).await;
+    server
+        .wait_until(&first, within, |t| t["endpoint"].is_string())
+        .await;
+    server.run_to_completion(&quick, within).await;
+    let second = server.submit_for_id(&service).await;
+    server
+        .wait_until(&second, within, |t| t["endpoint"].is_string())
+        .await;
+    let waiting = server.submit_for_id(&quick).await;
+    // Two rounds of reconcile hand a pending task to the dispatcher again: it still waits.
+    server
+        .wait_for_reconcile_rounds(2, Duration::from_secs(30))
+        .await;
+    assert_eq!(server.task(&waiting).await["status"], "pending");
+    let cancelled = server.post(&format!("/tasks/{second}/cancel")).await;
+    assert_eq!(cancelled.status(), 200);
+    let ran = server.wait_finished(&waiting, within).await;
+    assert_eq!(ran["status"], "completed", "{ran:#}");
+    let second = server.wait_finished(&second, within).await;
+    assert!(time_of(&ran, "started_at") >= time_of(&second, "finished_at"));
+    server.post(&format!("/tasks/{first}/cancel")).await;
     server.stop().await;
 }

@@ -362,13 +362,27 @@ async fn uploading_the_mnist_files_runs_the_pipeline_to_an_endpoint_and_the_mode
         .expect("json");
     let again = pipeline_when_done(&server, again["id"].as_str().expect("id")).await;
     assert_eq!(again["status"], "completed", "{again:#}");
-    for (index, name) in ["mnist-clean", "mnist-train"].into_iter().enumerate() {
+    let again_step = |name: &str| {
+        again["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .expect("step")
+    };
+    for name in ["mnist-clean", "mnist-train", "mnist-features"] {
         assert_eq!(
-            again["steps"][index]["cached_from"],
+            again_step(name)["cached_from"],
             step(name)["task_id"],
             "{name} came from the cache"
         );
     }
+    let serve = again_step("mnist-serve");
+    assert!(
+        serve["cached_from"].is_null() && serve["task_id"] != step("mnist-serve")["task_id"],
+        "a service is started again, never taken from the cache: {serve:#}"
+    );
     eprintln!(
         "the cached MNIST pipeline was serving after {:?}",
         started.elapsed()

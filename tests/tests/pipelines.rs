@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use lancer::application::Service;
 use lancer::config::{ApiKeys, ScheduleLimits};
+use lancer::domain::path::LakePath;
 use lancer::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
 use lancer::domain::task::{Change, FailureCode, Heartbeat, TaskError, TaskId};
 use lancer::domain::tenant::Tenant;
@@ -412,6 +413,56 @@ fn cached_flow(clean_caches: bool) -> Value {
              "output": "models/cnn", "params": {"epochs": 2}},
         ],
     })
+}
+
+/// One cached step that reads `input` and writes `digits`.
+fn one_cached_step(input: &str) -> Value {
+    json!({"name": "once", "cache": true, "steps": [
+        {"name": "clean", "script": "jobs/noop.py", "input": input, "output": "digits"},
+    ]})
+}
+
+/// Submits `spec` and says whether its one step came from the cache (it is then done);
+/// a step that runs is completed, writing a version.
+async fn cached(app: &TestApp, spec: &Value) -> bool {
+    let pipeline = submit(app, spec).await;
+    let hit = pipeline["steps"][0]["cached_from"].is_string();
+    if !hit {
+        app.finish_writing(&task_of(&pipeline, 0), 3).await;
+        app.advance_pipelines().await;
+    }
+    hit
+}
+
+#[tokio::test]
+async fn a_cache_hit_needs_its_output_version_still_in_the_lake_and_a_rewritten_raw_file_misses() {
+    let app = TestApp::new(None);
+    let raw = LakePath::parse("input", "raw/data.csv").expect("a path");
+    app.lake.put(&raw, b"a\n1\n".to_vec()).await.expect("put");
+    let spec = one_cached_step("raw/data.csv");
+    assert!(!cached(&app, &spec).await, "the first run runs");
+    assert!(cached(&app, &spec).await, "the same input again is a hit");
+
+    let deleted = app
+        .call(Method::DELETE, "/api/v1/datasets/digits", None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(
+        !cached(&app, &spec).await,
+        "the output it would reuse is gone"
+    );
+    assert!(
+        cached(&app, &spec).await,
+        "and the new run is reused in turn"
+    );
+
+    // Same name, same size, new content: the file's version (its ETag) changed.
+    app.lake
+        .put(&raw, b"b\n2\n".to_vec())
+        .await
+        .expect("rewrite");
+    assert!(!cached(&app, &spec).await, "a rewritten raw file misses");
+    assert_eq!(app.dispatcher.submitted().len(), 3, "three runs, two hits");
 }
 
 #[tokio::test]
