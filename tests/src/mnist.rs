@@ -48,12 +48,27 @@ pub async fn pipeline_when_done(server: &Server, id: &str) -> Value {
     }
 }
 
+/// What a pipeline that did not complete says, with each failed step's error and log.
+async fn failed_steps(server: &Server, pipeline: &Value) -> String {
+    let mut said = format!("the pipeline is {}:\n{pipeline:#}", pipeline["status"]);
+    for step in pipeline["steps"].as_array().into_iter().flatten() {
+        if let (Some("failed"), Some(id)) = (step["status"].as_str(), step["task_id"].as_str()) {
+            let task = server.task(id).await;
+            let log = server.logs(id).await;
+            said += &format!("\n\nstep {}: {}\n{log}", step["name"], task["error"]);
+        }
+    }
+    said
+}
+
 /// Waits for a run of the MNIST pipeline and checks what every step made: the cleaned
 /// digits, the Daft features of each, a model good enough to read digits, and a page
 /// that answers. Returns the pipeline.
 pub async fn check_pipeline_run(server: &Server, id: &str) -> Value {
     let pipeline = pipeline_when_done(server, id).await;
-    assert_eq!(pipeline["status"], "completed", "{pipeline:#}");
+    if pipeline["status"] != "completed" {
+        panic!("{}", failed_steps(server, &pipeline).await);
+    }
     let task_of = |name: &str| {
         let steps = pipeline["steps"].as_array().expect("steps");
         let step = steps

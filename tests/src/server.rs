@@ -75,13 +75,15 @@ pub fn python() -> String {
 }
 
 pub struct Server {
+    /// First, so it is dropped first: while the server still lives and lists its runners
+    /// (`child`, dropped after it, kills the server).
+    _reaper: Reaper,
     pub url: String,
     pub dir: tempfile::TempDir,
     scripts_dir: PathBuf,
     env: Vec<(String, String)>,
     child: Child,
     http: reqwest::Client,
-    _reaper: Reaper,
 }
 
 /// The tests' HTTP client. The server closes a connection that sends no request for 10 s
