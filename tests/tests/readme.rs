@@ -98,3 +98,72 @@ async fn the_using_lancer_example_works_as_written_on_a_server_with_no_settings(
     );
     server.stop().await;
 }
+
+/// The `(method, path)` pairs the README's REST table names: `GET/DELETE /x` is two, a
+/// query is left off, and "any method on" a path is `*` on it.
+fn rest_table() -> std::collections::BTreeSet<(String, String)> {
+    let section = README
+        .split("\n## REST API\n")
+        .nth(1)
+        .expect("the README has a 'REST API' section");
+    let table = section
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2);
+    let mut routes = std::collections::BTreeSet::new();
+    for row in table {
+        let cell = row.split(" | ").next().unwrap_or_default();
+        for route in cell.split('`').skip(1).step_by(2) {
+            let route = route.split('?').next().unwrap_or_default();
+            match route.split_once(' ') {
+                Some((methods, path)) => routes.extend(
+                    methods
+                        .split('/')
+                        .map(|method| (method.to_owned(), path.to_owned())),
+                ),
+                None => {
+                    routes.insert(("*".to_owned(), route.to_owned()));
+                }
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn the_readmes_rest_table_names_every_operation_of_the_openapi_document_and_no_other() {
+    let app = lancer_tests::app::TestApp::new(None);
+    let document = app.get("/api/v1/openapi.json", &[]).await.json();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for method in operations.as_object().expect("operations").keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let table = rest_table();
+    let any_method: Vec<&String> = table
+        .iter()
+        .filter(|(method, _)| method == "*")
+        .map(|(_, path)| path)
+        .collect();
+    let missing: Vec<_> = documented
+        .iter()
+        .filter(|(method, path)| {
+            !table.contains(&(method.clone(), path.clone())) && !any_method.contains(&path)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's REST table lacks {missing:?}"
+    );
+    let undocumented: Vec<_> = table
+        .iter()
+        .filter(|route| route.0 != "*" && !documented.contains(route))
+        .filter(|(_, path)| path.starts_with("/api/"))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "the README names routes the API does not document: {undocumented:?}"
+    );
+}
