@@ -1,5 +1,7 @@
 //! The CNN trains, learns, and repeats itself exactly under the same seed on the CPU.
 
+use std::collections::HashMap;
+
 use mnist::checkpoint::Folder;
 use mnist::infer::Predictor;
 use mnist::lake::Split;
@@ -148,6 +150,58 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_a_run_never_stoppe
         tokio::task::block_in_place(|| {
             resumes_with_the_same_weights(&in_memory, &options, &whole, &whole_history)
         })
+    });
+}
+
+/// Checkpoints on an S3 lake: a bucket of the local AWS stack `tests/run` starts, opened
+/// by URL and storage options as `mnist-train` opens `LANCER_CHECKPOINT_DIR`.
+#[test]
+fn a_run_resumed_from_its_checkpoint_on_s3_ends_with_the_weights_of_a_run_never_stopped() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: `eval \"$(localstack/up)\"` starts the local AWS stack (tests/run does)");
+    let options = TrainOptions {
+        epochs: 3,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let (whole, whole_history) = fit(&halves(64), &halves(16), &options);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos();
+    let bucket = format!("checkpoints-{}-{nanos}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let made = reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .expect("create the bucket");
+        assert!(made.status().is_success(), "{made:?}");
+        let storage = HashMap::from([
+            ("aws_endpoint".to_owned(), endpoint.clone()),
+            ("allow_http".to_owned(), "true".to_owned()),
+        ]);
+        let location = format!("s3://{bucket}/tenants/acme/checkpoints/tasks/t1");
+        let folder = Folder::open(&location, &storage).expect("an S3 folder");
+        tokio::task::block_in_place(|| {
+            resumes_with_the_same_weights(&folder, &options, &whole, &whole_history)
+        });
+        let listed = reqwest::Client::new()
+            .get(format!("{endpoint}/{bucket}?list-type=2"))
+            .send()
+            .await
+            .expect("list")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            listed.contains("tenants/acme/checkpoints/tasks/t1/checkpoint.json"),
+            "the checkpoint is in the bucket: {listed}"
+        );
     });
 }
 

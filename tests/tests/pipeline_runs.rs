@@ -7,16 +7,19 @@ use lancer_tests::scripts::SLOW_PY;
 use lancer_tests::server::Server;
 use serde_json::{Value, json};
 
-/// Fails the first time it runs in a lake, then completes: a step worth retrying.
+/// Saves its task id in its checkpoint folder and fails the first time, then completes
+/// saying whose checkpoint it found: a step worth retrying, and one that resumes.
 const FLAKY_PY: &str = r#"
 import os
 
 def run(input_path, output_path, params):
-    marker = os.path.join(os.environ["LANCER_LAKE"], "flaky-ran-once")
+    folder = os.environ["LANCER_CHECKPOINT_DIR"]
+    marker = os.path.join(folder, "saved-by")
     if not os.path.exists(marker):
-        open(marker, "w").close()
+        with open(marker, "w") as saved:
+            saved.write(os.environ["LANCER_TASK_ID"])
         raise RuntimeError("the first run fails")
-    return {"second": True}
+    return {"second": True, "resumed_from": open(marker).read(), "folder": folder}
 "#;
 
 async fn submit_pipeline(server: &Server, spec: &Value) -> String {
@@ -122,6 +125,7 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
     }
     let failed = server.get_json(&format!("/pipelines/{id}")).await;
     let prepare = failed["steps"][0]["task_id"].clone();
+    let first_fit = failed["steps"][1]["task_id"].clone();
 
     let (ok, _, stderr) = server.cli(None, &["pipelines", "retry", &id, "--wait"]);
     assert!(ok, "{stderr}");
@@ -139,7 +143,16 @@ async fn the_cli_waits_for_a_pipeline_step_by_step_and_retry_resumes_it_after_a_
     let fit = server
         .task(done["steps"][1]["task_id"].as_str().expect("fit"))
         .await;
-    assert_eq!(fit["result"], json!({"second": true}));
+    assert_eq!(fit["result"]["second"], true);
+    // The retried step's new task found what the failed one saved: the step's checkpoint
+    // folder is the pipeline's, kept across its retries.
+    assert_ne!(fit["id"], first_fit);
+    assert_eq!(fit["result"]["resumed_from"], first_fit);
+    let folder = fit["result"]["folder"].as_str().expect("folder");
+    assert!(
+        folder.ends_with(&format!("checkpoints/pipelines/{id}/fit")),
+        "{folder}"
+    );
 
     let (ok, stdout, _) = server.cli(None, &["pipelines", "list"]);
     assert!(
@@ -284,5 +297,84 @@ async fn the_same_pipeline_submitted_again_with_caching_on_finishes_from_the_cac
         "{tags:?}"
     );
     eprintln!("the cached pipeline completed in {took:?}");
+    server.stop().await;
+}
+
+/// The schedule once its record says it fired a tick later than `after` (any tick when
+/// `None`), within two minutes: cron ticks are whole minutes.
+async fn fired_after(server: &Server, id: &str, after: Option<&str>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let schedule = server.get_json(&format!("/pipelines/{id}")).await;
+        let tick = schedule["fired"]["tick"].as_str();
+        let later = match (tick, after) {
+            (Some(tick), Some(after)) => time(tick) > time(after),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if later {
+            return schedule;
+        }
+        assert!(Instant::now() < deadline, "never fired: {schedule:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn time(text: &str) -> chrono::DateTime<chrono::Utc> {
+    text.parse().expect("an RFC 3339 time")
+}
+
+#[tokio::test]
+async fn lancer_serve_fires_a_schedule_at_each_tick_and_a_cancelled_one_fires_no_more() {
+    let server = Server::start(&[("slow.py", SLOW_PY, false)], &[]).await;
+    let every_minute = |name: &str| {
+        json!({"name": name, "schedule": "* * * * *", "steps": [
+            {"name": "one", "script": "slow.py", "params": {"steps": 1}}]})
+    };
+    let stopped = submit_pipeline(&server, &every_minute("stopped")).await;
+    let running = submit_pipeline(&server, &every_minute("running")).await;
+    let fired = fired_after(&server, &stopped, None).await;
+    assert_eq!(
+        fired["status"], "scheduled",
+        "a schedule runs nothing itself"
+    );
+    let tick = fired["fired"]["tick"]
+        .as_str()
+        .expect("the last tick")
+        .to_owned();
+    assert_eq!(time(&tick).timestamp() % 60, 0, "a whole minute: {tick}");
+    let runs = fired["fired"]["runs"].as_array().expect("runs").clone();
+    assert_eq!(runs.len(), 1, "{fired:#}");
+    let run = wait_for_pipeline(&server, runs[0].as_str().expect("id"), "completed").await;
+    assert_eq!(run["scheduled_by"], json!(stopped));
+    let cancelled = server.post(&format!("/pipelines/{stopped}/cancel")).await;
+    assert_eq!(cancelled.status(), 200);
+
+    // The other schedule firing a later tick shows the server went past one; a round
+    // after that, the cancelled schedule has started nothing more.
+    let later = fired_after(&server, &running, Some(&tick)).await;
+    assert!(
+        later["fired"]["runs"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    server
+        .wait_for_reconcile_rounds(1, Duration::from_secs(30))
+        .await;
+    let after = server.get_json(&format!("/pipelines/{stopped}")).await;
+    assert_eq!(after["status"], "cancelled");
+    assert_eq!(
+        after["fired"], fired["fired"],
+        "no tick fired after the cancel"
+    );
+    let pipelines = server.get_json("/pipelines").await;
+    let of_stopped = pipelines["pipelines"]
+        .as_array()
+        .expect("pipelines")
+        .iter()
+        .filter(|p| p["scheduled_by"] == json!(stopped))
+        .count();
+    assert_eq!(of_stopped, 1, "one run of the cancelled schedule");
+    server.post(&format!("/pipelines/{running}/cancel")).await;
     server.stop().await;
 }

@@ -369,6 +369,31 @@ mod tests {
     }
 
     #[test]
+    fn a_list_longer_than_a_cell_shows_is_given_as_its_length() {
+        use arrow_array::{Float32Array, ListArray};
+        use arrow_buffer::OffsetBuffer;
+        let lengths = [3, MAX_CELL_ITEMS + 1];
+        let total: usize = lengths.iter().sum();
+        let values = Float32Array::from_iter_values((0..total).map(|v| v as f32));
+        let item = Arc::new(ArrowField::new("item", DataType::Float32, false));
+        let list = ListArray::new(
+            item,
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(values),
+            None,
+        );
+        let schema = Schema::new(vec![ArrowField::new(
+            "trace",
+            list.data_type().clone(),
+            false,
+        )]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(list)]).expect("a batch");
+        let rows = json_rows(&[batch], MAX_PAGE_BYTES);
+        assert_eq!(rows[0]["trace"], json!([0.0, 1.0, 2.0]));
+        assert_eq!(rows[1]["trace"], json!({"items": MAX_CELL_ITEMS + 1}));
+    }
+
+    #[test]
     fn a_page_stops_before_the_row_that_passes_the_byte_budget() {
         let one_row = json_rows(&[batch(1)], MAX_PAGE_BYTES);
         let row_bytes: usize = one_row[0].values().map(|v| v.to_string().len()).sum();
