@@ -13,6 +13,8 @@
 //   model  URL DIR MODEL           the model's saved versions in a table and a chart
 //   upload URL DIR FOLDER          a file dropped on the upload page lands in raw/FOLDER/
 //                                 and links the ingestion task it started
+//   cells  URL DIR DATASET         the rows table's cells as text: long lists and binary
+//                                 values summarised, short ones shown
 //   mnist  URL DIR DATASET MODEL SERVE_TASK
 //                                 the dataset's rows show digits as pictures, the model
 //                                 its saved versions, the serving task a link to its
@@ -54,6 +56,7 @@ try {
   else if (scenario === "model") await model(...args);
   else if (scenario === "pipeline") await pipeline(...args);
   else if (scenario === "attempts") await attempts(...args);
+  else if (scenario === "cells") await cells(...args);
   else if (scenario === "mnist") await mnist(...args);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(problems, [], "the page logged no errors and loaded nothing off-site");
@@ -208,6 +211,18 @@ async function lossChart(taskId, epochs) {
   const circles = await page.locator("#chart-loss circle").count();
   await shot("task-loss-chart-done");
   console.log(JSON.stringify({ first, second, last, circles }));
+}
+
+async function cells(dataset) {
+  await page.goto(`${url}/#/datasets/${dataset}`);
+  await page.locator("#rows td").first().waitFor();
+  await shot("dataset-cells");
+  const shown = await page.evaluate(() => {
+    const heads = [...document.querySelectorAll("#rows th")].map((th) => th.textContent);
+    const cells = [...document.querySelectorAll("#rows tbody tr:first-child td")].map((td) => td.textContent);
+    return Object.fromEntries(heads.map((head, i) => [head, cells[i]]));
+  });
+  console.log(JSON.stringify(shown));
 }
 
 async function mnist(dataset, model, serveTask) {

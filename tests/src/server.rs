@@ -118,6 +118,16 @@ impl Server {
     /// Starts a server whose scripts folder holds and registers `scripts` (name, body,
     /// executable?).
     pub async fn start(scripts: &[(&str, &str, bool)], extra_env: &[(&str, &str)]) -> Server {
+        Self::start_under(&[], scripts, extra_env).await
+    }
+
+    /// Starts a server as [`Server::start`] does, its command run through `wrapper` (a
+    /// program and its first arguments, which runs the command line it is given after them).
+    pub async fn start_under(
+        wrapper: &[&std::ffi::OsStr],
+        scripts: &[(&str, &str, bool)],
+        extra_env: &[(&str, &str)],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let scripts_dir = dir.path().join("scripts");
         std::fs::create_dir_all(&scripts_dir).expect("mkdir");
@@ -136,7 +146,8 @@ impl Server {
                     .expect("chmod");
             }
         }
-        Self::start_in(dir, &scripts_dir, extra_env).await
+        let command = Self::serve_command(wrapper, &dir, &scripts_dir, extra_env);
+        Self::spawn(command, dir, &scripts_dir, extra_env).await
     }
 
     /// Starts a server in `dir` whose scripts folder is `scripts_dir`.
@@ -145,7 +156,26 @@ impl Server {
         scripts_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> Server {
-        let mut command = Command::new(bin_dir().join("lancer"));
+        let command = Self::serve_command(&[], &dir, scripts_dir, extra_env);
+        Self::spawn(command, dir, scripts_dir, extra_env).await
+    }
+
+    /// `lancer serve` on port 0 with its lake and table in `dir`, run through `wrapper`.
+    fn serve_command(
+        wrapper: &[&std::ffi::OsStr],
+        dir: &tempfile::TempDir,
+        scripts_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Command {
+        let lancer = bin_dir().join("lancer");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(lancer);
+                command
+            }
+            None => Command::new(lancer),
+        };
         command
             .args(["serve", "--port", "0", "--host", "127.0.0.1"])
             .arg("--lake")
@@ -159,7 +189,7 @@ impl Server {
             .env("LANCER_CANCEL_GRACE_SECS", "2")
             .env_remove("LANCER_API_KEYS")
             .envs(extra_env.iter().copied());
-        Self::spawn(command, dir, scripts_dir, extra_env).await
+        command
     }
 
     /// Starts `command`, a `lancer serve` on port 0, and waits until it listens.

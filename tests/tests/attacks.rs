@@ -1121,3 +1121,55 @@ async fn a_sandboxed_script_sees_no_other_process_or_shared_memory_and_holds_no_
     }
     server.stop().await;
 }
+
+/// Leaves a mark at `params["mark"]`, so a task refused before its script shows nothing ran.
+const MARK_PY: &str = r#"
+def run(input_path, output_path, params):
+    with open(params["mark"], "w") as f:
+        f.write("ran")
+    return {"ran": True}
+"#;
+
+/// A `lancer serve` under `LANCER_SANDBOX=sandbox` on a kernel that has no Landlock for it
+/// or its runners (tests/tools/no_landlock.py answers the syscall ENOSYS, as such a kernel
+/// does); the task `mark.py` finished with, and whether its mark was left.
+async fn run_without_landlock(sandbox: &str) -> (Value, bool) {
+    let python = lancer_tests::server::python();
+    let filter = lancer_tests::server::repo_root().join("tests/tools/no_landlock.py");
+    let server = Server::start_under(
+        &[python.as_ref(), filter.as_os_str()],
+        &[("mark.py", MARK_PY, false)],
+        &[("LANCER_API_KEYS", KEYS), ("LANCER_SANDBOX", sandbox)],
+    )
+    .await;
+    let mark = server.dir.path().join("mark");
+    let http = reqwest::Client::new();
+    let spec = json!({"name": "mark", "script": "mark.py", "params": {"mark": mark}});
+    let id = submit_as(&http, &server, "other-key-001", &spec).await;
+    let task = wait_finished(&http, &server, &id).await;
+    let marked = mark.exists();
+    server.stop().await;
+    (task, marked)
+}
+
+#[tokio::test]
+async fn where_the_kernel_has_no_landlock_a_required_sandbox_fails_the_task_sandbox_unavailable_and_runs_nothing()
+ {
+    let (task, marked) = run_without_landlock("required").await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "SANDBOX_UNAVAILABLE", "{task:#}");
+    assert_eq!(
+        task["attempt"], 1,
+        "the kernel will not change on a retry: {task:#}"
+    );
+    assert!(!marked, "the script ran unconfined: {task:#}");
+}
+
+#[tokio::test]
+async fn where_the_kernel_has_no_landlock_a_best_effort_sandbox_runs_the_script_and_records_it_without_landlock()
+ {
+    let (task, marked) = run_without_landlock("best-effort").await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["sandbox"], "namespaces+nocaps", "{task:#}");
+    assert!(marked, "{task:#}");
+}

@@ -145,6 +145,92 @@ async fn the_scheduled_sweeper_fails_a_silent_runners_task_or_requeues_it_while_
     sweeper.stop().await;
 }
 
+/// Sleeps past the next whole minute: a `* * * * *` schedule's next tick.
+async fn past_the_next_minute() {
+    let into = chrono::Utc::now().timestamp() % 60;
+    tokio::time::sleep(Duration::from_secs((61 - into) as u64)).await;
+}
+
+#[tokio::test]
+async fn the_scheduled_sweeper_fires_a_schedules_tick_once_when_two_sweepers_run_the_round_together()
+ {
+    let (_store, _bucket, env) = deployment().await;
+    let api = LambdaFunction::start(&bin_dir().join("lancer-api"), "api", &env).await;
+    let spec = json!({"name": "every-minute", "schedule": "* * * * *", "steps": [
+        {"name": "one", "script": "tests/bench/noop.py"}]});
+    let (status, created) = api.http("POST", "/api/v1/pipelines", Some(&spec)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["status"], "scheduled");
+    past_the_next_minute().await;
+
+    // Two sweepers' rounds at once, as two overlapping scheduled invocations would run.
+    let sweepers = [
+        LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper", &env).await,
+        LambdaFunction::start(&bin_dir().join("lancer-sweeper"), "sweeper-2", &env).await,
+    ];
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    let (one, two) = tokio::join!(
+        sweepers[0].invoke(scheduled.clone()),
+        sweepers[1].invoke(scheduled.clone())
+    );
+    for round in [one.expect("a report"), two.expect("a report")] {
+        assert_eq!(round["errors"], 0, "{round}");
+        assert!(round["pipelines"].as_u64() >= Some(1), "it looked: {round}");
+    }
+    let (_, schedule) = api
+        .http("GET", &format!("/api/v1/pipelines/{id}"), None)
+        .await;
+    let tick: chrono::DateTime<chrono::Utc> = schedule["fired"]["tick"]
+        .as_str()
+        .and_then(|tick| tick.parse().ok())
+        .unwrap_or_else(|| panic!("no tick recorded: {schedule:#}"));
+    assert_eq!(tick.timestamp() % 60, 0, "a whole minute: {schedule:#}");
+    let runs = schedule["fired"]["runs"].as_array().expect("runs").clone();
+    assert_eq!(runs.len(), 1, "one run for the tick: {schedule:#}");
+    let (_, listed) = api.http("GET", "/api/v1/pipelines", None).await;
+    let of_schedule: Vec<&Value> = listed["pipelines"]
+        .as_array()
+        .expect("pipelines")
+        .iter()
+        .filter(|p| p["scheduled_by"] == json!(id))
+        .collect();
+    assert_eq!(of_schedule.len(), 1, "{listed:#}");
+
+    // Later rounds run the run's step and finish it.
+    let run = runs[0].as_str().expect("a run id");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let finished = loop {
+        sweepers[0]
+            .invoke(scheduled.clone())
+            .await
+            .expect("a report");
+        let (_, pipeline) = api
+            .http("GET", &format!("/api/v1/pipelines/{run}"), None)
+            .await;
+        if pipeline["finished_at"].is_string() {
+            break pipeline;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished: {pipeline:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(finished["status"], "completed", "{finished:#}");
+    let (_, schedule) = api
+        .http("GET", &format!("/api/v1/pipelines/{id}"), None)
+        .await;
+    assert_eq!(
+        schedule["status"], "scheduled",
+        "the schedule goes on: {schedule:#}"
+    );
+    for sweeper in sweepers {
+        sweeper.stop().await;
+    }
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn uploading_mnist_to_the_bucket_ingests_it_once_and_the_api_lists_the_dataset() {
     let (store, bucket, mut env) = deployment().await;

@@ -260,6 +260,41 @@ async fn a_file_uploaded_from_the_console_starts_its_ingestion_task() {
     server.stop().await;
 }
 
+/// Writes one row whose cells the rows table cannot show whole: a list past 16,384 items
+/// and a 5,000-byte value, beside a short list it shows as it is.
+const CELLS_PY: &str = r#"
+import json, os
+import lance
+import pyarrow as pa
+
+def run(input_path, output_path, params):
+    row = pa.table({
+        "long": pa.array([list(range(20000))], pa.list_(pa.int64())),
+        "blob": pa.array([b"\x07" * 5000], pa.binary()),
+        "short": pa.array([[1, 2, 3]], pa.list_(pa.int64())),
+    })
+    options = json.loads(os.environ["LANCER_STORAGE_OPTIONS"]) or None
+    lance.write_dataset(row, output_path, storage_options=options)
+    return {"rows": 1}
+"#;
+
+#[tokio::test]
+async fn a_datasets_long_lists_and_binary_values_are_shown_as_their_length_and_size() {
+    let server = Server::start(&[("cells.py", CELLS_PY, false)], &[]).await;
+    let spec = json!({"name": "cells", "script": "cells.py", "output": "datasets/cells"});
+    server
+        .run_to_completion(&spec, Duration::from_secs(60))
+        .await;
+    let rows = server.get_json("/datasets/cells/rows").await;
+    assert_eq!(rows["rows"][0]["long"], json!({"items": 20000}), "{rows:#}");
+    assert_eq!(rows["rows"][0]["blob"], json!({"bytes": 5000}), "{rows:#}");
+    let seen = browse("cells", &server.url, &["cells"]);
+    assert_eq!(seen["long"], "20000 items", "{seen}");
+    assert_eq!(seen["short"], "[1,2,3]", "{seen}");
+    assert_eq!(seen["blob"], "5.00 KB", "the size, not the bytes: {seen}");
+    server.stop().await;
+}
+
 /// Saves a model version: one row with its weights, metrics and params, appended.
 const SAVE_MODEL_PY: &str = r#"
 import json, os, datetime
