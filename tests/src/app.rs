@@ -13,7 +13,7 @@ use lancer::dispatch::memory::RecordingDispatcher;
 use lancer::domain::ingest::IngestRules;
 use lancer::http::{AppState, router};
 use lancer::lake::lance::LanceLake;
-use lancer::ports::{Lake, PipelineStore, TaskStore};
+use lancer::ports::{Lake, ModelStore, PipelineStore, TaskStore};
 use lancer::store::memory::MemoryTaskStore;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -22,6 +22,7 @@ pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn TaskStore>,
     pub pipelines: Arc<dyn PipelineStore>,
+    pub models: Arc<dyn ModelStore>,
     pub lake: Arc<dyn Lake>,
     pub dispatcher: Arc<RecordingDispatcher>,
     pub dir: tempfile::TempDir,
@@ -109,20 +110,29 @@ impl TestApp {
         app
     }
 
+    /// The use cases over this app's adapters, with `keys` and the default limits.
+    pub fn service(&self, keys: Option<&str>) -> Service {
+        Service {
+            store: self.store.clone(),
+            pipelines: self.pipelines.clone(),
+            models: self.models.clone(),
+            lake: self.lake.clone(),
+            dispatcher: self.dispatcher.clone(),
+            scripts: Arc::new(lancer::scripts::ScriptFolder::new(self.scripts())),
+            api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
+            ingest_rules: IngestRules::default(),
+            upload_limits: UploadLimits::default(),
+            schedule_limits: Default::default(),
+            lease: Duration::from_secs(30),
+        }
+    }
+
     /// The state of this app's router, to build another over other adapters.
     fn state(&self, keys: Option<&str>, ingest_rules: IngestRules) -> AppState {
         AppState {
             service: Service {
-                store: self.store.clone(),
-                pipelines: self.pipelines.clone(),
-                lake: self.lake.clone(),
-                dispatcher: self.dispatcher.clone(),
-                scripts: Arc::new(lancer::scripts::ScriptFolder::new(self.scripts())),
-                api_keys: keys.map(|k| ApiKeys::parse(k).expect("valid keys")),
                 ingest_rules,
-                upload_limits: UploadLimits::default(),
-                schedule_limits: Default::default(),
-                lease: Duration::from_secs(30),
+                ..self.service(keys)
             },
             timeouts: Default::default(),
             metrics_open: false,
@@ -227,6 +237,7 @@ impl TestApp {
             dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
             store,
             pipelines: Arc::new(MemoryTaskStore::new()),
+            models: Arc::new(MemoryTaskStore::new()),
             lake,
             dir,
         };

@@ -6,6 +6,7 @@ pub mod dispatcher;
 pub mod lake;
 pub mod lambda;
 pub mod mnist;
+pub mod model_store;
 pub mod pipeline_store;
 pub mod ray;
 pub mod scripts;

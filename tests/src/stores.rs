@@ -1,5 +1,6 @@
 //! The task table's adapters, each opened fresh for one conformance test: one maker per
-//! backend, shared by the TaskStore and PipelineStore suites (every adapter is both).
+//! backend, shared by the TaskStore, PipelineStore and ModelStore suites (every adapter is
+//! all three).
 
 use std::any::Any;
 use std::sync::Arc;

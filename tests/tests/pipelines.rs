@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use lancer::application::Service;
-use lancer::config::{ApiKeys, ScheduleLimits};
+use lancer::config::ScheduleLimits;
 use lancer::domain::path::LakePath;
 use lancer::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
 use lancer::domain::task::{Change, FailureCode, Heartbeat, TaskError, TaskId};
@@ -675,16 +675,8 @@ mod on_every_store {
 /// The use cases over `app`'s adapters with `keys` and schedule `limits`.
 fn service_with(app: &TestApp, keys: &str, limits: ScheduleLimits) -> Service {
     Service {
-        store: app.store.clone(),
-        pipelines: app.pipelines.clone(),
-        lake: app.lake.clone(),
-        dispatcher: app.dispatcher.clone(),
-        scripts: std::sync::Arc::new(lancer::scripts::ScriptFolder::new(app.scripts())),
-        api_keys: Some(ApiKeys::parse(keys).expect("keys")),
-        ingest_rules: Default::default(),
-        upload_limits: Default::default(),
         schedule_limits: limits,
-        lease: std::time::Duration::from_secs(30),
+        ..app.service(Some(keys))
     }
 }
 

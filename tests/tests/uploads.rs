@@ -258,11 +258,9 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
     use std::sync::Arc;
 
     use lancer::application::Service;
-    use lancer::dispatch::memory::RecordingDispatcher;
     use lancer::domain::ingest::IngestRules;
     use lancer::lake::memory::MemoryLake;
-    use lancer::ports::{Lake, TaskStore};
-    use lancer::store::memory::MemoryTaskStore;
+    use lancer::ports::Lake;
 
     let app = TestApp::new(None);
     let lake = Arc::new(MemoryLake::new());
@@ -270,21 +268,13 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
         let path = LakePath::parse("p", key).expect("path");
         lake.put(&path, b"x,y\n".to_vec()).await.expect("put");
     }
-    let store = Arc::new(MemoryTaskStore::new());
     let service = Service {
-        store: store.clone(),
-        pipelines: store.clone(),
         lake,
-        dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
-        scripts: Arc::new(lancer::scripts::ScriptFolder::new(app.scripts())),
-        api_keys: None,
         ingest_rules: IngestRules::parse(
             r#"[{"name": "csv", "prefix": "raw/", "script": "jobs/noop.py", "output": "rows"}]"#,
         )
         .expect("rules"),
-        upload_limits: Default::default(),
-        schedule_limits: Default::default(),
-        lease: std::time::Duration::from_secs(30),
+        ..app.service(None)
     };
     // `%2E%2E` is how S3 writes `..` in an event: decoded, it is not a lake path.
     let event = s3_event(&[
@@ -311,7 +301,7 @@ async fn the_ingest_function_files_each_upload_under_its_tenant_and_skips_a_bad_
     let mut tasks = Vec::new();
     for id in answer["created"].as_array().expect("ids") {
         let id = lancer::domain::task::TaskId::parse(id.as_str().expect("id")).expect("a task id");
-        tasks.push(store.get(&id).await.expect("get").expect("stored"));
+        tasks.push(app.store.get(&id).await.expect("get").expect("stored"));
     }
     tasks.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     assert_eq!(tasks[0].tenant, "acme");

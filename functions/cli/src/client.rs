@@ -186,4 +186,25 @@ impl Client {
         self.json(self.request(Method::POST, &format!("/pipelines/{id}/{action}")))
             .await
     }
+
+    /// `GET path` as JSON.
+    pub async fn get_value(&self, path: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, path)).await
+    }
+
+    /// `PUT path` with a JSON body; the answer as JSON.
+    pub async fn put_value(&self, path: &str, body: &Value) -> Result<Value> {
+        self.json(self.request(Method::PUT, path).json(body)).await
+    }
+
+    /// `POST path` with no body; the answer as JSON.
+    pub async fn post_value(&self, path: &str) -> Result<Value> {
+        self.json(self.request(Method::POST, path)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, path)).await?;
+        Ok(())
+    }
 }

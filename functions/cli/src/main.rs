@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 mod bench;
 mod client;
+mod models;
 mod pipelines;
 
 use client::Client;
@@ -46,8 +47,8 @@ enum Command {
     Pipelines(pipelines::PipelineCommand),
     /// Datasets in the lake.
     Datasets(ArtifactArgs),
-    /// Models in the lake.
-    Models(ArtifactArgs),
+    /// Models in the lake, and their aliases.
+    Models(models::ModelArgs),
     /// Print throughput and latency figures of a running lancer (tasks it submits do run).
     Bench {
         /// POST+GET pairs per concurrency level (0 skips the API benchmark).
@@ -195,7 +196,7 @@ struct ArtifactArgs {
 }
 
 #[derive(Subcommand)]
-enum ArtifactCommand {
+pub(crate) enum ArtifactCommand {
     List,
     Get { id: String },
     Delete { id: String },
@@ -220,7 +221,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tasks(command) => tasks(&remote.client()?, command).await,
         Command::Pipelines(command) => pipelines::run(&remote.client()?, command).await,
         Command::Datasets(args) => artifacts(&remote.client()?, "datasets", args.command).await,
-        Command::Models(args) => artifacts(&remote.client()?, "models", args.command).await,
+        Command::Models(args) => models::run(&remote.client()?, args).await,
         Command::Bench {
             requests,
             script,
@@ -397,7 +398,7 @@ async fn wait_for(client: &Client, id: &str) -> Result<()> {
     bail!("task {id} {}: {why}", task.status)
 }
 
-async fn artifacts(client: &Client, kind: &str, command: ArtifactCommand) -> Result<()> {
+pub(crate) async fn artifacts(client: &Client, kind: &str, command: ArtifactCommand) -> Result<()> {
     match command {
         ArtifactCommand::List => {
             println!("{:<32} {:>10}  SCHEMA", "ID", "ROWS");

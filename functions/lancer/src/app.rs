@@ -18,7 +18,7 @@ use crate::http::streams::OpenStreams;
 use crate::http::{AppState, router};
 use crate::lake::LakeRoot;
 use crate::lake::lance::LanceLake;
-use crate::ports::{Dispatcher, Lake, PipelineStore, TaskStore};
+use crate::ports::{Dispatcher, Lake, ModelStore, PipelineStore, TaskStore};
 use crate::runner::RunnerContext;
 use crate::sandbox::SandboxMode;
 use crate::scripts::{REGISTRY_FILE, RegistryError, ScriptFolder, ScriptRegistry};
@@ -49,21 +49,37 @@ pub enum StartError {
 
 /// The task table the configuration names (DynamoDB with the standard AWS chain's
 /// credentials, region and endpoint), which holds the pipelines too.
-pub async fn open_stores(config: &Config) -> Result<(Arc<dyn TaskStore>, Arc<dyn PipelineStore>)> {
+pub async fn open_stores(config: &Config) -> Result<Stores> {
     Ok(match &config.tasks {
         TaskTable::Dynamo { table } => {
             let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            let store = Arc::new(DynamoTaskStore::new(
+            Stores::of(Arc::new(DynamoTaskStore::new(
                 aws_sdk_dynamodb::Client::new(&aws),
                 table.clone(),
-            ));
-            (store.clone(), store)
+            )))
         }
-        TaskTable::Sqlite(path) => {
-            let store = Arc::new(SqliteTaskStore::open(path)?);
-            (store.clone(), store)
-        }
+        TaskTable::Sqlite(path) => Stores::of(Arc::new(SqliteTaskStore::open(path)?)),
     })
+}
+
+/// The records' stores, one table (SQLite's file, DynamoDB's table) behind all three.
+pub struct Stores {
+    /// Task records.
+    pub tasks: Arc<dyn TaskStore>,
+    /// Pipelines, schedules and the step cache.
+    pub pipelines: Arc<dyn PipelineStore>,
+    /// Model records: aliases and their histories.
+    pub models: Arc<dyn ModelStore>,
+}
+
+impl Stores {
+    fn of<S: TaskStore + PipelineStore + ModelStore + 'static>(store: Arc<S>) -> Self {
+        Self {
+            tasks: store.clone(),
+            pipelines: store.clone(),
+            models: store,
+        }
+    }
 }
 
 /// The Lance lake at the configured root (a local folder is created if missing); a root it
@@ -116,9 +132,14 @@ pub fn open_dispatcher(
 /// The use cases over the adapters the configuration selects: what the API and the
 /// ingestion handler run.
 pub async fn service(config: &Config) -> Result<Service, StartError> {
-    let (store, pipelines) = open_stores(config).await?;
+    let Stores {
+        tasks: store,
+        pipelines,
+        models,
+    } = open_stores(config).await?;
     Ok(Service {
         pipelines,
+        models,
         lake: open_lake(config)?,
         dispatcher: open_dispatcher(config, store.clone())?,
         store,
@@ -365,7 +386,7 @@ pub fn on_lambda() -> bool {
 /// names, and its scripts, sandbox, heartbeat, lease and cancel settings.
 pub async fn runner_context(config: &Config) -> Result<RunnerContext, StartError> {
     Ok(RunnerContext {
-        store: open_stores(config).await?.0,
+        store: open_stores(config).await?.tasks,
         lake: open_lake(config)?,
         scripts: config.scripts.root.clone(),
         python: config.scripts.python.clone(),

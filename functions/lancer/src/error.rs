@@ -69,6 +69,8 @@ pub enum Resource {
     Task,
     /// A pipeline, by id.
     Pipeline,
+    /// A model's alias, by `model@alias`.
+    Alias,
     /// A URL path the API does not serve.
     Route,
 }
@@ -80,6 +82,7 @@ impl std::fmt::Display for Resource {
             Resource::Model => "Model",
             Resource::Task => "Task",
             Resource::Pipeline => "Pipeline",
+            Resource::Alias => "Alias",
             Resource::Route => "Route",
         })
     }

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::domain::cache::Digest;
 use crate::domain::endpoint::Reported;
 use crate::domain::error::Invalid;
+use crate::domain::model::{ModelName, ModelRecord};
 use crate::domain::path::{LakePath, Name};
 use crate::domain::pipeline::{Pipeline, PipelineId, PipelineSpec};
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
@@ -194,6 +195,27 @@ pub trait PipelineStore: Send + Sync {
         digest: &Digest,
         task: &TaskId,
     ) -> Result<()>;
+}
+
+/// Where model records live: each model's aliases and their histories. A record changes
+/// only by `update_model`, a compare-and-set on its `revision`, so of two processes moving
+/// the same alias at once one writes and the other re-reads.
+#[async_trait]
+pub trait ModelStore: Send + Sync {
+    /// The record of `model` in `tenant`'s lake; `None` if none was ever stored.
+    async fn model_record(
+        &self,
+        tenant: &TenantName,
+        model: &ModelName,
+    ) -> Result<Option<ModelRecord>>;
+
+    /// Stores `next` if the stored record's revision is still `next.revision` (0: no
+    /// record is stored yet), and returns it with the revision bumped; `Error::Stale` if
+    /// another write came first.
+    async fn update_model(&self, next: ModelRecord) -> Result<ModelRecord>;
+
+    /// Removes the record of `model`, if there is one (the model itself was deleted).
+    async fn delete_model_record(&self, tenant: &TenantName, model: &ModelName) -> Result<()>;
 }
 
 /// One field of an artifact's Arrow schema.

@@ -1,6 +1,7 @@
 //! Datasets and models: what a tenant's lake folder holds.
 
 use super::Service;
+use crate::domain::model::ModelName;
 use crate::domain::path::Name;
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{ArtifactKind, split_version};
@@ -65,17 +66,44 @@ impl Service {
         Ok(())
     }
 
-    /// Deletes a dataset or model with every version.
+    /// Deletes a dataset or model with every version; a model an alias still names is a
+    /// conflict, and a deleted model's aliases' histories go with it.
     pub async fn delete_artifact(
         &self,
         tenant: &Tenant,
         kind: ArtifactKind,
         name: &Name,
     ) -> Result<()> {
-        if self.lake.delete(&tenant.root, kind, name).await? {
-            Ok(())
-        } else {
-            Err(Error::not_found(resource_of(kind), name.as_str()))
+        let model = match kind {
+            ArtifactKind::Model => Some(ModelName::parse(name.as_str())?),
+            ArtifactKind::Dataset => None,
+        };
+        if let Some(model) = &model {
+            self.refuse_if_aliased(tenant, model).await?;
         }
+        if !self.lake.delete(&tenant.root, kind, name).await? {
+            return Err(Error::not_found(resource_of(kind), name.as_str()));
+        }
+        if let Some(model) = &model {
+            self.models.delete_model_record(&tenant.name, model).await?;
+        }
+        Ok(())
+    }
+
+    async fn refuse_if_aliased(&self, tenant: &Tenant, model: &ModelName) -> Result<()> {
+        let Some(record) = self.models.model_record(&tenant.name, model).await? else {
+            return Ok(());
+        };
+        let names: Vec<String> = record
+            .live_aliases()
+            .map(|(name, _, _)| name.to_string())
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Conflict(format!(
+            "model {model} is in use by its aliases {}: delete them first",
+            names.join(", ")
+        )))
     }
 }

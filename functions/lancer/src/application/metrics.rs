@@ -117,32 +117,15 @@ fn record(table: &Registry, task: &Task) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
-    use crate::dispatch::memory::RecordingDispatcher;
     use crate::domain::task::TaskId;
     use crate::domain::tenant::TenantName;
-    use crate::lake::memory::MemoryLake;
     use crate::scripts::MemoryScripts;
-    use crate::store::memory::MemoryTaskStore;
 
     fn service() -> Service {
-        let store = Arc::new(MemoryTaskStore::new());
-        Service {
-            dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
-            store: store.clone(),
-            pipelines: store,
-            lake: Arc::new(MemoryLake::new()),
-            scripts: Arc::new(MemoryScripts::default()),
-            api_keys: None,
-            ingest_rules: Default::default(),
-            upload_limits: Default::default(),
-            schedule_limits: Default::default(),
-            lease: Duration::from_secs(30),
-        }
+        Service::in_memory(MemoryScripts::default())
     }
 
     async fn add_task(service: &Service, tenant: &Tenant) {

@@ -10,11 +10,12 @@ use crate::domain::limits::{ScheduleLimits, UploadLimits};
 use crate::domain::tenant::ApiKeys;
 use crate::domain::tenant::Tenant;
 use crate::error::{Error, Result};
-use crate::ports::{Dispatcher, Lake, PipelineStore, Scripts, TaskStore};
+use crate::ports::{Dispatcher, Lake, ModelStore, PipelineStore, Scripts, TaskStore};
 
 mod artifacts;
 mod changes;
 mod metrics;
+mod models;
 mod pipelines;
 mod reconcile;
 mod rows;
@@ -22,6 +23,7 @@ mod tasks;
 mod uploads;
 
 pub use changes::{TaskChange, TaskChanges};
+pub use models::{AliasChangeView, AliasHistory, AliasView};
 pub use pipelines::Advanced;
 pub use reconcile::{RoundReport, reconcile};
 pub use rows::{MAX_ROWS, Rows, RowsRequest};
@@ -34,6 +36,8 @@ pub struct Service {
     pub store: Arc<dyn TaskStore>,
     /// Pipeline and schedule records, and the step cache.
     pub pipelines: Arc<dyn PipelineStore>,
+    /// Model records: each model's aliases and their histories.
+    pub models: Arc<dyn ModelStore>,
     /// Datasets, models, raw uploads, logs and progress histories.
     pub lake: Arc<dyn Lake>,
     /// Where runners run: local subprocesses or Ray jobs.
@@ -78,5 +82,30 @@ impl Service {
 impl AsRef<Service> for Service {
     fn as_ref(&self) -> &Service {
         self
+    }
+}
+
+#[cfg(test)]
+impl Service {
+    /// A service over the in-memory fakes (one store for tasks, pipelines and models),
+    /// with `scripts` registered.
+    pub(crate) fn in_memory(scripts: crate::scripts::MemoryScripts) -> Self {
+        use crate::store::memory::MemoryTaskStore;
+        let store = Arc::new(MemoryTaskStore::new());
+        Service {
+            dispatcher: Arc::new(crate::dispatch::memory::RecordingDispatcher::new(
+                store.clone(),
+            )),
+            store: store.clone(),
+            pipelines: store.clone(),
+            models: store,
+            lake: Arc::new(crate::lake::memory::MemoryLake::new()),
+            scripts: Arc::new(scripts),
+            api_keys: None,
+            ingest_rules: Default::default(),
+            upload_limits: Default::default(),
+            schedule_limits: Default::default(),
+            lease: Duration::from_secs(30),
+        }
     }
 }

@@ -440,34 +440,16 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
-    use crate::dispatch::memory::RecordingDispatcher;
     use crate::domain::task::Change;
-    use crate::lake::memory::MemoryLake;
     use crate::scripts::MemoryScripts;
-    use crate::store::memory::MemoryTaskStore;
 
     fn service() -> Service {
-        let store = Arc::new(MemoryTaskStore::new());
-        Service {
-            dispatcher: Arc::new(RecordingDispatcher::new(store.clone())),
-            store: store.clone(),
-            pipelines: store,
-            lake: Arc::new(MemoryLake::new()),
-            scripts: Arc::new(
-                MemoryScripts::default()
-                    .with_script("job.py", b"def run(i, o, p):\n    return {}\n"),
-            ),
-            api_keys: None,
-            ingest_rules: Default::default(),
-            upload_limits: Default::default(),
-            schedule_limits: Default::default(),
-            lease: std::time::Duration::from_secs(30),
-        }
+        Service::in_memory(
+            MemoryScripts::default().with_script("job.py", b"def run(i, o, p):\n    return {}\n"),
+        )
     }
 
     /// Two processes that read the same revision both submit the next step: the step's

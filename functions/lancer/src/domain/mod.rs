@@ -8,6 +8,7 @@ pub mod fair;
 pub mod id;
 pub mod ingest;
 pub mod limits;
+pub mod model;
 pub mod path;
 pub mod pipeline;
 pub mod progress;

@@ -23,7 +23,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// INVALID_REQUEST, UNAUTHORIZED, DATASET_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND,
-    /// NOT_FOUND, FORBIDDEN, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_REQUESTS,
+    /// PIPELINE_NOT_FOUND, ALIAS_NOT_FOUND, NOT_FOUND, FORBIDDEN, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_REQUESTS,
     /// ENDPOINT_UNREACHABLE, INTERNAL_ERROR.
     pub code: String,
     /// What went wrong, for a person; it names nothing internal.
@@ -39,6 +39,7 @@ pub fn code_of(err: &Error) -> &'static str {
             Resource::Model => "MODEL_NOT_FOUND",
             Resource::Task => "TASK_NOT_FOUND",
             Resource::Pipeline => "PIPELINE_NOT_FOUND",
+            Resource::Alias => "ALIAS_NOT_FOUND",
             Resource::Route => "NOT_FOUND",
         },
         Error::Unauthorized(_) => "UNAUTHORIZED",

@@ -1,6 +1,7 @@
 //! Ids and names in request paths, parsed once here so the use cases take typed values.
 
 use crate::domain::id::{PipelineId, TaskId};
+use crate::domain::model::{AliasName, ModelName};
 use crate::domain::path::{Name, printable};
 use crate::error::{Error, Resource, Result};
 
@@ -19,4 +20,14 @@ pub(super) fn pipeline_id(raw: &str) -> Result<PipelineId> {
 /// that says which rule.
 pub(super) fn artifact_name(raw: &str) -> Result<Name> {
     Ok(Name::parse("id", raw)?)
+}
+
+/// A model's name from a path, by the naming rules (a 400 that says which).
+pub(super) fn model_name(raw: &str) -> Result<ModelName> {
+    Ok(ModelName::parse(raw)?)
+}
+
+/// An alias's name from a path, by the naming rules (a 400 that says which).
+pub(super) fn alias_name(raw: &str) -> Result<AliasName> {
+    Ok(AliasName::parse(raw)?)
 }

@@ -95,9 +95,11 @@ pub async fn get_model(
     ))
 }
 
-/// Delete a model and all its versions.
+/// Delete a model and all its versions, and its aliases' histories; a model an alias still
+/// names is a 409.
 #[utoipa::path(delete, path = "/api/v1/models/{id}", tag = "models",
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "An alias names the model")))]
 pub async fn delete_model(
     State(state): State<Arc<AppState>>,
     Extension(tenant): Extension<Tenant>,

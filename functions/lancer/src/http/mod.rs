@@ -20,6 +20,7 @@ pub mod error;
 mod ids;
 mod lake;
 mod metrics;
+mod models;
 pub mod origin;
 mod pipelines;
 pub mod serve;
@@ -65,7 +66,8 @@ impl AsRef<Service> for AppState {
         pipelines::retry,
         lake::list_datasets, lake::get_dataset, lake::delete_dataset,
         lake::dataset_rows, lake::list_models, lake::get_model, lake::delete_model,
-        lake::model_rows,
+        lake::model_rows, models::list_aliases, models::get_alias, models::set_alias,
+        models::delete_alias, models::rollback_alias, models::alias_history,
         uploads::upload, health, metrics::metrics,
     ),
     components(schemas(error::ErrorBody, tasks::TaskList, pipelines::PipelineList)),
@@ -167,6 +169,21 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
         .route("/datasets/{id}/rows", get(lake::dataset_rows))
         .route("/models", get(lake::list_models))
         .route("/models/{id}/rows", get(lake::model_rows))
+        .route("/models/{id}/aliases", get(models::list_aliases))
+        .route(
+            "/models/{id}/aliases/{alias}",
+            get(models::get_alias)
+                .put(models::set_alias)
+                .delete(models::delete_alias),
+        )
+        .route(
+            "/models/{id}/aliases/{alias}/rollback",
+            post(models::rollback_alias),
+        )
+        .route(
+            "/models/{id}/aliases/{alias}/history",
+            get(models::alias_history),
+        )
         .route(
             "/endpoint-key",
             put(endpoint::set_key_cookie).delete(endpoint::clear_key_cookie),

@@ -26,6 +26,7 @@ use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
+mod models;
 mod pipelines;
 
 pub use pipelines::{PIPELINES_ACTIVE, PIPELINES_BY_TENANT};

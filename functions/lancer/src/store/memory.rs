@@ -1,4 +1,5 @@
-//! The in-memory TaskStore and PipelineStore: the fake every test of a caller can use.
+//! The in-memory TaskStore, PipelineStore and ModelStore: the fake every test of a caller
+//! can use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -7,17 +8,19 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    existing_for_key, existing_pipeline_for_key, next_heartbeat, next_pipeline, next_record,
-    page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of, task_not_found,
+    existing_for_key, existing_pipeline_for_key, next_heartbeat, next_model, next_pipeline,
+    next_record, page_limit, page_of, page_start, pipeline_not_found, pipeline_page_of,
+    task_not_found,
 };
 use crate::domain::cache::Digest;
+use crate::domain::model::{ModelName, ModelRecord};
 use crate::domain::path::Name;
 use crate::domain::pipeline::{Pipeline, PipelineId};
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
 use crate::domain::tenant::TenantName;
 use crate::error::{Error, Result};
 use crate::ports::{
-    Created, ListQuery, PageToken, PipelinePage, PipelineStore, TaskPage, TaskStore,
+    Created, ListQuery, ModelStore, PageToken, PipelinePage, PipelineStore, TaskPage, TaskStore,
 };
 
 #[derive(Default)]
@@ -27,9 +30,10 @@ struct State {
     pipelines: BTreeMap<String, Pipeline>,
     pipeline_keys: HashMap<(String, String), String>,
     cache: HashMap<(TenantName, Digest), TaskId>,
+    models: HashMap<(TenantName, ModelName), ModelRecord>,
 }
 
-/// The in-memory `TaskStore` and `PipelineStore`, deciding every write by the same rules as
+/// The in-memory `TaskStore`, `PipelineStore` and `ModelStore`, deciding every write by the same rules as
 /// the real stores.
 #[derive(Default)]
 pub struct MemoryTaskStore {
@@ -212,6 +216,32 @@ impl PipelineStore for MemoryTaskStore {
     ) -> Result<()> {
         let slot = (tenant.clone(), digest.clone());
         self.lock()?.cache.insert(slot, task.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ModelStore for MemoryTaskStore {
+    async fn model_record(
+        &self,
+        tenant: &TenantName,
+        model: &ModelName,
+    ) -> Result<Option<ModelRecord>> {
+        let slot = (tenant.clone(), model.clone());
+        Ok(self.lock()?.models.get(&slot).cloned())
+    }
+
+    async fn update_model(&self, next: ModelRecord) -> Result<ModelRecord> {
+        let mut state = self.lock()?;
+        let slot = (next.tenant.clone(), next.model.clone());
+        let next = next_model(state.models.get(&slot), next)?;
+        state.models.insert(slot, next.clone());
+        Ok(next)
+    }
+
+    async fn delete_model_record(&self, tenant: &TenantName, model: &ModelName) -> Result<()> {
+        let slot = (tenant.clone(), model.clone());
+        self.lock()?.models.remove(&slot);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! TaskStore adapters: in-memory (tests, fakes), SQLite (the embedded default) and
 //! DynamoDB (the AWS level).
 
+use crate::domain::model::ModelRecord;
 use crate::domain::pipeline::Pipeline;
 use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, apply, apply_heartbeat};
 use crate::error::{Error, Resource, Result};
@@ -131,4 +132,23 @@ pub fn next_pipeline(current: &Pipeline, mut next: Pipeline) -> Result<Pipeline>
 /// The error for a pipeline id the store does not hold.
 pub fn pipeline_not_found(id: &str) -> Error {
     Error::not_found(Resource::Pipeline, id)
+}
+
+/// The compare-and-set every model adapter shares: `next` with its revision bumped if the
+/// stored record (`None`: revision 0) still has the revision `next` was read at.
+pub fn next_model(current: Option<&ModelRecord>, mut next: ModelRecord) -> Result<ModelRecord> {
+    let stored = current.map_or(0, |record| record.revision);
+    if stored != next.revision {
+        return Err(model_stale(&next));
+    }
+    next.revision += 1;
+    Ok(next)
+}
+
+/// The error for a model record another writer moved on first.
+pub fn model_stale(next: &ModelRecord) -> Error {
+    Error::Stale(format!(
+        "model {} changed since revision {}",
+        next.model, next.revision
+    ))
 }

@@ -1,4 +1,5 @@
-//! The SQLite TaskStore (and PipelineStore, in `pipelines`) of the embedded default. WAL mode and a busy timeout let the
+//! The SQLite TaskStore (and PipelineStore, in `pipelines`, and ModelStore, in `models`) of
+//! the embedded default. WAL mode and a busy timeout let the
 //! server and every runner process write the same file at once; each change runs in an
 //! IMMEDIATE transaction whose UPDATE is guarded by status and attempt.
 
@@ -17,6 +18,7 @@ use crate::domain::task::{Change, Guard, Heartbeat, Task, TaskId, TaskStatus};
 use crate::error::{Error, Result};
 use crate::ports::{Created, ListQuery, TaskPage, TaskStore};
 
+mod models;
 mod pipelines;
 
 const SCHEMA: &str = "
@@ -51,9 +53,16 @@ CREATE TABLE IF NOT EXISTS cache (
     task_id TEXT NOT NULL,
     PRIMARY KEY (tenant, digest)
 );
+CREATE TABLE IF NOT EXISTS models (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (tenant, model)
+);
 ";
 
-/// The `TaskStore` and `PipelineStore` over one SQLite file.
+/// The `TaskStore`, `PipelineStore` and `ModelStore` over one SQLite file.
 pub struct SqliteTaskStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
