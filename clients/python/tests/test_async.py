@@ -33,3 +33,25 @@ def test_the_async_client_submits_waits_lists_and_reads_logs(server: Server) -> 
                 await client.pipelines.get(str(uuid.uuid4()))
 
     asyncio.run(scenario())
+
+
+def test_the_async_client_moves_a_models_alias(server: Server) -> None:
+    async def scenario() -> None:
+        async with lancer.AsyncClient(server.url, api_key=KEY) as client:
+            model = f"async-model-{uuid.uuid4().hex[:8]}"
+            for rows in (1, 2):
+                task = await client.tasks.submit(name="numbers", script="make_numbers.py",
+                                                 output=f"models/{model}", params={"rows": rows})
+                assert (await client.tasks.wait(task["id"], timeout=120, progress=False))["status"] == "completed"
+            aliases = client.models.aliases
+            await aliases.set(model, "staging", versions={1: 3, 2: 1})
+            assert (await aliases.get(model, "staging"))["versions"] == {"1": 3, "2": 1}
+            assert (await aliases.set(model, "staging", 2))["version"] == 2
+            assert (await aliases.rollback(model, "staging"))["versions"] == {"1": 3, "2": 1}
+            assert len((await aliases.history(model, "staging"))["changes"]) == 3
+            assert [a["alias"] for a in await aliases.list(model)] == ["staging"]
+            await aliases.delete(model, "staging")
+            with pytest.raises(lancer.NotFound):
+                await aliases.get(model, "staging")
+
+    asyncio.run(scenario())

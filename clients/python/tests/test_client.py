@@ -114,6 +114,38 @@ def test_datasets_are_listed_read_by_page_and_opened_at_a_version(client: lancer
         client.datasets.get(name)
 
 
+def model_with_versions(client: lancer.Client, versions: int) -> str:
+    name = unique("model")
+    for rows in range(1, versions + 1):
+        task = client.tasks.submit(name="numbers", script="make_numbers.py", output=f"models/{name}", params={"rows": rows})
+        assert client.tasks.wait(task["id"], timeout=120, progress=False)["status"] == "completed"
+    return name
+
+
+def test_an_alias_is_set_canaried_rolled_back_and_its_history_read(client: lancer.Client) -> None:
+    model = model_with_versions(client, 2)
+    aliases = client.models.aliases
+    assert aliases.set(model, "production", 1)["versions"] == {"1": 100}
+    canary = aliases.canary(model, "production", 2, percent=10)
+    assert canary["versions"] == {"1": 90, "2": 10} and canary["version"] is None
+    assert aliases.rollback(model, "production")["version"] == 1
+    assert [a["alias"] for a in aliases.list(model)] == ["production"]
+    changes = aliases.history(model, "production")["changes"]
+    assert [c["action"] for c in changes] == ["rollback", "set", "set"]
+    assert changes[1]["previous"] == {"1": 100} and changes[1]["value"] == {"1": 90, "2": 10}
+    with pytest.raises(lancer.Conflict):
+        client.models.delete(model)
+    with pytest.raises(lancer.InvalidRequest, match="no version 7"):
+        aliases.set(model, "production", 7)
+    with pytest.raises(ValueError, match="either version"):
+        aliases.set(model, "production")
+    aliases.delete(model, "production")
+    with pytest.raises(lancer.NotFound):
+        aliases.get(model, "production")
+    assert aliases.history(model, "production")["changes"][0]["action"] == "delete"
+    client.models.delete(model)
+
+
 def test_a_folder_is_uploaded_file_by_file_under_raw(client: lancer.Client, tmp_path: Path) -> None:
     folder = tmp_path / "digits"
     (folder / "deeper").mkdir(parents=True)

@@ -35,6 +35,12 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("get", "/api/v1/models/{id}"): "models.get",
     ("delete", "/api/v1/models/{id}"): "models.delete",
     ("get", "/api/v1/models/{id}/rows"): "models.rows",
+    ("get", "/api/v1/models/{id}/aliases"): "models.aliases.list",
+    ("get", "/api/v1/models/{id}/aliases/{alias}"): "models.aliases.get",
+    ("put", "/api/v1/models/{id}/aliases/{alias}"): "models.aliases.set",
+    ("delete", "/api/v1/models/{id}/aliases/{alias}"): "models.aliases.delete",
+    ("post", "/api/v1/models/{id}/aliases/{alias}/rollback"): "models.aliases.rollback",
+    ("get", "/api/v1/models/{id}/aliases/{alias}/history"): "models.aliases.history",
     ("put", "/api/v1/uploads/{key}"): "uploads.put",
     ("get", "/healthz"): "health",
     ("get", "/metrics"): "metrics",
@@ -141,6 +147,58 @@ def artifact_rows(
         columns = ",".join(columns)
     params = {"offset": offset, "limit": limit, "columns": columns, "version": version}
     return Call("GET", f"/{kind}/{_id(artifact_id)}/rows", params=params)
+
+
+def _alias(model: str, alias: str) -> str:
+    return f"/models/{_id(model)}/aliases/{_id(alias)}"
+
+
+def list_aliases(model: str) -> Call:
+    return Call("GET", f"/models/{_id(model)}/aliases")
+
+
+def get_alias(model: str, alias: str) -> Call:
+    return Call("GET", _alias(model, alias))
+
+
+def set_alias(
+    model: str, alias: str, version: Optional[int], versions: Optional[Mapping[int, int]]
+) -> Call:
+    if (version is None) == (versions is None):
+        raise ValueError("give either version (one version) or versions ({version: weight})")
+    body: Dict[str, Any] = (
+        {"version": version}
+        if version is not None
+        else {"versions": {str(v): w for v, w in (versions or {}).items()}}
+    )
+    # Setting the value an alias has already records nothing: a repeat is harmless.
+    return Call("PUT", _alias(model, alias), json=body)
+
+
+def delete_alias(model: str, alias: str) -> Call:
+    return Call("DELETE", _alias(model, alias))
+
+
+def rollback_alias(model: str, alias: str) -> Call:
+    # A second rollback undoes the first: one whose answer was lost must not be sent again.
+    return Call("POST", f"{_alias(model, alias)}/rollback", idempotent=False)
+
+
+def alias_history(model: str, alias: str) -> Call:
+    return Call("GET", f"{_alias(model, alias)}/history")
+
+
+def canary_weights(current: Mapping[str, Any], version: int, percent: int) -> Dict[int, int]:
+    """The split that sends ``percent`` of an alias's traffic to ``version`` and the rest to
+    the one version it names now."""
+    if not 1 <= percent <= 99:
+        raise ValueError("percent is 1 to 99")
+    stable = current.get("version")
+    if stable is None:
+        raise ValueError("a canary starts from an alias that names one version; set it first")
+    if stable == version:
+        raise ValueError(f"the alias already names version {version}")
+    return {int(stable): 100 - percent, version: percent}
 
 
 def upload(key: str, body: Any) -> Call:

@@ -30,7 +30,18 @@ from ._shared import (
     task_spec,
 )
 from .client import open_lance
-from .types import ArtifactDetail, ArtifactSummary, Pipeline, Rows, Task, TaskProgress, Uploaded, Version
+from .types import (
+    AliasHistory,
+    AliasView,
+    ArtifactDetail,
+    ArtifactSummary,
+    Pipeline,
+    Rows,
+    Task,
+    TaskProgress,
+    Uploaded,
+    Version,
+)
 
 
 class AsyncClient:
@@ -51,7 +62,7 @@ class AsyncClient:
         self.tasks = AsyncTasks(self)
         self.pipelines = AsyncPipelines(self)
         self.datasets = AsyncArtifacts(self, "datasets")
-        self.models = AsyncArtifacts(self, "models")
+        self.models = AsyncModels(self)
         self.uploads = AsyncUploads(self)
 
     async def _json(self, call: Call) -> Any:
@@ -265,6 +276,51 @@ class AsyncArtifacts:
     async def open(self, ref: str, *, storage_options: Optional[Mapping[str, str]] = None) -> Any:
         name, version = calls.parse_ref(ref)
         return open_lance(await self.get(name), version, storage_options)
+
+
+class AsyncModels(AsyncArtifacts):
+    """``client.models``, and their aliases (``client.models.aliases``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__(client, "models")
+        self.aliases = AsyncAliases(client)
+
+
+class AsyncAliases:
+    """``lancer.client.Aliases``, awaited."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self, model: str) -> List[AliasView]:
+        return cast(List[AliasView], (await self._c._json(calls.list_aliases(model)))["aliases"])
+
+    async def get(self, model: str, alias: str) -> AliasView:
+        return cast(AliasView, await self._c._json(calls.get_alias(model, alias)))
+
+    async def set(
+        self,
+        model: str,
+        alias: str,
+        version: Optional[int] = None,
+        *,
+        versions: Optional[Mapping[int, int]] = None,
+    ) -> AliasView:
+        call = calls.set_alias(model, alias, version, versions)
+        return cast(AliasView, await self._c._json(call))
+
+    async def canary(self, model: str, alias: str, version: int, *, percent: int = 10) -> AliasView:
+        weights = calls.canary_weights(await self.get(model, alias), version, percent)
+        return await self.set(model, alias, versions=weights)
+
+    async def rollback(self, model: str, alias: str) -> AliasView:
+        return cast(AliasView, await self._c._json(calls.rollback_alias(model, alias)))
+
+    async def history(self, model: str, alias: str) -> AliasHistory:
+        return cast(AliasHistory, await self._c._json(calls.alias_history(model, alias)))
+
+    async def delete(self, model: str, alias: str) -> None:
+        await self._c._transport.send(calls.delete_alias(model, alias))
 
 
 class AsyncUploads:

@@ -27,7 +27,18 @@ from ._shared import (
     task_done,
     task_spec,
 )
-from .types import ArtifactDetail, ArtifactSummary, Pipeline, Rows, Task, TaskProgress, Uploaded, Version
+from .types import (
+    AliasHistory,
+    AliasView,
+    ArtifactDetail,
+    ArtifactSummary,
+    Pipeline,
+    Rows,
+    Task,
+    TaskProgress,
+    Uploaded,
+    Version,
+)
 
 
 class Client:
@@ -56,7 +67,7 @@ class Client:
         self.tasks = Tasks(self)
         self.pipelines = Pipelines(self)
         self.datasets = Artifacts(self, "datasets")
-        self.models = Artifacts(self, "models")
+        self.models = Models(self)
         self.uploads = Uploads(self)
 
     def _json(self, call: Call) -> Any:
@@ -287,6 +298,55 @@ class Artifacts:
         in ``storage_options`` or the ``AWS_*`` environment), not through a keyed API alone."""
         name, version = calls.parse_ref(ref)
         return open_lance(self.get(name), version, storage_options)
+
+
+class Models(Artifacts):
+    """The caller's models (``client.models``), and their aliases (``client.models.aliases``)."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client, "models")
+        self.aliases = Aliases(client)
+
+
+class Aliases:
+    """Names for model versions, or for splits between them by weight, with their history."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self, model: str) -> List[AliasView]:
+        return cast(List[AliasView], self._c._json(calls.list_aliases(model))["aliases"])
+
+    def get(self, model: str, alias: str) -> AliasView:
+        return cast(AliasView, self._c._json(calls.get_alias(model, alias)))
+
+    def set(
+        self,
+        model: str,
+        alias: str,
+        version: Optional[int] = None,
+        *,
+        versions: Optional[Mapping[int, int]] = None,
+    ) -> AliasView:
+        """Points ``alias`` at one ``version``, or splits it by weight: ``versions={7: 90, 8: 10}``."""
+        return cast(AliasView, self._c._json(calls.set_alias(model, alias, version, versions)))
+
+    def canary(self, model: str, alias: str, version: int, *, percent: int = 10) -> AliasView:
+        """Sends ``percent`` of the alias's traffic to ``version``; the version it names now
+        keeps the rest."""
+        weights = calls.canary_weights(self.get(model, alias), version, percent)
+        return self.set(model, alias, versions=weights)
+
+    def rollback(self, model: str, alias: str) -> AliasView:
+        """Undoes the alias's last change (a second rollback undoes the first)."""
+        return cast(AliasView, self._c._json(calls.rollback_alias(model, alias)))
+
+    def history(self, model: str, alias: str) -> AliasHistory:
+        """Every change, newest first: when, by which tenant, the value before and after."""
+        return cast(AliasHistory, self._c._json(calls.alias_history(model, alias)))
+
+    def delete(self, model: str, alias: str) -> None:
+        self._c._transport.send(calls.delete_alias(model, alias))
 
 
 def open_lance(detail: ArtifactDetail, version: Optional[int], options: Optional[Mapping[str, str]]) -> Any:

@@ -223,3 +223,35 @@ class Uploaded(TypedDict, total=False):
     size: int
     task: Optional[str]
     pipeline: Optional[str]
+
+
+class AliasView(TypedDict, total=False):
+    model: str
+    alias: str
+    version: Optional[int]
+    versions: Dict[str, int]
+    updated_at: str
+    updated_by: str
+
+
+class AliasList(TypedDict):
+    aliases: List[AliasView]
+
+
+class AliasRequest(TypedDict, total=False):
+    version: Optional[int]
+    versions: Optional[Dict[str, int]]
+
+
+class AliasChangeView(TypedDict, total=False):
+    at: str
+    tenant: str
+    action: Literal["set", "rollback", "delete"]
+    previous: Optional[Dict[str, int]]
+    value: Optional[Dict[str, int]]
+
+
+class AliasHistory(TypedDict, total=False):
+    model: str
+    alias: str
+    changes: List[AliasChangeView]
