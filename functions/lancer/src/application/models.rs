@@ -220,20 +220,6 @@ impl Service {
         })
     }
 
-    /// The versions of a model that aliases name; a model no alias names uses none.
-    pub async fn model_versions_in_use(
-        &self,
-        tenant: &Tenant,
-        model: &ModelName,
-    ) -> Result<BTreeSet<u64>> {
-        Ok(self
-            .models
-            .model_record(&tenant.name, model)
-            .await?
-            .map(|record| record.versions_in_use())
-            .unwrap_or_default())
-    }
-
     /// The versions the tenant's lake holds of `model`; not found when it holds none.
     async fn model_versions(&self, tenant: &Tenant, model: &ModelName) -> Result<BTreeSet<u64>> {
         let detail = self
