@@ -124,6 +124,7 @@ impl TestApp {
             upload_limits: UploadLimits::default(),
             schedule_limits: Default::default(),
             lease: Duration::from_secs(30),
+            fleet: Default::default(),
         }
     }
 

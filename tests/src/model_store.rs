@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use lancer::Error;
 use lancer::domain::model::{AliasName, AliasTarget, ModelName, ModelRecord};
+use lancer::domain::path::LakePath;
+use lancer::domain::serving::{Serving, ServingRequest};
 use lancer::domain::tenant::TenantName;
 use lancer::ports::ModelStore;
 
@@ -176,6 +178,75 @@ pub async fn a_write_over_a_revision_that_moved_on_is_stale(f: Fixture) {
     }
 }
 
+/// `record` with serving declared (a minimal declaration).
+fn declare(record: &mut ModelRecord) {
+    let request: ServingRequest =
+        serde_json::from_value(serde_json::json!({"script": "serve.py"})).expect("a request");
+    record.serving = Some(Serving {
+        spec: request.parse().expect("valid"),
+        tenant_root: LakePath::root(),
+        updated_at: chrono::Utc::now(),
+        updated_by: record.tenant.clone(),
+    });
+}
+
+/// The names of the served records of `tenant_name` (other tests' records may share a
+/// table).
+async fn served(store: &dyn ModelStore, tenant_name: &str) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .serving_models()
+        .await
+        .expect("served")
+        .into_iter()
+        .filter(|record| record.tenant == tenant(tenant_name))
+        .map(|record| record.model.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+pub async fn only_records_that_serve_or_still_hold_replicas_are_listed_as_served(f: Fixture) {
+    let store = f.store.as_ref();
+    let tenant_name = format!("t{}", uuid::Uuid::new_v4().simple());
+    store
+        .update_model(with_alias(&tenant_name, "plain", 1))
+        .await
+        .expect("a record with an alias only");
+    let mut record = with_alias(&tenant_name, "served", 1);
+    declare(&mut record);
+    let record = store.update_model(record).await.expect("a served record");
+    assert_eq!(served(store, &tenant_name).await, ["served"]);
+
+    let mut stopping = record;
+    stopping.serving = None;
+    let task = lancer::domain::task::TaskId::parse("replica-1").expect("an id");
+    stopping.started(0, 1, task, chrono::Utc::now());
+    assert!(
+        stopping.replicas.is_empty(),
+        "no replica starts without a declaration"
+    );
+    declare(&mut stopping);
+    let task = lancer::domain::task::TaskId::parse("replica-1").expect("an id");
+    stopping.started(0, 1, task, chrono::Utc::now());
+    stopping.serving = None;
+    let stopping = store
+        .update_model(stopping)
+        .await
+        .expect("undeclared, one replica left");
+    assert_eq!(
+        served(store, &tenant_name).await,
+        ["served"],
+        "its replica is still to stop"
+    );
+    let mut stopped = stopping;
+    stopped.replicas.clear();
+    store
+        .update_model(stopped)
+        .await
+        .expect("the last replica gone");
+    assert!(served(store, &tenant_name).await.is_empty());
+}
+
 #[macro_export]
 macro_rules! model_store_conformance {
     ($make:path) => {
@@ -184,6 +255,7 @@ macro_rules! model_store_conformance {
             records_are_per_tenant_and_per_model,
             of_two_racing_writes_from_one_revision_exactly_one_wins,
             a_write_over_a_revision_that_moved_on_is_stale,
+            only_records_that_serve_or_still_hold_replicas_are_listed_as_served,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {

@@ -904,17 +904,26 @@ async fn a_failing_task_table_answers_500_and_keeps_the_details_out_of_the_body(
 }
 
 #[tokio::test]
-async fn the_endpoint_key_cookie_is_set_by_the_server_httponly_for_the_task_routes_only() {
+async fn the_endpoint_key_cookie_is_set_by_the_server_httponly_for_the_task_and_model_routes_only()
+{
     let app = TestApp::new(Some("key-for-acme-1=acme"));
     let auth = [("authorization", "Bearer key-for-acme-1")];
     let set = app
         .call(Method::PUT, "/api/v1/endpoint-key", None, &auth)
         .await;
     assert_eq!(set.status, StatusCode::NO_CONTENT, "{}", set.text());
-    let cookie = set.headers["set-cookie"].to_str().expect("ascii");
+    let cookies: Vec<&str> = set
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().expect("ascii"))
+        .collect();
     assert_eq!(
-        cookie,
-        "lancer_key=key%2Dfor%2Dacme%2D1; Path=/api/v1/tasks/; HttpOnly; SameSite=Strict"
+        cookies,
+        [
+            "lancer_key=key%2Dfor%2Dacme%2D1; Path=/api/v1/tasks/; HttpOnly; SameSite=Strict",
+            "lancer_key=key%2Dfor%2Dacme%2D1; Path=/api/v1/models/; HttpOnly; SameSite=Strict"
+        ]
     );
     let anonymous = app
         .call(Method::PUT, "/api/v1/endpoint-key", None, &[])
@@ -924,9 +933,16 @@ async fn the_endpoint_key_cookie_is_set_by_the_server_httponly_for_the_task_rout
     let cleared = app
         .call(Method::DELETE, "/api/v1/endpoint-key", None, &auth)
         .await;
-    let cookie = cleared.headers["set-cookie"].to_str().expect("ascii");
+    let cleared: Vec<&str> = cleared
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(cleared.len(), 2, "{cleared:?}");
     assert!(
-        cookie.starts_with("lancer_key=; Max-Age=0; Path=/api/v1/tasks/"),
-        "{cookie}"
+        cleared[0].starts_with("lancer_key=; Max-Age=0; Path=/api/v1/tasks/")
+            && cleared[1].starts_with("lancer_key=; Max-Age=0; Path=/api/v1/models/"),
+        "{cleared:?}"
     );
 }

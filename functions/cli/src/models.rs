@@ -1,5 +1,5 @@
-//! `lancer models`: the models in the lake, and their aliases (set, canary, rollback,
-//! history).
+//! `lancer models`: the models in the lake, their aliases (set, canary, rollback,
+//! history), and how their aliased versions are served.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -21,6 +21,37 @@ enum ModelCommand {
     /// A model's aliases: names that point at its versions.
     #[command(subcommand)]
     Alias(AliasCommand),
+    /// How a model's aliased versions are served: each alias is then an endpoint,
+    /// /api/v1/models/<model>@<alias>/endpoint/.
+    #[command(subcommand)]
+    Serving(ServingCommand),
+}
+
+#[derive(Subcommand)]
+enum ServingCommand {
+    /// Declare the script that serves each aliased version, and its replicas.
+    Declare {
+        model: String,
+        /// The registered serving script.
+        #[arg(long)]
+        script: String,
+        /// The script's params, as JSON.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Fewest replicas per version (0: none while idle).
+        #[arg(long, default_value_t = 1)]
+        min: u32,
+        /// Most replicas per version.
+        #[arg(long, default_value_t = 1)]
+        max: u32,
+        /// Idle seconds before a replica stops.
+        #[arg(long)]
+        scale_down_after_s: Option<u32>,
+    },
+    /// The declaration and each replica (version, task, state) as JSON.
+    Get { model: String },
+    /// Stop serving the model (its aliases stay).
+    Stop { model: String },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +88,42 @@ pub async fn run(client: &Client, args: ModelArgs) -> Result<()> {
     match args.command {
         ModelCommand::Artifact(command) => artifacts(client, "models", command).await,
         ModelCommand::Alias(command) => alias(client, command).await,
+        ModelCommand::Serving(command) => serving(client, command).await,
+    }
+}
+
+async fn serving(client: &Client, command: ServingCommand) -> Result<()> {
+    match command {
+        ServingCommand::Declare {
+            model,
+            script,
+            params,
+            min,
+            max,
+            scale_down_after_s,
+        } => {
+            let params: Value = serde_json::from_str(&params).context("--params is not JSON")?;
+            let mut body =
+                json!({"script": script, "params": params, "replicas": {"min": min, "max": max}});
+            if let Some(seconds) = scale_down_after_s {
+                body["scale_down_after_s"] = json!(seconds);
+            }
+            print_json(
+                &client
+                    .put_value(&format!("/models/{model}/serving"), &body)
+                    .await?,
+            )
+        }
+        ServingCommand::Get { model } => print_json(
+            &client
+                .get_value(&format!("/models/{model}/serving"))
+                .await?,
+        ),
+        ServingCommand::Stop { model } => {
+            client.delete(&format!("/models/{model}/serving")).await?;
+            println!("stopped serving model {model}");
+            Ok(())
+        }
     }
 }
 

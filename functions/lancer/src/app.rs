@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::application::{Advanced, RoundReport, Service};
+use crate::application::{Advanced, Fleet, RoundReport, Service};
 use crate::config::{Backend, Config, ConfigError, TaskTable};
 use crate::dispatch::local::{LocalDispatcher, RunnerCommand};
 use crate::dispatch::ray::RayDispatcher;
@@ -149,17 +149,21 @@ pub async fn service(config: &Config) -> Result<Service, StartError> {
         upload_limits: config.server.uploads,
         schedule_limits: config.schedules,
         lease: config.dispatch.lease,
+        fleet: Default::default(),
     })
 }
 
 /// The REST API's state: the use cases and the request time limits. `api_port` is the
 /// port the API itself answers on, where it listens (none on Lambda).
 pub async fn app_state(config: &Config, api_port: Option<u16>) -> Result<AppState, StartError> {
+    let reserved = reserved_ports(config, api_port);
+    let mut service = service(config).await?;
+    service.fleet = Arc::new(Fleet::new(reserved.clone()));
     Ok(AppState {
-        service: service(config).await?,
+        service,
         timeouts: config.server.timeouts,
         metrics_open: config.server.metrics_open,
-        reserved: reserved_ports(config, api_port),
+        reserved,
         streams: Arc::new(OpenStreams::new(config.server.streams)),
         // A DNS-rebinding page reaches a keyless server on loopback under its own name.
         hosts: match (&config.server.api_keys, config.server.allow_open) {
@@ -229,6 +233,19 @@ pub async fn reconcile_once(service: &Service) -> RoundReport {
     let pipelines = advance_pipelines(service).await;
     report.pipelines = pipelines.pipelines;
     report.errors += pipelines.errors;
+    report.errors += serve_models(service).await.errors;
+    report
+}
+
+/// How often served models' replicas are matched to their load and their routes read
+/// again: a replica that dies is replaced, and one that starts is routed to, within this.
+pub const SERVING_TICK: Duration = Duration::from_secs(1);
+
+async fn serve_models(service: &Service) -> crate::application::ServingReport {
+    let report = service.reconcile_serving().await;
+    if report.started + report.stopped + report.ended > 0 || report.errors > 0 {
+        info!(?report, "serving round");
+    }
     report
 }
 
@@ -258,8 +275,8 @@ async fn advance_pipelines(service: &Service) -> Advanced {
     })
 }
 
-/// Reconciles the dispatcher every half lease and advances pipelines every
-/// `PIPELINE_TICK`, until the process ends. Nothing is kept between rounds: the store is
+/// Reconciles the dispatcher every half lease, advances pipelines every `PIPELINE_TICK`
+/// and serves models every `SERVING_TICK`, until the process ends. Nothing is kept between rounds: the store is
 /// the truth, so any number of processes may run this.
 pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
     owner: Arc<S>,
@@ -269,6 +286,7 @@ pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
         let service = (*owner).as_ref();
         let mut tasks = tokio::time::interval((lease / 2).max(Duration::from_millis(500)));
         let mut pipelines = tokio::time::interval(PIPELINE_TICK);
+        let mut serving = tokio::time::interval(SERVING_TICK);
         loop {
             tokio::select! {
                 _ = tasks.tick() => {
@@ -276,6 +294,9 @@ pub fn spawn_reconciler<S: AsRef<Service> + Send + Sync + 'static>(
                 }
                 _ = pipelines.tick() => {
                     advance_pipelines(service).await;
+                }
+                _ = serving.tick() => {
+                    serve_models(service).await;
                 }
             }
         }

@@ -52,6 +52,15 @@ pub enum Error {
     /// A serving task's endpoint did not answer the request passed on to it.
     #[error("{0}")]
     BadGateway(String),
+    /// Nothing can answer yet (no replica of an alias started in time): a 503 with
+    /// `Retry-After`.
+    #[error("{message}")]
+    Unavailable {
+        /// What is not ready.
+        message: String,
+        /// Seconds after which a retry may find it ready.
+        retry_after_s: u32,
+    },
     /// Something in the platform failed (a store, the lake, a library under them): a 500
     /// whose message says only that, its source kept for the log.
     #[error("internal error: {0}")]
@@ -71,6 +80,8 @@ pub enum Resource {
     Pipeline,
     /// A model's alias, by `model@alias`.
     Alias,
+    /// A model's serving declaration, by model name.
+    Serving,
     /// A URL path the API does not serve.
     Route,
 }
@@ -83,6 +94,7 @@ impl std::fmt::Display for Resource {
             Resource::Task => "Task",
             Resource::Pipeline => "Pipeline",
             Resource::Alias => "Alias",
+            Resource::Serving => "Serving of model",
             Resource::Route => "Route",
         })
     }

@@ -216,6 +216,10 @@ pub trait ModelStore: Send + Sync {
 
     /// Removes the record of `model`, if there is one (the model itself was deleted).
     async fn delete_model_record(&self, tenant: &TenantName, model: &ModelName) -> Result<()>;
+
+    /// Every tenant's records that declare serving or still hold replicas: what serving
+    /// reconcile looks after. Read through an index of those alone, not a scan.
+    async fn serving_models(&self) -> Result<Vec<ModelRecord>>;
 }
 
 /// One field of an artifact's Arrow schema.

@@ -41,6 +41,10 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("delete", "/api/v1/models/{id}/aliases/{alias}"): "models.aliases.delete",
     ("post", "/api/v1/models/{id}/aliases/{alias}/rollback"): "models.aliases.rollback",
     ("get", "/api/v1/models/{id}/aliases/{alias}/history"): "models.aliases.history",
+    ("put", "/api/v1/models/{id}/serving"): "models.serving.declare",
+    ("get", "/api/v1/models/{id}/serving"): "models.serving.get",
+    ("delete", "/api/v1/models/{id}/serving"): "models.serving.stop",
+    ("get", "/api/v1/models/{model}@{alias}/endpoint/"): "models.call_endpoint",
     ("put", "/api/v1/uploads/{key}"): "uploads.put",
     ("get", "/healthz"): "health",
     ("get", "/metrics"): "metrics",
@@ -100,6 +104,27 @@ def call_endpoint(
     route = f"/tasks/{_id(task_id)}/endpoint/{quote(path.lstrip('/'), safe='/')}"
     harmless = method.upper() in {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
     return Call(method.upper(), route, json=json, params=params, idempotent=harmless)
+
+
+def call_alias_endpoint(
+    model: str, alias: str, path: str, method: str, json: Any, params: Optional[Mapping[str, Any]]
+) -> Call:
+    route = f"/models/{_id(model)}@{_id(alias)}/endpoint/{quote(path.lstrip('/'), safe='/')}"
+    harmless = method.upper() in {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+    return Call(method.upper(), route, json=json, params=params, idempotent=harmless)
+
+
+def declare_serving(model: str, declaration: Mapping[str, Any]) -> Call:
+    # A declaration sent again is the same declaration: harmless.
+    return Call("PUT", f"/models/{_id(model)}/serving", json=dict(declaration))
+
+
+def get_serving(model: str) -> Call:
+    return Call("GET", f"/models/{_id(model)}/serving")
+
+
+def stop_serving(model: str) -> Call:
+    return Call("DELETE", f"/models/{_id(model)}/serving")
 
 
 def submit_pipeline(spec: Mapping[str, Any], idempotency_key: Optional[str] = None) -> Call:

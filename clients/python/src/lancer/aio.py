@@ -33,6 +33,8 @@ from .client import open_lance
 from .types import (
     AliasHistory,
     AliasView,
+    ServingRequest,
+    ServingView,
     ArtifactDetail,
     ArtifactSummary,
     Pipeline,
@@ -284,6 +286,42 @@ class AsyncModels(AsyncArtifacts):
     def __init__(self, client: AsyncClient) -> None:
         super().__init__(client, "models")
         self.aliases = AsyncAliases(client)
+        self.serving = AsyncServing(client)
+
+    async def call_endpoint(
+        self,
+        model: str,
+        alias: str,
+        path: str = "",
+        *,
+        method: str = "GET",
+        json: Any = None,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> httpx.Response:
+        """A request to an alias's endpoint (``/predict``): a ready replica of the version
+        the alias's weights pick answers, and its ``X-Lancer-Version`` header names it."""
+        call = calls.call_alias_endpoint(model, alias, path, method, json, params)
+        return await self._c._transport.send(call)
+
+
+class AsyncServing:
+    """How a model's aliased versions are served: the script each replica runs, and how
+    many replicas each version keeps (``min: 0`` scales to zero when idle)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def declare(self, model: str, declaration: ServingRequest) -> ServingView:
+        """``{"script": ..., "replicas": {"min": 0, "max": 4}, "scale_down_after_s": 300}``."""
+        return cast(ServingView, await self._c._json(calls.declare_serving(model, declaration)))
+
+    async def get(self, model: str) -> ServingView:
+        """The declaration, and each replica with its version, task and state."""
+        return cast(ServingView, await self._c._json(calls.get_serving(model)))
+
+    async def stop(self, model: str) -> None:
+        """Stops the model's replicas; its aliases stay."""
+        await self._c._transport.send(calls.stop_serving(model))
 
 
 class AsyncAliases:

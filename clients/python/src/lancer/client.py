@@ -30,6 +30,8 @@ from ._shared import (
 from .types import (
     AliasHistory,
     AliasView,
+    ServingRequest,
+    ServingView,
     ArtifactDetail,
     ArtifactSummary,
     Pipeline,
@@ -306,6 +308,42 @@ class Models(Artifacts):
     def __init__(self, client: Client) -> None:
         super().__init__(client, "models")
         self.aliases = Aliases(client)
+        self.serving = Serving(client)
+
+    def call_endpoint(
+        self,
+        model: str,
+        alias: str,
+        path: str = "",
+        *,
+        method: str = "GET",
+        json: Any = None,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> httpx.Response:
+        """A request to an alias's endpoint (``/predict``): a ready replica of the version
+        the alias's weights pick answers, and its ``X-Lancer-Version`` header names it."""
+        call = calls.call_alias_endpoint(model, alias, path, method, json, params)
+        return self._c._transport.send(call)
+
+
+class Serving:
+    """How a model's aliased versions are served: the script each replica runs, and how
+    many replicas each version keeps (``min: 0`` scales to zero when idle)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def declare(self, model: str, declaration: ServingRequest) -> ServingView:
+        """``{"script": ..., "replicas": {"min": 0, "max": 4}, "scale_down_after_s": 300}``."""
+        return cast(ServingView, self._c._json(calls.declare_serving(model, declaration)))
+
+    def get(self, model: str) -> ServingView:
+        """The declaration, and each replica with its version, task and state."""
+        return cast(ServingView, self._c._json(calls.get_serving(model)))
+
+    def stop(self, model: str) -> None:
+        """Stops the model's replicas; its aliases stay."""
+        self._c._transport.send(calls.stop_serving(model))
 
 
 class Aliases:

@@ -251,6 +251,52 @@ class AliasChangeView(TypedDict, total=False):
     value: Optional[Dict[str, int]]
 
 
+class ReplicasRequest(TypedDict, total=False):
+    min: int
+    max: int
+
+
+class ServingRequest(TypedDict, total=False):
+    script: str
+    params: Dict[str, Any]
+    resources: Dict[str, Any]
+    replicas: ReplicasRequest
+    scale_down_after_s: Optional[int]
+    max_concurrency: Optional[int]
+    start_timeout_s: Optional[int]
+
+
+class ReplicaBounds(TypedDict):
+    min: int
+    max: int
+
+
+class ServingSpec(TypedDict, total=False):
+    script: str
+    params: Dict[str, Any]
+    resources: Dict[str, Any]
+    replicas: ReplicaBounds
+    scale_down_after_s: int
+    max_concurrency: int
+    start_timeout_s: int
+
+
+class ReplicaView(TypedDict, total=False):
+    version: int
+    task_id: str
+    state: Literal["starting", "ready", "ended"]
+    started_at: str
+
+
+class ServingView(TypedDict, total=False):
+    model: str
+    declaration: ServingSpec
+    updated_at: str
+    updated_by: str
+    replicas: List[ReplicaView]
+    wanted: Dict[str, int]
+
+
 class AliasHistory(TypedDict, total=False):
     model: str
     alias: str

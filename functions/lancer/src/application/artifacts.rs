@@ -94,6 +94,11 @@ impl Service {
         let Some(record) = self.models.model_record(&tenant.name, model).await? else {
             return Ok(());
         };
+        if record.is_served() {
+            return Err(Error::Conflict(format!(
+                "model {model} is served: DELETE /api/v1/models/{model}/serving first"
+            )));
+        }
         let names: Vec<String> = record
             .live_aliases()
             .map(|(name, _, _)| name.to_string())

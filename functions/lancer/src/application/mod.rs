@@ -14,19 +14,23 @@ use crate::ports::{Dispatcher, Lake, ModelStore, PipelineStore, Scripts, TaskSto
 
 mod artifacts;
 mod changes;
+mod fleet;
 mod metrics;
 mod models;
 mod pipelines;
 mod reconcile;
 mod rows;
+mod serving;
 mod tasks;
 mod uploads;
 
 pub use changes::{TaskChange, TaskChanges};
+pub use fleet::Fleet;
 pub use models::{AliasChangeView, AliasHistory, AliasView};
 pub use pipelines::Advanced;
 pub use reconcile::{RoundReport, reconcile};
 pub use rows::{MAX_ROWS, Rows, RowsRequest};
+pub use serving::{ReplicaState, ReplicaView, Routed, ServingReport, ServingView};
 pub use tasks::{LogRequest, MAX_LOG_CHUNK, TaskFilter, TaskLog, TaskProgress, cancel_in_store};
 pub use uploads::{Ingested, Uploaded};
 
@@ -55,6 +59,8 @@ pub struct Service {
     /// How long a running task may go without a heartbeat before reconcile counts its
     /// runner as lost (`LANCER_LEASE_SECS`).
     pub lease: Duration,
+    /// This process's routes to the replicas that serve models, and their load.
+    pub fleet: Arc<Fleet>,
 }
 
 impl Service {
@@ -106,6 +112,7 @@ impl Service {
             upload_limits: Default::default(),
             schedule_limits: Default::default(),
             lease: Duration::from_secs(30),
+            fleet: Default::default(),
         }
     }
 }

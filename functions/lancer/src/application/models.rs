@@ -19,7 +19,7 @@ use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Resource, Result};
 
 /// How often a change re-reads the record after losing a race before it gives up (409).
-const CHANGE_ATTEMPTS: u32 = 16;
+pub(super) const CHANGE_ATTEMPTS: u32 = 16;
 
 /// An alias as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -221,7 +221,11 @@ impl Service {
     }
 
     /// The versions the tenant's lake holds of `model`; not found when it holds none.
-    async fn model_versions(&self, tenant: &Tenant, model: &ModelName) -> Result<BTreeSet<u64>> {
+    pub(super) async fn model_versions(
+        &self,
+        tenant: &Tenant,
+        model: &ModelName,
+    ) -> Result<BTreeSet<u64>> {
         let detail = self
             .lake
             .describe(&tenant.root, ArtifactKind::Model, model.as_name())
@@ -262,7 +266,7 @@ impl Service {
 
 /// Waits before the next try after losing a compare-and-set: up to 1, 2, 4 ... 64 ms,
 /// spread by the clock's nanoseconds so that writers who collided do not collide again.
-async fn lose_a_race(attempt: u32) {
+pub(super) async fn lose_a_race(attempt: u32) {
     let most = 1u64 << attempt.min(6);
     let spread = u64::from(Utc::now().timestamp_subsec_nanos()) % (most * 1_000) + 1;
     tokio::time::sleep(std::time::Duration::from_micros(spread)).await;

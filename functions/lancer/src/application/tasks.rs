@@ -144,6 +144,19 @@ impl Service {
         &self,
         tenant: &Tenant,
         spec: TaskSpec,
+        lineage: Lineage,
+    ) -> Result<Task> {
+        let id = TaskId::from_uuid(uuid::Uuid::now_v7());
+        self.prepare_task_as(&id, tenant, spec, lineage).await
+    }
+
+    /// `prepare_task` with the id the caller chose (a replica's, written in its model's
+    /// record before its task is created).
+    pub(super) async fn prepare_task_as(
+        &self,
+        id: &TaskId,
+        tenant: &Tenant,
+        spec: TaskSpec,
         mut lineage: Lineage,
     ) -> Result<Task> {
         check_spec(&spec)?;
@@ -184,9 +197,8 @@ impl Service {
                 .map(|path| (path.to_string(), input_version)),
             output_path.as_ref().map(LakePath::to_string),
         );
-        let id = TaskId::from_uuid(uuid::Uuid::now_v7());
         let mut task = Task::new(
-            &id,
+            id,
             tenant,
             spec,
             input_path,

@@ -12,6 +12,7 @@ pub mod model;
 pub mod path;
 pub mod pipeline;
 pub mod progress;
+pub mod serving;
 pub mod task;
 pub mod tenant;
 pub mod validate;

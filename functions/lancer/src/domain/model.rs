@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::error::Invalid;
 use super::path::printable;
+use super::serving::{Demand, Replica, Serving};
 use super::tenant::TenantName;
 
 super::path::name_type!(
@@ -209,8 +210,9 @@ pub enum AliasRefusal {
 }
 
 /// Everything lancer keeps about one model of one tenant beyond its versions in the lake:
-/// its aliases, live and deleted, with their histories.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// its aliases, live and deleted, with their histories, and how it is served
+/// (`domain::serving`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
     /// The tenant whose lake holds the model.
     pub tenant: TenantName,
@@ -218,6 +220,18 @@ pub struct ModelRecord {
     pub model: ModelName,
     /// Aliases by name, deleted ones kept for their history.
     pub aliases: BTreeMap<AliasName, Alias>,
+    /// How the versions its aliases name are served, once declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Serving>,
+    /// The serving tasks that run now, one per replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
+    /// The slot the next replica takes.
+    #[serde(default)]
+    pub next_slot: u64,
+    /// What each served version is wanted to run, by version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub demand: BTreeMap<u64, Demand>,
     /// Bumped by every write; a store writes a record only over the revision it was read
     /// at (0: no record stored yet).
     pub revision: u64,
@@ -230,6 +244,10 @@ impl ModelRecord {
             tenant,
             model,
             aliases: BTreeMap::new(),
+            serving: None,
+            replicas: Vec::new(),
+            next_slot: 0,
+            demand: BTreeMap::new(),
             revision: 0,
         }
     }

@@ -21,10 +21,14 @@ use crate::error::{Error, Result};
 /// to a served page cannot send an `Authorization` header. The console sets it.
 pub const KEY_COOKIE: &str = "lancer_key";
 
-/// Where the key cookie goes, and how: to the task routes only (of which only the endpoint
-/// routes read it), out of reach of any script on a page (`HttpOnly`), never sent by
-/// another site's page (`SameSite=Strict`), and gone with the browser session (no expiry).
-const KEY_COOKIE_SCOPE: &str = "Path=/api/v1/tasks/; HttpOnly; SameSite=Strict";
+/// Where the key cookie goes: to the task routes and the model routes only (of which only
+/// the task and alias endpoint routes read it), one cookie for each.
+const KEY_COOKIE_PATHS: [&str; 2] = ["/api/v1/tasks/", "/api/v1/models/"];
+
+/// How the key cookie goes: out of reach of any script on a page (`HttpOnly`), never sent
+/// by another site's page (`SameSite=Strict`), and gone with the browser session (no
+/// expiry).
+const KEY_COOKIE_SCOPE: &str = "HttpOnly; SameSite=Strict";
 
 /// Sets the caller's key as the endpoint routes' cookie: the console calls it once the user
 /// gives a key, since a cookie the server sets can be kept from the page's scripts and one
@@ -38,10 +42,12 @@ pub async fn set_key_cookie(headers: HeaderMap) -> Response {
         .and_then(|value| value.strip_prefix("Bearer "))
         .filter(|key| !key.is_empty());
     match key {
-        Some(key) => key_cookie(&format!(
-            "{KEY_COOKIE}={}; {KEY_COOKIE_SCOPE}",
-            urlencoding_segment(key)
-        )),
+        Some(key) => key_cookies(|path| {
+            format!(
+                "{KEY_COOKIE}={}; Path={path}; {KEY_COOKIE_SCOPE}",
+                urlencoding_segment(key)
+            )
+        }),
         None => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -52,13 +58,15 @@ pub async fn set_key_cookie(headers: HeaderMap) -> Response {
     responses((status = 204, description = "The `lancer_key` cookie is cleared"))
 )]
 pub async fn clear_key_cookie() -> Response {
-    key_cookie(&format!("{KEY_COOKIE}=; Max-Age=0; {KEY_COOKIE_SCOPE}"))
+    key_cookies(|path| format!("{KEY_COOKIE}=; Max-Age=0; Path={path}; {KEY_COOKIE_SCOPE}"))
 }
 
-fn key_cookie(cookie: &str) -> Response {
+fn key_cookies(cookie: impl Fn(&str) -> String) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(value) = header::HeaderValue::from_str(cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+    for path in KEY_COOKIE_PATHS {
+        if let Ok(value) = header::HeaderValue::from_str(&cookie(path)) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
     response
 }
@@ -138,28 +146,48 @@ async fn pass_on(
         .service
         .serving_endpoint(&tenant, &super::ids::task_id(&id)?, &state.reserved)
         .await?;
-    // The path is the tenant's, but it only ever names something on the task's own server.
-    let mut target = url::Url::parse(&format!("http://{address}/")).map_err(Error::internal)?;
-    target.set_path(&format!("/{path}"));
-    target.set_query(request.uri().query());
     let (parts, body) = request.into_parts();
-    let upstream = client()
-        .request(parts.method, target)
+    let upstream = forward(address, &path, &parts, body).await.map_err(|err| {
+        warn!(task = %id, %err, "the endpoint did not answer");
+        Error::BadGateway(format!("task {id}'s endpoint did not answer"))
+    })?;
+    Ok(answer(upstream, ()))
+}
+
+/// Sends a request to `path` on the server at `address`, as the client sent it to the
+/// proxy, less the headers that stay on this hop.
+pub(super) async fn forward(
+    address: std::net::SocketAddr,
+    path: &str,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> std::result::Result<reqwest::Response, reqwest::Error> {
+    // The path is the tenant's, but it only ever names something on the replica's own
+    // server: the URL is built from the confirmed address and the path set on it.
+    let mut target = url::Url::parse(&format!("http://{address}/")).expect("an address is a URL");
+    target.set_path(&format!("/{path}"));
+    target.set_query(parts.uri.query());
+    client()
+        .request(parts.method.clone(), target)
         .headers(passed_on(&parts.headers))
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|err| {
-            warn!(task = %id, %err, "the endpoint did not answer");
-            Error::BadGateway(format!("task {id}'s endpoint did not answer"))
-        })?;
+}
+
+/// The upstream's answer as the proxy's, its body streamed; `hold` lives until the body
+/// has been sent (or dropped).
+pub(super) fn answer<H: Send + Sync + 'static>(upstream: reqwest::Response, hold: H) -> Response {
     let status =
         StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = passed_on(upstream.headers());
-    let body = Body::from_stream(upstream.bytes_stream().map_err(std::io::Error::other));
+    let stream = upstream.bytes_stream().map_err(std::io::Error::other);
+    let body = Body::from_stream(stream.inspect_ok(move |_| {
+        let _ = &hold;
+    }));
     let mut response = (status, body).into_response();
     response.headers_mut().extend(headers);
-    Ok(response)
+    response
 }
 
 /// The headers of one side without those that stay on this hop.

@@ -40,6 +40,7 @@ pub fn code_of(err: &Error) -> &'static str {
             Resource::Task => "TASK_NOT_FOUND",
             Resource::Pipeline => "PIPELINE_NOT_FOUND",
             Resource::Alias => "ALIAS_NOT_FOUND",
+            Resource::Serving => "SERVING_NOT_FOUND",
             Resource::Route => "NOT_FOUND",
         },
         Error::Unauthorized(_) => "UNAUTHORIZED",
@@ -47,6 +48,7 @@ pub fn code_of(err: &Error) -> &'static str {
         Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
         Error::Timeout(_) => "REQUEST_TIMEOUT",
         Error::BadGateway(_) => "ENDPOINT_UNREACHABLE",
+        Error::Unavailable { .. } => "NO_REPLICA_READY",
         Error::TooManyRequests(_) => "TOO_MANY_REQUESTS",
         Error::Forbidden(_) => "FORBIDDEN",
         Error::Internal(_) => "INTERNAL_ERROR",
@@ -63,6 +65,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,10 +88,15 @@ impl IntoResponse for Error {
             },
         };
         let mut response = (status_of(&self), Json(body)).into_response();
-        if matches!(self, Error::TooManyRequests(_)) {
+        let retry_after = match &self {
+            Error::TooManyRequests(_) => Some(super::streams::RETRY_AFTER_SECS),
+            Error::Unavailable { retry_after_s, .. } => Some(u64::from(*retry_after_s)),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(super::streams::RETRY_AFTER_SECS),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         if matches!(self, Error::Unauthorized(_)) {

@@ -24,6 +24,7 @@ mod models;
 pub mod origin;
 mod pipelines;
 pub mod serve;
+pub mod serving;
 mod stream;
 pub mod streams;
 mod tasks;
@@ -68,6 +69,7 @@ impl AsRef<Service> for AppState {
         lake::dataset_rows, lake::list_models, lake::get_model, lake::delete_model,
         lake::model_rows, models::list_aliases, models::get_alias, models::set_alias,
         models::delete_alias, models::rollback_alias, models::alias_history,
+        serving::declare, serving::get_serving, serving::stop_serving, serving::proxy_root,
         uploads::upload, health, metrics::metrics,
     ),
     components(schemas(error::ErrorBody, tasks::TaskList, pipelines::PipelineList)),
@@ -185,6 +187,12 @@ pub fn router(state: impl Into<Arc<AppState>>) -> Router {
             get(models::alias_history),
         )
         .route(
+            "/models/{id}/serving",
+            get(serving::get_serving)
+                .put(serving::declare)
+                .delete(serving::stop_serving),
+        )
+        .route(
             "/endpoint-key",
             put(endpoint::set_key_cookie).delete(endpoint::clear_key_cookie),
         )
@@ -227,6 +235,9 @@ fn endpoints(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/tasks/{id}/endpoint", any(endpoint::to_root))
         .route("/tasks/{id}/endpoint/", any(endpoint::proxy_root))
         .route("/tasks/{id}/endpoint/{*path}", any(endpoint::proxy))
+        .route("/models/{id}/endpoint", any(serving::to_root))
+        .route("/models/{id}/endpoint/", any(serving::proxy_root))
+        .route("/models/{id}/endpoint/{*path}", any(serving::proxy))
         .layer(time_limit!(state.timeouts.upload))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             endpoint::MAX_PROXIED_BODY,

@@ -244,4 +244,14 @@ impl ModelStore for MemoryTaskStore {
         self.lock()?.models.remove(&slot);
         Ok(())
     }
+
+    async fn serving_models(&self) -> Result<Vec<ModelRecord>> {
+        Ok(self
+            .lock()?
+            .models
+            .values()
+            .filter(|record| record.is_served())
+            .cloned()
+            .collect())
+    }
 }

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS models (
     body TEXT NOT NULL,
     PRIMARY KEY (tenant, model)
 );
+CREATE INDEX IF NOT EXISTS models_served ON models (tenant, model)
+    WHERE json_extract(body, '$.serving') IS NOT NULL OR json_extract(body, '$.replicas') IS NOT NULL;
 ";
 
 /// The `TaskStore`, `PipelineStore` and `ModelStore` over one SQLite file.

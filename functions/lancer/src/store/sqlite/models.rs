@@ -74,4 +74,19 @@ impl ModelStore for SqliteTaskStore {
         })
         .await
     }
+
+    async fn serving_models(&self) -> Result<Vec<ModelRecord>> {
+        self.with_conn(|conn| {
+            // The condition is the partial index's own, so SQLite reads the index alone.
+            let mut statement = conn.prepare(
+                "SELECT body FROM models INDEXED BY models_served
+                 WHERE json_extract(body, '$.serving') IS NOT NULL OR json_extract(body, '$.replicas') IS NOT NULL",
+            )?;
+            let bodies = statement.query_map([], |row| row.get::<_, String>(0))?;
+            bodies
+                .map(|body| serde_json::from_str(&body?).map_err(Error::internal))
+                .collect()
+        })
+        .await
+    }
 }
