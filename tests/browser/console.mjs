@@ -159,17 +159,20 @@ async function tenant(key, own, foreign) {
   const error = await page.locator("main .error").textContent();
   await shot("tenant-foreign-task");
   const stored = await page.evaluate(() => sessionStorage.getItem("lancer.api-key"));
-  // The endpoint routes' key cookie: set by the server, out of the page's scripts' reach.
-  const cookie = (await page.context().cookies()).find((c) => c.name === "lancer_key");
-  const keyCookie = cookie && {
-    path: cookie.path, httpOnly: cookie.httpOnly, sameSite: cookie.sameSite,
-    session: cookie.expires === -1, holdsKey: decodeURIComponent(cookie.value) === key,
-  };
+  // The endpoint routes' key cookies (task and alias endpoints): set by the server, out of
+  // the page's scripts' reach.
+  const keyCookies = (await page.context().cookies())
+    .filter((c) => c.name === "lancer_key")
+    .map((cookie) => ({
+      path: cookie.path, httpOnly: cookie.httpOnly, sameSite: cookie.sameSite,
+      session: cookie.expires === -1, holdsKey: decodeURIComponent(cookie.value) === key,
+    }))
+    .sort((a, b) => a.path.localeCompare(b.path));
   const scriptsSeeIt = await page.evaluate(() => document.cookie.includes("lancer_key"));
   await page.locator("#sign-out").click();
   await page.locator("#key-dialog[open]").waitFor();
   const afterSignOut = (await page.context().cookies()).some((c) => c.name === "lancer_key");
-  console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key, keyCookie, scriptsSeeIt, afterSignOut }));
+  console.log(JSON.stringify({ foreignRows, error, keyInSessionStorage: stored === key, keyCookies, scriptsSeeIt, afterSignOut }));
 }
 
 async function markup(taskId, text) {

@@ -139,9 +139,10 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_that_tenants_tasks() 
         "{seen}"
     );
     assert_eq!(seen["keyInSessionStorage"], true);
+    let cookie = |path: &str| json!({"path": path, "httpOnly": true, "sameSite": "Strict", "session": true, "holdsKey": true});
     assert_eq!(
-        seen["keyCookie"],
-        json!({"path": "/api/v1/tasks/", "httpOnly": true, "sameSite": "Strict", "session": true, "holdsKey": true}),
+        seen["keyCookies"],
+        json!([cookie("/api/v1/models/"), cookie("/api/v1/tasks/")]),
         "{seen}"
     );
     assert_eq!(seen["scriptsSeeIt"], false, "HttpOnly: {seen}");

@@ -110,6 +110,32 @@ async fn wait_ready(server: &Server, ready: usize, within: Duration) -> Value {
     }
 }
 
+/// Stops serving and waits until no task runs: a replica's runner left behind would hold
+/// the test run's output open. Then stops the server.
+async fn finish(server: Server, http: &reqwest::Client) {
+    let stopped = http
+        .delete(server.api("/models/digits/serving"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(
+        [204, 404].contains(&stopped.status().as_u16()),
+        "{stopped:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for status in ["pending", "running"] {
+        loop {
+            let page = server.get_json(&format!("/tasks?status={status}")).await;
+            if page["tasks"].as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replicas still {status}: {page}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    server.stop().await;
+}
+
 fn serving(min: u32, max: u32) -> Value {
     json!({"script": "replica.py", "replicas": {"min": min, "max": max}, "scale_down_after_s": 2})
 }
@@ -173,6 +199,7 @@ async fn an_alias_endpoint_answers_from_the_version_it_names_and_moves_with_it()
     );
     let view = wait_ready(&server, 1, Duration::from_secs(30)).await;
     assert_eq!(view["replicas"][0]["version"], 2);
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -199,6 +226,21 @@ async fn a_canary_split_sends_each_version_its_share_of_requests() {
         BTreeMap::from([(1, 450), (2, 50)]),
         "90/10 over 500 requests"
     );
+    let metrics = server.metrics().await;
+    for (version, count) in [(1, 450), (2, 50)] {
+        let series = format!(
+            "lancer_alias_requests_total{{tenant=\"default\",model=\"digits\",alias=\"production\",version=\"{version}\",status=\"2xx\"}} {count}"
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series}: {metrics}");
+    }
+    let ready =
+        "lancer_replicas{tenant=\"default\",model=\"digits\",version=\"2\",state=\"ready\"} 1";
+    assert!(metrics.contains(ready), "{metrics}");
+    assert!(
+        metrics.contains("lancer_alias_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -225,6 +267,11 @@ async fn with_min_zero_a_request_starts_a_replica_and_an_idle_one_stops() {
         (200, Some(1)),
         "the first request waits for its replica"
     );
+    let cold = "lancer_alias_cold_start_seconds_count{tenant=\"default\",model=\"digits\",alias=\"production\",outcome=\"started\"} 1";
+    assert!(
+        server.metrics().await.contains(cold),
+        "one cold start counted"
+    );
     let view = wait_ready(&server, 1, Duration::from_secs(10)).await;
     let task = view["replicas"][0]["task_id"]
         .as_str()
@@ -242,6 +289,7 @@ async fn with_min_zero_a_request_starts_a_replica_and_an_idle_one_stops() {
         (200, Some(1)),
         "and a request wakes it again"
     );
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -271,6 +319,7 @@ async fn a_replica_that_never_starts_answers_503_with_retry_after_past_the_start
     assert_eq!(answer.headers()["retry-after"], "2");
     let body: Value = answer.json().await.expect("json");
     assert_eq!(body["error"]["code"], "NO_REPLICA_READY");
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -325,6 +374,7 @@ async fn a_replica_killed_under_load_loses_no_request_and_is_replaced() {
         !tasks.contains(&victim.as_str()),
         "replaced by a new task: {view}"
     );
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -358,6 +408,7 @@ async fn a_server_killed_and_restarted_serves_the_alias_again_with_one_replica_n
         after["replicas"][0]["task_id"], before["replicas"][0]["task_id"],
         "the same replica"
     );
+    finish(server, &http).await;
 }
 
 #[tokio::test]
@@ -415,4 +466,5 @@ async fn a_bad_declaration_is_a_400_naming_its_field_and_an_unserved_alias_a_409
         .await
         .expect("get");
     assert_eq!(missing.status().as_u16(), 404);
+    finish(server, &http).await;
 }

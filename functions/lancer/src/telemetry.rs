@@ -85,6 +85,40 @@ pub const INGESTIONS: Family = Family {
     kind: Kind::Counter,
     help: "Ingestions a rule started for an upload, by what it started (task or pipeline).",
 };
+/// Requests through an alias's endpoint, labelled `tenant`, `model`, `alias`, `version`
+/// (the one that answered) and `status` (its class, `2xx`, or `none` when no replica
+/// answered). Past 256 aliases a process has seen, `model` and `alias` are `other`.
+pub const ALIAS_REQUESTS: Family = Family {
+    name: "lancer_alias_requests_total",
+    kind: Kind::Counter,
+    help: "Requests through an alias's endpoint, by tenant, model, alias, answering version and status.",
+};
+/// Time from a request's arrival at an alias's endpoint to its replica's answer headers,
+/// labelled as `ALIAS_REQUESTS` less `status`.
+pub const ALIAS_LATENCY: Family = Family {
+    name: "lancer_alias_request_duration_seconds",
+    kind: Kind::Histogram(LATENCY),
+    help: "Time to a replica's answer through an alias's endpoint, by tenant, model, alias and version.",
+};
+/// Requests that found no replica of their alias ready and waited for one to start (a
+/// scale from zero), labelled `tenant`, `model`, `alias` and `outcome` (`started` or
+/// `timeout`), observed as the seconds they waited.
+pub const ALIAS_COLD_STARTS: Family = Family {
+    name: "lancer_alias_cold_start_seconds",
+    kind: Kind::Histogram(TASK_TIME_SHORT),
+    help: "Waits of requests that found no replica of their alias ready, by tenant, model, alias and outcome.",
+};
+/// Replicas by `tenant`, `model`, `version` and `state` (`starting` or `ready`), as this
+/// process's last serving round saw them.
+pub const REPLICAS: Family = Family {
+    name: "lancer_replicas",
+    kind: Kind::Gauge,
+    help: "Replicas serving model versions, by tenant, model, version and state.",
+};
+
+/// Cold-start waits, in seconds: a tenth of a second to ten minutes.
+pub const TASK_TIME_SHORT: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0];
+
 /// Tasks in the task table, labelled `tenant` and `status`: derived from the table at each
 /// scrape, not kept in `global`.
 pub const TASKS: Family = Family {
@@ -162,6 +196,20 @@ impl Registry {
                 *count += 1;
             }
         });
+    }
+
+    /// Replaces every series of a gauge family by `values`: what a round counted, with
+    /// the series it no longer saw gone.
+    pub fn set_all(&self, family: Family, values: Vec<(Vec<(&'static str, String)>, f64)>) {
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let all = values
+            .into_iter()
+            .map(|(labels, value)| (labels, Value::Number(value)))
+            .collect();
+        series.insert(family.name, (family, all));
     }
 
     fn update(

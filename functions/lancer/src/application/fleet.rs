@@ -24,6 +24,10 @@ pub type ModelKey = (TenantName, ModelName);
 /// serving round refreshes them, as on Lambda).
 pub const ROUTES_FRESH_FOR: Duration = Duration::from_secs(2);
 
+/// The most aliases one process labels its metrics with by name: past it, `other`, so a
+/// tenant creating aliases cannot grow the metrics without bound.
+pub const MAX_LABELLED_ALIASES: usize = 256;
+
 /// A replica that answers: its version, its task and the address the platform confirmed.
 #[derive(Debug, Clone)]
 pub struct ReadyReplica {
@@ -51,6 +55,8 @@ pub struct Routes {
     pub ready: Vec<ReadyReplica>,
     /// Replicas wanted per version (0 or absent: the version is scaled to zero).
     pub wanted: BTreeMap<u64, u32>,
+    /// Replicas the record holds per version, ready or starting.
+    pub running: BTreeMap<u64, u32>,
     /// How long a request waits for a replica to start.
     pub start_timeout: Duration,
 }
@@ -82,6 +88,7 @@ pub struct Fleet {
     loads: Mutex<HashMap<(ModelKey, u64), VersionLoad>>,
     picks: Mutex<HashMap<(ModelKey, AliasName), u64>>,
     woken: Mutex<HashMap<(ModelKey, u64), Instant>>,
+    labelled: Mutex<std::collections::HashSet<(ModelKey, AliasName)>>,
     /// Held by the process's serving round, so requests that wait do not run it twice.
     pub(super) round: tokio::sync::Mutex<()>,
 }
@@ -165,9 +172,34 @@ impl Fleet {
         }
     }
 
+    /// Takes a replica that could not be reached out of every route until the next round
+    /// confirms it again, so no further request tries it.
+    pub fn evict(&self, task: &TaskId) {
+        let mut table = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        for routes in table.values_mut() {
+            if routes.ready.iter().any(|r| &r.task == task) {
+                let mut kept = (**routes).clone();
+                kept.ready.retain(|r| &r.task != task);
+                *routes = Arc::new(kept);
+            }
+        }
+    }
+
     /// Drops the counters of replicas no longer ready anywhere.
     pub(super) fn forget_replicas(&self, alive: &std::collections::HashSet<TaskId>) {
         lock(&self.in_flight).retain(|task, _| alive.contains(task));
+    }
+
+    /// The `model` and `alias` labels of an alias's metrics: its names while fewer than
+    /// `MAX_LABELLED_ALIASES` have been labelled, else `other`.
+    pub fn metric_names(&self, key: &ModelKey, alias: &AliasName) -> (String, String) {
+        let mut labelled = lock(&self.labelled);
+        let entry = (key.clone(), alias.clone());
+        if labelled.contains(&entry) || labelled.len() < MAX_LABELLED_ALIASES {
+            labelled.insert(entry);
+            return (key.1.to_string(), alias.to_string());
+        }
+        ("other".into(), "other".into())
     }
 
     /// The number of the next request to an alias, for `AliasTarget::pick`.
@@ -285,6 +317,7 @@ mod tests {
             aliases: BTreeMap::new(),
             ready: vec![a.clone(), b.clone(), other],
             wanted: BTreeMap::new(),
+            running: BTreeMap::new(),
             start_timeout: Duration::from_secs(1),
         };
         assert_eq!(routes.least_busy(7, None).map(|r| r.slot), Some(1));

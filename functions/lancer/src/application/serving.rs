@@ -26,6 +26,7 @@ use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
 use crate::domain::tenant::Tenant;
 use crate::domain::validate::{ArtifactKind, check_spec};
 use crate::error::{Error, Resource, Result};
+use crate::telemetry;
 
 /// A model's serving as the API shows it: the declaration, and each replica that runs.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -251,12 +252,14 @@ impl Service {
         };
         let mut served = HashSet::new();
         let mut alive = HashSet::new();
+        let mut gauges = Vec::new();
         for record in records {
             let key = (record.tenant.clone(), record.model.clone());
             report.models += 1;
             match self.serve_model(record, &mut report).await {
                 Ok(routes) => {
                     alive.extend(routes.ready.iter().map(|r| r.task.clone()));
+                    gauges.extend(replica_gauges(&key, &routes));
                     self.fleet.publish(key.clone(), Some(routes));
                 }
                 Err(err) => {
@@ -268,6 +271,7 @@ impl Service {
         }
         self.fleet.retain(&served);
         self.fleet.forget_replicas(&alive);
+        telemetry::global().set_all(telemetry::REPLICAS, gauges);
         report
     }
 
@@ -417,6 +421,13 @@ impl Service {
                 .iter()
                 .map(|(v, d)| (*v, d.replicas))
                 .collect(),
+            running: record
+                .replicas
+                .iter()
+                .fold(BTreeMap::new(), |mut counts, r| {
+                    *counts.entry(r.version).or_default() += 1;
+                    counts
+                }),
             start_timeout: Duration::from_secs(
                 record
                     .serving
@@ -469,10 +480,14 @@ impl Service {
                     .find_map(|(v, _)| routes.least_busy(*v, except))
             };
             if let Some(replica) = chosen.or_else(fallback) {
+                if let Some(deadline) = deadline {
+                    self.cold_start(&key, alias, "started", deadline - routes.start_timeout);
+                }
                 return Ok(self.routed(&key, replica));
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + routes.start_timeout);
             if Instant::now() >= deadline {
+                self.cold_start(&key, alias, "timeout", deadline - routes.start_timeout);
                 return Err(Error::Unavailable {
                     message: format!("no replica of {model}@{alias} is ready yet; retry shortly"),
                     retry_after_s: 2,
@@ -481,6 +496,19 @@ impl Service {
             // The waiting requests' rounds drive the start, one at a time.
             tokio::time::sleep(WAITING_REFRESH / 2).await;
         }
+    }
+
+    /// Counts a request that waited for a replica to start, since `since`.
+    fn cold_start(&self, key: &ModelKey, alias: &AliasName, outcome: &str, since: Instant) {
+        let (model, alias) = self.fleet.metric_names(key, alias);
+        let labels = [
+            ("tenant", key.0.as_str()),
+            ("model", model.as_str()),
+            ("alias", alias.as_str()),
+            ("outcome", outcome),
+        ];
+        let waited = since.elapsed().as_secs_f64();
+        telemetry::global().observe(telemetry::ALIAS_COLD_STARTS, &labels, waited);
     }
 
     fn routed(&self, key: &ModelKey, replica: &ReadyReplica) -> Routed {
@@ -537,6 +565,31 @@ impl Service {
         self.fleet.publish(key, None);
         Ok(())
     }
+}
+
+/// The `lancer_replicas` series of one model: its replicas by version, ready or starting.
+fn replica_gauges(key: &ModelKey, routes: &Routes) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    let mut gauges = Vec::new();
+    for (version, running) in &routes.running {
+        let ready = routes
+            .ready
+            .iter()
+            .filter(|r| r.version == *version)
+            .count() as u32;
+        for (state, count) in [
+            ("ready", ready),
+            ("starting", running.saturating_sub(ready)),
+        ] {
+            let labels = vec![
+                ("tenant", key.0.to_string()),
+                ("model", key.1.to_string()),
+                ("version", version.to_string()),
+                ("state", state.to_owned()),
+            ];
+            gauges.push((labels, f64::from(count)));
+        }
+    }
+    gauges
 }
 
 fn replica_state(task: Option<&Task>) -> ReplicaState {

@@ -21,6 +21,7 @@ use crate::domain::model::{AliasName, ModelName};
 use crate::domain::path::printable;
 use crate::domain::serving::ServingRequest;
 use crate::error::{Error, Resource, Result};
+use crate::telemetry;
 
 /// The header that names the model version that answered.
 pub const VERSION_HEADER: &str = "x-lancer-version";
@@ -140,9 +141,63 @@ async fn pass_on(
     request: Request,
 ) -> Result<Response> {
     let (model, alias) = alias_of(&id)?;
+    let started = std::time::Instant::now();
+    let answered = route_and_forward(&state, &tenant, (&model, &alias), path, request).await;
+    record(&state, &tenant, (&model, &alias), &answered, started);
+    answered
+}
+
+/// Counts a request through an alias, by the version that answered and its status class,
+/// and how long the answer took.
+fn record(
+    state: &AppState,
+    tenant: &Tenant,
+    (model, alias): (&ModelName, &AliasName),
+    answered: &Result<Response>,
+    started: std::time::Instant,
+) {
+    let (version, status) = match answered {
+        Ok(response) => (
+            response
+                .headers()
+                .get(VERSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned(),
+            format!("{}xx", response.status().as_u16() / 100),
+        ),
+        Err(_) => ("none".to_owned(), "none".to_owned()),
+    };
+    let key = (tenant.name.clone(), model.clone());
+    let (model, alias) = state.service.fleet.metric_names(&key, alias);
+    let labels = [
+        ("tenant", tenant.name.as_str()),
+        ("model", model.as_str()),
+        ("alias", alias.as_str()),
+        ("version", version.as_str()),
+    ];
+    let metrics = telemetry::global();
+    if status != "none" {
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.observe(telemetry::ALIAS_LATENCY, &labels, seconds);
+    }
+    let mut with_status = labels.to_vec();
+    with_status.push(("status", status.as_str()));
+    metrics.add(telemetry::ALIAS_REQUESTS, &with_status, 1.0);
+}
+
+/// Routes a request to a replica of the alias and passes it on (once more, to another
+/// replica, where sending it again is safe).
+async fn route_and_forward(
+    state: &AppState,
+    tenant: &Tenant,
+    (model, alias): (&ModelName, &AliasName),
+    path: String,
+    request: Request,
+) -> Result<Response> {
     let service = &state.service;
     let (parts, body) = request.into_parts();
-    let routed = service.route(&tenant, &model, &alias, None).await?;
+    let routed = service.route(tenant, model, alias, None).await?;
     let first = forward(routed.addr, &path, &parts, body).await;
     let (routed, upstream) = match first {
         Ok(upstream) => (routed, Ok(upstream)),
@@ -150,13 +205,17 @@ async fn pass_on(
         // another, where sending it again cannot do anything twice.
         Err(err) if replayable(&parts.method, &parts.headers) => {
             warn!(%model, %alias, task = %routed.task, %err, "a replica did not answer; retrying on another");
+            service.fleet.evict(&routed.task);
             let again = service
-                .route(&tenant, &model, &alias, Some(&routed.task))
+                .route(tenant, model, alias, Some(&routed.task))
                 .await?;
             let upstream = forward(again.addr, &path, &parts, Body::empty()).await;
             (again, upstream)
         }
-        Err(err) => (routed, Err(err)),
+        Err(err) => {
+            service.fleet.evict(&routed.task);
+            (routed, Err(err))
+        }
     };
     let upstream = upstream.map_err(|err| {
         warn!(%model, %alias, task = %routed.task, %err, "a replica did not answer");
