@@ -176,6 +176,63 @@ async fn a_serving_task_runs_as_a_ray_job_and_reports_its_endpoint() {
 }
 
 #[tokio::test]
+async fn an_alias_on_ray_wakes_a_replica_from_zero_routes_to_it_and_scales_it_back_to_zero() {
+    let server = ray_server(&[("serve.py", SERVE_PY, false)], &ray_address()).await;
+    let model = server.lake().join("models/digits.lance");
+    lancer_tests::lake::write_lance(
+        &model.to_string_lossy(),
+        lancer_tests::lake::dataset_batch(2),
+        &Default::default(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let declaration = json!({"script": "serve.py", "resources": {"cpus": 0.5},
+        "replicas": {"min": 0, "max": 1}, "scale_down_after_s": 2, "start_timeout_s": 120});
+    for (path, body) in [
+        ("/models/digits/serving", declaration),
+        ("/models/digits/aliases/production", json!({"version": 1})),
+    ] {
+        let answer = http
+            .put(server.api(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(answer.status(), 200, "{path}");
+    }
+    let url = server.api("/models/digits@production/endpoint/hello");
+    let answer = http.get(&url).send().await.expect("the first request");
+    assert_eq!(answer.status(), 200, "it waits for the replica Ray starts");
+    assert_eq!(answer.headers()["x-lancer-version"], "1");
+    let hello: Value = answer.json().await.expect("json");
+    assert_eq!(
+        (&hello["hello"], &hello["path"]),
+        (&json!("lancer"), &json!("/hello"))
+    );
+    let serving = server.get_json("/models/digits/serving").await;
+    let task = serving["replicas"][0]["task_id"]
+        .as_str()
+        .expect("a replica")
+        .to_owned();
+    assert_eq!(server.task(&task).await["backend"], "ray");
+    assert_eq!(ray_job(&format!("{task}-1")).await["status"], "RUNNING");
+    let stopped = server.wait_finished(&task, Duration::from_secs(60)).await;
+    assert_eq!(
+        stopped["status"], "cancelled",
+        "idle past scale_down_after_s"
+    );
+    let job = ray_job_once_ended(&format!("{task}-1")).await;
+    assert_eq!(job["status"], "STOPPED", "{job:#}");
+    let gone = http
+        .delete(server.api("/models/digits/serving"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(gone.status(), 204);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_runner_ray_cannot_start_fails_the_task_and_its_logs_come_from_ray() {
     let server = Server::start(
         &[("ingest.py", INGEST_PY, false)],

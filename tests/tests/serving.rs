@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 /// A replica: says its pid, reports its endpoint, and answers every GET with the model
 /// version it was given (`LANCER_INPUT_VERSION`) and the path it was asked for.
 const REPLICA_PY: &str = r#"
-import http.server, json, os
+import http.server, json, os, time
 
 VERSION = int(os.environ.get("LANCER_INPUT_VERSION", "0"))
 
@@ -30,6 +30,7 @@ class Replica(http.server.BaseHTTPRequestHandler):
 
 def run(input_path, output_path, params):
     print(f"script pid {os.getpid()}", flush=True)
+    time.sleep(params.get("start_after_s", 0))
     host = os.environ["LANCER_SERVE_HOST"]
     server = http.server.ThreadingHTTPServer((host, 0), Replica)
     url = f"http://{host}:{server.server_address[1]}"
@@ -288,6 +289,28 @@ async fn with_min_zero_a_request_starts_a_replica_and_an_idle_one_stops() {
         (status, version),
         (200, Some(1)),
         "and a request wakes it again"
+    );
+    finish(server, &http).await;
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_replica_that_starts_slower_than_the_idle_period() {
+    let (server, http) = server().await;
+    let slow = json!({"script": "replica.py", "params": {"start_after_s": 3},
+        "replicas": {"min": 0, "max": 1}, "scale_down_after_s": 1, "start_timeout_s": 20});
+    put(&http, &server, "/models/digits/serving", slow).await;
+    put(
+        &http,
+        &server,
+        "/models/digits/aliases/production",
+        json!({"version": 1}),
+    )
+    .await;
+    let (status, version, body) = ask(&http, &endpoint(&server, "production", "")).await;
+    assert_eq!(
+        (status, version),
+        (200, Some(1)),
+        "the waiting request holds its replica up: {body}"
     );
     finish(server, &http).await;
 }

@@ -93,17 +93,21 @@ pub struct Fleet {
     pub(super) round: tokio::sync::Mutex<()>,
 }
 
-/// A request's hold on a replica: counted in flight until dropped.
+/// A request's hold on a version (and on its replica, once it has one): counted in flight
+/// until dropped. A request waiting for a replica to start is load too, or a version
+/// scaled from zero would be scaled back down before its first replica is ready.
 #[derive(Debug)]
 pub struct InFlight {
     fleet: Arc<Fleet>,
     key: (ModelKey, u64),
-    replica: Arc<AtomicU32>,
+    replica: Option<Arc<AtomicU32>>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.replica.fetch_sub(1, Ordering::Relaxed);
+        if let Some(replica) = &self.replica {
+            replica.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(load) = lock(&self.fleet.loads).get_mut(&self.key) {
             load.in_flight = load.in_flight.saturating_sub(1);
         }
@@ -213,7 +217,15 @@ impl Fleet {
     /// Counts a request to `replica` in flight until the returned hold is dropped.
     pub fn hold(self: &Arc<Self>, key: &ModelKey, replica: &ReadyReplica) -> InFlight {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        let load_key = (key.clone(), replica.version);
+        let mut hold = self.wait_for(key, replica.version);
+        hold.replica = Some(replica.in_flight.clone());
+        hold
+    }
+
+    /// Counts a request that waits for a replica of `version` in flight on the version
+    /// until the returned hold is dropped.
+    pub fn wait_for(self: &Arc<Self>, key: &ModelKey, version: u64) -> InFlight {
+        let load_key = (key.clone(), version);
         {
             let mut loads = lock(&self.loads);
             let load = loads.entry(load_key.clone()).or_default();
@@ -224,7 +236,7 @@ impl Fleet {
         InFlight {
             fleet: self.clone(),
             key: load_key,
-            replica: replica.in_flight.clone(),
+            replica: None,
         }
     }
 

@@ -450,6 +450,8 @@ impl Service {
     ) -> Result<Routed> {
         let key = (tenant.name.clone(), model.clone());
         let mut deadline = None;
+        // While the request waits, it is load on the version it waits for.
+        let mut waiting = None;
         loop {
             let max_age = if deadline.is_some() {
                 WAITING_REFRESH
@@ -485,6 +487,7 @@ impl Service {
                 }
                 return Ok(self.routed(&key, replica));
             }
+            waiting.get_or_insert_with(|| self.fleet.wait_for(&key, version));
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + routes.start_timeout);
             if Instant::now() >= deadline {
                 self.cold_start(&key, alias, "timeout", deadline - routes.start_timeout);
