@@ -165,6 +165,17 @@ async fn a_serving_task_runs_as_a_ray_job_and_reports_its_endpoint() {
         .await
         .expect("json");
     assert_eq!(hello["hello"], "lancer");
+    // The proxy confirms the node from Ray's job record, not from the script's report.
+    let proxied: Value = reqwest::get(server.api(&format!("/tasks/{id}/endpoint/")))
+        .await
+        .expect("the proxy answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        proxied["hello"], "lancer",
+        "through the task proxy: {proxied}"
+    );
     assert_eq!(ray_job(&format!("{id}-1")).await["status"], "RUNNING");
     assert_eq!(
         server.post(&format!("/tasks/{id}/cancel")).await.status(),

@@ -34,9 +34,30 @@ pub struct JobInfo {
     pub status: JobStatus,
     #[serde(default)]
     pub message: Option<String>,
-    /// The driver (the runner) once it started: the node it runs on.
+    /// The driver (the runner) once it started: the node it runs on. Ray fills it only
+    /// for a driver that connects to Ray itself (`ray.init()`), which the runner does not.
     #[serde(default)]
     pub driver_info: Option<DriverInfo>,
+    /// The Ray agent on the node that runs the driver, `http://<node ip>:<port>`: present
+    /// for every job whose driver started.
+    #[serde(default)]
+    pub driver_agent_http_address: Option<String>,
+}
+
+impl JobInfo {
+    /// The address of the node Ray runs the job's driver on, as Ray reports it: from the
+    /// driver's own record, else from the node agent that runs it.
+    pub fn driver_node_ip(&self) -> Option<std::net::IpAddr> {
+        if let Some(driver) = &self.driver_info {
+            return driver.node_ip_address.parse().ok();
+        }
+        let agent = url::Url::parse(self.driver_agent_http_address.as_deref()?).ok()?;
+        match agent.host()? {
+            url::Host::Ipv4(ip) => Some(ip.into()),
+            url::Host::Ipv6(ip) => Some(ip.into()),
+            url::Host::Domain(_) => None,
+        }
+    }
 }
 
 /// Where Ray started a job's driver.
@@ -274,6 +295,26 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_node_is_read_from_its_driver_or_else_from_the_agent_that_runs_it() {
+        // As Ray answers for the runner, which never calls ray.init(): no driver_info.
+        let job: JobInfo = serde_json::from_value(serde_json::json!({
+            "status": "RUNNING", "driver_info": null,
+            "driver_agent_http_address": "http://10.0.3.7:52365",
+        }))
+        .expect("a job");
+        assert_eq!(job.driver_node_ip(), Some([10, 0, 3, 7].into()));
+        let job: JobInfo = serde_json::from_value(serde_json::json!({
+            "status": "RUNNING", "driver_info": {"node_ip_address": "10.0.3.8"},
+            "driver_agent_http_address": "http://10.0.3.7:52365",
+        }))
+        .expect("a job");
+        assert_eq!(job.driver_node_ip(), Some([10, 0, 3, 8].into()));
+        let pending: JobInfo =
+            serde_json::from_value(serde_json::json!({"status": "PENDING"})).expect("a job");
+        assert_eq!(pending.driver_node_ip(), None, "no driver yet: no node");
+    }
 
     /// The head of one request sent to a loopback listener, answered 404.
     async fn request_head_sent_by(client: impl FnOnce(String) -> JobsClient) -> String {

@@ -5,7 +5,7 @@
 //! idempotent and any `lancer serve` (or sweeper) can reconcile.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -243,8 +243,7 @@ impl Dispatcher for RayDispatcher {
             .inner
             .job_of(task)
             .await?
-            .and_then(|job| job.driver_info)
-            .and_then(|driver| driver.node_ip_address.parse::<IpAddr>().ok());
+            .and_then(|job| job.driver_node_ip());
         Ok(node.map(|ip| SocketAddr::new(ip, reported.0.port())))
     }
 
