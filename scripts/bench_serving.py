@@ -109,6 +109,10 @@ def main() -> None:
     print(f"  cold start from zero to the first answer: {', '.join(f'{c:.2f} s' for c in colds)}")
     share = answered.get("2", 0) / sum(answered.values())
     print(f"  canary 90/10 over 10,000 requests: {answered} -> version 2 answered {share:.2%}")
+    # Replicas stop with the declaration; a runner left behind would outlive the server.
+    http.delete(f"{API}/models/{MODEL}/serving").raise_for_status()
+    while http.get(f"{API}/tasks", params={"status": "running"}).json()["tasks"]:
+        time.sleep(0.2)
 
 
 main()
