@@ -85,6 +85,14 @@ fn endpoint(server: &Server, alias: &str, path: &str) -> String {
     server.api(&format!("/models/{MODEL}@{alias}/endpoint/{path}"))
 }
 
+/// Declares `declaration` for the model and points `production` at `target`.
+async fn serve(http: &reqwest::Client, server: &Server, declaration: Value, target: Value) {
+    let (status, view) = put(http, server, "/models/digits/serving", declaration).await;
+    assert_eq!(status, 200, "{view}");
+    let (status, alias) = put(http, server, "/models/digits/aliases/production", target).await;
+    assert_eq!(status, 200, "{alias}");
+}
+
 /// A GET through the alias: (status, the `X-Lancer-Version` header, the body).
 async fn ask(http: &reqwest::Client, url: &str) -> (u16, Option<u64>, Value) {
     let answer = http.get(url).send().await.expect("get");
@@ -247,14 +255,7 @@ async fn a_canary_split_sends_each_version_its_share_of_requests() {
 #[tokio::test]
 async fn with_min_zero_a_request_starts_a_replica_and_an_idle_one_stops() {
     let (server, http) = server().await;
-    put(&http, &server, "/models/digits/serving", serving(0, 1)).await;
-    put(
-        &http,
-        &server,
-        "/models/digits/aliases/production",
-        json!({"version": 1}),
-    )
-    .await;
+    serve(&http, &server, serving(0, 1), json!({"version": 1})).await;
     let view = server.get_json("/models/digits/serving").await;
     assert_eq!(
         view["replicas"],
@@ -298,14 +299,7 @@ async fn a_request_waits_for_a_replica_that_starts_slower_than_the_idle_period()
     let (server, http) = server().await;
     let slow = json!({"script": "replica.py", "params": {"start_after_s": 3},
         "replicas": {"min": 0, "max": 1}, "scale_down_after_s": 1, "start_timeout_s": 20});
-    put(&http, &server, "/models/digits/serving", slow).await;
-    put(
-        &http,
-        &server,
-        "/models/digits/aliases/production",
-        json!({"version": 1}),
-    )
-    .await;
+    serve(&http, &server, slow, json!({"version": 1})).await;
     let (status, version, body) = ask(&http, &endpoint(&server, "production", "")).await;
     assert_eq!(
         (status, version),
@@ -320,14 +314,7 @@ async fn a_replica_that_never_starts_answers_503_with_retry_after_past_the_start
     let (server, http) = server().await;
     let declaration =
         json!({"script": "silent.py", "replicas": {"min": 0, "max": 1}, "start_timeout_s": 1});
-    put(&http, &server, "/models/digits/serving", declaration).await;
-    put(
-        &http,
-        &server,
-        "/models/digits/aliases/production",
-        json!({"version": 1}),
-    )
-    .await;
+    serve(&http, &server, declaration, json!({"version": 1})).await;
     let started = Instant::now();
     let answer = http
         .get(endpoint(&server, "production", ""))
@@ -348,14 +335,7 @@ async fn a_replica_that_never_starts_answers_503_with_retry_after_past_the_start
 #[tokio::test]
 async fn a_replica_killed_under_load_loses_no_request_and_is_replaced() {
     let (server, http) = server().await;
-    put(&http, &server, "/models/digits/serving", serving(2, 2)).await;
-    put(
-        &http,
-        &server,
-        "/models/digits/aliases/production",
-        json!({"version": 1}),
-    )
-    .await;
+    serve(&http, &server, serving(2, 2), json!({"version": 1})).await;
     let view = wait_ready(&server, 2, Duration::from_secs(30)).await;
     let victim = view["replicas"][0]["task_id"]
         .as_str()

@@ -19,7 +19,7 @@ use crate::domain::validate::ArtifactKind;
 use crate::error::{Error, Resource, Result};
 
 /// How often a change re-reads the record after losing a race before it gives up (409).
-pub(super) const CHANGE_ATTEMPTS: u32 = 16;
+const CHANGE_ATTEMPTS: u32 = 16;
 
 /// An alias as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -234,9 +234,8 @@ impl Service {
         Ok(detail.versions.iter().map(|v| v.version).collect())
     }
 
-    /// Applies `change` to the model's record and stores it by compare-and-set, again over
-    /// a fresh read when another writer came first. `change` answers whether it changed
-    /// anything (nothing is written when not).
+    /// Applies a change to one of the model's aliases (`change_record`), its refusals
+    /// answered as the alias's.
     async fn change_model(
         &self,
         tenant: &Tenant,
@@ -244,13 +243,28 @@ impl Service {
         alias: &AliasName,
         change: impl Fn(&mut ModelRecord, DateTime<Utc>) -> Result<bool, AliasRefusal>,
     ) -> Result<ModelRecord> {
+        self.change_record(tenant, model, |record, now| {
+            change(record, now).map_err(|r| refused(r, model, alias))
+        })
+        .await
+    }
+
+    /// Applies `change` to the model's record and stores it by compare-and-set, again over
+    /// a fresh read when another writer came first. `change` answers whether it changed
+    /// anything (nothing is written when not).
+    pub(super) async fn change_record(
+        &self,
+        tenant: &Tenant,
+        model: &ModelName,
+        mut change: impl FnMut(&mut ModelRecord, DateTime<Utc>) -> Result<bool>,
+    ) -> Result<ModelRecord> {
         for attempt in 0..CHANGE_ATTEMPTS {
             let mut record = self
                 .models
                 .model_record(&tenant.name, model)
                 .await?
                 .unwrap_or_else(|| ModelRecord::new(tenant.name.clone(), model.clone()));
-            if !change(&mut record, Utc::now()).map_err(|r| refused(r, model, alias))? {
+            if !change(&mut record, Utc::now())? {
                 return Ok(record);
             }
             match self.models.update_model(record).await {
@@ -266,7 +280,7 @@ impl Service {
 
 /// Waits before the next try after losing a compare-and-set: up to 1, 2, 4 ... 64 ms,
 /// spread by the clock's nanoseconds so that writers who collided do not collide again.
-pub(super) async fn lose_a_race(attempt: u32) {
+async fn lose_a_race(attempt: u32) {
     let most = 1u64 << attempt.min(6);
     let spread = u64::from(Utc::now().timestamp_subsec_nanos()) % (most * 1_000) + 1;
     tokio::time::sleep(std::time::Duration::from_micros(spread)).await;

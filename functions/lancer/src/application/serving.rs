@@ -19,7 +19,6 @@ use super::fleet::{InFlight, ModelKey, ROUTES_FRESH_FOR, ReadyReplica, Routes};
 
 /// How often a request that waits for a replica to start reads the routes again.
 const WAITING_REFRESH: Duration = Duration::from_millis(50);
-use crate::domain::endpoint::{Reported, check_target};
 use crate::domain::model::{AliasName, ModelName, ModelRecord};
 use crate::domain::serving::{Replica, ReplicaPlan, Serving, ServingRequest, ServingSpec};
 use crate::domain::task::{Lineage, Task, TaskId, TaskSpec, TaskStatus};
@@ -148,7 +147,7 @@ impl Service {
                     updated_at: now,
                     updated_by: tenant.name.clone(),
                 });
-                true
+                Ok(true)
             })
             .await?;
         info!(tenant = %tenant.name, %model, script = %spec.script, "serving declared");
@@ -171,7 +170,7 @@ impl Service {
         let mut found = false;
         self.change_record(tenant, model, |record, _| {
             found = record.serving.take().is_some();
-            found
+            Ok(found)
         })
         .await?;
         if !found {
@@ -202,39 +201,8 @@ impl Service {
             updated_at: serving.updated_at,
             updated_by: serving.updated_by.to_string(),
             replicas,
-            wanted: record
-                .demand
-                .iter()
-                .map(|(v, d)| (*v, d.replicas))
-                .collect(),
+            wanted: record.wanted(),
         })
-    }
-
-    /// Applies `change` to a model's record by compare-and-set, again over a fresh read
-    /// after losing a race; nothing is written when `change` answers `false`.
-    async fn change_record(
-        &self,
-        tenant: &Tenant,
-        model: &ModelName,
-        mut change: impl FnMut(&mut ModelRecord, DateTime<Utc>) -> bool,
-    ) -> Result<ModelRecord> {
-        for attempt in 0..super::models::CHANGE_ATTEMPTS {
-            let mut record = self
-                .models
-                .model_record(&tenant.name, model)
-                .await?
-                .unwrap_or_else(|| ModelRecord::new(tenant.name.clone(), model.clone()));
-            if !change(&mut record, Utc::now()) {
-                return Ok(record);
-            }
-            match self.models.update_model(record).await {
-                Err(Error::Stale(_)) => super::models::lose_a_race(attempt).await,
-                other => return other,
-            }
-        }
-        Err(Error::Conflict(format!(
-            "model {model} is being changed by others; try again"
-        )))
     }
 
     /// One serving round over every served model: each version's replicas brought to what
@@ -393,10 +361,9 @@ impl Service {
         if task.status != TaskStatus::Running {
             return None;
         }
-        let reported = Reported::parse(task.endpoint.as_deref()?).ok()?;
-        let confirmed = self.dispatcher.endpoint_of(task, reported).await.ok()??;
-        check_target(confirmed, &self.fleet.reserved).ok()?;
-        Some(confirmed)
+        let reported = task.endpoint.as_deref()?;
+        let confirmed = self.confirm_endpoint(task, reported, &self.fleet.reserved);
+        confirmed.await.ok()?.ok()
     }
 
     fn routes_of(&self, record: &ModelRecord, ready: &BTreeMap<u64, SocketAddr>) -> Routes {
@@ -416,11 +383,7 @@ impl Service {
                 .map(|(name, _, target)| (name.clone(), target.clone()))
                 .collect(),
             ready,
-            wanted: record
-                .demand
-                .iter()
-                .map(|(v, d)| (*v, d.replicas))
-                .collect(),
+            wanted: record.wanted(),
             running: record
                 .replicas
                 .iter()
@@ -563,7 +526,7 @@ impl Service {
         if self.fleet.woke_lately(&key, version) {
             return Ok(());
         }
-        self.change_record(tenant, model, |record, now| record.wake(version, now))
+        self.change_record(tenant, model, |record, now| Ok(record.wake(version, now)))
             .await?;
         self.fleet.publish(key, None);
         Ok(())

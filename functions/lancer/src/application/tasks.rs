@@ -398,18 +398,33 @@ impl Service {
         let reported = task.endpoint.as_deref().ok_or_else(|| {
             Error::Conflict(format!("task {} has not reported an endpoint yet", task.id))
         })?;
-        let refused = |why: String| {
-            tracing::warn!(task = %task.id, reported, %why, "a reported endpoint is refused");
-            Error::BadGateway(format!("task {}'s endpoint is refused: {why}", task.id))
-        };
-        let reported = Reported::parse(reported).map_err(|err| refused(err.to_string()))?;
-        let confirmed = self
-            .dispatcher
-            .endpoint_of(&task, reported)
+        self.confirm_endpoint(&task, reported, reserved)
             .await?
-            .ok_or_else(|| refused("no process of the task listens there".into()))?;
-        check_target(confirmed, reserved).map_err(|err| refused(err.to_string()))?;
-        Ok(confirmed)
+            .map_err(|why| {
+                tracing::warn!(task = %task.id, reported, %why, "a reported endpoint is refused");
+                Error::BadGateway(format!("task {}'s endpoint is refused: {why}", task.id))
+            })
+    }
+
+    /// Where `task`'s `reported` endpoint may be reached: the address its dispatcher
+    /// confirms, unless the rules refuse it (the inner `Err` says why). The one check
+    /// behind the task proxy and the alias's replicas.
+    pub(super) async fn confirm_endpoint(
+        &self,
+        task: &Task,
+        reported: &str,
+        reserved: &Reserved,
+    ) -> Result<Result<SocketAddr, String>> {
+        let reported = match Reported::parse(reported) {
+            Ok(reported) => reported,
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        let Some(confirmed) = self.dispatcher.endpoint_of(task, reported).await? else {
+            return Ok(Err("no process of the task listens there".into()));
+        };
+        Ok(check_target(confirmed, reserved)
+            .map(|()| confirmed)
+            .map_err(|err| err.to_string()))
     }
 }
 

@@ -248,6 +248,11 @@ impl ModelRecord {
         self.serving.is_some() || !self.replicas.is_empty()
     }
 
+    /// Replicas wanted now, by version (a version missing or at 0 is scaled to zero).
+    pub fn wanted(&self) -> BTreeMap<u64, u32> {
+        self.demand.iter().map(|(v, d)| (*v, d.replicas)).collect()
+    }
+
     /// The versions that get replicas: those some alias sends a share of requests to.
     pub fn served_versions(&self) -> BTreeSet<u64> {
         self.live_aliases()
